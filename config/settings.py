@@ -1,0 +1,143 @@
+"""All of evalfleet's settings, in one place.
+
+Every value has a default that works on a laptop and can be overridden by an
+environment variable named ``EVALFLEET_<FIELD>`` (upper case), e.g.
+``EVALFLEET_BROKER_URL=redis://:secret@redis-host:6379/0``. Nothing else in the
+project reads ``os.environ`` for its own settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Mapping
+
+ENV_PREFIX = "EVALFLEET_"
+
+# The model name that means "build (once) and use the tiny random model".
+TINY_MODEL = "tiny"
+
+# What a worker uses when no broker URL is configured: the usual single-host Redis.
+DEFAULT_BROKER_URL = "redis://localhost:6379/0"
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- broker and stores ---------------------------------------------------
+    # Empty broker URL: the one-command mode starts an embedded redis-server.
+    broker_url: str = ""
+    # Where results and run state live; empty means "the broker's Redis".
+    result_url: str = ""
+    work_dir: Path = Path("evalfleet-work")
+    # Empty means <work_dir>/artifacts.
+    artifact_root: str = ""
+    # Where tiny models are built; empty means <work_dir>/models.
+    model_cache: str = ""
+    # Seconds before Redis hands an unacknowledged message to another worker.
+    # Must exceed the longest task (see README, Reliability).
+    visibility_timeout: int = 3600
+
+    # --- queues --------------------------------------------------------------
+    queue_relations: str = "relations"
+    queue_edit: str = "edit"
+    queue_score: str = "score"
+
+    # --- models --------------------------------------------------------------
+    # A hub id (Qwen/Qwen3-VL-8B-Instruct), a local directory, or "tiny".
+    relations_model: str = TINY_MODEL
+    model_revision: str = ""
+    # "auto": bfloat16 on a GPU, float32 on the CPU.
+    dtype: str = "auto"
+    # "auto": cuda when a GPU is visible, else cpu.
+    device: str = "auto"
+
+    # --- relations job (SPEC.md defaults) -------------------------------------
+    top_k: int = 10
+    batch_size: int = 8
+    max_new_tokens: int = 512
+    temperature: float = 0.1
+    seed: int = 0
+    # One task carries at most this many pairs of one image.
+    chunk_pairs: int = 16
+
+    # --- workers ---------------------------------------------------------------
+    workers_per_gpu: int = 1
+    # A task that raises is retried this many times (with back-off), then recorded as failed.
+    task_max_retries: int = 3
+    retry_backoff_seconds: float = 2.0
+
+    # --- producer ----------------------------------------------------------------
+    poll_interval_seconds: float = 0.5
+
+    @property
+    def artifacts(self) -> Path:
+        return Path(self.artifact_root) if self.artifact_root else self.work_dir / "artifacts"
+
+    @property
+    def models_dir(self) -> Path:
+        return Path(self.model_cache) if self.model_cache else self.work_dir / "models"
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or DEFAULT_BROKER_URL
+
+    @property
+    def store_url(self) -> str:
+        return self.result_url or self.broker
+
+    def replace(self, **changes: object) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+
+def _convert(name: str, raw: str, target: type) -> object:
+    try:
+        if target is bool:
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        if target is Path:
+            return Path(raw)
+        return target(raw)
+    except ValueError:
+        raise SettingsError(
+            f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {target.__name__}"
+        ) from None
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings from the defaults and ``EVALFLEET_*`` variables."""
+    environ = os.environ if environ is None else environ
+    hints = {"str": str, "int": int, "float": float, "bool": bool, "Path": Path}
+    values: dict[str, object] = {}
+    for f in fields(Settings):
+        raw = environ.get(ENV_PREFIX + f.name.upper())
+        if raw is not None:
+            values[f.name] = _convert(f.name, raw, hints[str(f.type)])
+    settings = Settings(**values)
+    _validate(settings)
+    return settings
+
+
+def to_environ(settings: Settings) -> dict[str, str]:
+    """The ``EVALFLEET_*`` variables that make a child process see these settings."""
+    return {ENV_PREFIX + f.name.upper(): str(getattr(settings, f.name)) for f in fields(Settings)}
+
+
+def _validate(s: Settings) -> None:
+    positive = ("top_k", "batch_size", "max_new_tokens", "chunk_pairs", "workers_per_gpu")
+    for name in positive:
+        if getattr(s, name) < 1:
+            raise SettingsError(f"{ENV_PREFIX}{name.upper()} must be at least 1")
+    if s.temperature < 0:
+        raise SettingsError(f"{ENV_PREFIX}TEMPERATURE must be >= 0")
+    if s.dtype not in ("auto", "bfloat16", "float16", "float32"):
+        raise SettingsError(
+            f"{ENV_PREFIX}DTYPE={s.dtype!r}: use auto, bfloat16, float16 or float32"
+        )
+
+
+__all__ = ["Settings", "SettingsError", "load_settings", "to_environ", "TINY_MODEL", "ENV_PREFIX"]

@@ -1,0 +1,190 @@
+"""``python -m producer {run,enqueue,report,sample} relations ...``.
+
+Exit codes: 0 every item done; 1 the run finished but some items failed (the report
+lists them); 2 bad usage or an unusable input file (nothing registered);
+3 infrastructure: Redis unreachable, or the local workers died; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import redis
+
+from config import Settings, SettingsError, load_settings, to_environ
+from producer.dispatch import celery_client
+from producer.embedded import EmbeddedRedis, InfrastructureError, LocalFleet
+from producer.progress import wait_for_stage
+from producer.relations_job import enqueue_relations
+from producer.relations_report import write_relations_report
+from producer.sample import ensure_relations_sample, write_relations_sample
+from shared.errors import InputFileError
+from shared.keys import check_run_name
+from shared.messages import RELATIONS_STAGE
+from shared.store import RunStore, connect
+
+log = logging.getLogger("producer")
+
+EXIT_OK, EXIT_FAILED_ITEMS, EXIT_USAGE, EXIT_INFRA, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+@contextlib.contextmanager
+def broker_for(settings: Settings) -> Iterator[tuple[Settings, bool]]:
+    """The configured broker, or an embedded redis-server over the work directory's data."""
+    if settings.broker_url:
+        yield settings, False
+        return
+    with EmbeddedRedis(settings.work_dir / "redis") as server:
+        yield settings.replace(broker_url=server.url), True
+
+
+def _inputs(args: argparse.Namespace, settings: Settings) -> tuple[Path, Path]:
+    if args.stage1 and args.input:
+        return Path(args.stage1), Path(args.input)
+    if args.stage1 or args.input:
+        raise SystemExit("give both --stage1 and --input, or neither to run the built-in sample")
+    return ensure_relations_sample(settings.work_dir / "sample")
+
+
+def _apply_flags(args: argparse.Namespace, settings: Settings) -> Settings:
+    changes = {name: getattr(args, name) for name in ("top_k", "batch_size", "relations_model",
+                                                      "workers_per_gpu")
+               if getattr(args, name, None) is not None}
+    return settings.replace(**changes)
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    stage1, input_path = _inputs(args, settings)
+    with broker_for(settings) as (settings, embedded):
+        client = connect(settings.store_url)
+        enq = enqueue_relations(settings, celery_client(settings), client, stage1, input_path, args.run)
+        _log_enqueued(enq)
+        store = RunStore(client, enq.run_id)
+        local = args.local_workers if args.local_workers is not None else embedded
+        with contextlib.ExitStack() as stack:
+            check = lambda: None  # noqa: E731
+            if local and enq.pairs_sent:
+                fleet = LocalFleet(to_environ(settings), [settings.queue_relations],
+                                   settings.work_dir / "logs" / "workers.log", gpus=args.gpus)
+                stack.enter_context(fleet)
+                check = fleet.check
+            progress = wait_for_stage(store, RELATIONS_STAGE, settings.poll_interval_seconds, check)
+        output = Path(args.output) if args.output else settings.work_dir / enq.run_id / "stage2_generated_results.json"
+        report = write_relations_report(store, output)
+    summary = report["summary"]
+    print(f"run {enq.run_id}: {summary['total_pairs']} pairs from {summary['total_images']} images done, "
+          f"{progress.failed} failed\nreport: {output}")
+    for failure in report["failed"]:
+        print(f"  failed {failure['key']}: {failure['reason']}")
+    return EXIT_FAILED_ITEMS if progress.failed else EXIT_OK
+
+
+def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
+    if not settings.broker_url:
+        raise SystemExit("enqueue needs a running fleet: set EVALFLEET_BROKER_URL "
+                         "(or use `python -m producer run relations` for one-command mode)")
+    enq = enqueue_relations(settings, celery_client(settings), connect(settings.store_url),
+                            Path(args.stage1), Path(args.input), args.run)
+    _log_enqueued(enq)
+    print(enq.run_id)
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    with broker_for(settings) as (settings, _):
+        store = RunStore(connect(settings.store_url), args.run)
+        if not store.exists():
+            raise SystemExit(f"run {args.run!r} is not known to {settings.store_url}")
+        report = write_relations_report(store, Path(args.output))
+    print(f"{report['summary']['total_pairs']} pairs, {len(report['failed'])} failed: {args.output}")
+    return EXIT_FAILED_ITEMS if report["failed"] else EXIT_OK
+
+
+def cmd_sample(args: argparse.Namespace, settings: Settings) -> int:
+    stage1, input_path = write_relations_sample(Path(args.directory))
+    print(f"--stage1 {stage1} --input {input_path}")
+    return EXIT_OK
+
+
+def _log_enqueued(enq) -> None:
+    log.info("run %s: %d items, %d already done, %d invalid; sent %d pairs in %d tasks",
+             enq.run_id, enq.total, enq.already_done, enq.invalid, enq.pairs_sent, enq.tasks_sent)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"{text} is not a positive integer")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m producer", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def job_parser(name: str, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("job", choices=["relations"])
+        return p
+
+    for name, help_ in (("run", "enqueue, wait with a progress bar, write the report (one command)"),
+                        ("enqueue", "register a run and enqueue its pending items on a running fleet")):
+        p = job_parser(name, help_)
+        p.add_argument("--stage1", "--stage1_result", help="recall_results_*.json of stage 1")
+        p.add_argument("--input", "--input_data", help="the input image records (test_2000_images.json)")
+        p.add_argument("--run", type=check_run_name,
+                       help="run name (default: derived from the inputs and settings)")
+        p.add_argument("--top-k", "--top_k", type=_positive, dest="top_k")
+        p.add_argument("--batch-size", "--batch_size", type=_positive, dest="batch_size")
+        p.add_argument("--model", "--model_path", dest="relations_model", help="hub id or local path")
+        p.add_argument("--workers-per-gpu", "--workers_per_gpu", type=_positive, dest="workers_per_gpu")
+        p.set_defaults(func=cmd_run if name == "run" else cmd_enqueue)
+    run = sub.choices["run"]
+    run.add_argument("--output", help="report path (default: <work dir>/<run>/stage2_generated_results.json)")
+    run.add_argument("--gpus", default="all", help="GPUs for local workers: all, cpu, or 0,1")
+    run.add_argument("--local-workers", action=argparse.BooleanOptionalAction, default=None,
+                     help="start workers here (default: only with the embedded Redis)")
+
+    report = job_parser("report", "write the report of a run from the stored results")
+    report.add_argument("--run", required=True, type=check_run_name)
+    report.add_argument("--output", default="stage2_generated_results.json")
+    report.set_defaults(func=cmd_report)
+
+    sample = job_parser("sample", "write the built-in sample inputs into a directory")
+    sample.add_argument("directory")
+    sample.set_defaults(func=cmd_sample)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        settings = _apply_flags(args, load_settings())
+        if args.command == "enqueue" and not (args.stage1 and args.input):
+            raise SystemExit("enqueue needs --stage1 and --input")
+        return args.func(args, settings)
+    except (InputFileError, SettingsError) as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            log.error("%s", exc.code)
+            return EXIT_USAGE
+        raise
+    except (InfrastructureError, redis.exceptions.ConnectionError) as exc:
+        log.error("%s", exc)
+        return EXIT_INFRA
+    except KeyboardInterrupt:
+        log.warning("interrupted: run the same command again to resume")
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Job B on the producer side: prepare the pairs, register the run, enqueue what is pending."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+
+from config import Settings
+from shared.keys import derive_run_id, normalize_image_id, relation_key
+from shared.messages import RELATIONS_STAGE, RELATIONS_TASK
+from shared.relations_data import prepare_data_for_inference
+from shared.store import RunStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    run_id: str
+    total: int
+    invalid: int
+    already_done: int
+    pairs_sent: int
+    tasks_sent: int
+
+
+def result_settings(settings: Settings) -> dict[str, Any]:
+    """The settings that change the generated text: part of the run id."""
+    return {"relations_model": settings.relations_model, "model_revision": settings.model_revision,
+            "top_k": settings.top_k, "max_new_tokens": settings.max_new_tokens,
+            "temperature": settings.temperature, "seed": settings.seed}
+
+
+def enqueue_relations(settings: Settings, app: Celery, store_client, stage1: Path, input_path: Path,
+                      run_name: str | None = None) -> Enqueued:
+    """Register the run and send one task per image (chunked) for the pairs not done yet.
+
+    Raises InputFileError before anything is registered if an input file is unusable.
+    """
+    prepared = prepare_data_for_inference(stage1, input_path, settings.top_k)
+    run_id = run_name or derive_run_id(
+        "relations", [stage1, input_path], result_settings(settings))
+    store = RunStore(store_client, run_id)
+    store.register({"job": "relations", "run_id": run_id, "created": time.time(),
+                    "stage1": str(stage1), "input": str(input_path),
+                    "batch_size": settings.batch_size, "workers_per_gpu": settings.workers_per_gpu,
+                    **result_settings(settings)})
+    items = {relation_key(p["image_id"], p["subject"], p["object"]): p for p in prepared.pairs}
+    store.add_items(RELATIONS_STAGE, items)
+    store.add_items(RELATIONS_STAGE, {key: {"invalid": True} for key in prepared.failures})
+    for key, reason in prepared.failures.items():
+        store.mark_failed(RELATIONS_STAGE, key, reason)
+        log.warning("not enqueued: %s", reason)
+
+    done = store.done_keys(RELATIONS_STAGE)
+    pending = [key for key in items if key not in done]
+    # A pair that failed in an earlier attempt of this run gets another chance.
+    store.clear_failed(RELATIONS_STAGE, pending)
+    chunks = _chunks_by_image(pending, items, settings.chunk_pairs)
+    for chunk in chunks:
+        app.send_task(RELATIONS_TASK, args=[run_id, chunk], queue=settings.queue_relations)
+    return Enqueued(run_id=run_id, total=len(items) + len(prepared.failures),
+                    invalid=len(prepared.failures), already_done=len(items) - len(pending),
+                    pairs_sent=len(pending), tasks_sent=len(chunks))
+
+
+def _chunks_by_image(keys: list[str], items: dict[str, dict], size: int) -> list[list[str]]:
+    """One task per image (the image is decoded once), split when it has many pairs."""
+    by_image: dict[str, list[str]] = {}
+    for key in keys:
+        by_image.setdefault(normalize_image_id(items[key]["image_id"]), []).append(key)
+    return [keys_[i:i + size] for keys_ in by_image.values() for i in range(0, len(keys_), size)]

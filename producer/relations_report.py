@@ -1,0 +1,45 @@
+"""stage2_generated_results.json: the SPEC format (summary + results), plus what failed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from shared.jsonio import write_json_atomic
+from shared.keys import normalize_image_id
+from shared.messages import RELATIONS_STAGE
+from shared.store import RunStore
+
+RESULT_FIELDS = ("image_id", "subject", "object", "stage1_top_k", "stage2_generated",
+                 "has_gt", "gt_predicates")
+
+
+def relations_report(store: RunStore) -> dict[str, Any]:
+    meta = store.meta()
+    items = store.items(RELATIONS_STAGE)
+    done = store.done(RELATIONS_STAGE)
+    failed = store.failed(RELATIONS_STAGE)
+    ordered = sorted((k for k in done if k in items), key=lambda k: items[k].get("order", 0))
+    results = [{f: done[k][f] for f in RESULT_FIELDS} for k in ordered]
+    summary = {
+        "total_pairs": len(results),
+        "total_images": len({normalize_image_id(r["image_id"]) for r in results}),
+        "top_k_relations": meta["top_k"],
+        "generation_max_tokens": meta["max_new_tokens"],
+        "generation_temperature": meta["temperature"],
+        "num_gpus": sum("/cuda:" in d for d in store.devices()),
+        "workers_per_gpu": meta["workers_per_gpu"],
+        "run_id": store.run_id,
+        "model": meta["relations_model"],
+        "failed_pairs": len(failed),
+        "pending_pairs": len(items) - len(done) - len(failed),
+    }
+    failures = [{"key": k, "reason": v["reason"], "attempts": v["attempts"]}
+                for k, v in sorted(failed.items())]
+    return {"summary": summary, "results": results, "failed": failures}
+
+
+def write_relations_report(store: RunStore, output: Path) -> dict[str, Any]:
+    report = relations_report(store)
+    write_json_atomic(output, report)
+    return report

@@ -1,0 +1,1 @@
+"""What the producer and the workers both use: records, keys, stores, prompts."""

@@ -1,0 +1,49 @@
+"""Idempotent keys: the same input and settings always give the same run and item keys."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Mapping
+
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def normalize_image_id(image_id: object) -> str:
+    """Image ids may be integers on one side and strings on the other: compare as text."""
+    if isinstance(image_id, bool) or not isinstance(image_id, (int, str)):
+        raise TypeError(f"an image id must be an integer or a string, got {image_id!r}")
+    text = str(image_id).strip()
+    # "0042" and 42 name the same Visual Genome image.
+    return str(int(text)) if text.isdigit() else text
+
+
+def relation_key(image_id: object, subject: str, object_: str) -> str:
+    return f"{normalize_image_id(image_id)}|{subject}|{object_}"
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def derive_run_id(job: str, inputs: list[Path], settings: Mapping[str, object]) -> str:
+    """``<job>-<12 hex>`` from the input files' contents and the settings that change results."""
+    h = hashlib.sha256(job.encode())
+    for path in inputs:
+        h.update(file_digest(path).encode())
+    h.update(json.dumps(dict(settings), sort_keys=True, default=str).encode())
+    return f"{job}-{h.hexdigest()[:12]}"
+
+
+def check_run_name(name: str) -> str:
+    if not _RUN_NAME.match(name):
+        raise ValueError(
+            f"run name {name!r}: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return name

@@ -1,0 +1,151 @@
+"""The run store: run state and results in Redis, under idempotent item keys.
+
+Layout, per run and stage (``evalfleet:<run>:<stage>:...``):
+
+- ``items``  hash key -> item payload (JSON): everything the run must do;
+- ``done``   hash key -> result (JSON), written with HSETNX: the first result wins,
+  so a task executed twice (redelivered after a worker died) writes nothing new;
+- ``failed`` hash key -> {"reason", "attempts"}: never set for a key that is done;
+- ``stats``  hash of counters the workers increment (executions, generations).
+
+``done + failed == total`` is what "finished" means: a queue can read empty while
+a worker still holds a task.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+import redis
+
+PREFIX = "evalfleet"
+
+# Set the failure only if the key is not done; both checked inside Redis, atomically.
+_MARK_FAILED = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return 1
+"""
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Progress:
+    done: int
+    failed: int
+    total: int
+
+    @property
+    def finished(self) -> bool:
+        return self.done + self.failed >= self.total
+
+
+def connect(url: str) -> redis.Redis:
+    """A Redis client for the store; text in and out (all values are JSON)."""
+    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+
+
+class RunStore:
+    """Everything about one run that lives in Redis."""
+
+    def __init__(self, client: redis.Redis, run_id: str):
+        self.client = client
+        self.run_id = run_id
+        self._mark_failed = client.register_script(_MARK_FAILED)
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((PREFIX, self.run_id, *parts))
+
+    # --- the run ---------------------------------------------------------------
+    def register(self, meta: Mapping[str, Any]) -> None:
+        """Record the run's settings (first registration wins) and list the run."""
+        self.client.hsetnx(self._key("meta"), "meta", _dumps(dict(meta)))
+        self.client.sadd(f"{PREFIX}:runs", self.run_id)
+
+    def meta(self) -> dict[str, Any]:
+        raw = self.client.hget(self._key("meta"), "meta")
+        if raw is None:
+            raise LookupError(f"run {self.run_id!r} is not registered in this Redis")
+        return json.loads(raw)
+
+    def exists(self) -> bool:
+        return bool(self.client.hexists(self._key("meta"), "meta"))
+
+    # --- items -------------------------------------------------------------------
+    def add_items(self, stage: str, items: Mapping[str, Mapping[str, Any]]) -> None:
+        if items:
+            self.client.hset(self._key(stage, "items"), mapping={k: _dumps(v) for k, v in items.items()})
+
+    def items(self, stage: str) -> dict[str, dict[str, Any]]:
+        return _load_all(self.client.hgetall(self._key(stage, "items")))
+
+    def get_items(self, stage: str, keys: list[str]) -> list[dict[str, Any] | None]:
+        if not keys:
+            return []
+        raw = self.client.hmget(self._key(stage, "items"), keys)
+        return [None if r is None else json.loads(r) for r in raw]
+
+    # --- outcomes ----------------------------------------------------------------
+    def mark_done(self, stage: str, key: str, result: Mapping[str, Any]) -> bool:
+        """Store the result unless one exists; returns whether this call stored it."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hsetnx(self._key(stage, "done"), key, _dumps(dict(result)))
+        pipe.hdel(self._key(stage, "failed"), key)
+        stored, _ = pipe.execute()
+        return bool(stored)
+
+    def mark_failed(self, stage: str, key: str, reason: str, attempts: int = 1) -> bool:
+        """Record why an item failed, unless it is already done."""
+        record = _dumps({"reason": reason, "attempts": attempts, "at": time.time()})
+        keys = [self._key(stage, "done"), self._key(stage, "failed")]
+        return bool(self._mark_failed(keys=keys, args=[key, record]))
+
+    def clear_failed(self, stage: str, keys: Iterable[str]) -> None:
+        keys = list(keys)
+        if keys:
+            self.client.hdel(self._key(stage, "failed"), *keys)
+
+    def done(self, stage: str) -> dict[str, dict[str, Any]]:
+        return _load_all(self.client.hgetall(self._key(stage, "done")))
+
+    def done_keys(self, stage: str) -> set[str]:
+        return set(self.client.hkeys(self._key(stage, "done")))
+
+    def is_done(self, stage: str, keys: list[str]) -> list[bool]:
+        if not keys:
+            return []
+        return [bool(x) for x in self.client.hmget(self._key(stage, "done"), keys)]
+
+    def failed(self, stage: str) -> dict[str, dict[str, Any]]:
+        return _load_all(self.client.hgetall(self._key(stage, "failed")))
+
+    def progress(self, stage: str) -> Progress:
+        pipe = self.client.pipeline(transaction=False)
+        for part in ("done", "failed", "items"):
+            pipe.hlen(self._key(stage, part))
+        done, failed, total = pipe.execute()
+        return Progress(done=done, failed=failed, total=total)
+
+    # --- worker-side counters ------------------------------------------------------
+    def count(self, stage: str, name: str, amount: int = 1) -> None:
+        self.client.hincrby(self._key(stage, "stats"), name, amount)
+
+    def stats(self, stage: str) -> dict[str, int]:
+        return {k: int(v) for k, v in self.client.hgetall(self._key(stage, "stats")).items()}
+
+    def add_device(self, device: str) -> None:
+        """Remember which devices worked on the run (the report counts the GPUs)."""
+        self.client.sadd(self._key("devices"), device)
+
+    def devices(self) -> set[str]:
+        return set(self.client.smembers(self._key("devices")))
+
+
+def _load_all(raw: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    return {k: json.loads(v) for k, v in raw.items()}

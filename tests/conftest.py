@@ -1,0 +1,94 @@
+"""Real processes only: a redis-server on a free port and real Celery workers running the tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from config import Settings
+from producer.dispatch import celery_client
+from producer.embedded import EmbeddedRedis, LocalFleet
+from producer.sample import write_relations_sample
+from shared.store import RunStore, connect
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Short generations keep the suite fast on a 2-core CPU; everything else is the default.
+FAST = {"EVALFLEET_MAX_NEW_TOKENS": "8", "EVALFLEET_POLL_INTERVAL_SECONDS": "0.2",
+        "EVALFLEET_RETRY_BACKOFF_SECONDS": "0.2"}
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory) -> Path:
+    """Tiny models are built once per session, by the first worker that needs them."""
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def fleet_env(redis_server, model_cache, tmp_path_factory) -> dict[str, str]:
+    """Environment of every process that talks to the session's Redis."""
+    return {**FAST, "EVALFLEET_BROKER_URL": redis_server.url,
+            "EVALFLEET_MODEL_CACHE": str(model_cache),
+            "EVALFLEET_WORK_DIR": str(tmp_path_factory.mktemp("fleet-work"))}
+
+
+@pytest.fixture(scope="session")
+def fleet(fleet_env, tmp_path_factory):
+    """One launcher with one CPU worker on queue ``relations``, for the whole session."""
+    log = tmp_path_factory.mktemp("logs") / "workers.log"
+    with LocalFleet(fleet_env, ["relations"], log, gpus="cpu") as running:
+        wait_for_workers(fleet_env["EVALFLEET_BROKER_URL"], 1)
+        yield running
+
+
+@pytest.fixture
+def redis_client(redis_server):
+    client = connect(redis_server.url)
+    client.flushall()
+    return client
+
+
+@pytest.fixture
+def sample(tmp_path) -> tuple[Path, Path]:
+    return write_relations_sample(tmp_path / "sample")
+
+
+def wait_for_workers(broker_url: str, count: int, timeout: float = 60) -> None:
+    app = celery_client(Settings(broker_url=broker_url))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(app.control.ping(timeout=0.5)) >= count:
+            return
+    raise TimeoutError(f"{count} worker(s) did not answer within {timeout}s")
+
+
+def run_producer(*args: str, env: dict[str, str], timeout: float = 300,
+                 wait: bool = True) -> subprocess.CompletedProcess | subprocess.Popen:
+    """``python -m producer ...`` as a user runs it, with the given EVALFLEET_* variables."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("EVALFLEET_")}
+    full_env.update(env)
+    cmd = [sys.executable, "-m", "producer", *args]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def run_store(client, run_id: str) -> RunStore:
+    return RunStore(client, run_id)

@@ -1,0 +1,147 @@
+"""The relations job end to end: real Redis, real Celery workers, the tiny Qwen3-VL."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import psutil
+import pytest
+
+from conftest import FAST, read_json, run_producer
+from producer.embedded import EmbeddedRedis
+from shared.keys import relation_key
+from shared.store import RunStore, connect
+
+SUMMARY_KEYS = {"total_pairs", "total_images", "top_k_relations", "generation_max_tokens",
+                "generation_temperature", "num_gpus", "workers_per_gpu"}
+RESULT_KEYS = {"image_id", "subject", "object", "stage1_top_k", "stage2_generated", "has_gt",
+               "gt_predicates"}
+
+
+def check_spec_format(report: dict) -> None:
+    assert SUMMARY_KEYS <= set(report["summary"])
+    for result in report["results"]:
+        assert set(result) == RESULT_KEYS
+        sims = [c["similarity"] for c in result["stage1_top_k"]]
+        assert sims == sorted(sims, reverse=True)
+        assert [g["predicate"] for g in result["stage2_generated"]] == \
+               [c["predicate"] for c in result["stage1_top_k"]]
+        for generated in result["stage2_generated"]:
+            assert set(generated) == {"predicate", "similarity", "generated_description"}
+            assert isinstance(generated["generated_description"], str)
+
+
+def test_sample_run_writes_the_spec_report(fleet, fleet_env, redis_client, sample, tmp_path):
+    stage1, input_path = sample
+    output = tmp_path / "stage2_generated_results.json"
+    proc = run_producer("run", "relations", "--stage1", str(stage1), "--input", str(input_path),
+                        "--output", str(output), env=fleet_env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = read_json(output)
+    check_spec_format(report)
+    summary = report["summary"]
+    assert (summary["total_pairs"], summary["total_images"]) == (13, 5)
+    assert summary["top_k_relations"] == 10 and summary["generation_max_tokens"] == 8
+    assert summary["generation_temperature"] == 0.1
+    assert report["failed"] == []
+    by_pair = {(str(r["image_id"]), r["subject"], r["object"]): r for r in report["results"]}
+    # 11 usable candidates, cut to the top 10; "no relation" never appears.
+    assert len(by_pair[("2343729", "windshield", "train")]["stage1_top_k"]) == 10
+    assert all(c["predicate"] != "no relation" for r in report["results"] for c in r["stage1_top_k"])
+    # Image 2343731 has a string id in the input file and is matched all the same.
+    assert ("2343731", "dog", "grass") in by_pair
+    # The all-"no relation" pair of every image is dropped.
+    assert ("2343729", "track", "train") not in by_pair
+
+
+def test_rerun_generates_nothing_new(fleet, fleet_env, redis_client, sample, tmp_path):
+    stage1, input_path = sample
+    args = ("run", "relations", "--stage1", str(stage1), "--input", str(input_path), "--run", "resume")
+    first = run_producer(*args, "--output", str(tmp_path / "a.json"), env=fleet_env)
+    assert first.returncode == 0, first.stderr
+    stats = RunStore(redis_client, "resume").stats("relations")
+    assert stats["descriptions_generated"] == 47
+    second = run_producer(*args, "--output", str(tmp_path / "b.json"), env=fleet_env)
+    assert second.returncode == 0, second.stderr
+    assert RunStore(redis_client, "resume").stats("relations") == stats
+    assert read_json(tmp_path / "a.json") == read_json(tmp_path / "b.json")
+
+
+def test_worker_child_killed_mid_task_loses_and_duplicates_nothing(fleet, fleet_env, redis_client,
+                                                                   sample, tmp_path):
+    stage1, input_path = sample
+    env = {**fleet_env, "EVALFLEET_MAX_NEW_TOKENS": "48"}  # tasks long enough to be caught running
+    output = tmp_path / "out.json"
+    producer = run_producer("run", "relations", "--stage1", str(stage1), "--input", str(input_path),
+                            "--run", "killed", "--output", str(output), env=env, wait=False)
+    store = RunStore(redis_client, "killed")
+    deadline = time.monotonic() + 120
+    while not (0 < store.progress("relations").done < 13):
+        assert time.monotonic() < deadline and producer.poll() is None, "no task ever finished"
+        time.sleep(0.05)
+    [child] = worker_children(fleet.proc.pid)
+    child.send_signal(signal.SIGKILL)
+    out, _ = producer.communicate(timeout=240)
+    assert producer.returncode == 0, out
+    report = read_json(output)
+    keys = [relation_key(r["image_id"], r["subject"], r["object"]) for r in report["results"]]
+    assert len(keys) == len(set(keys)) == 13
+    assert report["failed"] == []
+
+
+def test_bad_records_fail_alone_and_are_reported(fleet, fleet_env, redis_client, sample, tmp_path):
+    stage1, input_path = sample
+    data = json.loads(stage1.read_text())
+    cands = data["per_image_top100_candidates"]
+    cands["2343730"].append({"subject": "man", "object": "unicorn", "predicted_predicate": "riding",
+                             "similarity": 0.9, "has_gt": False, "gt_predicates": []})
+    cands["999"] = [{"subject": "a", "object": "b", "predicted_predicate": "on", "similarity": 0.5}]
+    stage1.write_text(json.dumps(data))
+    images = json.loads(input_path.read_text())
+    images[4]["image_path"] = "images/missing.png"  # 2343733: two pairs, the file is not there
+    input_path.write_text(json.dumps(images))
+    output = tmp_path / "out.json"
+    proc = run_producer("run", "relations", "--stage1", str(stage1), "--input", str(input_path),
+                        "--output", str(output), env=fleet_env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = read_json(output)
+    reasons = {f["key"]: f["reason"] for f in report["failed"]}
+    assert "unicorn" in reasons["2343730|man|unicorn"] and str(input_path) in reasons["2343730|man|unicorn"]
+    assert "999" in reasons["999|a|b"]
+    assert "missing.png" in reasons["2343733|woman|bag"] and "does not exist" in reasons["2343733|woman|bag"]
+    assert report["summary"]["total_pairs"] == 11  # 13 - the two pairs of the missing image
+    assert "unicorn" in proc.stdout
+
+
+def test_unusable_input_file_exits_2_and_registers_nothing(fleet_env, redis_client, sample):
+    stage1, input_path = sample
+    stage1.write_bytes(b"\xff\xfe not utf-8")
+    proc = run_producer("run", "relations", "--stage1", str(stage1), "--input", str(input_path),
+                        env=fleet_env)
+    assert proc.returncode == 2
+    assert str(stage1) in proc.stderr and "UTF-8" in proc.stderr
+    assert redis_client.smembers("evalfleet:runs") == set()
+
+
+def test_one_command_mode_embeds_redis_and_workers_then_resumes(model_cache, tmp_path):
+    env = {**FAST, "EVALFLEET_WORK_DIR": str(tmp_path / "work"), "EVALFLEET_MODEL_CACHE": str(model_cache)}
+    first = run_producer("run", "relations", env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    [report_path] = (tmp_path / "work").glob("relations-*/stage2_generated_results.json")
+    check_spec_format(read_json(report_path))
+    second = run_producer("run", "relations", env=env)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "sent 0 pairs in 0 tasks" in second.stderr
+    # The embedded Redis was stopped; its data survived for the rerun and for us.
+    with EmbeddedRedis(tmp_path / "work" / "redis") as server:
+        store = RunStore(connect(server.url), report_path.parent.name)
+        assert store.stats("relations")["descriptions_generated"] == 47
+        assert store.progress("relations").done == 13
+
+
+def worker_children(launcher_pid: int) -> list[psutil.Process]:
+    """The prefork children executing tasks (grandchildren of the launcher)."""
+    [worker] = psutil.Process(launcher_pid).children()
+    return worker.children()

@@ -1,0 +1,26 @@
+"""Model building and loading for the workers.
+
+``load_vlm`` loads Qwen3-VL (hub id or local directory); ``resolve_model_path``
+turns the setting ``tiny`` into a tiny random checkpoint built once on disk by
+``build_tiny_qwen3_vl``, whose tokenizer comes from ``build_tiny_tokenizer``.
+"""
+
+from workers.models.loading import (
+    ModelNotFoundError,
+    load_vlm,
+    pick_device,
+    pick_dtype,
+    resolve_model_path,
+)
+from workers.models.tiny import build_tiny_qwen3_vl
+from workers.models.tokenizer import build_tiny_tokenizer
+
+__all__ = [
+    "ModelNotFoundError",
+    "build_tiny_qwen3_vl",
+    "build_tiny_tokenizer",
+    "load_vlm",
+    "pick_device",
+    "pick_dtype",
+    "resolve_model_path",
+]

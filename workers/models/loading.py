@@ -1,0 +1,137 @@
+"""Find, build and load the vision-language model a worker runs.
+
+``EVALFLEET_RELATIONS_MODEL`` names the model: a hub id such as
+``Qwen/Qwen3-VL-8B-Instruct``, a local directory, or ``tiny`` for a random
+model built once under the work directory. All three load through the same
+``from_pretrained`` calls.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from huggingface_hub.errors import HFValidationError
+from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
+
+from config import TINY_MODEL
+from workers.models.tiny import build_tiny_qwen3_vl
+
+logger = logging.getLogger(__name__)
+
+TINY_DIR_NAME = "tiny-qwen3-vl"
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+class ModelNotFoundError(RuntimeError):
+    """The model's hub id or directory could not be loaded (missing, offline, no access)."""
+
+
+def resolve_model_path(ref: str, models_dir: Path) -> str:
+    """Turn a model setting into what ``from_pretrained`` takes; builds the tiny model on first use."""
+    if ref != TINY_MODEL:
+        return ref
+    target = Path(models_dir) / TINY_DIR_NAME
+    if not target.is_dir():
+        _build_tiny_once(target)
+    return str(target)
+
+
+def _build_tiny_once(target: Path) -> None:
+    """Build into a temp dir and rename it into place, under a lock.
+
+    Several workers may start at once: the lock makes all but one wait, and the
+    rename means nobody ever sees a half-written directory, even after a crash.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = target.parent / f"{target.name}.lock"
+    with open(lock_path, "w") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)  # released when the file is closed
+        if target.is_dir():  # another process built it while we waited
+            return
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        try:
+            logger.info("building the tiny random Qwen3-VL model in %s", target)
+            build_tiny_qwen3_vl(tmp)
+            _make_world_readable(tmp)
+            os.rename(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def _make_world_readable(directory: Path) -> None:
+    # mkdtemp and the safetensors writer create owner-only entries; workers may run as other users.
+    directory.chmod(0o755)
+    for path in directory.iterdir():
+        path.chmod(0o644)
+
+
+def pick_device(setting: str) -> torch.device:
+    """``auto`` means the GPU when one is visible, else the CPU; anything else is a torch device name."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(setting)
+    except RuntimeError:
+        raise ValueError(
+            f"EVALFLEET_DEVICE={setting!r} is not a device: use auto, cpu, cuda or cuda:N"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"EVALFLEET_DEVICE={setting!r} but no CUDA GPU is visible to this process")
+    return device
+
+
+def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
+    """``auto`` means bfloat16 on a GPU and float32 on the CPU (CPU bf16 matmuls are slow)."""
+    if setting == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        return _DTYPES[setting]
+    except KeyError:
+        raise ValueError(
+            f"EVALFLEET_DTYPE={setting!r}: use auto, {', '.join(_DTYPES)}"
+        ) from None
+
+
+def load_vlm(
+    ref: str, *, revision: str, dtype: torch.dtype, device: torch.device
+) -> tuple[ProcessorMixin, PreTrainedModel]:
+    """Load a processor and an image-text-to-text model ready for batched generation.
+
+    ``ref`` is a hub id or a local directory (resolve ``tiny`` first with
+    :func:`resolve_model_path`); an empty ``revision`` means the default branch.
+    """
+    if ref == TINY_MODEL:
+        raise ValueError(f"{ref!r} is not loadable as is; pass it through resolve_model_path() first")
+    revision_arg = revision or None
+    try:
+        processor = AutoProcessor.from_pretrained(ref, revision=revision_arg)
+        # device_map loads the weights straight onto the device instead of via CPU RAM.
+        model = AutoModelForImageTextToText.from_pretrained(
+            ref, revision=revision_arg, dtype=dtype, device_map=device
+        )
+    except (OSError, HFValidationError) as err:
+        raise ModelNotFoundError(_not_found_message(ref, revision, err)) from err
+    # Batched generation appends new tokens on the right, so prompts must be left-padded.
+    processor.tokenizer.padding_side = "left"
+    model.to(device)
+    model.eval()
+    logger.info("loaded %s (revision %s) on %s as %s", ref, revision or "default", device, dtype)
+    return processor, model
+
+
+def _not_found_message(ref: str, revision: str, err: Exception) -> str:
+    at = f" at revision {revision!r}" if revision else ""
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return (
+        f"cannot load the model {ref!r}{at}: {reason}. "
+        "Set EVALFLEET_RELATIONS_MODEL to a local model directory, a hub id that is "
+        "reachable (or already in the Hugging Face cache), or 'tiny' for the random test model."
+    )
