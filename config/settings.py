@@ -57,6 +57,25 @@ class Settings:
     # "auto": cuda when a GPU is visible, else cpu.
     device: str = "auto"
 
+    # --- editbench job -----------------------------------------------------------
+    # Qwen-Image-Edit: a hub id (Qwen/Qwen-Image-Edit), a local directory, or "tiny".
+    editor_model: str = TINY_MODEL
+    # The judge, a Qwen3-VL: a hub id (Qwen/Qwen3-VL-30B-A3B-Instruct), a local directory, or "tiny".
+    judge_model: str = TINY_MODEL
+    # 0 means the model's default: 50 steps and a 1024x1024-pixel area for a real
+    # editor, 2 steps and 128x128 for the tiny one (so the laptop demo is quick).
+    edit_steps: int = 0
+    edit_size: int = 0
+    edit_true_cfg_scale: float = 4.0
+    edit_negative_prompt: str = " "
+    # Pairs scored in one judge batch.
+    judge_batch_size: int = 4
+    # GPU memory (GiB) the models of one worker process may hold; 0 means
+    # device memory x 0.9 / workers per GPU (host memory on a CPU-only machine).
+    memory_budget_gb: float = 0.0
+    # Per-category judge prompt templates; empty means config/prompts.
+    prompts_dir: str = ""
+
     # --- relations job (SPEC.md defaults) -------------------------------------
     top_k: int = 10
     batch_size: int = 8
@@ -82,6 +101,22 @@ class Settings:
     @property
     def models_dir(self) -> Path:
         return Path(self.model_cache) if self.model_cache else self.work_dir / "models"
+
+    @property
+    def prompts(self) -> Path:
+        return Path(self.prompts_dir) if self.prompts_dir else Path(__file__).parent / "prompts"
+
+    @property
+    def effective_edit_steps(self) -> int:
+        if self.edit_steps:
+            return self.edit_steps
+        return 2 if self.editor_model == TINY_MODEL else 50
+
+    @property
+    def effective_edit_size(self) -> int:
+        if self.edit_size:
+            return self.edit_size
+        return 128 if self.editor_model == TINY_MODEL else 1024
 
     @property
     def broker(self) -> str:
@@ -128,10 +163,15 @@ def to_environ(settings: Settings) -> dict[str, str]:
 
 
 def _validate(s: Settings) -> None:
-    positive = ("top_k", "batch_size", "max_new_tokens", "chunk_pairs", "workers_per_gpu")
+    positive = ("top_k", "batch_size", "max_new_tokens", "chunk_pairs", "workers_per_gpu",
+                "judge_batch_size")
     for name in positive:
         if getattr(s, name) < 1:
             raise SettingsError(f"{ENV_PREFIX}{name.upper()} must be at least 1")
+    if s.edit_steps < 0 or s.edit_size < 0 or s.memory_budget_gb < 0:
+        raise SettingsError(
+            f"{ENV_PREFIX}EDIT_STEPS, EDIT_SIZE and MEMORY_BUDGET_GB must be >= 0 (0: default)"
+        )
     if s.temperature < 0:
         raise SettingsError(f"{ENV_PREFIX}TEMPERATURE must be >= 0")
     if s.dtype not in ("auto", "bfloat16", "float16", "float32"):

@@ -22,7 +22,7 @@ from producer.embedded import EmbeddedRedis, InfrastructureError, LocalFleet
 from producer.progress import wait_for_stage
 from producer.relations_job import enqueue_relations
 from producer.relations_report import write_relations_report
-from producer.sample import ensure_relations_sample, write_relations_sample
+from producer.relations_sample import ensure_relations_sample, write_relations_sample
 from shared.errors import InputFileError
 from shared.keys import check_run_name
 from shared.messages import RELATIONS_STAGE

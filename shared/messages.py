@@ -1,8 +1,12 @@
-"""Task names shared by the producer (which sends) and the workers (which run them).
+"""Task names and stages shared by the producer (which sends) and the workers (which run them).
 
-Messages carry references only (run id, image id, item keys): never image bytes.
+Messages carry references only (run id, item keys): never image bytes.
 """
 
 RELATIONS_TASK = "evalfleet.relations.generate"
+EDIT_TASK = "evalfleet.editbench.edit"
+SCORE_TASK = "evalfleet.editbench.score"
 
 RELATIONS_STAGE = "relations"
+EDIT_STAGE = "edit"
+SCORE_STAGE = "score"

@@ -114,6 +114,12 @@ class RunStore:
     def done(self, stage: str) -> dict[str, dict[str, Any]]:
         return _load_all(self.client.hgetall(self._key(stage, "done")))
 
+    def get_done(self, stage: str, keys: list[str]) -> list[dict[str, Any] | None]:
+        if not keys:
+            return []
+        raw = self.client.hmget(self._key(stage, "done"), keys)
+        return [None if r is None else json.loads(r) for r in raw]
+
     def done_keys(self, stage: str) -> set[str]:
         return set(self.client.hkeys(self._key(stage, "done")))
 
@@ -125,12 +131,23 @@ class RunStore:
     def failed(self, stage: str) -> dict[str, dict[str, Any]]:
         return _load_all(self.client.hgetall(self._key(stage, "failed")))
 
-    def progress(self, stage: str) -> Progress:
+    def progress(self, stage: str, keys: list[str] | None = None) -> Progress:
+        """Done, failed and total items of the stage, or of the given keys of it."""
+        if keys is None:
+            pipe = self.client.pipeline(transaction=False)
+            for part in ("done", "failed", "items"):
+                pipe.hlen(self._key(stage, part))
+            done, failed, total = pipe.execute()
+            return Progress(done=done, failed=failed, total=total)
+        if not keys:
+            return Progress(0, 0, 0)
         pipe = self.client.pipeline(transaction=False)
-        for part in ("done", "failed", "items"):
-            pipe.hlen(self._key(stage, part))
-        done, failed, total = pipe.execute()
-        return Progress(done=done, failed=failed, total=total)
+        pipe.hmget(self._key(stage, "done"), keys)
+        pipe.hmget(self._key(stage, "failed"), keys)
+        done, failed = pipe.execute()
+        n_done = sum(d is not None for d in done)
+        n_failed = sum(d is None and f is not None for d, f in zip(done, failed))
+        return Progress(done=n_done, failed=n_failed, total=len(keys))
 
     # --- worker-side counters ------------------------------------------------------
     def count(self, stage: str, name: str, amount: int = 1) -> None:
@@ -138,6 +155,19 @@ class RunStore:
 
     def stats(self, stage: str) -> dict[str, int]:
         return {k: int(v) for k, v in self.client.hgetall(self._key(stage, "stats")).items()}
+
+    def add_swap(self, swap: Mapping[str, Any]) -> None:
+        self.client.rpush(self._key("swaps"), _dumps(dict(swap)))
+
+    def swaps(self) -> list[dict[str, Any]]:
+        return [json.loads(s) for s in self.client.lrange(self._key("swaps"), 0, -1)]
+
+    def add_phase_time(self, phase: str, start: float, end: float) -> None:
+        """Accumulate wall time per phase (a category-scoped run has one span per category)."""
+        self.client.rpush(self._key("phases"), _dumps({"phase": phase, "start": start, "end": end}))
+
+    def phase_times(self) -> list[dict[str, Any]]:
+        return [json.loads(s) for s in self.client.lrange(self._key("phases"), 0, -1)]
 
     def add_device(self, device: str) -> None:
         """Remember which devices worked on the run (the report counts the GPUs)."""

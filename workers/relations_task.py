@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 import zlib
-from typing import Any
 
 from shared.images import ImageFileError, open_image
 from shared.messages import RELATIONS_STAGE, RELATIONS_TASK
@@ -13,6 +12,7 @@ from shared.relation_prompt import BoxOutsideImage, build_relation_prompt
 from shared.store import RunStore
 from workers.celery_app import app, settings
 from workers.runtime import device_name, relation_generator, run_store, worker_name
+from workers.task_support import give_up_or_retry, pending_items
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ RESULT_FIELDS = ("image_id", "subject", "object", "stage1_top_k", "has_gt", "gt_
 def generate_relations(self, run_id: str, keys: list[str]) -> dict[str, int]:
     """Generate a description for every top-K predicate of the given pairs of one image."""
     store = run_store(run_id)
-    pending = _pending_items(store, keys)
+    pending = pending_items(store, RELATIONS_STAGE, keys)
     if not pending:
         return {"generated": 0}
     meta = store.meta()
@@ -41,22 +41,10 @@ def generate_relations(self, run_id: str, keys: list[str]) -> dict[str, int]:
     try:
         texts, seconds = _generate(meta, image, [prompt for _, _, prompt in jobs], keys[0])
     except Exception as exc:
-        return _give_up_or_retry(self, store, list(dict.fromkeys(k for k, _, _ in jobs)), exc)
+        give_up_or_retry(self, store, RELATIONS_STAGE, list(dict.fromkeys(k for k, _, _ in jobs)), exc)
+        return {"generated": 0}
     _store_results(store, pending, jobs, texts, seconds)
     return {"generated": len(texts)}
-
-
-def _pending_items(store: RunStore, keys: list[str]) -> dict[str, dict[str, Any]]:
-    """The items of ``keys`` not done yet (a redelivered task skips finished pairs)."""
-    done = store.is_done(RELATIONS_STAGE, keys)
-    items = store.get_items(RELATIONS_STAGE, keys)
-    pending = {}
-    for key, is_done, item in zip(keys, done, items):
-        if item is None:
-            log.warning("run %s has no item %r; skipped", store.run_id, key)
-        elif not is_done:
-            pending[key] = item
-    return pending
 
 
 def _prompts(store: RunStore, pending: dict, width: int, height: int) -> list[tuple[str, dict, str]]:
@@ -104,14 +92,3 @@ def _store_results(store: RunStore, pending: dict, jobs: list, texts: list[str],
     store.count(RELATIONS_STAGE, "descriptions_generated", len(texts))
     store.add_device(device_name())
 
-
-def _give_up_or_retry(task, store: RunStore, keys: list[str], exc: Exception) -> dict[str, int]:
-    attempts = task.request.retries + 1
-    if attempts > task.max_retries:
-        log.error("relations task for %s failed %d times, giving up: %r", keys, attempts, exc)
-        for key in keys:
-            store.mark_failed(RELATIONS_STAGE, key, f"{type(exc).__name__}: {exc}", attempts)
-        return {"generated": 0}
-    countdown = settings.retry_backoff_seconds * 2 ** task.request.retries
-    log.warning("relations task for %s failed (%r); retry %d in %.1fs", keys, exc, attempts, countdown)
-    raise task.retry(exc=exc, countdown=countdown)

@@ -1,0 +1,139 @@
+"""Job A on the producer side: register the run, then the phase controller.
+
+The controller enqueues every pending edit, waits until every edit item is done or
+failed (done + failed == total: a queue can read empty while a worker still holds a
+task), then enqueues the score items of the pairs whose edit succeeded, and waits
+again. Workers swap from the editor to the judge once, when their first score task
+arrives, so there is one swap per worker process per run (none where both fit).
+``phase_scope="category"`` reproduces the seed design's per-category order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from celery import Celery
+
+from config import Settings
+from producer.progress import wait_for_stage
+from shared.artifacts import ArtifactStore
+from shared.editbench_data import prepare_benchmark
+from shared.keys import derive_run_id
+from shared.messages import EDIT_STAGE, EDIT_TASK, SCORE_STAGE, SCORE_TASK
+from shared.store import RunStore
+
+log = logging.getLogger(__name__)
+
+PHASE_SCOPES = ("run", "category")
+
+
+@dataclass
+class EditbenchRun:
+    store: RunStore
+    keys_by_category: dict[str, list[str]]
+    invalid: int
+
+
+def prompts_digest(prompts_dir: Path) -> str:
+    """The judge's templates change scores, so they are part of the run id."""
+    h = hashlib.sha256()
+    for path in sorted(Path(prompts_dir).glob("*.txt")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def result_settings(settings: Settings) -> dict[str, Any]:
+    """The settings that change edited images or scores: part of the run id."""
+    return {"editor_model": settings.editor_model, "judge_model": settings.judge_model,
+            "model_revision": settings.model_revision, "edit_steps": settings.effective_edit_steps,
+            "edit_size": settings.effective_edit_size,
+            "edit_true_cfg_scale": settings.edit_true_cfg_scale,
+            "edit_negative_prompt": settings.edit_negative_prompt, "seed": settings.seed,
+            "prompts": prompts_digest(settings.prompts)}
+
+
+def register_editbench(settings: Settings, store_client, benchmark: Path,
+                       run_name: str | None = None) -> EditbenchRun:
+    """Validate the benchmark, store the originals, register the run and its edit items.
+
+    Raises InputFileError before anything is registered if the file is unusable.
+    """
+    prepared = prepare_benchmark(benchmark)
+    run_id = run_name or derive_run_id("editbench", [benchmark], result_settings(settings))
+    store = RunStore(store_client, run_id)
+    store.register({"job": "editbench", "run_id": run_id, "created": time.time(),
+                    "benchmark": str(benchmark), "categories": prepared.categories,
+                    "judge_batch_size": settings.judge_batch_size,
+                    "workers_per_gpu": settings.workers_per_gpu, **result_settings(settings)})
+    artifacts = ArtifactStore(settings.artifacts, run_id)
+    items: dict[str, dict[str, Any]] = {}
+    keys_by_category: dict[str, list[str]] = {c: [] for c in prepared.categories}
+    for order, pair in enumerate(prepared.pairs):
+        original, digest = artifacts.put_original(pair.image_bytes, pair.image_extension)
+        items[pair.key] = {"category": pair.category, "pair_id": pair.pair_id, "order": order,
+                           "original_path": str(original), "original_digest": digest,
+                           "original_description": pair.original_description,
+                           "edit_instruction": pair.edit_instruction,
+                           "edited_path": str(artifacts.edited_path(pair.category, pair.pair_id))}
+        keys_by_category[pair.category].append(pair.key)
+    store.add_items(EDIT_STAGE, items)
+    store.add_items(EDIT_STAGE, {key: {"invalid": True} for key in prepared.failures})
+    for key, reason in prepared.failures.items():
+        store.mark_failed(EDIT_STAGE, key, reason)
+        log.warning("not enqueued: %s", reason)
+    return EditbenchRun(store, keys_by_category, invalid=len(prepared.failures))
+
+
+class PhaseController:
+    """Drives one run's phases; usable alone against a fleet that is already running."""
+
+    def __init__(self, settings: Settings, app: Celery, run: EditbenchRun,
+                 check: Callable[[], None] = lambda: None):
+        self.settings = settings
+        self.app = app
+        self.run = run
+        self.store = run.store
+        self.check = check
+
+    def drive(self, scope: str = "run") -> None:
+        if scope not in PHASE_SCOPES:
+            raise ValueError(f"phase scope {scope!r}: use one of {', '.join(PHASE_SCOPES)}")
+        if scope == "run":
+            groups = [("", [k for keys in self.run.keys_by_category.values() for k in keys])]
+        else:
+            groups = list(self.run.keys_by_category.items())
+        for label, keys in groups:
+            self._phase(EDIT_STAGE, EDIT_TASK, self.settings.queue_edit, keys, 1, label)
+            score_keys = self._register_scores(keys)
+            self._phase(SCORE_STAGE, SCORE_TASK, self.settings.queue_score, score_keys,
+                        self.settings.judge_batch_size, label)
+
+    def _register_scores(self, keys: list[str]) -> list[str]:
+        """Score items for the pairs whose edit succeeded, carrying the edited image's path."""
+        edited = {k: v for k, v in zip(keys, self.store.get_done(EDIT_STAGE, keys)) if v is not None}
+        items = self.store.get_items(EDIT_STAGE, list(edited))
+        self.store.add_items(SCORE_STAGE, {
+            key: {**item, "edited_path": edited[key]["edited_path"],
+                  "edited_digest": edited[key]["edited_digest"]}
+            for key, item in zip(edited, items)
+        })
+        return list(edited)
+
+    def _phase(self, stage: str, task: str, queue: str, keys: list[str], chunk: int, label: str) -> None:
+        start = time.time()
+        done = self.store.is_done(stage, keys)
+        pending = [k for k, is_done in zip(keys, done) if not is_done]
+        # An item that failed in an earlier attempt of this run gets another chance.
+        self.store.clear_failed(stage, pending)
+        for i in range(0, len(pending), chunk):
+            self.app.send_task(task, args=[self.store.run_id, pending[i:i + chunk]], queue=queue)
+        log.info("%s phase%s: %d items, %d already done, %d enqueued", stage,
+                 f" of {label}" if label else "", len(keys), len(keys) - len(pending), len(pending))
+        wait_for_stage(self.store, stage, self.settings.poll_interval_seconds, self.check,
+                       keys=keys, label=f"{stage} {label}".strip())
+        self.store.add_phase_time(stage, start, time.time())

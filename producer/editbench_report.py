@@ -1,0 +1,146 @@
+"""The editbench report: JSON (written atomically) and a PNG bar chart of per-category means."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+from shared.artifacts import write_atomic
+from shared.jsonio import write_json_atomic
+from shared.messages import EDIT_STAGE, SCORE_STAGE
+from shared.store import RunStore
+
+# English names for the reference categories, for charts drawn without a CJK font.
+GLOSSES = {"物理": "physical", "环境": "environmental", "社会": "social", "因果": "causal",
+           "指代": "referential"}
+CJK_FONTS = ["Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "WenQuanYi Zen Hei",
+             "WenQuanYi Micro Hei", "SimHei", "Microsoft YaHei", "PingFang SC"]
+
+
+def _stats(scores: list[float]) -> dict[str, Any]:
+    if not scores:
+        return {"mean": None, "std": None, "min": None, "max": None}
+    return {"mean": round(statistics.fmean(scores), 4), "std": round(statistics.pstdev(scores), 4),
+            "min": round(min(scores), 4), "max": round(max(scores), 4)}
+
+
+def editbench_report(store: RunStore) -> dict[str, Any]:
+    meta = store.meta()
+    items = store.items(EDIT_STAGE)
+    edited, scored = store.done(EDIT_STAGE), store.done(SCORE_STAGE)
+    failures = _failures(store, items)
+    failed_keys = {f["key"] for f in failures}
+    categories: dict[str, dict[str, Any]] = {}
+    for key, item in sorted(items.items(), key=lambda kv: kv[1].get("order", -1)):
+        if item.get("invalid"):
+            continue
+        cat = categories.setdefault(item["category"], {"pairs": 0, "results": []})
+        cat["pairs"] += 1
+        if key in scored:
+            cat["results"].append({"pair_id": item["pair_id"], "score": scored[key]["score"],
+                                   "edited_image": edited[key]["edited_path"],
+                                   "probabilities": scored[key]["probabilities"]})
+    for name in meta.get("categories", []):
+        categories.setdefault(name, {"pairs": 0, "results": []})
+    for name, cat in categories.items():
+        scores = [r["score"] for r in cat["results"]]
+        cat.update(scored=len(scores), count=len(scores), scores=scores,
+                   failed=sum(f["category"] == name for f in failures), **_stats(scores))
+    all_scores = [r["score"] for c in categories.values() for r in c["results"]]
+    return {
+        "run": {k: v for k, v in meta.items() if k not in ("categories",)},
+        "categories": categories,
+        "overall": {"n": len(all_scores), **{k: v for k, v in _stats(all_scores).items()
+                                            if k in ("mean", "std")},
+                    "pairs": sum(c["pairs"] for c in categories.values()), "failed": len(failed_keys)},
+        "failures": failures,
+        "swaps": store.swaps(),
+        "phases": _phase_seconds(store),
+    }
+
+
+def _failures(store: RunStore, items: dict[str, dict]) -> list[dict[str, Any]]:
+    out = []
+    for stage in (EDIT_STAGE, SCORE_STAGE):
+        for key, failure in sorted(store.failed(stage).items()):
+            category, _, pair_id = key.partition("|")
+            item = items.get(key, {})
+            out.append({"key": key, "category": item.get("category", category),
+                        "pair_id": item.get("pair_id", pair_id), "stage": stage,
+                        "reason": failure["reason"], "attempts": failure["attempts"]})
+    return out
+
+
+def _phase_seconds(store: RunStore) -> dict[str, dict[str, float]]:
+    phases: dict[str, dict[str, float]] = {}
+    for span in store.phase_times():
+        p = phases.setdefault(span["phase"], {"seconds": 0.0, "spans": 0})
+        p["seconds"] = round(p["seconds"] + span["end"] - span["start"], 3)
+        p["spans"] += 1
+    return phases
+
+
+def write_editbench_report(store: RunStore, output: Path) -> dict[str, Any]:
+    """Write the JSON report and, beside it, ``<name>.png``: the chart of per-category means."""
+    output = Path(output)
+    report = editbench_report(store)
+    chart = output.with_suffix(".png")
+    report["chart"] = str(chart)
+    write_atomic(chart, render_chart(report))
+    write_json_atomic(output, report)
+    return report
+
+
+def _cjk_font() -> str | None:
+    from matplotlib import font_manager
+
+    for family in CJK_FONTS:
+        try:
+            font_manager.findfont(font_manager.FontProperties(family=family),
+                                  fallback_to_default=False)
+        except ValueError:
+            continue
+        return family
+    return None
+
+
+def _labels(names: list[str]) -> tuple[list[str], str | None]:
+    font = _cjk_font()
+    if font or all(name.isascii() for name in names):
+        return names, font
+    return [GLOSSES.get(n, n if n.isascii() else f"category {i + 1}") for i, n in enumerate(names)], None
+
+
+def render_chart(report: dict[str, Any]) -> bytes:
+    """PNG bytes of a bar chart: mean score per category, with n on each bar."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["categories"])
+    labels, font = _labels(names)
+    means = [report["categories"][n]["mean"] or 0.0 for n in names]
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * len(names) + 1), 3.6), dpi=100)
+    try:
+        bars = ax.bar(range(len(names)), means, color="#4c72b0")
+        for bar, name in zip(bars, names):
+            cat = report["categories"][name]
+            ax.annotate(f"{cat['mean']:.2f}\nn={cat['count']}" if cat["mean"] is not None else "n=0",
+                        (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(range(len(names)), labels, fontfamily=font or "sans-serif")
+        ax.set_ylim(0, 11)
+        ax.set_ylabel("mean score (0-10)")
+        overall = report["overall"]["mean"]
+        ax.set_title(f"{report['run']['run_id']}: overall mean "
+                     f"{overall:.2f}" if overall is not None else report["run"]["run_id"], fontsize=9)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        return buf.getvalue()
+    finally:
+        plt.close(fig)
