@@ -1,4 +1,4 @@
-"""``python -m producer {run,enqueue,report,sample} relations ...``.
+"""``python -m producer {run,enqueue,report,sample} {relations,editbench} ...``.
 
 Exit codes: 0 every item done; 1 the run finished but some items failed (the report
 lists them); 2 bad usage or an unusable input file (nothing registered);
@@ -12,12 +12,15 @@ import contextlib
 import logging
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import redis
 
 from config import Settings, SettingsError, load_settings, to_environ
 from producer.dispatch import celery_client
+from producer.editbench_job import PHASE_SCOPES, PhaseController, register_editbench
+from producer.editbench_report import write_editbench_report
+from producer.editbench_sample import ensure_editbench_sample, write_editbench_sample
 from producer.embedded import EmbeddedRedis, InfrastructureError, LocalFleet
 from producer.progress import wait_for_stage
 from producer.relations_job import enqueue_relations
@@ -43,6 +46,19 @@ def broker_for(settings: Settings) -> Iterator[tuple[Settings, bool]]:
         yield settings.replace(broker_url=server.url), True
 
 
+@contextlib.contextmanager
+def local_fleet(args: argparse.Namespace, settings: Settings, embedded: bool, queues: list[str],
+                needed: bool = True) -> Iterator[Callable[[], None]]:
+    """Start local workers when asked (default: with the embedded Redis); yields a liveness check."""
+    local = args.local_workers if args.local_workers is not None else embedded
+    if not (local and needed):
+        yield lambda: None
+        return
+    with LocalFleet(to_environ(settings), queues, settings.work_dir / "logs" / "workers.log",
+                    gpus=args.gpus) as fleet:
+        yield fleet.check
+
+
 def _inputs(args: argparse.Namespace, settings: Settings) -> tuple[Path, Path]:
     if args.stage1 and args.input:
         return Path(args.stage1), Path(args.input)
@@ -59,20 +75,17 @@ def _apply_flags(args: argparse.Namespace, settings: Settings) -> Settings:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    return cmd_run_relations(args, settings) if args.job == "relations" else cmd_run_editbench(args, settings)
+
+
+def cmd_run_relations(args: argparse.Namespace, settings: Settings) -> int:
     stage1, input_path = _inputs(args, settings)
     with broker_for(settings) as (settings, embedded):
         client = connect(settings.store_url)
         enq = enqueue_relations(settings, celery_client(settings), client, stage1, input_path, args.run)
         _log_enqueued(enq)
         store = RunStore(client, enq.run_id)
-        local = args.local_workers if args.local_workers is not None else embedded
-        with contextlib.ExitStack() as stack:
-            check = lambda: None  # noqa: E731
-            if local and enq.pairs_sent:
-                fleet = LocalFleet(to_environ(settings), [settings.queue_relations],
-                                   settings.work_dir / "logs" / "workers.log", gpus=args.gpus)
-                stack.enter_context(fleet)
-                check = fleet.check
+        with local_fleet(args, settings, embedded, [settings.queue_relations], enq.pairs_sent > 0) as check:
             progress = wait_for_stage(store, RELATIONS_STAGE, settings.poll_interval_seconds, check)
         output = Path(args.output) if args.output else settings.work_dir / enq.run_id / "stage2_generated_results.json"
         report = write_relations_report(store, output)
@@ -82,6 +95,33 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     for failure in report["failed"]:
         print(f"  failed {failure['key']}: {failure['reason']}")
     return EXIT_FAILED_ITEMS if progress.failed else EXIT_OK
+
+
+def cmd_run_editbench(args: argparse.Namespace, settings: Settings) -> int:
+    benchmark = Path(args.benchmark) if args.benchmark else ensure_editbench_sample(settings.work_dir / "sample")
+    with broker_for(settings) as (settings, embedded):
+        run = register_editbench(settings, connect(settings.store_url), benchmark, args.run)
+        queues = [settings.queue_edit, settings.queue_score]
+        with local_fleet(args, settings, embedded, queues) as check:
+            PhaseController(settings, celery_client(settings), run, check).drive(args.phase_scope)
+        output = Path(args.output) if args.output else settings.work_dir / run.store.run_id / "editbench_report.json"
+        report = write_editbench_report(run.store, output)
+    _print_editbench(report, output)
+    return EXIT_FAILED_ITEMS if report["failures"] else EXIT_OK
+
+
+def _print_editbench(report: dict, output: Path) -> None:
+    print(f"run {report['run']['run_id']}")
+    print(f"  {'category':<14}{'pairs':>6}{'scored':>7}{'failed':>7}{'mean':>8}")
+    for name, cat in report["categories"].items():
+        mean = f"{cat['mean']:.3f}" if cat["mean"] is not None else "-"
+        print(f"  {name:<14}{cat['pairs']:>6}{cat['scored']:>7}{cat['failed']:>7}{mean:>8}")
+    overall = report["overall"]
+    print(f"  overall: n={overall['n']} mean={overall['mean']} std={overall['std']}; "
+          f"swaps: {len(report['swaps'])}")
+    for failure in report["failures"]:
+        print(f"  failed {failure['key']} ({failure['stage']}): {failure['reason']}")
+    print(f"report: {output}\nchart: {report['chart']}")
 
 
 def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
@@ -100,14 +140,24 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
         store = RunStore(connect(settings.store_url), args.run)
         if not store.exists():
             raise SystemExit(f"run {args.run!r} is not known to {settings.store_url}")
-        report = write_relations_report(store, Path(args.output))
-    print(f"{report['summary']['total_pairs']} pairs, {len(report['failed'])} failed: {args.output}")
-    return EXIT_FAILED_ITEMS if report["failed"] else EXIT_OK
+        if args.job == "relations":
+            output = Path(args.output or "stage2_generated_results.json")
+            report = write_relations_report(store, output)
+            failed = report["failed"]
+        else:
+            output = Path(args.output or "editbench_report.json")
+            report = write_editbench_report(store, output)
+            failed = report["failures"]
+    print(f"{len(failed)} failed: {output}")
+    return EXIT_FAILED_ITEMS if failed else EXIT_OK
 
 
 def cmd_sample(args: argparse.Namespace, settings: Settings) -> int:
-    stage1, input_path = write_relations_sample(Path(args.directory))
-    print(f"--stage1 {stage1} --input {input_path}")
+    if args.job == "relations":
+        stage1, input_path = write_relations_sample(Path(args.directory))
+        print(f"--stage1 {stage1} --input {input_path}")
+    else:
+        print(f"--benchmark {write_editbench_sample(Path(args.directory))}")
     return EXIT_OK
 
 
@@ -128,16 +178,19 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def job_parser(name: str, help_: str) -> argparse.ArgumentParser:
+    def job_parser(name: str, help_: str, jobs=("relations", "editbench")) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_)
-        p.add_argument("job", choices=["relations"])
+        p.add_argument("job", choices=jobs)
         return p
 
-    for name, help_ in (("run", "enqueue, wait with a progress bar, write the report (one command)"),
-                        ("enqueue", "register a run and enqueue its pending items on a running fleet")):
-        p = job_parser(name, help_)
-        p.add_argument("--stage1", "--stage1_result", help="recall_results_*.json of stage 1")
-        p.add_argument("--input", "--input_data", help="the input image records (test_2000_images.json)")
+    for name, help_, jobs in (
+            ("run", "enqueue, wait with a progress bar, write the report (one command)",
+             ("relations", "editbench")),
+            ("enqueue", "register a relations run and enqueue its pending items on a running fleet",
+             ("relations",))):
+        p = job_parser(name, help_, jobs)
+        p.add_argument("--stage1", "--stage1_result", help="relations: recall_results_*.json of stage 1")
+        p.add_argument("--input", "--input_data", help="relations: the input image records (test_2000_images.json)")
         p.add_argument("--run", type=check_run_name,
                        help="run name (default: derived from the inputs and settings)")
         p.add_argument("--top-k", "--top_k", type=_positive, dest="top_k")
@@ -146,14 +199,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--workers-per-gpu", "--workers_per_gpu", type=_positive, dest="workers_per_gpu")
         p.set_defaults(func=cmd_run if name == "run" else cmd_enqueue)
     run = sub.choices["run"]
-    run.add_argument("--output", help="report path (default: <work dir>/<run>/stage2_generated_results.json)")
+    run.add_argument("--benchmark", help="editbench: the benchmark JSON (default: the built-in sample)")
+    run.add_argument("--phase-scope", choices=PHASE_SCOPES, default="run",
+                     help="editbench: drain all edits of the run before scoring (run), "
+                          "or edit then score one category at a time like the seed design (category)")
+    run.add_argument("--output", help="report path (default: under <work dir>/<run>/)")
     run.add_argument("--gpus", default="all", help="GPUs for local workers: all, cpu, or 0,1")
     run.add_argument("--local-workers", action=argparse.BooleanOptionalAction, default=None,
                      help="start workers here (default: only with the embedded Redis)")
 
     report = job_parser("report", "write the report of a run from the stored results")
     report.add_argument("--run", required=True, type=check_run_name)
-    report.add_argument("--output", default="stage2_generated_results.json")
+    report.add_argument("--output", help="default: stage2_generated_results.json or editbench_report.json")
     report.set_defaults(func=cmd_report)
 
     sample = job_parser("sample", "write the built-in sample inputs into a directory")

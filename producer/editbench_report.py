@@ -31,18 +31,19 @@ def editbench_report(store: RunStore) -> dict[str, Any]:
     edited, scored = store.done(EDIT_STAGE), store.done(SCORE_STAGE)
     failures = _failures(store, items)
     failed_keys = {f["key"] for f in failures}
-    categories: dict[str, dict[str, Any]] = {}
+    # The benchmark's own category order, also for categories with no valid pair.
+    categories: dict[str, dict[str, Any]] = {
+        name: {"pairs": 0, "results": []} for name in meta.get("categories", [])}
     for key, item in sorted(items.items(), key=lambda kv: kv[1].get("order", -1)):
-        if item.get("invalid"):
+        category, _, pair_id = key.partition("|")
+        if item.get("invalid") and pair_id == "*":  # an empty category: no pair to count
             continue
-        cat = categories.setdefault(item["category"], {"pairs": 0, "results": []})
+        cat = categories.setdefault(item.get("category", category), {"pairs": 0, "results": []})
         cat["pairs"] += 1
         if key in scored:
             cat["results"].append({"pair_id": item["pair_id"], "score": scored[key]["score"],
                                    "edited_image": edited[key]["edited_path"],
                                    "probabilities": scored[key]["probabilities"]})
-    for name in meta.get("categories", []):
-        categories.setdefault(name, {"pairs": 0, "results": []})
     for name, cat in categories.items():
         scores = [r["score"] for r in cat["results"]]
         cat.update(scored=len(scores), count=len(scores), scores=scores,

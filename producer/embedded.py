@@ -98,17 +98,19 @@ class EmbeddedRedis:
 class LocalFleet:
     """The worker launcher (``python -m workers launch``) as a child process."""
 
-    def __init__(self, env: dict[str, str], queues: list[str], log_path: Path, gpus: str = "all"):
+    def __init__(self, env: dict[str, str], queues: list[str], log_path: Path, gpus: str = "all",
+                 name_prefix: str = ""):
         self.env = {**os.environ, **env}
         self.queues = queues
         self.gpus = gpus
+        self.name_prefix = name_prefix
         self.log_path = Path(log_path)
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "workers", "launch", "--gpus", self.gpus,
-               "-Q", ",".join(self.queues)]
+               "-Q", ",".join(self.queues), "--name-prefix", self.name_prefix]
         with open(self.log_path, "ab") as logfile:
             # A session of its own: Ctrl-C in the terminal reaches the producer only,
             # which then stops the fleet in order.

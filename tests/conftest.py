@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -14,7 +15,7 @@ import pytest
 from config import Settings
 from producer.dispatch import celery_client
 from producer.embedded import EmbeddedRedis, LocalFleet
-from producer.sample import write_relations_sample
+from producer.relations_sample import write_relations_sample
 from shared.store import RunStore, connect
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,12 +45,27 @@ def fleet_env(redis_server, model_cache, tmp_path_factory) -> dict[str, str]:
             "EVALFLEET_WORK_DIR": str(tmp_path_factory.mktemp("fleet-work"))}
 
 
+@contextlib.contextmanager
+def started_fleet(env: dict[str, str], queues: list[str], log_dir: Path, gpus: str = "cpu",
+                  name: str = "test"):
+    """A launcher (``python -m workers launch``) whose workers answer before we go on."""
+    prefix = f"{name}-"
+    with LocalFleet(env, queues, log_dir / "workers.log", gpus=gpus, name_prefix=prefix) as running:
+        wait_for_workers(env["EVALFLEET_BROKER_URL"], prefix, 1 if gpus == "cpu" else len(gpus.split(",")))
+        yield running
+
+
 @pytest.fixture(scope="session")
 def fleet(fleet_env, tmp_path_factory):
-    """One launcher with one CPU worker on queue ``relations``, for the whole session."""
-    log = tmp_path_factory.mktemp("logs") / "workers.log"
-    with LocalFleet(fleet_env, ["relations"], log, gpus="cpu") as running:
-        wait_for_workers(fleet_env["EVALFLEET_BROKER_URL"], 1)
+    """One CPU worker on queue ``relations``, for the whole session."""
+    with started_fleet(fleet_env, ["relations"], tmp_path_factory.mktemp("logs"), name="rel") as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def editbench_fleet(fleet_env, tmp_path_factory):
+    """One CPU worker on queues ``edit,score``, for the whole session."""
+    with started_fleet(fleet_env, ["edit", "score"], tmp_path_factory.mktemp("logs"), name="eb") as running:
         yield running
 
 
@@ -65,13 +81,15 @@ def sample(tmp_path) -> tuple[Path, Path]:
     return write_relations_sample(tmp_path / "sample")
 
 
-def wait_for_workers(broker_url: str, count: int, timeout: float = 60) -> None:
+def wait_for_workers(broker_url: str, prefix: str, count: int, timeout: float = 60) -> None:
+    """Wait until ``count`` workers whose node names start with ``prefix`` answer a ping."""
     app = celery_client(Settings(broker_url=broker_url))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if len(app.control.ping(timeout=0.5)) >= count:
+        replies = app.control.ping(timeout=0.5)
+        if sum(name.startswith(prefix) for reply in replies for name in reply) >= count:
             return
-    raise TimeoutError(f"{count} worker(s) did not answer within {timeout}s")
+    raise TimeoutError(f"{count} worker(s) named {prefix}* did not answer within {timeout}s")
 
 
 def run_producer(*args: str, env: dict[str, str], timeout: float = 300,

@@ -21,12 +21,15 @@ def main(argv: list[str] | None = None) -> int:
     launch.add_argument("-Q", "--queues", default=",".join(
         (settings.queue_relations, settings.queue_edit, settings.queue_score)))
     launch.add_argument("--loglevel", default="INFO")
+    launch.add_argument("--name-prefix", default="",
+                        help="prefix of the Celery node names, to run several launchers on one host")
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s launcher %(levelname)s %(message)s")
     if args.workers_per_gpu < 1:
         parser.error("--workers-per-gpu must be at least 1")
-    specs = plan_workers(args.gpus, args.queues.split(","), args.workers_per_gpu, args.loglevel)
+    specs = plan_workers(args.gpus, args.queues.split(","), args.workers_per_gpu, args.loglevel,
+                         args.name_prefix)
     return run_workers(specs)
 
 

@@ -13,5 +13,5 @@ from config.celery import celery_config
 
 settings = load_settings()
 
-app = Celery("evalfleet", include=["workers.relations_task"])
+app = Celery("evalfleet", include=["workers.relations_task", "workers.editbench_tasks"])
 app.conf.update(celery_config(settings))

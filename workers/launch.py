@@ -28,10 +28,12 @@ class WorkerSpec:
     queues: tuple[str, ...]
     concurrency: int
     loglevel: str = "INFO"
+    # Distinguishes several launchers on one host (Celery node names must be unique).
+    prefix: str = ""
 
     @property
     def hostname(self) -> str:
-        return f"cpu@%h" if self.gpu == CPU else f"gpu{self.gpu}@%h"
+        return f"{self.prefix}cpu@%h" if self.gpu == CPU else f"{self.prefix}gpu{self.gpu}@%h"
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "celery", "-A", "workers", "worker",
@@ -57,7 +59,8 @@ def visible_gpus() -> list[str]:
     return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
 
 
-def plan_workers(gpus: str, queues: list[str], workers_per_gpu: int, loglevel: str) -> list[WorkerSpec]:
+def plan_workers(gpus: str, queues: list[str], workers_per_gpu: int, loglevel: str,
+                 prefix: str = "") -> list[WorkerSpec]:
     """``gpus``: "all", "cpu", or a list like "0,1" (also fake indices on a CPU box, for tests)."""
     if gpus == CPU:
         chosen: list[str] = []
@@ -66,7 +69,7 @@ def plan_workers(gpus: str, queues: list[str], workers_per_gpu: int, loglevel: s
     else:
         chosen = [g.strip() for g in gpus.split(",") if g.strip()]
     slots = chosen or [CPU]
-    return [WorkerSpec(g, tuple(queues), workers_per_gpu, loglevel) for g in slots]
+    return [WorkerSpec(g, tuple(queues), workers_per_gpu, loglevel, prefix) for g in slots]
 
 
 def run_workers(specs: list[WorkerSpec], poll_seconds: float = 0.5) -> int:

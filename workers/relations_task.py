@@ -39,7 +39,7 @@ def generate_relations(self, run_id: str, keys: list[str]) -> dict[str, int]:
     if not jobs:
         return {"generated": 0}
     try:
-        texts, seconds = _generate(meta, image, [prompt for _, _, prompt in jobs], keys[0])
+        texts, seconds = _generate(store, meta, image, [prompt for _, _, prompt in jobs], keys[0])
     except Exception as exc:
         give_up_or_retry(self, store, RELATIONS_STAGE, list(dict.fromkeys(k for k, _, _ in jobs)), exc)
         return {"generated": 0}
@@ -64,8 +64,9 @@ def _prompts(store: RunStore, pending: dict, width: int, height: int) -> list[tu
     return jobs
 
 
-def _generate(meta: dict, image, prompts: list[str], first_key: str) -> tuple[list[str], float]:
-    generator = relation_generator(meta)
+def _generate(store: RunStore, meta: dict, image, prompts: list[str],
+              first_key: str) -> tuple[list[str], float]:
+    generator = relation_generator(store, meta)
     # Seeded per task, so a redelivered task samples the same text.
     seed = int(meta["seed"]) + zlib.crc32(first_key.encode())
     start = time.perf_counter()

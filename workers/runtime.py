@@ -10,10 +10,14 @@ import functools
 import logging
 import os
 import socket
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any, Callable
 
 from shared.store import RunStore, connect
 from workers.celery_app import settings
+
+if TYPE_CHECKING:
+    from workers.residency import ResidencyPool
 
 log = logging.getLogger(__name__)
 
@@ -28,23 +32,106 @@ def run_store(run_id: str) -> RunStore:
 
 
 @functools.cache
-def _vlm(ref: str, revision: str) -> tuple[Any, Any]:
-    from workers.models.loading import load_vlm, pick_device, pick_dtype, resolve_model_path
+def residency() -> "ResidencyPool":
+    """This process's pool: which of its models are on the device, within the memory budget."""
+    from workers.models.loading import pick_device
+    from workers.residency import ResidencyPool, default_budget_bytes
 
     device = pick_device(settings.device)
-    path = resolve_model_path(ref, settings.models_dir)
-    log.info("loading %s (revision %s) on %s", path, revision or "default", device)
-    return load_vlm(path, revision=revision, dtype=pick_dtype(settings.dtype, device), device=device)
+    budget = default_budget_bytes(device, settings.workers_per_gpu, settings.memory_budget_gb)
+    log.info("residency pool on %s with a budget of %.2f GiB", device, budget / 2**30)
+    return ResidencyPool(device, budget)
 
 
-def relation_generator(meta: dict[str, Any]):
+_registered: set[str] = set()
+
+
+def _resident(store: RunStore, name: str, load: Callable[[], tuple[Any, dict]]) -> Any:
+    """The model ``name`` made resident (loading or swapping it in); swaps are recorded in the run."""
+    pool = residency()
+    if name not in _registered:
+        loaded: dict[str, Any] = {}
+
+        def loader() -> dict:
+            loaded["handle"], modules = load()
+            return modules
+
+        pool.register(name, loader, handle=lambda: loaded["handle"])
+        _registered.add(name)
+    before = len(pool.swaps)
+    handle = pool.acquire(name)
+    for swap in pool.swaps[before:]:
+        store.add_swap({"worker": worker_name(), "from": swap.evicted, "to": swap.loaded,
+                        "bytes": swap.bytes_moved, "seconds": round(swap.seconds, 4),
+                        "at": time.time()})
+    return handle
+
+
+def _load_kwargs(ref: str, kind: str) -> dict[str, Any]:
+    """Weights load on the CPU in the device's dtype; the residency pool moves them."""
+    import torch
+
+    from workers.models.loading import pick_device, pick_dtype, resolve_model_path
+
+    device = pick_device(settings.device)
+    return {"ref": resolve_model_path(ref, settings.models_dir, kind=kind),
+            "dtype": pick_dtype(settings.dtype, device), "device": torch.device("cpu")}
+
+
+def vlm(store: RunStore, ref: str, revision: str) -> tuple[Any, Any]:
+    """(processor, model) of a Qwen3-VL, shared by the relations generator and the judge."""
+    from workers.models.loading import load_vlm
+
+    def load() -> tuple[Any, dict]:
+        kwargs = _load_kwargs(ref, "qwen3-vl")
+        processor, model = load_vlm(kwargs.pop("ref"), revision=revision, **kwargs)
+        return (processor, model), {"model": model}
+
+    return _resident(store, f"vlm {ref}", load)
+
+
+def relation_generator(store: RunStore, meta: dict[str, Any]):
     """A generator with the run's settings over this process's copy of the run's model."""
     from workers.relation_generator import RelationGenerator
 
-    processor, model = _vlm(meta["relations_model"], meta.get("model_revision", ""))
+    processor, model = vlm(store, meta["relations_model"], meta.get("model_revision", ""))
     return RelationGenerator(processor, model, batch_size=int(meta["batch_size"]),
                              max_new_tokens=int(meta["max_new_tokens"]),
                              temperature=float(meta["temperature"]))
+
+
+def judge_for(store: RunStore):
+    from workers.judge import Judge
+
+    meta = store.meta()
+    processor, model = vlm(store, meta["judge_model"], meta.get("model_revision", ""))
+    return Judge(processor, model, batch_size=int(meta["judge_batch_size"]))
+
+
+def editor_for(store: RunStore):
+    from workers.editor import Editor
+    from workers.models.loading import load_image_edit_pipeline
+
+    meta = store.meta()
+    ref, revision = meta["editor_model"], meta.get("model_revision", "")
+
+    def load() -> tuple[Any, dict]:
+        kwargs = _load_kwargs(ref, "qwen-image-edit")
+        pipeline = load_image_edit_pipeline(kwargs.pop("ref"), revision=revision, **kwargs)
+        return pipeline, {"transformer": pipeline.transformer, "vae": pipeline.vae,
+                          "text_encoder": pipeline.text_encoder}
+
+    pipeline = _resident(store, f"editor {ref}", load)
+    return Editor(pipeline, steps=int(meta["edit_steps"]), size=int(meta["edit_size"]),
+                  true_cfg_scale=float(meta["edit_true_cfg_scale"]),
+                  negative_prompt=meta["edit_negative_prompt"])
+
+
+@functools.cache
+def prompt_manager():
+    from shared.prompt_manager import PromptManager
+
+    return PromptManager(settings.prompts)
 
 
 @functools.cache

@@ -1,7 +1,8 @@
 """Command line: ``python -m workers.models build-tiny DIR``.
 
-Builds the tiny random Qwen3-VL into ``DIR/tiny-qwen3-vl`` (the same place and
-the same way as a worker whose model setting is ``tiny``) and prints its path.
+Builds the tiny random Qwen-Image-Edit pipeline into ``DIR/tiny-qwen-image-edit``
+and the tiny random Qwen3-VL into ``DIR/tiny-qwen3-vl`` (the same places and the
+same way as a worker whose model settings are ``tiny``) and prints both paths.
 """
 
 from __future__ import annotations
@@ -11,20 +12,24 @@ import logging
 from pathlib import Path
 
 from config import TINY_MODEL
-from workers.models.loading import resolve_model_path
+from workers.models.loading import QWEN3_VL, QWEN_IMAGE_EDIT, resolve_model_path
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m workers.models")
     commands = parser.add_subparsers(dest="command", required=True)
-    build = commands.add_parser("build-tiny", help="build the tiny random Qwen3-VL model")
+    build = commands.add_parser(
+        "build-tiny", help="build the tiny random Qwen3-VL and Qwen-Image-Edit models"
+    )
     build.add_argument("models_dir", type=Path, metavar="DIR", help="models directory")
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "build-tiny":
-        # The final line is the path alone, for scripts: MODEL=$(python -m workers.models build-tiny DIR | tail -1)
-        print(resolve_model_path(TINY_MODEL, args.models_dir))
+        print(resolve_model_path(TINY_MODEL, args.models_dir, kind=QWEN_IMAGE_EDIT))
+        # The Qwen3-VL path stays the final line, alone, as scripts expect:
+        # MODEL=$(python -m workers.models build-tiny DIR | tail -1)
+        print(resolve_model_path(TINY_MODEL, args.models_dir, kind=QWEN3_VL))
 
 
 if __name__ == "__main__":

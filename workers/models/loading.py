@@ -1,9 +1,10 @@
-"""Find, build and load the vision-language model a worker runs.
+"""Find, build and load the models a worker runs.
 
-``EVALFLEET_RELATIONS_MODEL`` names the model: a hub id such as
-``Qwen/Qwen3-VL-8B-Instruct``, a local directory, or ``tiny`` for a random
-model built once under the work directory. All three load through the same
-``from_pretrained`` calls.
+``EVALFLEET_RELATIONS_MODEL`` (and ``EVALFLEET_JUDGE_MODEL``) name a Qwen3-VL,
+``EVALFLEET_EDITOR_MODEL`` a Qwen-Image-Edit pipeline: a hub id such as
+``Qwen/Qwen3-VL-8B-Instruct`` or ``Qwen/Qwen-Image-Edit``, a local directory, or
+``tiny`` for a random model built once under the work directory. All three load
+through the same ``from_pretrained`` calls.
 """
 
 from __future__ import annotations
@@ -14,17 +15,24 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import torch
+from diffusers import QwenImageEditPipeline
 from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
 
 from config import TINY_MODEL
-from workers.models.tiny import build_tiny_qwen3_vl
+from workers.models.tiny import build_tiny_qwen3_vl, build_tiny_qwen_image_edit
 
 logger = logging.getLogger(__name__)
 
-TINY_DIR_NAME = "tiny-qwen3-vl"
+# The kinds of model resolve_model_path() knows, and where each one's tiny model is built.
+QWEN3_VL = "qwen3-vl"
+QWEN_IMAGE_EDIT = "qwen-image-edit"
+TINY_DIR_NAMES = {QWEN3_VL: "tiny-qwen3-vl", QWEN_IMAGE_EDIT: "tiny-qwen-image-edit"}
+TINY_DIR_NAME = TINY_DIR_NAMES[QWEN3_VL]
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -33,17 +41,27 @@ class ModelNotFoundError(RuntimeError):
     """The model's hub id or directory could not be loaded (missing, offline, no access)."""
 
 
-def resolve_model_path(ref: str, models_dir: Path) -> str:
-    """Turn a model setting into what ``from_pretrained`` takes; builds the tiny model on first use."""
+def resolve_model_path(ref: str, models_dir: Path, kind: str = QWEN3_VL) -> str:
+    """Turn a model setting into what ``from_pretrained`` takes; builds the tiny model on first use.
+
+    ``kind`` says which tiny model ``tiny`` means: ``qwen3-vl`` or ``qwen-image-edit``.
+    """
+    if kind not in TINY_DIR_NAMES:
+        raise ValueError(f"unknown model kind {kind!r}: use one of {', '.join(TINY_DIR_NAMES)}")
     if ref != TINY_MODEL:
         return ref
-    target = Path(models_dir) / TINY_DIR_NAME
+    target = Path(models_dir) / TINY_DIR_NAMES[kind]
     if not target.is_dir():
-        _build_tiny_once(target)
+        _build_tiny_once(target, _tiny_builder(kind))
     return str(target)
 
 
-def _build_tiny_once(target: Path) -> None:
+def _tiny_builder(kind: str) -> Callable[[Path], Path]:
+    # Looked up when called, not kept in a table, so tests can monkeypatch the builders.
+    return build_tiny_qwen_image_edit if kind == QWEN_IMAGE_EDIT else build_tiny_qwen3_vl
+
+
+def _build_tiny_once(target: Path, build: Callable[[Path], Path]) -> None:
     """Build into a temp dir and rename it into place, under a lock.
 
     Several workers may start at once: the lock makes all but one wait, and the
@@ -57,8 +75,8 @@ def _build_tiny_once(target: Path) -> None:
             return
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
         try:
-            logger.info("building the tiny random Qwen3-VL model in %s", target)
-            build_tiny_qwen3_vl(tmp)
+            logger.info("building the tiny random model %s", target)
+            build(tmp)
             _make_world_readable(tmp)
             os.rename(tmp, target)
         except BaseException:
@@ -68,9 +86,10 @@ def _build_tiny_once(target: Path) -> None:
 
 def _make_world_readable(directory: Path) -> None:
     # mkdtemp and the safetensors writer create owner-only entries; workers may run as other users.
+    # A diffusers pipeline keeps its components in subdirectories, hence the walk.
     directory.chmod(0o755)
-    for path in directory.iterdir():
-        path.chmod(0o644)
+    for path in directory.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def pick_device(setting: str) -> torch.device:
@@ -127,11 +146,57 @@ def load_vlm(
     return processor, model
 
 
-def _not_found_message(ref: str, revision: str, err: Exception) -> str:
+def load_image_edit_pipeline(
+    ref: str, *, revision: str, dtype: torch.dtype, device: torch.device
+) -> QwenImageEditPipeline:
+    """Load a Qwen-Image-Edit pipeline (all components in ``dtype``) onto ``device``.
+
+    ``ref`` is a hub id such as ``Qwen/Qwen-Image-Edit`` or a local pipeline
+    directory (resolve ``tiny`` first with :func:`resolve_model_path` and kind
+    ``qwen-image-edit``); an empty ``revision`` means the default branch.
+    """
+    if ref == TINY_MODEL:
+        raise ValueError(
+            f"{ref!r} is not loadable as is; pass it through "
+            f"resolve_model_path(ref, models_dir, kind={QWEN_IMAGE_EDIT!r}) first"
+        )
+    try:
+        _check_path_or_repo_id(ref)
+        # diffusers 0.42 deprecates torch_dtype in favour of dtype (same meaning).
+        pipeline = QwenImageEditPipeline.from_pretrained(
+            ref, revision=revision or None, dtype=dtype
+        )
+    except (OSError, HFValidationError) as err:
+        raise ModelNotFoundError(
+            _not_found_message(ref, revision, err, setting="EVALFLEET_EDITOR_MODEL",
+                               what="a local Qwen-Image-Edit pipeline directory")
+        ) from err
+    pipeline.to(device)
+    logger.info("loaded %s (revision %s) on %s as %s", ref, revision or "default", device, dtype)
+    return pipeline
+
+
+def _check_path_or_repo_id(ref: str) -> None:
+    # diffusers reports a missing directory only as a generic ValueError; say it plainly.
+    if Path(ref).exists():
+        return
+    try:
+        validate_repo_id(ref)
+    except HFValidationError:
+        raise FileNotFoundError(f"no such directory, and not a hub id ({ref})") from None
+
+
+def _not_found_message(
+    ref: str,
+    revision: str,
+    err: Exception,
+    setting: str = "EVALFLEET_RELATIONS_MODEL",
+    what: str = "a local model directory",
+) -> str:
     at = f" at revision {revision!r}" if revision else ""
     reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return (
         f"cannot load the model {ref!r}{at}: {reason}. "
-        "Set EVALFLEET_RELATIONS_MODEL to a local model directory, a hub id that is "
+        f"Set {setting} to {what}, a hub id that is "
         "reachable (or already in the Hugging Face cache), or 'tiny' for the random test model."
     )

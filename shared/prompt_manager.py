@@ -1,0 +1,110 @@
+"""The judge's prompts: a default pair of templates plus optional per-category overrides.
+
+``<prompts_dir>/default.system.txt`` and ``default.user.txt`` must exist. A category
+may override either one with ``<category>.system.txt`` / ``<category>.user.txt``
+(e.g. ``物理.system.txt``); each falls back to the default on its own.
+
+Templates are ``str.format`` templates with the placeholders ``{original_description}``
+and ``{edit_instruction}``; write literal braces as ``{{`` and ``}}``. Pure Python, so
+the producer can import it without torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DEFAULT_NAME = "default"
+KINDS = ("system", "user")
+PLACEHOLDERS = ("original_description", "edit_instruction")
+
+# Most file systems cap a file name at 255 bytes; longer names cannot have an override.
+_MAX_NAME_BYTES = 255
+
+
+class PromptTemplateError(ValueError):
+    """A template file exists but cannot be used (bad placeholder, bad encoding)."""
+
+
+class PromptManager:
+    """Builds the judge's system and user prompts for a category; each file is read at most once."""
+
+    def __init__(self, prompts_dir: Path) -> None:
+        self.prompts_dir = Path(prompts_dir)
+        # (name, kind) -> template text, or None when that file does not exist.
+        self._cache: dict[tuple[str, str], str | None] = {}
+        # Read the defaults now, so a broken install fails at start-up, not on the first item.
+        for kind in KINDS:
+            self._default(kind)
+
+    def get_full_prompt(
+        self, category: str, original_description: str, edit_instruction: str
+    ) -> dict[str, str]:
+        """``{"system_prompt": ..., "user_prompt": ...}`` for one benchmark pair."""
+        values = {"original_description": original_description, "edit_instruction": edit_instruction}
+        return {
+            f"{kind}_prompt": self.template(category, kind).format(**values) for kind in KINDS
+        }
+
+    def template(self, category: str, kind: str) -> str:
+        """The raw template the category uses for ``kind`` ("system" or "user")."""
+        if kind not in KINDS:
+            raise ValueError(f"prompt kind {kind!r}: use one of {', '.join(KINDS)}")
+        override = self._read(category, kind) if is_safe_name(category) else None
+        return override if override is not None else self._default(kind)
+
+    def _default(self, kind: str) -> str:
+        text = self._read(DEFAULT_NAME, kind)
+        if text is None:
+            path = self._path(DEFAULT_NAME, kind)
+            raise FileNotFoundError(
+                f"the default judge prompt {path} is missing: create it, or point "
+                "EVALFLEET_PROMPTS_DIR at a directory with default.system.txt and default.user.txt"
+            )
+        return text
+
+    def _read(self, name: str, kind: str) -> str | None:
+        key = (name, kind)
+        if key not in self._cache:
+            self._cache[key] = _load_template(self._path(name, kind))
+        return self._cache[key]
+
+    def _path(self, name: str, kind: str) -> Path:
+        return self.prompts_dir / f"{name}.{kind}.txt"
+
+
+def is_safe_name(category: str) -> bool:
+    """Whether ``category`` can name a file inside the prompts directory and nothing else."""
+    if not category or "/" in category or "\\" in category or ".." in category or "\0" in category:
+        return False
+    try:
+        size = len(f"{category}.system.txt".encode("utf-8"))
+    except UnicodeEncodeError:  # lone surrogates: no file can have this name
+        return False
+    return size <= _MAX_NAME_BYTES
+
+
+def _load_template(path: Path) -> str | None:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except UnicodeDecodeError as err:
+        raise PromptTemplateError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    text = text.strip()
+    _check_placeholders(path, text)
+    return text
+
+
+def _check_placeholders(path: Path, text: str) -> None:
+    # A bad template should fail when it is read, naming the file, not deep inside a task.
+    try:
+        text.format(**{name: "" for name in PLACEHOLDERS})
+    except KeyError as err:
+        raise PromptTemplateError(
+            f"{path}: unknown placeholder {{{err.args[0]}}}; the placeholders are "
+            f"{', '.join('{' + p + '}' for p in PLACEHOLDERS)} (write literal braces as {{{{ and }}}})"
+        ) from None
+    except (IndexError, ValueError) as err:
+        raise PromptTemplateError(
+            f"{path}: not a valid template ({err}); write literal braces as {{{{ and }}}}"
+        ) from None

@@ -1,0 +1,133 @@
+"""Editbench end to end: real Redis, real Celery workers, the tiny editor and judge."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import signal
+import statistics
+import time
+
+import pytest
+from PIL import Image
+
+from conftest import read_json, run_producer, started_fleet
+from producer.editbench_sample import write_editbench_sample
+from shared.messages import EDIT_STAGE, SCORE_STAGE
+from shared.store import RunStore
+
+# Tiny editor ~1.8 MB, tiny judge ~1.5 MB: this budget holds either, not both.
+ONE_MODEL_BUDGET_GB = "0.0025"
+CATEGORIES = ["物理", "环境", "社会", "因果", "指代"]
+
+
+def run_editbench(env, benchmark, tmp_path, *extra: str):
+    output = tmp_path / "report.json"
+    proc = run_producer("run", "editbench", "--benchmark", str(benchmark), "--output", str(output),
+                        *extra, env=env)
+    return proc, output
+
+
+def test_sample_run_reports_scores_with_one_swap_and_the_barrier_holds(fleet_env, redis_client,
+                                                                       tmp_path):
+    env = {**fleet_env, "EVALFLEET_MEMORY_BUDGET_GB": ONE_MODEL_BUDGET_GB}
+    benchmark = write_editbench_sample(tmp_path / "sample")
+    with started_fleet(env, ["edit", "score"], tmp_path, name="swap1"):
+        proc, output = run_editbench(env, benchmark, tmp_path, "--run", "sample")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = read_json(output)
+    store = RunStore(redis_client, "sample")
+
+    # Chinese category names round-trip, in order, each with its three pairs scored.
+    assert list(report["categories"]) == CATEGORIES
+    scores = store.done(SCORE_STAGE)
+    for name, cat in report["categories"].items():
+        stored = [scores[f"{name}|{r['pair_id']}"]["score"] for r in cat["results"]]
+        assert (cat["pairs"], cat["scored"], cat["failed"]) == (3, 3, 0)
+        assert cat["mean"] == pytest.approx(statistics.fmean(stored), abs=1e-4)
+        assert 0 <= cat["min"] <= cat["mean"] <= cat["max"] <= 10
+        for result in cat["results"]:
+            assert Image.open(result["edited_image"]).format == "PNG"
+            assert sum(result["probabilities"].values()) == pytest.approx(1, abs=1e-4)
+    assert report["overall"]["n"] == 15 and report["failures"] == []
+    assert Image.open(report["chart"]).format == "PNG"
+
+    # The barrier: no score task started before the last edit finished (worker-side clocks).
+    edits = store.done(EDIT_STAGE)
+    assert max(e["finished_at"] for e in edits.values()) <= min(s["started_at"] for s in scores.values())
+    # One worker process, one swap: editor -> judge.
+    [swap] = report["swaps"]
+    assert swap["from"] == ["editor tiny"] and swap["to"] == "vlm tiny" and swap["bytes"] > 0
+    assert set(report["phases"]) == {"edit", "score"}
+
+
+def test_no_swap_when_the_budget_holds_both(fleet_env, redis_client, tmp_path):
+    benchmark = write_editbench_sample(tmp_path / "sample")
+    with started_fleet(fleet_env, ["edit", "score"], tmp_path, name="swap0"):
+        proc, output = run_editbench(fleet_env, benchmark, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = read_json(output)
+    assert report["overall"]["n"] == 15
+    assert report["swaps"] == []
+
+
+def test_category_scope_swaps_like_the_seed_design(fleet_env, redis_client, tmp_path):
+    env = {**fleet_env, "EVALFLEET_MEMORY_BUDGET_GB": ONE_MODEL_BUDGET_GB}
+    benchmark = write_editbench_sample(tmp_path / "sample")
+    with started_fleet(env, ["edit", "score"], tmp_path, name="swap9"):
+        proc, output = run_editbench(env, benchmark, tmp_path, "--phase-scope", "category")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = read_json(output)
+    # Judge in once per category, editor back in for every category after the first: 9 swaps.
+    assert len(report["swaps"]) == 9
+    assert report["phases"]["edit"]["spans"] == 5
+
+
+def test_interrupted_after_edit_phase_rerun_redoes_no_edit(editbench_fleet, fleet_env, redis_client,
+                                                           tmp_path):
+    benchmark = write_editbench_sample(tmp_path / "sample")
+    args = ("run", "editbench", "--benchmark", str(benchmark), "--run", "interrupted")
+    controller = run_producer(*args, env=fleet_env, wait=False)
+    store = RunStore(redis_client, "interrupted")
+    deadline = time.monotonic() + 120
+    while not (store.exists() and store.progress(EDIT_STAGE).total == 15
+               and store.progress(EDIT_STAGE).finished):
+        assert time.monotonic() < deadline and controller.poll() is None
+        time.sleep(0.05)
+    controller.send_signal(signal.SIGINT)
+    out, _ = controller.communicate(timeout=60)
+    assert controller.returncode == 130, out
+    edits_before = store.stats(EDIT_STAGE)["edits_executed"]
+    assert edits_before == 15
+
+    rerun = run_producer(*args, env=fleet_env)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert store.stats(EDIT_STAGE)["edits_executed"] == edits_before
+    assert store.progress(SCORE_STAGE).done == 15
+
+
+def _png_b64(size: tuple[int, int]) -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", size, "red").save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_corrupt_image_and_failing_edit_fail_alone(editbench_fleet, fleet_env, redis_client, tmp_path):
+    benchmark = write_editbench_sample(tmp_path / "sample")
+    data = json.loads(benchmark.read_text(encoding="utf-8"))
+    data["物理"][0]["original_image_b64"] = "not//base64!!"
+    # A valid image the editing pipeline refuses (aspect ratio beyond 200:1): the edit raises.
+    data["社会"][1]["original_image_b64"] = _png_b64((4000, 1))
+    benchmark.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    proc, output = run_editbench(fleet_env, benchmark, tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = read_json(output)
+    failures = {f["pair_id"]: f for f in report["failures"]}
+    corrupt = failures["物理-1#0"]
+    assert corrupt["stage"] == "edit" and "original_image_b64" in corrupt["reason"]
+    assert "base64" in corrupt["reason"] and str(benchmark) in corrupt["reason"]
+    raised = failures["社会-2"]
+    assert raised["stage"] == "edit" and "aspect ratio" in raised["reason"] and raised["attempts"] == 4
+    assert report["overall"]["n"] == 13
+    assert report["categories"]["物理"]["scored"] == 2 and report["categories"]["社会"]["scored"] == 2

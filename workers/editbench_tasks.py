@@ -1,0 +1,99 @@
+"""Editbench tasks: edit one pair with the diffusion model; score a batch of pairs with the judge.
+
+Each done record carries worker-side start and end times, so the phase barrier can be
+checked from the outside (no score task starts before the last edit finished).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from pathlib import Path
+
+from shared.artifacts import sha256_bytes, write_atomic
+from shared.images import ImageFileError, open_image
+from shared.messages import EDIT_STAGE, EDIT_TASK, SCORE_STAGE, SCORE_TASK
+from shared.store import RunStore
+from workers.celery_app import app, settings
+from workers.runtime import editor_for, judge_for, prompt_manager, run_store, worker_name
+from workers.task_support import give_up_or_retry, pending_items
+
+log = logging.getLogger(__name__)
+
+
+@app.task(bind=True, name=EDIT_TASK, acks_late=True, max_retries=settings.task_max_retries)
+def edit_pairs(self, run_id: str, keys: list[str]) -> dict[str, int]:
+    store = run_store(run_id)
+    edited = 0
+    for key, item in pending_items(store, EDIT_STAGE, keys).items():
+        started = time.time()
+        try:
+            original = open_image(item["original_path"])
+        except ImageFileError as exc:
+            store.mark_failed(EDIT_STAGE, key, str(exc))
+            continue
+        try:
+            editor = editor_for(store)
+            # Seeded by the run's seed and the item key: a rerun reproduces the image.
+            seed = editor.seed_for(f"{store.meta()['seed']}|{key}")
+            image = editor.edit(original, item["edit_instruction"], seed=seed)
+        except Exception as exc:
+            give_up_or_retry(self, store, EDIT_STAGE, [key], exc)
+            continue
+        path, digest = _save_png(image, Path(item["edited_path"]))
+        store.mark_done(EDIT_STAGE, key, {"edited_path": str(path), "edited_digest": digest,
+                                          "seconds": round(time.time() - started, 4),
+                                          "started_at": started, "finished_at": time.time(),
+                                          "worker": worker_name()})
+        store.count(EDIT_STAGE, "edits_executed")
+        edited += 1
+    return {"edited": edited}
+
+
+def _save_png(image, path: Path) -> tuple[Path, str]:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    data = buf.getvalue()
+    write_atomic(path, data)
+    return path, sha256_bytes(data)
+
+
+@app.task(bind=True, name=SCORE_TASK, acks_late=True, max_retries=settings.task_max_retries)
+def score_pairs(self, run_id: str, keys: list[str]) -> dict[str, int]:
+    store = run_store(run_id)
+    started = time.time()
+    batch = _judge_inputs(store, pending_items(store, SCORE_STAGE, keys))
+    if not batch:
+        return {"scored": 0}
+    try:
+        scores = judge_for(store).score(list(batch.values()))
+    except Exception as exc:
+        give_up_or_retry(self, store, SCORE_STAGE, list(batch), exc)
+        return {"scored": 0}
+    finished = time.time()
+    for key, result in zip(batch, scores):
+        store.mark_done(SCORE_STAGE, key, {"score": result.score, "probabilities": result.probabilities,
+                                           "started_at": started, "finished_at": finished,
+                                           "worker": worker_name()})
+    store.count(SCORE_STAGE, "scores_executed", len(scores))
+    return {"scored": len(scores)}
+
+
+def _judge_inputs(store: RunStore, pending: dict[str, dict]) -> dict:
+    """key -> JudgeItem; a pair whose images cannot be read fails alone."""
+    from workers.judge import JudgeItem
+
+    prompts = prompt_manager()
+    batch = {}
+    for key, item in pending.items():
+        try:
+            original, edited = open_image(item["original_path"]), open_image(item["edited_path"])
+        except ImageFileError as exc:
+            store.mark_failed(SCORE_STAGE, key, str(exc))
+            continue
+        prompt = prompts.get_full_prompt(item["category"], item["original_description"],
+                                         item["edit_instruction"])
+        batch[key] = JudgeItem(original_image=original, edited_image=edited,
+                               system_prompt=prompt["system_prompt"], user_prompt=prompt["user_prompt"])
+    return batch
