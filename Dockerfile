@@ -1,5 +1,34 @@
+# The evalfleet image: workers, Flower and the producer all run from it (see docker-compose.yml).
+# torch's Linux wheels bring their own CUDA libraries; the host needs the NVIDIA driver and the
+# NVIDIA Container Toolkit, nothing else.
 FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
 WORKDIR /app
-COPY . /app
-RUN pip install --no-cache-dir -e .
-ENV EVALFLEET_WORK_DIR=/data/work
+
+# Dependencies first, in their own layer: a code change does not reinstall torch.
+COPY pyproject.toml README.md ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+# Only the packages: nothing else of the build context (work dirs, wheels, .git) goes in.
+COPY config ./config
+COPY shared ./shared
+COPY producer ./producer
+COPY workers ./workers
+RUN pip install --no-deps . && python -c "import workers, producer, config, shared"
+
+# Writable by any user id (docker-compose.yml runs the containers as EVALFLEET_UID).
+RUN mkdir -p /data/work /data/artifacts /data/input /models && chmod 0777 /data/work /data/artifacts /models
+ENV EVALFLEET_WORK_DIR=/data/work \
+    EVALFLEET_ARTIFACT_ROOT=/data/artifacts \
+    HF_HOME=/models/hf
+
+USER 1000:1000
+CMD ["python", "-m", "producer", "--help"]

@@ -1,4 +1,5 @@
-"""``python -m producer {run,enqueue,report,sample} {relations,editbench} ...``.
+"""``python -m producer {run,enqueue,report,sample} {relations,editbench} ...`` and
+``python -m producer status [--run NAME] [--json]``.
 
 Exit codes: 0 every item done; 1 the run finished but some items failed (the report
 lists them); 2 bad usage or an unusable input file (nothing registered);
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import sys
 from pathlib import Path
@@ -26,6 +28,7 @@ from producer.progress import wait_for_stage
 from producer.relations_job import enqueue_relations
 from producer.relations_report import write_relations_report
 from producer.relations_sample import ensure_relations_sample, write_relations_sample
+from producer.status import build_status, format_status
 from shared.errors import InputFileError
 from shared.keys import check_run_name
 from shared.messages import RELATIONS_STAGE
@@ -152,6 +155,16 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_FAILED_ITEMS if failed else EXIT_OK
 
 
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    with broker_for(settings) as (settings, _):
+        try:
+            status = build_status(settings, celery_client(settings), args.run, args.timeout)
+        except LookupError as exc:
+            raise SystemExit(str(exc)) from None
+    print(json.dumps(status, indent=2, ensure_ascii=False) if args.json else format_status(status))
+    return EXIT_OK
+
+
 def cmd_sample(args: argparse.Namespace, settings: Settings) -> int:
     if args.job == "relations":
         stage1, input_path = write_relations_sample(Path(args.directory))
@@ -212,6 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--run", required=True, type=check_run_name)
     report.add_argument("--output", help="default: stage2_generated_results.json or editbench_report.json")
     report.set_defaults(func=cmd_report)
+
+    status = sub.add_parser("status", help="queue depths, run progress with rate and ETA, workers "
+                                           "online and the models they hold")
+    status.add_argument("--run", type=check_run_name, help="only this run (default: every run)")
+    status.add_argument("--json", action="store_true", help="print JSON for scripts")
+    status.add_argument("--timeout", type=float, default=1.0,
+                        help="seconds to wait for the workers' answers (default: 1)")
+    status.set_defaults(func=cmd_status)
 
     sample = job_parser("sample", "write the built-in sample inputs into a directory")
     sample.add_argument("directory")

@@ -22,6 +22,11 @@ from typing import Any, Iterable, Mapping
 import redis
 
 PREFIX = "evalfleet"
+RUNS_KEY = f"{PREFIX}:runs"
+# Hash: worker process (host:pid) -> JSON heartbeat with the models it holds.
+WORKERS_KEY = f"{PREFIX}:workers"
+# Progress samples kept per run and stage (for the rate and ETA of ``producer status``).
+SAMPLES_KEPT = 64
 
 # Set the failure only if the key is not done; both checked inside Redis, atomically.
 _MARK_FAILED = """
@@ -66,7 +71,7 @@ class RunStore:
     def register(self, meta: Mapping[str, Any]) -> None:
         """Record the run's settings (first registration wins) and list the run."""
         self.client.hsetnx(self._key("meta"), "meta", _dumps(dict(meta)))
-        self.client.sadd(f"{PREFIX}:runs", self.run_id)
+        self.client.sadd(RUNS_KEY, self.run_id)
 
     def meta(self) -> dict[str, Any]:
         raw = self.client.hget(self._key("meta"), "meta")
@@ -148,6 +153,24 @@ class RunStore:
         n_done = sum(d is not None for d in done)
         n_failed = sum(d is None and f is not None for d, f in zip(done, failed))
         return Progress(done=n_done, failed=n_failed, total=len(keys))
+
+    # --- progress samples (rate and ETA) ----------------------------------------------
+    def add_progress_sample(self, stage: str) -> None:
+        """Push [time, done, failed] onto the stage's capped sample list.
+
+        The time is Redis's clock, the same for every worker host and for status.
+        """
+        seconds, micros = self.client.time()
+        progress = self.progress(stage)
+        key = self._key(stage, "samples")
+        pipe = self.client.pipeline(transaction=False)
+        pipe.lpush(key, json.dumps([seconds + micros / 1e6, progress.done, progress.failed]))
+        pipe.ltrim(key, 0, SAMPLES_KEPT - 1)
+        pipe.execute()
+
+    def progress_samples(self, stage: str) -> list[list[float]]:
+        """Newest first: [time, done, failed]."""
+        return [json.loads(s) for s in self.client.lrange(self._key(stage, "samples"), 0, -1)]
 
     # --- worker-side counters ------------------------------------------------------
     def count(self, stage: str, name: str, amount: int = 1) -> None:

@@ -110,3 +110,46 @@ def read_json(path: Path) -> dict:
 
 def run_store(client, run_id: str) -> RunStore:
     return RunStore(client, run_id)
+
+
+# --- private Redis and fleets (fault and security tests) ----------------------------------------
+
+def private_env(server: EmbeddedRedis, model_cache: Path, work_dir: Path, **extra: str) -> dict[str, str]:
+    """Environment of the processes of a test that owns its Redis (no other fleet consumes it)."""
+    env = {**FAST, "EVALFLEET_BROKER_URL": server.url, "EVALFLEET_MODEL_CACHE": str(model_cache),
+           "EVALFLEET_WORK_DIR": str(work_dir)}
+    env.update(extra)
+    return env
+
+
+def worker_processes(launcher_pid: int) -> tuple["psutil.Process", list["psutil.Process"]]:
+    """(Celery main process, its prefork children) under a launcher."""
+    import psutil
+
+    [main] = psutil.Process(launcher_pid).children()
+    return main, main.children()
+
+
+def wait_until(condition, timeout: float, what: str, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout}s")
+        time.sleep(interval)
+
+
+# --- figures: measured numbers, printed at the end of the run ------------------------------------
+
+FIGURE_LINES: list[str] = []
+
+
+def record_figures(title: str, **values: object) -> None:
+    """Keep a line of measured figures; pytest prints them all in its terminal summary."""
+    FIGURE_LINES.append(f"{title}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if FIGURE_LINES:
+        terminalreporter.section("evalfleet figures")
+        for line in FIGURE_LINES:
+            terminalreporter.write_line(line)

@@ -2,24 +2,41 @@
 
 CUDA must not be initialized in the parent: the first task a child runs loads the
 model, and the child keeps it for the tasks after.
+
+Two small records let ``python -m producer status`` show what the fleet is doing:
+
+- a heartbeat after every model acquire: hash ``evalfleet:workers``, field
+  ``<host>:<pid>`` -> {"resident": [...], "device", "node", "at"};
+- a progress sample after every task: list ``evalfleet:<run>:<stage>:samples`` of
+  [redis time, done, failed], newest first, capped, from which status derives a rate.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import socket
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
-from shared.store import RunStore, connect
+import redis
+from celery import current_task
+from celery.signals import task_postrun
+
+from shared.messages import (EDIT_STAGE, EDIT_TASK, RELATIONS_STAGE, RELATIONS_TASK, SCORE_STAGE,
+                             SCORE_TASK)
+from shared.store import WORKERS_KEY, RunStore, connect
 from workers.celery_app import settings
+from workers.task_support import PermanentError
 
 if TYPE_CHECKING:
     from workers.residency import ResidencyPool
 
 log = logging.getLogger(__name__)
+
+_STAGE_OF_TASK = {RELATIONS_TASK: RELATIONS_STAGE, EDIT_TASK: EDIT_STAGE, SCORE_TASK: SCORE_STAGE}
 
 
 @functools.cache
@@ -43,28 +60,67 @@ def residency() -> "ResidencyPool":
     return ResidencyPool(device, budget)
 
 
-_registered: set[str] = set()
+# Model name -> the load function of its latest caller. The pool calls it until a load
+# succeeds, so a failed load reports the setting of the task that asked this time (the
+# relations model and the judge may name the same model).
+_loads: dict[str, Callable[[], tuple[Any, dict]]] = {}
 
 
 def _resident(store: RunStore, name: str, load: Callable[[], tuple[Any, dict]]) -> Any:
     """The model ``name`` made resident (loading or swapping it in); swaps are recorded in the run."""
     pool = residency()
-    if name not in _registered:
+    if name not in _loads:
         loaded: dict[str, Any] = {}
 
         def loader() -> dict:
-            loaded["handle"], modules = load()
+            loaded["handle"], modules = _loads[name]()
             return modules
 
         pool.register(name, loader, handle=lambda: loaded["handle"])
-        _registered.add(name)
+    _loads[name] = load
     before = len(pool.swaps)
-    handle = pool.acquire(name)
+    handle = _acquire(pool, name)
     for swap in pool.swaps[before:]:
         store.add_swap({"worker": worker_name(), "from": swap.evicted, "to": swap.loaded,
                         "bytes": swap.bytes_moved, "seconds": round(swap.seconds, 4),
                         "at": time.time()})
+    _heartbeat(pool)
     return handle
+
+
+def _acquire(pool: "ResidencyPool", name: str) -> Any:
+    from workers.models.loading import ModelNotFoundError
+    from workers.residency import BudgetExceededError
+
+    try:
+        return pool.acquire(name)
+    except (ModelNotFoundError, BudgetExceededError) as exc:
+        # A missing model stays missing and a too-large one never fits: retries only
+        # delay the failure. The message names the setting to fix.
+        raise PermanentError(str(exc)) from exc
+
+
+def _heartbeat(pool: "ResidencyPool") -> None:
+    """Tell ``producer status`` which models this process holds (never fails a task)."""
+    request = current_task.request if current_task else None
+    record = {"resident": pool.resident, "device": str(pool.device), "at": time.time(),
+              "node": getattr(request, "hostname", None)}
+    try:
+        _store_client().hset(WORKERS_KEY, worker_name(), json.dumps(record))
+    except redis.RedisError as exc:
+        log.warning("could not write the worker heartbeat: %s", exc)
+
+
+@task_postrun.connect
+def _sample_progress(sender=None, args=None, **_: Any) -> None:
+    """After each task, sample its stage's progress so status can show a rate and an ETA."""
+    stage = _STAGE_OF_TASK.get(getattr(sender, "name", ""))
+    if stage is None or not args:
+        return
+    try:
+        run_store(str(args[0])).add_progress_sample(stage)
+    except redis.RedisError as exc:
+        log.warning("could not record a progress sample: %s", exc)
 
 
 def _load_kwargs(ref: str, kind: str) -> dict[str, Any]:
@@ -78,23 +134,29 @@ def _load_kwargs(ref: str, kind: str) -> dict[str, Any]:
             "dtype": pick_dtype(settings.dtype, device), "device": torch.device("cpu")}
 
 
-def vlm(store: RunStore, ref: str, revision: str) -> tuple[Any, Any]:
-    """(processor, model) of a Qwen3-VL, shared by the relations generator and the judge."""
+def vlm(store: RunStore, ref: str, revision: str, setting: str) -> tuple[Any, Any]:
+    """(processor, model) of a Qwen3-VL, shared by the relations generator and the judge.
+
+    ``setting`` names the variable that chose ``ref``, for the error if it cannot be loaded.
+    """
     from workers.models.loading import load_vlm
 
     def load() -> tuple[Any, dict]:
         kwargs = _load_kwargs(ref, "qwen3-vl")
-        processor, model = load_vlm(kwargs.pop("ref"), revision=revision, **kwargs)
+        processor, model = load_vlm(kwargs.pop("ref"), revision=revision, setting=setting, **kwargs)
         return (processor, model), {"model": model}
 
-    return _resident(store, f"vlm {ref}", load)
+    # The revision is part of the name: two runs may pin different revisions of one model.
+    return _resident(store, f"vlm {ref}" + (f"@{revision}" if revision else ""), load)
 
 
 def relation_generator(store: RunStore, meta: dict[str, Any]):
     """A generator with the run's settings over this process's copy of the run's model."""
+    from workers.models.loading import RELATIONS_MODEL_SETTING
     from workers.relation_generator import RelationGenerator
 
-    processor, model = vlm(store, meta["relations_model"], meta.get("model_revision", ""))
+    processor, model = vlm(store, meta["relations_model"], meta.get("model_revision", ""),
+                           RELATIONS_MODEL_SETTING)
     return RelationGenerator(processor, model, batch_size=int(meta["batch_size"]),
                              max_new_tokens=int(meta["max_new_tokens"]),
                              temperature=float(meta["temperature"]))
@@ -102,9 +164,11 @@ def relation_generator(store: RunStore, meta: dict[str, Any]):
 
 def judge_for(store: RunStore):
     from workers.judge import Judge
+    from workers.models.loading import JUDGE_MODEL_SETTING
 
     meta = store.meta()
-    processor, model = vlm(store, meta["judge_model"], meta.get("model_revision", ""))
+    processor, model = vlm(store, meta["judge_model"], meta.get("model_revision", ""),
+                           JUDGE_MODEL_SETTING)
     return Judge(processor, model, batch_size=int(meta["judge_batch_size"]))
 
 
@@ -121,7 +185,7 @@ def editor_for(store: RunStore):
         return pipeline, {"transformer": pipeline.transformer, "vae": pipeline.vae,
                           "text_encoder": pipeline.text_encoder}
 
-    pipeline = _resident(store, f"editor {ref}", load)
+    pipeline = _resident(store, f"editor {ref}" + (f"@{revision}" if revision else ""), load)
     return Editor(pipeline, steps=int(meta["edit_steps"]), size=int(meta["edit_size"]),
                   true_cfg_scale=float(meta["edit_true_cfg_scale"]),
                   negative_prompt=meta["edit_negative_prompt"])

@@ -1,4 +1,5 @@
-"""What every evalfleet task does the same way: skip finished items, retry, then give up."""
+"""What every evalfleet task does the same way: skip finished items, retry, then give up
+(at once when retrying cannot help)."""
 
 from __future__ import annotations
 
@@ -26,9 +27,24 @@ def pending_items(store: RunStore, stage: str, keys: list[str]) -> dict[str, dic
     return pending
 
 
+class PermanentError(Exception):
+    """Retrying cannot help (the model does not exist, it can never fit): fail the items at once.
+
+    The message is the failure reason the report shows, so it must say what to fix.
+    """
+
+
 def give_up_or_retry(task: Task, store: RunStore, stage: str, keys: list[str], exc: Exception) -> None:
-    """Retry with exponential back-off; after the last retry, record the items as failed."""
+    """Retry with exponential back-off; after the last retry, record the items as failed.
+
+    A PermanentError fails the items at once, with its message alone as the reason.
+    """
     attempts = task.request.retries + 1
+    if isinstance(exc, PermanentError):
+        log.error("%s task for %s failed, not retried: %s", stage, keys, exc)
+        for key in keys:
+            store.mark_failed(stage, key, str(exc), attempts)
+        return
     if attempts > task.max_retries:
         log.error("%s task for %s failed %d times, giving up: %r", stage, keys, attempts, exc)
         for key in keys:

@@ -23,7 +23,7 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
 
-from config import TINY_MODEL
+from config import ENV_PREFIX, TINY_MODEL
 from workers.models.tiny import build_tiny_qwen3_vl, build_tiny_qwen_image_edit
 
 logger = logging.getLogger(__name__)
@@ -33,6 +33,11 @@ QWEN3_VL = "qwen3-vl"
 QWEN_IMAGE_EDIT = "qwen-image-edit"
 TINY_DIR_NAMES = {QWEN3_VL: "tiny-qwen3-vl", QWEN_IMAGE_EDIT: "tiny-qwen-image-edit"}
 TINY_DIR_NAME = TINY_DIR_NAMES[QWEN3_VL]
+
+# The settings that name each model: error messages say which one to fix.
+RELATIONS_MODEL_SETTING = f"{ENV_PREFIX}RELATIONS_MODEL"
+JUDGE_MODEL_SETTING = f"{ENV_PREFIX}JUDGE_MODEL"
+EDITOR_MODEL_SETTING = f"{ENV_PREFIX}EDITOR_MODEL"
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -120,24 +125,28 @@ def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
 
 
 def load_vlm(
-    ref: str, *, revision: str, dtype: torch.dtype, device: torch.device
+    ref: str, *, revision: str, dtype: torch.dtype, device: torch.device,
+    setting: str = RELATIONS_MODEL_SETTING,
 ) -> tuple[ProcessorMixin, PreTrainedModel]:
     """Load a processor and an image-text-to-text model ready for batched generation.
 
     ``ref`` is a hub id or a local directory (resolve ``tiny`` first with
     :func:`resolve_model_path`); an empty ``revision`` means the default branch.
+    ``setting`` names the variable that chose ``ref`` (the relations model or the
+    judge), so a ModelNotFoundError tells the user which one to fix.
     """
     if ref == TINY_MODEL:
         raise ValueError(f"{ref!r} is not loadable as is; pass it through resolve_model_path() first")
     revision_arg = revision or None
     try:
+        _check_path_or_repo_id(ref)
         processor = AutoProcessor.from_pretrained(ref, revision=revision_arg)
         # device_map loads the weights straight onto the device instead of via CPU RAM.
         model = AutoModelForImageTextToText.from_pretrained(
             ref, revision=revision_arg, dtype=dtype, device_map=device
         )
     except (OSError, HFValidationError) as err:
-        raise ModelNotFoundError(_not_found_message(ref, revision, err)) from err
+        raise ModelNotFoundError(_not_found_message(ref, revision, err, setting=setting)) from err
     # Batched generation appends new tokens on the right, so prompts must be left-padded.
     processor.tokenizer.padding_side = "left"
     model.to(device)
@@ -168,7 +177,7 @@ def load_image_edit_pipeline(
         )
     except (OSError, HFValidationError) as err:
         raise ModelNotFoundError(
-            _not_found_message(ref, revision, err, setting="EVALFLEET_EDITOR_MODEL",
+            _not_found_message(ref, revision, err, setting=EDITOR_MODEL_SETTING,
                                what="a local Qwen-Image-Edit pipeline directory")
         ) from err
     pipeline.to(device)
@@ -177,7 +186,8 @@ def load_image_edit_pipeline(
 
 
 def _check_path_or_repo_id(ref: str) -> None:
-    # diffusers reports a missing directory only as a generic ValueError; say it plainly.
+    # from_pretrained reports a missing directory as a malformed hub id (transformers) or
+    # a generic ValueError (diffusers); say it plainly.
     if Path(ref).exists():
         return
     try:
@@ -190,11 +200,11 @@ def _not_found_message(
     ref: str,
     revision: str,
     err: Exception,
-    setting: str = "EVALFLEET_RELATIONS_MODEL",
+    setting: str = RELATIONS_MODEL_SETTING,
     what: str = "a local model directory",
 ) -> str:
     at = f" at revision {revision!r}" if revision else ""
-    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    reason = str(err).strip().splitlines()[0].rstrip(".") if str(err).strip() else type(err).__name__
     return (
         f"cannot load the model {ref!r}{at}: {reason}. "
         f"Set {setting} to {what}, a hub id that is "

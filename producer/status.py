@@ -1,0 +1,277 @@
+"""``python -m producer status``: what the fleet is doing, for people (a table) and scripts (JSON).
+
+Three sources, each read as it is, nothing estimated that is not measured:
+
+- queue depths: the broker's Redis lists. kombu's Redis transport keeps one list per
+  priority step (``relations``, ``relations\\x06\\x163``, ...), so a queue's depth is the
+  sum over those; messages a worker has taken but not yet acknowledged (running or
+  prefetched) sit in kombu's ``unacked`` hash and are counted as ``reserved``;
+- run progress: the run store's done/failed/items hashes, and for the rate the samples
+  the workers push after each task (``evalfleet:<run>:<stage>:samples``, Redis time);
+- workers: Celery's remote control (``inspect``), which only live workers answer, joined
+  with the heartbeats the worker processes write after each model acquire
+  (``evalfleet:workers``) to show which models each process holds.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis
+from celery import Celery
+from kombu.transport.redis import PRIORITY_STEPS, Channel
+from kombu.utils.url import maybe_sanitize_url
+
+from config import Settings
+from config.celery import celery_config
+from shared.messages import EDIT_STAGE, RELATIONS_STAGE, SCORE_STAGE
+from shared.store import RUNS_KEY, WORKERS_KEY, RunStore
+
+STAGES = (RELATIONS_STAGE, EDIT_STAGE, SCORE_STAGE)
+# kombu's Redis transport: the hash of delivered, not yet acknowledged messages.
+UNACKED_KEY = Channel.unacked_key
+
+# A heartbeat older than this, of a process no live worker lists, is ignored.
+STALE_SECONDS = 600.0
+# Heartbeats older than this are deleted: every process ever started leaves one.
+FORGET_SECONDS = 86400.0
+# The rate is measured over the samples of this last stretch of time.
+RATE_WINDOW_SECONDS = 600.0
+
+
+# --- queues ------------------------------------------------------------------------
+
+
+def queue_list_names(queue: str, transport_options: dict[str, Any]) -> list[str]:
+    """The Redis lists kombu uses for ``queue``: the plain name, then one per priority step."""
+    steps = transport_options.get("priority_steps", PRIORITY_STEPS)
+    sep = transport_options.get("sep", Channel.sep)
+    return [queue if step == 0 else f"{queue}{sep}{step}" for step in steps]
+
+
+def queue_depths(broker: redis.Redis, queues: list[str],
+                 transport_options: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """Per queue: ``waiting`` (in the lists) and ``reserved`` (taken by a worker, not acked)."""
+    pipe = broker.pipeline(transaction=False)
+    for queue in queues:
+        for name in queue_list_names(queue, transport_options):
+            pipe.llen(name)
+    lengths = iter(pipe.execute())
+    steps = len(queue_list_names("q", transport_options))
+    depths = {q: {"waiting": sum(next(lengths) for _ in range(steps)), "reserved": 0} for q in queues}
+    # Each unacked entry is JSON [message, exchange, routing key]; the routing key is the queue.
+    for raw in broker.hvals(UNACKED_KEY):
+        try:
+            routing_key = json.loads(raw)[2]
+        except (ValueError, IndexError, TypeError):
+            continue
+        if routing_key in depths:
+            depths[routing_key]["reserved"] += 1
+    return depths
+
+
+# --- runs --------------------------------------------------------------------------
+
+
+def rate_and_eta(samples: list[list[float]], remaining: int, now: float) -> dict[str, Any]:
+    """Items finished (done or failed) per minute over the recent samples, and the time left.
+
+    ``samples`` are [time, done, failed], newest first. Two samples inside the window
+    are needed for a rate; a run that has not moved for the whole window has none, and
+    ``last_progress_ago`` says how long it has been still.
+    """
+    recent = [s for s in samples if s[0] >= now - RATE_WINDOW_SECONDS]
+    rate = None
+    if len(recent) >= 2 and recent[0][0] > recent[-1][0]:
+        finished = (recent[0][1] + recent[0][2]) - (recent[-1][1] + recent[-1][2])
+        rate = max(finished, 0) / (recent[0][0] - recent[-1][0]) * 60
+    if remaining <= 0:
+        eta = 0.0
+    elif rate:
+        eta = remaining / rate * 60
+    else:
+        eta = None
+    last = round(now - samples[0][0], 1) if samples else None
+    return {"rate_per_min": None if rate is None else round(rate, 3),
+            "eta_seconds": None if eta is None else round(eta, 1), "last_progress_ago": last}
+
+
+def run_status(client: redis.Redis, run_id: str, now: float) -> dict[str, Any]:
+    store = RunStore(client, run_id)
+    meta = store.meta() if store.exists() else {}
+    stages = []
+    for stage in STAGES:
+        progress = store.progress(stage)
+        if progress.total == 0:
+            continue
+        samples = store.progress_samples(stage)
+        remaining = progress.total - progress.done - progress.failed
+        stages.append({"stage": stage, "done": progress.done, "failed": progress.failed,
+                       "total": progress.total, **rate_and_eta(samples, remaining, now)})
+    return {"run": run_id, "job": meta.get("job"), "created": meta.get("created"), "stages": stages}
+
+
+def runs_status(client: redis.Redis, run: str | None, now: float) -> list[dict[str, Any]]:
+    """The given run, or every run in ``evalfleet:runs``, oldest first."""
+    if run is not None:
+        if not RunStore(client, run).exists():
+            raise LookupError(f"run {run!r} is not registered in this Redis")
+        run_ids = [run]
+    else:
+        run_ids = sorted(client.smembers(RUNS_KEY))
+    runs = [run_status(client, run_id, now) for run_id in run_ids]
+    return sorted(runs, key=lambda r: (r["created"] or 0, r["run"]))
+
+
+# --- workers -----------------------------------------------------------------------
+
+
+def workers_online(app: Celery, timeout: float) -> list[dict[str, Any]]:
+    """The workers that answer Celery's remote control within ``timeout`` seconds each."""
+    queues = app.control.inspect(timeout=timeout).active_queues() or {}
+    # Now that we know who is there, the next questions return as soon as all have answered.
+    known = app.control.inspect(timeout=timeout, limit=len(queues) or None)
+    stats = known.stats() or {}
+    active = known.active() or {}
+    workers = []
+    for name in sorted(set(queues) | set(stats)):
+        node_stats = stats.get(name, {})
+        pool = node_stats.get("pool", {})
+        workers.append({
+            "name": name,
+            "queues": sorted(q["name"] for q in queues.get(name, [])),
+            "pid": node_stats.get("pid"),
+            "concurrency": pool.get("max-concurrency"),
+            "pool_pids": pool.get("processes"),
+            "active": len(active.get(name, [])),
+            # Celery's "total": tasks this worker accepted since it started, per task name.
+            "processed": node_stats.get("total", {}),
+            "processes": [],
+        })
+    return workers
+
+
+def read_heartbeats(client: redis.Redis, now: float) -> dict[str, dict[str, Any]]:
+    """``host:pid`` -> heartbeat; forgets (deletes) those older than FORGET_SECONDS."""
+    beats, forgotten = {}, []
+    for field, raw in client.hgetall(WORKERS_KEY).items():
+        try:
+            beat = json.loads(raw)
+            age = now - float(beat["at"])
+        except (ValueError, KeyError, TypeError):
+            forgotten.append(field)
+            continue
+        if age > FORGET_SECONDS:
+            forgotten.append(field)
+        else:
+            beats[field] = {**beat, "age": round(age, 1)}
+    if forgotten:
+        client.hdel(WORKERS_KEY, *forgotten)
+    return beats
+
+
+def attach_heartbeats(workers: list[dict[str, Any]], beats: dict[str, dict[str, Any]]) -> None:
+    """Add each live worker's processes and their resident models.
+
+    A heartbeat counts when its worker is online and lists its pid among the pool's
+    processes (a replaced child's heartbeat is dropped), or, when the worker did not
+    report its processes, when it is younger than STALE_SECONDS.
+    """
+    by_name = {w["name"]: w for w in workers}
+    for field, beat in sorted(beats.items()):
+        worker = by_name.get(beat.get("node"))
+        if worker is None:
+            continue
+        pid = int(field.rsplit(":", 1)[1])
+        alive = pid in worker["pool_pids"] if worker["pool_pids"] is not None else beat["age"] < STALE_SECONDS
+        if alive:
+            worker["processes"].append({"process": field, "resident": beat.get("resident", []),
+                                        "device": beat.get("device"), "seen_ago": beat["age"]})
+
+
+# --- the whole picture ---------------------------------------------------------------
+
+
+def build_status(settings: Settings, app: Celery, run: str | None = None,
+                 timeout: float = 1.0) -> dict[str, Any]:
+    """Everything ``producer status`` shows, as plain data (what ``--json`` prints)."""
+    broker = redis.Redis.from_url(settings.broker, decode_responses=True)
+    store = redis.Redis.from_url(settings.store_url, decode_responses=True)
+    now_s, now_us = store.time()
+    now = now_s + now_us / 1e6  # the clock the workers' progress samples use
+    queues = [settings.queue_relations, settings.queue_edit, settings.queue_score]
+    options = dict(celery_config(settings)["broker_transport_options"])
+    status: dict[str, Any] = {
+        "at": time.time(),
+        "broker": maybe_sanitize_url(settings.broker),
+        "queues": queue_depths(broker, queues, options),
+        "runs": runs_status(store, run, now),
+    }
+    workers = workers_online(app, timeout)
+    attach_heartbeats(workers, read_heartbeats(store, time.time()))
+    status["workers"] = workers
+    return status
+
+
+# --- text --------------------------------------------------------------------------
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+def _eta(stage: dict[str, Any]) -> str:
+    if stage["done"] + stage["failed"] >= stage["total"]:
+        return "finished"
+    return _duration(stage["eta_seconds"])
+
+
+def _rate(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate:.1f}"
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """The status as a table for people."""
+    lines = [f"broker {status['broker']}", "", f"{'queue':<12}{'waiting':>9}{'reserved':>10}"]
+    for name, depth in status["queues"].items():
+        lines.append(f"{name:<12}{depth['waiting']:>9}{depth['reserved']:>10}")
+    lines += ["", _runs_table(status["runs"]), "", *_workers_lines(status["workers"])]
+    return "\n".join(lines)
+
+
+def _runs_table(runs: list[dict[str, Any]]) -> str:
+    if not runs:
+        return "no runs"
+    width = max(12, *(len(r["run"]) + 2 for r in runs))
+    lines = [f"{'run':<{width}}{'stage':<11}{'done':>7}{'failed':>7}{'total':>7}"
+             f"{'items/min':>11}{'eta':>10}{'last':>10}"]
+    for run in runs:
+        if not run["stages"]:
+            lines.append(f"{run['run']:<{width}}(no items)")
+        for stage in run["stages"]:
+            lines.append(f"{run['run']:<{width}}{stage['stage']:<11}{stage['done']:>7}{stage['failed']:>7}"
+                         f"{stage['total']:>7}{_rate(stage['rate_per_min']):>11}"
+                         f"{_eta(stage):>10}"
+                         f"{_duration(stage['last_progress_ago']):>10}")
+    return "\n".join(lines)
+
+
+def _workers_lines(workers: list[dict[str, Any]]) -> list[str]:
+    if not workers:
+        return ["no workers online (none answered the remote-control ping)"]
+    lines = [f"workers online: {len(workers)}"]
+    for w in workers:
+        taken = sum(w["processed"].values())
+        lines.append(f"  {w['name']}  queues {','.join(w['queues']) or '-'}  pid {w['pid']}  "
+                     f"concurrency {w['concurrency']}  busy {w['active']}  tasks taken {taken}")
+        for proc in w["processes"]:
+            models = ", ".join(proc["resident"]) or "none"
+            lines.append(f"      {proc['process']} on {proc['device']}: {models} "
+                         f"(seen {_duration(proc['seen_ago'])} ago)")
+    return lines

@@ -1,0 +1,193 @@
+"""The deployment files: the Procfile really runs (honcho), docker-compose.yml and the
+Dockerfile have the structure the README promises (no Docker engine here to run them)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import redis
+import yaml
+
+from conftest import FAST, ROOT, read_json, run_producer, wait_for_workers
+from producer.embedded import free_port
+
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+WORKERS = {name: s for name, s in SERVICES.items() if name.startswith("worker-gpu")}
+
+
+# --- Procfile, run by honcho ------------------------------------------------------------
+
+
+def wait_for_redis(url: str, timeout: float = 30) -> None:
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.ping()
+            return
+        except redis.exceptions.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def test_procfile_runs_a_fleet_under_honcho(model_cache, sample, tmp_path):
+    redis_port, flower_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVALFLEET_")}
+    env.update(FAST, REDIS_PORT=str(redis_port), FLOWER_PORT=str(flower_port), GPUS="cpu",
+               QUEUES="relations", EVALFLEET_WORK_DIR=str(tmp_path / "work"),
+               EVALFLEET_MODEL_CACHE=str(model_cache),
+               # The Procfile runs `python`: the one running these tests.
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    (tmp_path / "empty.env").write_text("")
+    log_path = tmp_path / "honcho.log"
+    with open(log_path, "wb") as log:
+        honcho = subprocess.Popen([sys.executable, "-m", "honcho", "-e", str(tmp_path / "empty.env"),
+                                   "start"], cwd=ROOT, env=env, stdout=log,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    broker = f"redis://127.0.0.1:{redis_port}/0"
+    try:
+        wait_for_redis(broker)
+        wait_for_workers(broker, "cpu@", 1)
+        stage1, input_path = sample
+        output = tmp_path / "out.json"
+        producer_env = {**FAST, "EVALFLEET_BROKER_URL": broker, "EVALFLEET_MODEL_CACHE": str(model_cache),
+                        "EVALFLEET_WORK_DIR": str(tmp_path / "producer-work")}
+        proc = run_producer("run", "relations", "--stage1", str(stage1), "--input", str(input_path),
+                            "--run", "honcho", "--output", str(output), env=producer_env, timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert read_json(output)["summary"]["total_pairs"] == 13
+        # The producer started no workers of its own: the Procfile's worker did the work.
+        assert not (tmp_path / "producer-work" / "logs").exists()
+
+        processes = psutil.Process(honcho.pid).children(recursive=True)
+        assert len(processes) >= 5  # redis, launcher, worker, its child, flower (+ honcho's own)
+        honcho.send_signal(signal.SIGTERM)
+        # honcho exits 143 when stopped by SIGTERM; every process it ran reports rc=0.
+        assert honcho.wait(timeout=30) == 143
+        _, alive = psutil.wait_procs(processes, timeout=15)
+        assert alive == []
+        text = log_path.read_text()
+        for name in ("redis", "worker", "flower"):
+            assert f"{name}.1 stopped (rc=0)" in text, text[-3000:]
+    finally:
+        if honcho.poll() is None:
+            os.killpg(honcho.pid, signal.SIGKILL)
+            honcho.wait()
+
+
+def test_procfile_ports_come_from_the_environment_with_defaults():
+    procfile = (ROOT / "Procfile").read_text()
+    lines = dict(line.split(":", 1) for line in procfile.splitlines() if line and not line.startswith("#"))
+    assert set(lines) == {"redis", "worker", "flower"}
+    assert '--port "${REDIS_PORT:-6379}"' in lines["redis"] and "--bind 127.0.0.1" in lines["redis"]
+    assert "--appendonly yes" in lines["redis"]
+    assert '--port="${FLOWER_PORT:-5555}"' in lines["flower"] and "--address=127.0.0.1" in lines["flower"]
+    for name in ("worker", "flower"):
+        assert "redis://127.0.0.1:${REDIS_PORT:-6379}/0" in lines[name]
+
+
+# --- docker-compose.yml ---------------------------------------------------------------------
+
+
+def test_compose_has_the_services():
+    assert {"redis", "flower", "worker-gpu0", "worker-gpu1", "producer"} <= set(SERVICES)
+    assert len(WORKERS) == 2
+
+
+def test_redis_persists_and_requires_a_password():
+    service = SERVICES["redis"]
+    assert re.fullmatch(r"redis:7(\.\d+)*(-\w+)?", service["image"])
+    command = service["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--requirepass") + 1].startswith("${REDIS_PASSWORD:?")
+    assert any(v.endswith(":/data") for v in service["volumes"])
+    assert service["environment"]["REDISCLI_AUTH"].startswith("${REDIS_PASSWORD:?")
+
+
+def test_every_long_running_service_has_a_healthcheck():
+    for name, service in SERVICES.items():
+        if "tools" not in service.get("profiles", []):
+            check = service.get("healthcheck", {})
+            assert check.get("test") and check.get("interval"), name
+
+
+def test_workers_reserve_one_gpu_each():
+    seen = set()
+    for name, service in WORKERS.items():
+        index = name.removeprefix("worker-gpu")
+        [device] = service["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+        assert device["device_ids"] == [index]
+        seen.add(index)
+        # Inside the container the one reserved GPU is index 0.
+        assert service["environment"]["CUDA_VISIBLE_DEVICES"] == "0"
+        command = service["command"]
+        assert command[:4] == ["celery", "-A", "workers", "worker"]
+        assert command[command.index("--concurrency") + 1] == "${WORKERS_PER_GPU:-1}"
+        assert command[command.index("-n") + 1] == f"gpu{index}@%h"
+        # Distinct container hostnames keep node names and <host>:<pid> records unique.
+        assert service["hostname"].endswith(f"-gpu{index}")
+        assert service["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert seen == {"0", "1"}
+
+
+def test_services_share_settings_auth_and_data_paths():
+    for name in ("flower", "producer", *WORKERS):
+        environment = SERVICES[name]["environment"]
+        assert "${REDIS_PASSWORD:?" in environment["EVALFLEET_BROKER_URL"], name
+        mounts = {v.split(":")[-2] if v.endswith(":ro") else v.split(":")[-1]
+                  for v in SERVICES[name]["volumes"]}
+        for setting in ("HF_HOME", "EVALFLEET_WORK_DIR", "EVALFLEET_ARTIFACT_ROOT"):
+            path = environment[setting]
+            assert any(path == m or path.startswith(m + "/") for m in mounts), (name, setting)
+        assert "EVALFLEET_RELATIONS_MODEL" in environment and "HF_HUB_OFFLINE" in environment
+    assert SERVICES["flower"]["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
+    url = SERVICES["worker-gpu0"]["environment"]["EVALFLEET_BROKER_URL"]
+    assert with_defaults(url) == "redis://:<required>@redis:6379/0"
+
+
+def with_defaults(text: str) -> str:
+    """Compose's interpolation with no variables set: ${A:-x} is x, ${A:?msg} is required."""
+    def value(match: re.Match) -> str:
+        op, arg = match.group(2) or "", match.group(3)
+        return arg if "-" in op else "<required>" if "?" in op else ""
+    return re.sub(r"\$\{(\w+)(:?[-?])?([^}]*)\}", value, text)
+
+
+def test_nothing_listens_beyond_localhost_unless_intended():
+    # Redis is the one port other hosts need: it binds REDIS_BIND, which defaults to 127.0.0.1.
+    assert SERVICES["redis"]["ports"][0].startswith("${REDIS_BIND:-127.0.0.1}:")
+    for name, service in SERVICES.items():
+        for port in service.get("ports", []):
+            host_ip, host_port, container_port = with_defaults(port).split(":")
+            assert host_ip == "127.0.0.1", (name, port)
+    assert with_defaults(SERVICES["flower"]["ports"][0]) == "127.0.0.1:5555:5555"
+    assert "ports" not in SERVICES["producer"] and not any("ports" in s for s in WORKERS.values())
+
+
+def test_producer_is_a_one_off_tool():
+    producer = SERVICES["producer"]
+    assert producer["profiles"] == ["tools"]
+    assert producer["entrypoint"] == ["python", "-m", "producer"]
+
+
+# --- Dockerfile -----------------------------------------------------------------------------
+
+
+def test_dockerfile_installs_the_project():
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11", text, re.M)
+    for package in ("config", "shared", "producer", "workers"):
+        assert re.search(rf"^COPY {package} ", text, re.M), package
+    assert "pip install --no-deps ." in text and "pyproject.toml" in text
+    assert re.search(r"^USER ", text, re.M)  # not root
+
