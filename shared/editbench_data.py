@@ -3,7 +3,10 @@
 ``{"物理": [{"pair_id", "original_image_b64", "original_description", "edit_instruction"}, ...], ...}``
 
 Each image is decoded and validated once, here; a bad pair becomes a failure with a
-reason naming the file, the record and the field, and the other pairs go on.
+reason naming the file, the record and the field, and the other pairs go on. A
+category that is not a usable list (empty name, not a list, no pairs) fails as a
+whole under ``<category>|*``. Only a file that is not a JSON object of categories
+stops the command.
 """
 
 from __future__ import annotations
@@ -11,15 +14,20 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 
-from shared.errors import InputFileError, RecordError
+from shared.errors import InputFileError, RecordError, shown
 from shared.jsonio import read_json
 
 TEXT_FIELDS = ("original_description", "edit_instruction")
+# Longest category name or pair id accepted: they name files and item keys.
+NAME_MAX = 256
+# Longest description or instruction: both go into the judge's prompt.
+TEXT_MAX = 10_000
 
 
 @dataclass(frozen=True)
@@ -49,47 +57,78 @@ def editbench_key(category: str, pair_id: str) -> str:
 
 def prepare_benchmark(path: Path) -> PreparedBenchmark:
     data = read_json(path)
-    if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
+    if not isinstance(data, dict):
         raise InputFileError(path, "expected a JSON object mapping each category name to a list of pairs")
     if not data:
         raise InputFileError(path, "the benchmark has no categories")
-    prepared = PreparedBenchmark(categories=list(data))
+    # A name too long to show stays out of the category list (and the chart): its failure says why.
+    prepared = PreparedBenchmark(categories=[c for c in data if len(c) <= NAME_MAX])
     for category, pairs in data.items():
-        if not pairs:
-            prepared.failures[editbench_key(category, "*")] = f"{path}: category {category!r} has no pairs"
-        seen: set[str] = set()
-        for i, raw in enumerate(pairs):
-            record = f"{category}[{i}]"
-            try:
-                pair = _checked_pair(raw, category, path, record)
-                if pair.pair_id in seen:
-                    raise RecordError(path, record, "pair_id",
-                                      f"{pair.pair_id!r} repeats an earlier pair of {category!r}")
-            except RecordError as exc:
-                prepared.failures[_failure_key(category, raw, i)] = str(exc)
-                continue
-            seen.add(pair.pair_id)
-            prepared.pairs.append(pair)
+        problem = _category_problem(category, pairs)
+        if problem:
+            prepared.failures[_category_key(category)] = f"{path}: category {shown(category)}: {problem}"
+            continue
+        _prepare_category(path, category, pairs, prepared)
     return prepared
+
+
+def _category_problem(category: str, pairs: object) -> str | None:
+    if not category.strip():
+        return "the category name is empty"
+    if len(category) > NAME_MAX:
+        return f"the category name is longer than {NAME_MAX} characters"
+    if not isinstance(pairs, list):
+        return f"expected a list of pairs, got {shown(pairs)}"
+    if not pairs:
+        return "has no pairs"
+    return None
+
+
+def _category_key(category: str) -> str:
+    """The failure key of a whole category; a name too long or empty is shown shortened."""
+    name = category if category.strip() and len(category) <= NAME_MAX else f"?{shown(category, 40)}"
+    return editbench_key(name, "*")
+
+
+def _prepare_category(path: Path, category: str, pairs: list, prepared: PreparedBenchmark) -> None:
+    seen: set[str] = set()
+    for i, raw in enumerate(pairs):
+        record = f"{category}[{i}]"
+        try:
+            pair = _checked_pair(raw, category, path, record)
+            if pair.pair_id in seen:
+                raise RecordError(path, record, "pair_id",
+                                  f"{pair.pair_id!r} repeats an earlier pair of {category!r}")
+        except RecordError as exc:
+            prepared.failures[_failure_key(category, raw, i)] = str(exc)
+            continue
+        seen.add(pair.pair_id)
+        prepared.pairs.append(pair)
 
 
 def _failure_key(category: str, raw: object, index: int) -> str:
     pair_id = raw.get("pair_id") if isinstance(raw, dict) else None
-    name = str(pair_id) if isinstance(pair_id, (str, int)) and not isinstance(pair_id, bool) else "?"
+    usable = isinstance(pair_id, (str, int)) and not isinstance(pair_id, bool)
+    name = str(pair_id) if usable and len(str(pair_id)) <= NAME_MAX else "?"
     # The index keeps keys unique when a pair id is missing or repeated.
     return editbench_key(category, f"{name}#{index}")
 
 
 def _checked_pair(raw: object, category: str, path: Path, record: str) -> BenchmarkPair:
     if not isinstance(raw, dict):
-        raise RecordError(path, record, "pair", "expected an object")
+        raise RecordError(path, record, "pair", f"expected an object, got {shown(raw)}")
     pair_id = raw.get("pair_id")
     if isinstance(pair_id, bool) or not isinstance(pair_id, (str, int)) or str(pair_id).strip() == "":
-        raise RecordError(path, record, "pair_id", f"expected a non-empty string or integer, got {pair_id!r}")
+        raise RecordError(path, record, "pair_id", f"expected a non-empty string or integer, got {shown(pair_id)}")
+    if len(str(pair_id)) > NAME_MAX:
+        raise RecordError(path, record, "pair_id", f"longer than {NAME_MAX} characters: {shown(pair_id)}")
     record = f"{record} (pair_id {pair_id})"
     for name in TEXT_FIELDS:
-        if not isinstance(raw.get(name), str) or not raw[name].strip():
-            raise RecordError(path, record, name, "expected a non-empty string")
+        value = raw.get(name)
+        if not isinstance(value, str) or not value.strip():
+            raise RecordError(path, record, name, f"expected a non-empty string, got {shown(value)}")
+        if len(value) > TEXT_MAX:
+            raise RecordError(path, record, name, f"{len(value)} characters; at most {TEXT_MAX} are accepted")
     image_bytes, extension = decode_image_b64(raw.get("original_image_b64"), path, record)
     return BenchmarkPair(category=category, pair_id=str(pair_id), image_bytes=image_bytes,
                          image_extension=extension, original_description=raw["original_description"],
@@ -97,21 +136,27 @@ def _checked_pair(raw: object, category: str, path: Path, record: str) -> Benchm
 
 
 def decode_image_b64(value: object, path: Path, record: str) -> tuple[bytes, str]:
-    """The image's bytes and file extension; the image is fully decoded once to prove it is whole."""
+    """The image's bytes and file extension; the image is fully decoded once to prove it is whole.
+
+    Images above Pillow's decompression-bomb threshold (about 89 million pixels) are refused.
+    """
     fld = "original_image_b64"
     if not isinstance(value, str) or not value:
-        raise RecordError(path, record, fld, "expected a base64 string")
+        raise RecordError(path, record, fld, f"expected a base64 string, got {shown(value)}")
     if value.startswith("data:"):  # a data URL: data:image/png;base64,....
         value = value.partition(",")[2]
     try:
-        data = base64.b64decode(value, validate=True)
+        # Line breaks (MIME-style base64 wraps at 76 columns) are not errors; anything else is.
+        data = base64.b64decode("".join(value.split()), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise RecordError(path, record, fld, f"not valid base64 ({exc})") from None
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            extension = (img.format or "png").lower()
-    except Image.DecompressionBombError as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                img.load()
+                extension = (img.format or "png").lower()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise RecordError(path, record, fld, f"image too large to decode safely: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad data
         raise RecordError(path, record, fld, f"not a readable image ({exc})") from None

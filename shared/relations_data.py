@@ -3,25 +3,43 @@
 Stage-1 candidates are matched to their input image by id (string or integer),
 grouped by (subject, object), stripped of "no relation", sorted by similarity and
 cut to the top K. A bad record becomes a failure with a reason naming the file,
-the record and the field; the other records go on.
+the record and the field; the other records go on. What counts as bad:
+
+- a stage-1 image entry: an empty or repeated id (``"042"`` repeats ``42``), a
+  candidate without usable subject/object/predicate or with a similarity that is not
+  a finite number (NaN, a string): the whole entry fails, as its top K would be wrong;
+- an input image record: no usable ``image_id`` (listed as ``input[i]|*|*``), a bad
+  ``image_path`` (empty, too long, outside the data root), ``objects`` not a list,
+  an object without a class name: all pairs of that image fail;
+- an object with a bad box (outside numbers, inverted, zero area), or a class name
+  that several objects share (SPEC maps objects by class name: with two "man" objects
+  the pair is ambiguous): only the pairs that use that class name fail.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.errors import InputFileError, RecordError
-from shared.jsonio import read_json
+from shared.errors import InputFileError, RecordError, shown
+from shared.images import PathOutsideRoot, resolve_inside
+from shared.jsonio import invalid_number_at, read_json
 from shared.keys import normalize_image_id, relation_key
 
 log = logging.getLogger(__name__)
 
 CANDIDATES_KEY = "per_image_top100_candidates"
 NO_RELATION = "no relation"
+# Longest class name, predicate or image id accepted: longer ones are data errors, and
+# they would end up in every prompt and item key.
+NAME_MAX = 256
+PATH_MAX = 4096
+# Separates the parts of an item key (image_id|subject|object).
+KEY_SEP = "|"
 
 
 @dataclass
@@ -30,6 +48,15 @@ class PreparedRelations:
 
     pairs: list[dict[str, Any]] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)  # item key -> reason
+
+
+@dataclass(frozen=True)
+class ObjectEntry:
+    """One object of an input image, with where it is and what is wrong with it (if anything)."""
+
+    index: int
+    obj: dict
+    error: RecordError | None = None
 
 
 def load_relations_inputs(stage1_path: Path, input_path: Path) -> tuple[dict, list]:
@@ -46,18 +73,21 @@ def load_relations_inputs(stage1_path: Path, input_path: Path) -> tuple[dict, li
 
 
 def prepare_data_for_inference(
-    stage1_path: Path, input_path: Path, top_k: int
+    stage1_path: Path, input_path: Path, top_k: int, data_root: str | Path = ""
 ) -> PreparedRelations:
+    """The pairs of SPEC.md's ``pair_data``; ``data_root`` (if set) confines image paths."""
+    root = _checked_root(data_root)
     candidates_by_image, images = load_relations_inputs(stage1_path, input_path)
-    records = _index_images(images, input_path)
     prepared = PreparedRelations()
+    records = _index_images(images, input_path, root, prepared.failures)
+    seen: dict[str, str] = {}  # normalized id -> the stage-1 key that had it first
     for raw_id, candidates in candidates_by_image.items():
-        record_name = f"{CANDIDATES_KEY}[{raw_id!r}]"
+        record_name = f"{CANDIDATES_KEY}[{shown(raw_id)}]"
         try:
-            image_id = normalize_image_id(raw_id)
+            image_id = _stage1_image_id(raw_id, seen, stage1_path, record_name)
             groups = _group_candidates(candidates, stage1_path, record_name)
-        except (TypeError, RecordError) as exc:
-            prepared.failures[relation_key(raw_id, "*", "*")] = str(exc)
+        except RecordError as exc:
+            prepared.failures[_image_failure_key(raw_id)] = str(exc)
             continue
         for (subject, object_), group in groups.items():
             key = relation_key(image_id, subject, object_)
@@ -65,7 +95,7 @@ def prepare_data_for_inference(
                 record = records.get(image_id)
                 if record is None:
                     raise RecordError(stage1_path, record_name, "image_id",
-                                      f"image {raw_id} is not in {input_path}")
+                                      f"image {shown(raw_id)} is not in {input_path}")
                 if isinstance(record, RecordError):
                     raise record
                 pair = _pair_data(record, subject, object_, group, top_k, input_path)
@@ -77,49 +107,132 @@ def prepare_data_for_inference(
     return prepared
 
 
-def _index_images(images: list, input_path: Path) -> dict[str, dict | RecordError]:
-    """image id (normalized) -> valid record, or the RecordError that makes it unusable."""
+def _checked_root(data_root: str | Path) -> str:
+    if not data_root:
+        return ""
+    if not os.path.isdir(data_root):
+        raise InputFileError(data_root, "the data root (EVALFLEET_DATA_ROOT) is not a directory")
+    return os.path.realpath(data_root)
+
+
+def _image_failure_key(raw_id: object) -> str:
+    """The key under which a whole stage-1 entry fails (kept short and unambiguous)."""
+    text = str(raw_id)
+    if not text.strip() or len(text) > NAME_MAX or KEY_SEP in text:
+        text = f"?{shown(text, 40)}"
+    return f"{text}|*|*"
+
+
+def _stage1_image_id(raw_id: str, seen: dict[str, str], path: Path, name: str) -> str:
+    """The normalized id of a stage-1 entry (object keys are strings: "42" and "042" are one image)."""
+    if not raw_id.strip():
+        raise RecordError(path, name, "image_id", "the image id is empty")
+    if len(raw_id) > NAME_MAX or KEY_SEP in raw_id:
+        raise RecordError(path, name, "image_id",
+                          f"expected an id of at most {NAME_MAX} characters without {KEY_SEP!r}")
+    image_id = normalize_image_id(raw_id)
+    if image_id in seen:
+        raise RecordError(path, name, "image_id",
+                          f"repeats image {seen[image_id]!r} (ids are compared as numbers)")
+    seen[image_id] = raw_id
+    return image_id
+
+
+def _index_images(images: list, input_path: Path, root: str,
+                  failures: dict[str, str]) -> dict[str, dict | RecordError]:
+    """image id (normalized) -> valid record, or the RecordError that makes it unusable.
+
+    A record without a usable id cannot be matched to any stage-1 entry: it is listed
+    in ``failures`` under ``input[i]|*|*`` so the report shows it.
+    """
     records: dict[str, Any] = {}
+    raw_records: dict[str, tuple[str, dict]] = {}
     for i, record in enumerate(images):
         name = f"[{i}]"
-        if not isinstance(record, dict) or "image_id" not in record:
-            log.warning("%s: record %s has no image_id; skipped", input_path, name)
-            continue
         try:
-            image_id = normalize_image_id(record["image_id"])
-        except TypeError as exc:
-            log.warning("%s: record %s: %s; skipped", input_path, name, exc)
+            image_id = _input_image_id(record, input_path, name)
+        except RecordError as exc:
+            failures[f"input[{i}]|*|*"] = str(exc)
             continue
-        if image_id in records:
-            log.warning("%s: record %s repeats image_id %s; the first one is used",
-                        input_path, name, image_id)
+        name = f"[{i}] (image_id {image_id})"
+        if image_id in raw_records:
+            first_name, first = raw_records[image_id]
+            if record != first:
+                # Two different records for one image: which one stage 1 saw is unknowable.
+                records[image_id] = RecordError(input_path, name, "image_id",
+                                                f"repeats the image id of record {first_name} "
+                                                "with different content")
             continue
+        raw_records[image_id] = (name, record)
         try:
-            records[image_id] = _checked_image_record(record, input_path, f"{name} (image_id {image_id})")
+            records[image_id] = _checked_image_record(record, input_path, name, root)
         except RecordError as exc:
             records[image_id] = exc
     return records
 
 
-def _checked_image_record(record: dict, path: Path, name: str) -> dict:
-    image_path = record.get("image_path")
-    if not isinstance(image_path, str) or not image_path:
-        raise RecordError(path, name, "image_path", "expected a non-empty string")
+def _input_image_id(record: object, path: Path, name: str) -> str:
+    if not isinstance(record, dict):
+        raise RecordError(path, name, "record", f"expected an object, got {shown(record)}")
+    if "image_id" not in record:
+        raise RecordError(path, name, "image_id", "missing")
+    raw = record["image_id"]
+    if isinstance(raw, bool) or not isinstance(raw, (int, str)):
+        raise RecordError(path, name, "image_id", f"expected an integer or a string, got {shown(raw)}")
+    text = str(raw)
+    if not text.strip() or len(text) > NAME_MAX or KEY_SEP in text:
+        raise RecordError(path, name, "image_id",
+                          f"expected a non-empty id of at most {NAME_MAX} characters without "
+                          f"{KEY_SEP!r}, got {shown(raw)}")
+    return normalize_image_id(raw)
+
+
+def _checked_image_record(record: dict, path: Path, name: str, root: str) -> dict:
+    image_path = _checked_image_path(record.get("image_path"), path, name, root)
     objects = record.get("objects")
     if not isinstance(objects, list):
-        raise RecordError(path, name, "objects", "expected a list of objects")
-    by_name: dict[str, dict] = {}
+        raise RecordError(path, name, "objects", f"expected a list of objects, got {shown(objects)}")
+    by_name: dict[str, list[ObjectEntry]] = {}
     for j, obj in enumerate(objects):
         where = f"objects[{j}]"
-        if not isinstance(obj, dict) or not isinstance(obj.get("class_name"), str):
-            raise RecordError(path, name, f"{where}.class_name", "expected a string")
-        _check_bbox(obj.get("bbox"), path, name, f"{where}.bbox")
-        # The first object of a class name stands for it, as the stage-1 file names classes only.
-        by_name.setdefault(obj["class_name"], obj)
+        if not isinstance(obj, dict) or not _is_name(obj.get("class_name")):
+            raise RecordError(path, name, f"{where}.class_name",
+                              f"expected a non-empty string of at most {NAME_MAX} characters")
+        by_name.setdefault(obj["class_name"], []).append(
+            ObjectEntry(j, obj, _object_error(obj, path, name, where)))
+    return {"image_id": record["image_id"], "image_path": image_path, "objects": by_name,
+            "record": name}
+
+
+def _checked_image_path(image_path: object, path: Path, name: str, root: str) -> str:
+    if not isinstance(image_path, str) or not image_path.strip():
+        raise RecordError(path, name, "image_path", f"expected a non-empty string, got {shown(image_path)}")
+    if len(image_path) > PATH_MAX or "\0" in image_path:
+        raise RecordError(path, name, "image_path",
+                          f"expected a path of at most {PATH_MAX} characters without NUL, "
+                          f"got {shown(image_path)}")
     resolved = Path(image_path)
     if not resolved.is_absolute():
+        # Relative paths are relative to the input file, wherever the command runs.
         resolved = Path(path).resolve().parent / resolved
-    return {"image_id": record["image_id"], "image_path": str(resolved), "objects": by_name}
+    if not root:
+        return str(resolved)
+    try:
+        return resolve_inside(resolved, root)
+    except PathOutsideRoot as exc:
+        raise RecordError(path, name, "image_path", f"refused: {exc}") from None
+
+
+def _object_error(obj: dict, path: Path, name: str, where: str) -> RecordError | None:
+    """What makes this object unusable (its box, a NaN anywhere in it), or None."""
+    try:
+        _check_bbox(obj.get("bbox"), path, name, f"{where}.bbox")
+    except RecordError as exc:
+        return exc
+    bad = invalid_number_at(obj, where)
+    if bad:
+        return RecordError(path, name, bad, "NaN or Infinity is not a valid value")
+    return None
 
 
 def _check_bbox(bbox: object, path: Path, name: str, where: str) -> None:
@@ -128,45 +241,79 @@ def _check_bbox(bbox: object, path: Path, name: str, where: str) -> None:
         or len(bbox) != 4
         or not all(_is_number(v) for v in bbox)
     ):
-        raise RecordError(path, name, where, f"expected [x1, y1, x2, y2] numbers, got {bbox!r}")
+        raise RecordError(path, name, where, f"expected [x1, y1, x2, y2] finite numbers, got {shown(bbox)}")
     x1, y1, x2, y2 = bbox
     if x2 <= x1 or y2 <= y1:
         raise RecordError(path, name, where, f"box {bbox} is inverted or has zero area")
+    if x1 < 0 or y1 < 0:
+        raise RecordError(path, name, where, f"box {bbox} starts at a negative coordinate")
 
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _is_name(value: object) -> bool:
+    return isinstance(value, str) and bool(value.strip()) and len(value) <= NAME_MAX
+
+
 def _group_candidates(candidates: object, path: Path, name: str) -> dict[tuple[str, str], list]:
     """(subject, object) -> its candidates, first-seen order; "no relation" dropped."""
     if not isinstance(candidates, list):
-        raise RecordError(path, name, "candidates", "expected a list of candidates")
+        raise RecordError(path, name, "candidates", f"expected a list of candidates, got {shown(candidates)}")
     groups: dict[tuple[str, str], list] = {}
     for i, cand in enumerate(candidates):
         where = f"{name}[{i}]"
-        if not isinstance(cand, dict):
-            raise RecordError(path, where, "candidate", "expected an object")
-        for fld in ("subject", "object", "predicted_predicate"):
-            if not isinstance(cand.get(fld), str) or not cand[fld].strip():
-                raise RecordError(path, where, fld, "expected a non-empty string")
-        if not _is_number(cand.get("similarity")):
-            raise RecordError(path, where, "similarity",
-                              f"expected a finite number, got {cand.get('similarity')!r}")
+        _check_candidate(cand, path, where)
         if cand["predicted_predicate"].strip().lower() == NO_RELATION:
             continue
         groups.setdefault((cand["subject"], cand["object"]), []).append(cand)
     return groups
 
 
+def _check_candidate(cand: object, path: Path, where: str) -> None:
+    if not isinstance(cand, dict):
+        raise RecordError(path, where, "candidate", f"expected an object, got {shown(cand)}")
+    for fld in ("subject", "object", "predicted_predicate"):
+        if not _is_name(cand.get(fld)):
+            raise RecordError(path, where, fld,
+                              f"expected a non-empty string of at most {NAME_MAX} characters, "
+                              f"got {shown(cand.get(fld))}")
+    for fld in ("subject", "object"):
+        if KEY_SEP in cand[fld]:
+            raise RecordError(path, where, fld, f"{KEY_SEP!r} is not allowed in a class name "
+                              "(it separates the parts of item keys)")
+    if not _is_number(cand.get("similarity")):
+        raise RecordError(path, where, "similarity",
+                          f"expected a finite number, got {shown(cand.get('similarity'))}")
+    if not isinstance(cand.get("has_gt", False), (bool, type(None))):
+        raise RecordError(path, where, "has_gt", f"expected true or false, got {shown(cand['has_gt'])}")
+    gt = cand.get("gt_predicates")
+    if gt is not None and not (isinstance(gt, list) and all(isinstance(p, str) for p in gt)):
+        raise RecordError(path, where, "gt_predicates", f"expected a list of strings, got {shown(gt)}")
+
+
+def _pick_object(record: dict, class_name: str, role: str, path: Path) -> ObjectEntry:
+    """The one object of the image with this class name; refused if none, several or bad."""
+    entries = record["objects"].get(class_name, [])
+    if not entries:
+        raise RecordError(path, record["record"], "objects",
+                          f"{role} {shown(class_name)} is not among the image's objects")
+    if len(entries) > 1:
+        where = ", ".join(f"objects[{e.index}]" for e in entries)
+        raise RecordError(path, record["record"], "objects",
+                          f"{role} {shown(class_name)} is ambiguous: {len(entries)} objects ({where}) "
+                          "have that class name, and stage 1 names classes only")
+    entry = entries[0]
+    if entry.error is not None:
+        raise entry.error
+    return entry
+
+
 def _pair_data(record: dict, subject: str, object_: str, group: list, top_k: int,
                input_path: Path) -> dict[str, Any]:
-    name = f"image_id {record['image_id']}"
-    objects = record["objects"]
-    for role, class_name in (("subject", subject), ("object", object_)):
-        if class_name not in objects:
-            raise RecordError(input_path, name, "objects",
-                              f"{role} {class_name!r} is not among the image's objects")
+    subject_entry = _pick_object(record, subject, "subject", input_path)
+    object_entry = _pick_object(record, object_, "object", input_path)
     ranked = sorted(group, key=lambda c: c["similarity"], reverse=True)[:top_k]
     gt_predicates: list[str] = []
     for cand in group:
@@ -178,11 +325,16 @@ def _pair_data(record: dict, subject: str, object_: str, group: list, top_k: int
         "image_path": record["image_path"],
         "subject": subject,
         "object": object_,
-        "subject_obj": objects[subject],
-        "object_obj": objects[object_],
+        "subject_obj": subject_entry.obj,
+        "object_obj": object_entry.obj,
         "stage1_top_k": [
             {"predicate": c["predicted_predicate"], "similarity": c["similarity"]} for c in ranked
         ],
         "has_gt": any(bool(c.get("has_gt")) for c in group),
         "gt_predicates": gt_predicates,
+        # Where the pair came from, so a worker-side failure (missing image, box outside
+        # the image) names the file, the record and the field like the ones found here.
+        "source": {"file": str(input_path), "record": record["record"],
+                   "subject_field": f"objects[{subject_entry.index}]",
+                   "object_field": f"objects[{object_entry.index}]"},
     }

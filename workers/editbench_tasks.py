@@ -11,11 +11,12 @@ import logging
 import time
 from pathlib import Path
 
-from shared.artifacts import sha256_bytes, write_atomic
+from shared.artifacts import write_once
 from shared.images import ImageFileError, open_image
 from shared.messages import EDIT_STAGE, EDIT_TASK, SCORE_STAGE, SCORE_TASK
 from shared.store import RunStore
 from workers.celery_app import app, settings
+from workers.outages import OUTAGE_ERRORS, surviving_store_outages
 from workers.runtime import editor_for, judge_for, prompt_manager, run_store, worker_name
 from workers.task_support import give_up_or_retry, pending_items
 
@@ -25,6 +26,11 @@ log = logging.getLogger(__name__)
 @app.task(bind=True, name=EDIT_TASK, acks_late=True, max_retries=settings.task_max_retries)
 def edit_pairs(self, run_id: str, keys: list[str]) -> dict[str, int]:
     store = run_store(run_id)
+    # A Redis restart mid-task must not end the task in an exception: its items would be lost.
+    return surviving_store_outages(store.client, lambda: _edit_pending(self, store, keys))
+
+
+def _edit_pending(task, store: RunStore, keys: list[str]) -> dict[str, int]:
     edited = 0
     for key, item in pending_items(store, EDIT_STAGE, keys).items():
         started = time.time()
@@ -38,8 +44,10 @@ def edit_pairs(self, run_id: str, keys: list[str]) -> dict[str, int]:
             # Seeded by the run's seed and the item key: a rerun reproduces the image.
             seed = editor.seed_for(f"{store.meta()['seed']}|{key}")
             image = editor.edit(original, item["edit_instruction"], seed=seed)
+        except OUTAGE_ERRORS:
+            raise  # not the item's fault: surviving_store_outages waits for Redis
         except Exception as exc:
-            give_up_or_retry(self, store, EDIT_STAGE, [key], exc)
+            give_up_or_retry(task, store, EDIT_STAGE, [key], exc)
             continue
         path, digest = _save_png(image, Path(item["edited_path"]))
         store.mark_done(EDIT_STAGE, key, {"edited_path": str(path), "edited_digest": digest,
@@ -54,22 +62,26 @@ def edit_pairs(self, run_id: str, keys: list[str]) -> dict[str, int]:
 def _save_png(image, path: Path) -> tuple[Path, str]:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
-    data = buf.getvalue()
-    write_atomic(path, data)
-    return path, sha256_bytes(data)
+    return path, write_once(path, buf.getvalue())
 
 
 @app.task(bind=True, name=SCORE_TASK, acks_late=True, max_retries=settings.task_max_retries)
 def score_pairs(self, run_id: str, keys: list[str]) -> dict[str, int]:
     store = run_store(run_id)
+    return surviving_store_outages(store.client, lambda: _score_pending(self, store, keys))
+
+
+def _score_pending(task, store: RunStore, keys: list[str]) -> dict[str, int]:
     started = time.time()
     batch = _judge_inputs(store, pending_items(store, SCORE_STAGE, keys))
     if not batch:
         return {"scored": 0}
     try:
         scores = judge_for(store).score(list(batch.values()))
+    except OUTAGE_ERRORS:
+        raise
     except Exception as exc:
-        give_up_or_retry(self, store, SCORE_STAGE, list(batch), exc)
+        give_up_or_retry(task, store, SCORE_STAGE, list(batch), exc)
         return {"scored": 0}
     finished = time.time()
     for key, result in zip(batch, scores):

@@ -6,11 +6,15 @@ import logging
 import time
 import zlib
 
-from shared.images import ImageFileError, open_image
+from PIL import Image
+
+from shared.errors import RecordError
+from shared.images import ImageFileError, PathOutsideRoot, open_image, resolve_inside
 from shared.messages import RELATIONS_STAGE, RELATIONS_TASK
-from shared.relation_prompt import BoxOutsideImage, build_relation_prompt
+from shared.relation_prompt import BoxOutsideImage, build_relation_prompt, normalize_bbox
 from shared.store import RunStore
 from workers.celery_app import app, settings
+from workers.outages import OUTAGE_ERRORS, surviving_store_outages
 from workers.runtime import device_name, relation_generator, run_store, worker_name
 from workers.task_support import give_up_or_retry, pending_items
 
@@ -24,43 +28,77 @@ RESULT_FIELDS = ("image_id", "subject", "object", "stage1_top_k", "has_gt", "gt_
 def generate_relations(self, run_id: str, keys: list[str]) -> dict[str, int]:
     """Generate a description for every top-K predicate of the given pairs of one image."""
     store = run_store(run_id)
+    return surviving_store_outages(store.client, lambda: _generate_pending(self, store, keys))
+
+
+def _generate_pending(task, store: RunStore, keys: list[str]) -> dict[str, int]:
     pending = pending_items(store, RELATIONS_STAGE, keys)
     if not pending:
         return {"generated": 0}
     meta = store.meta()
-    image_path = next(iter(pending.values()))["image_path"]
-    try:
-        image = open_image(image_path)
-    except ImageFileError as exc:
-        for key in pending:
-            store.mark_failed(RELATIONS_STAGE, key, str(exc))
+    image = _open_pair_image(store, pending)
+    if image is None:
         return {"generated": 0}
     jobs = _prompts(store, pending, image.width, image.height)
     if not jobs:
         return {"generated": 0}
     try:
         texts, seconds = _generate(store, meta, image, [prompt for _, _, prompt in jobs], keys[0])
+    except OUTAGE_ERRORS:
+        raise  # not the items' fault: surviving_store_outages waits for Redis
     except Exception as exc:
-        give_up_or_retry(self, store, RELATIONS_STAGE, list(dict.fromkeys(k for k, _, _ in jobs)), exc)
+        give_up_or_retry(task, store, RELATIONS_STAGE, list(dict.fromkeys(k for k, _, _ in jobs)), exc)
         return {"generated": 0}
     _store_results(store, pending, jobs, texts, seconds)
     return {"generated": len(texts)}
+
+
+def failure_reason(item: dict, field: str, message: str) -> str:
+    """A worker-side failure phrased like a preparation one: file, record, field."""
+    source = item.get("source")
+    if not source:  # an item registered before pairs carried their source
+        return f"{item['image_path']}: {message}"
+    return str(RecordError(source["file"], source["record"], field, message))
+
+
+def _open_pair_image(store: RunStore, pending: dict) -> Image.Image | None:
+    """The task's image (all its pairs share it); if unusable, every pending pair fails."""
+    image_path = next(iter(pending.values()))["image_path"]
+    try:
+        if settings.data_root:
+            # Checked again here: the file may have been swapped for a link since preparation.
+            image_path = resolve_inside(image_path, settings.data_root)
+        return open_image(image_path)
+    except (ImageFileError, PathOutsideRoot) as exc:
+        for key, item in pending.items():
+            store.mark_failed(RELATIONS_STAGE, key, failure_reason(item, "image_path", str(exc)))
+        return None
+
+
+def _box_problem(item: dict, width: int, height: int) -> str | None:
+    """Why the pair's boxes cannot be used with this image, or None."""
+    for role in ("subject", "object"):
+        try:
+            normalize_bbox(item[f"{role}_obj"]["bbox"], width, height)
+        except BoxOutsideImage as exc:
+            where = item.get("source", {}).get(f"{role}_field", f"{role}_obj")
+            return failure_reason(item, f"{where}.bbox", f"{exc} ({item['image_path']})")
+    return None
 
 
 def _prompts(store: RunStore, pending: dict, width: int, height: int) -> list[tuple[str, dict, str]]:
     """(key, stage-1 entry, prompt) for every top-K predicate; a pair with a bad box fails alone."""
     jobs = []
     for key, item in pending.items():
-        try:
-            pair_jobs = [
-                (key, entry, build_relation_prompt(item["subject_obj"], item["object_obj"],
-                                                   entry["predicate"], width, height))
-                for entry in item["stage1_top_k"]
-            ]
-        except BoxOutsideImage as exc:
-            store.mark_failed(RELATIONS_STAGE, key, f"{item['image_path']}: {exc}")
+        problem = _box_problem(item, width, height)
+        if problem:
+            store.mark_failed(RELATIONS_STAGE, key, problem)
             continue
-        jobs.extend(pair_jobs)
+        jobs.extend(
+            (key, entry, build_relation_prompt(item["subject_obj"], item["object_obj"],
+                                               entry["predicate"], width, height))
+            for entry in item["stage1_top_k"]
+        )
     return jobs
 
 
@@ -92,4 +130,3 @@ def _store_results(store: RunStore, pending: dict, jobs: list, texts: list[str],
     store.count(RELATIONS_STAGE, "tasks_generated")
     store.count(RELATIONS_STAGE, "descriptions_generated", len(texts))
     store.add_device(device_name())
-
