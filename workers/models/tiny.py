@@ -38,34 +38,47 @@ from workers.models.tokenizer import build_tiny_tokenizer
 
 logger = logging.getLogger(__name__)
 
-# Qwen3-VL's prompt format (the real template also handles tools and reasoning;
-# the fleet only sends system/user/assistant turns with images, videos and text).
-QWEN3_VL_CHAT_TEMPLATE = (
-    "{%- set image_count = namespace(value=0) -%}"
-    "{%- set video_count = namespace(value=0) -%}"
-    "{%- for message in messages -%}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
-    "{%- if message['content'] is string -%}"
-    "{{- message['content'] -}}"
-    "{%- else -%}"
-    "{%- for item in message['content'] -%}"
-    "{%- if item['type'] == 'image' or 'image' in item or 'image_url' in item -%}"
-    "{%- set image_count.value = image_count.value + 1 -%}"
-    "{%- if add_vision_id -%}{{- 'Picture ' ~ image_count.value ~ ': ' -}}{%- endif -%}"
-    "{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
-    "{%- elif item['type'] == 'video' or 'video' in item -%}"
-    "{%- set video_count.value = video_count.value + 1 -%}"
-    "{%- if add_vision_id -%}{{- 'Video ' ~ video_count.value ~ ': ' -}}{%- endif -%}"
-    "{{- '<|vision_start|><|video_pad|><|vision_end|>' -}}"
-    "{%- elif 'text' in item -%}"
-    "{{- item['text'] -}}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- endif -%}"
-    "{{- '<|im_end|>\\n' -}}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
-)
+
+def _qwen_chat_template(default_system: str = "") -> str:
+    r"""Qwen-VL's prompt format: ``<|im_start|>role\n...<|im_end|>`` turns, images and videos
+    as vision placeholders. The real templates also handle tools and reasoning; the fleet
+    only sends system/user/assistant turns with images, videos and text. Qwen2.5-VL adds
+    a default system turn when the conversation has none."""
+    system = (
+        "{%- if loop.first and message['role'] != 'system' -%}"
+        "{{- '<|im_start|>system\\n" + default_system + "<|im_end|>\\n' -}}"
+        "{%- endif -%}"
+    ) if default_system else ""
+    return (
+        "{%- set image_count = namespace(value=0) -%}"
+        "{%- set video_count = namespace(value=0) -%}"
+        "{%- for message in messages -%}"
+        + system +
+        "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+        "{%- if message['content'] is string -%}"
+        "{{- message['content'] -}}"
+        "{%- else -%}"
+        "{%- for item in message['content'] -%}"
+        "{%- if item['type'] == 'image' or 'image' in item or 'image_url' in item -%}"
+        "{%- set image_count.value = image_count.value + 1 -%}"
+        "{%- if add_vision_id -%}{{- 'Picture ' ~ image_count.value ~ ': ' -}}{%- endif -%}"
+        "{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
+        "{%- elif item['type'] == 'video' or 'video' in item -%}"
+        "{%- set video_count.value = video_count.value + 1 -%}"
+        "{%- if add_vision_id -%}{{- 'Video ' ~ video_count.value ~ ': ' -}}{%- endif -%}"
+        "{{- '<|vision_start|><|video_pad|><|vision_end|>' -}}"
+        "{%- elif 'text' in item -%}"
+        "{{- item['text'] -}}"
+        "{%- endif -%}"
+        "{%- endfor -%}"
+        "{%- endif -%}"
+        "{{- '<|im_end|>\\n' -}}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+    )
+
+
+QWEN3_VL_CHAT_TEMPLATE = _qwen_chat_template()
 
 # Qwen3-VL cuts images into 16 px patches and merges 2x2 patches into one token,
 # so sides are multiples of 32. Capping an image at 192x192 pixels keeps a
@@ -206,35 +219,7 @@ def _build_generation_config(tokenizer) -> GenerationConfig:
 # Qwen2.5-VL's prompt format. The edit pipeline formats its own prompt and never
 # applies it, but the real processor ships one, so anything chatting with the text
 # encoder through the processor behaves as with the real checkpoint.
-QWEN2_5_VL_CHAT_TEMPLATE = (
-    "{%- set image_count = namespace(value=0) -%}"
-    "{%- set video_count = namespace(value=0) -%}"
-    "{%- for message in messages -%}"
-    "{%- if loop.first and message['role'] != 'system' -%}"
-    "{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' -}}"
-    "{%- endif -%}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
-    "{%- if message['content'] is string -%}"
-    "{{- message['content'] -}}"
-    "{%- else -%}"
-    "{%- for item in message['content'] -%}"
-    "{%- if item['type'] == 'image' or 'image' in item or 'image_url' in item -%}"
-    "{%- set image_count.value = image_count.value + 1 -%}"
-    "{%- if add_vision_id -%}{{- 'Picture ' ~ image_count.value ~ ': ' -}}{%- endif -%}"
-    "{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
-    "{%- elif item['type'] == 'video' or 'video' in item -%}"
-    "{%- set video_count.value = video_count.value + 1 -%}"
-    "{%- if add_vision_id -%}{{- 'Video ' ~ video_count.value ~ ': ' -}}{%- endif -%}"
-    "{{- '<|vision_start|><|video_pad|><|vision_end|>' -}}"
-    "{%- elif 'text' in item -%}"
-    "{{- item['text'] -}}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- endif -%}"
-    "{{- '<|im_end|>\\n' -}}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
-)
+QWEN2_5_VL_CHAT_TEMPLATE = _qwen_chat_template("You are a helpful assistant.")
 
 # Qwen2.5-VL cuts images into 14 px patches and merges 2x2 patches into one token.
 # The pipeline shows the text encoder the input image at about 1024x1024 pixels;
