@@ -510,6 +510,11 @@ def main(argv: list[str] | None = None) -> None:
         decoder.release()
         same = sum(a == b for a, b in zip(rows, baseline))
         logger.info("%s: %d of %d greedy rows identical to model.generate", name, same, len(texts))
+        # Where rows part: a late first difference is a rounding flip, an early one a real bug.
+        parted = [next(i for i, (x, y) in enumerate(itertools.zip_longest(a, b)) if x != y)
+                  for a, b in zip(rows, baseline) if a != b]
+        if parted:
+            logger.info("%s: differing rows part at token %s", name, sorted(parted))
 
 
 def _bench_text(processor: ProcessorMixin, index: int) -> str:
