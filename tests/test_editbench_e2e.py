@@ -8,14 +8,16 @@ import json
 import signal
 import statistics
 import time
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from conftest import read_json, run_producer, started_fleet
+from conftest import private_env, read_json, run_producer, started_fleet
 from producer.editbench_sample import write_editbench_sample
+from producer.embedded import EmbeddedRedis
 from shared.messages import EDIT_STAGE, SCORE_STAGE
-from shared.store import RunStore
+from shared.store import RunStore, connect
 
 # Tiny editor ~1.8 MB, tiny judge ~1.5 MB: this budget holds either, not both.
 ONE_MODEL_BUDGET_GB = "0.0025"
@@ -29,15 +31,31 @@ def run_editbench(env, benchmark, tmp_path, *extra: str):
     return proc, output
 
 
-def test_sample_run_reports_scores_with_one_swap_and_the_barrier_holds(fleet_env, redis_client,
-                                                                       tmp_path):
-    env = {**fleet_env, "EVALFLEET_MEMORY_BUDGET_GB": ONE_MODEL_BUDGET_GB}
+@pytest.fixture
+def one_model_env(model_cache, tmp_path):
+    """A Redis of the test's own, and a budget that holds one tiny model: the session's
+    edit/score worker (which holds both) must not take these runs' tasks."""
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        yield private_env(server, model_cache, tmp_path / "work",
+                          EVALFLEET_MEMORY_BUDGET_GB=ONE_MODEL_BUDGET_GB)
+
+
+def one_pair_per_category(benchmark: Path) -> Path:
+    """The sample cut to its first pair in each category: the swap count does not need more."""
+    categories = json.loads(benchmark.read_text(encoding="utf-8"))
+    cut = {name: pairs[:1] for name, pairs in categories.items()}
+    benchmark.write_text(json.dumps(cut, ensure_ascii=False), encoding="utf-8")
+    return benchmark
+
+
+def test_sample_run_reports_scores_with_one_swap_and_the_barrier_holds(one_model_env, tmp_path):
+    env = one_model_env
     benchmark = write_editbench_sample(tmp_path / "sample")
     with started_fleet(env, ["edit", "score"], tmp_path, name="swap1"):
         proc, output = run_editbench(env, benchmark, tmp_path, "--run", "sample")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = read_json(output)
-    store = RunStore(redis_client, "sample")
+    store = RunStore(connect(env["EVALFLEET_BROKER_URL"]), "sample")
 
     # Chinese category names round-trip, in order, each with its three pairs scored.
     assert list(report["categories"]) == CATEGORIES
@@ -62,19 +80,19 @@ def test_sample_run_reports_scores_with_one_swap_and_the_barrier_holds(fleet_env
     assert set(report["phases"]) == {"edit", "score"}
 
 
-def test_no_swap_when_the_budget_holds_both(fleet_env, redis_client, tmp_path):
+def test_no_swap_when_the_budget_holds_both(editbench_fleet, fleet_env, redis_client, tmp_path):
+    # The session's worker runs on the default budget, which holds both tiny models.
     benchmark = write_editbench_sample(tmp_path / "sample")
-    with started_fleet(fleet_env, ["edit", "score"], tmp_path, name="swap0"):
-        proc, output = run_editbench(fleet_env, benchmark, tmp_path)
+    proc, output = run_editbench(fleet_env, benchmark, tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = read_json(output)
     assert report["overall"]["n"] == 15
     assert report["swaps"] == []
 
 
-def test_category_scope_swaps_like_the_seed_design(fleet_env, redis_client, tmp_path):
-    env = {**fleet_env, "EVALFLEET_MEMORY_BUDGET_GB": ONE_MODEL_BUDGET_GB}
-    benchmark = write_editbench_sample(tmp_path / "sample")
+def test_category_scope_swaps_like_the_seed_design(one_model_env, tmp_path):
+    env = one_model_env
+    benchmark = one_pair_per_category(write_editbench_sample(tmp_path / "sample"))
     with started_fleet(env, ["edit", "score"], tmp_path, name="swap9"):
         proc, output = run_editbench(env, benchmark, tmp_path, "--phase-scope", "category")
     assert proc.returncode == 0, proc.stdout + proc.stderr
