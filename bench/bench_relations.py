@@ -31,24 +31,41 @@ from shared.store import RunStore, connect
 SCALE = 3.2
 
 
+NAMES = ["man", "horse", "hat", "fence", "tree", "dog", "car", "kite", "bench", "cup", "lamp", "boat"]
+
+
 def dense_workload(directory: Path, images: int = 4, pairs_per_image: int = 8) -> tuple[Path, Path, Path]:
     """Visual-Genome-like density: each 1280x960 image has 6 objects and ``pairs_per_image``
     pairs with 12 stage-1 candidates each (one "no relation"), so top-10 keeps 10 per pair."""
+    stage1, input_path = write_workload(directory, [pairs_per_image] * images)
+    candidates = json.loads(stage1.read_text())["per_image_top100_candidates"]
+    warm = directory / "stage1_warmup.json"
+    warm.write_text(json.dumps({"per_image_top100_candidates": {"0": candidates["0"][:3]}}))
+    return stage1, input_path, warm
+
+
+def write_workload(directory: Path, pair_counts: list[int], size: tuple[int, int] = (1280, 960),
+                   seed: int = 7) -> tuple[Path, Path]:
+    """``dense_workload``'s images and candidates, image ``i`` with ``pair_counts[i]`` pairs
+    (at least 6 objects, more when an image needs more than 30 pairs). Boxes are drawn for
+    1280x960 and scaled to ``size``. Returns (stage-1 file, input file)."""
     import random
 
     from PIL import ImageDraw
 
-    rng = random.Random(7)
+    rng = random.Random(seed)
+    sx, sy = size[0] / 1280, size[1] / 960
     (directory / "images").mkdir(parents=True, exist_ok=True)
-    names = ["man", "horse", "hat", "fence", "tree", "dog"]
     records, stage1 = [], {}
-    for i in range(images):
-        img = Image.new("RGB", (1280, 960), "beige")
+    for i, pairs_per_image in enumerate(pair_counts):
+        names = _object_names(pairs_per_image)
+        img = Image.new("RGB", size, "beige")
         draw = ImageDraw.Draw(img)
         objects = []
         for j, name in enumerate(names):
             x, y = rng.randrange(0, 1000), rng.randrange(0, 700)
-            bbox = [x, y, x + rng.randrange(60, 280), y + rng.randrange(60, 260)]
+            box = [x, y, x + rng.randrange(60, 280), y + rng.randrange(60, 260)]
+            bbox = [round(box[0] * sx), round(box[1] * sy), round(box[2] * sx), round(box[3] * sy)]
             draw.rectangle(bbox, fill=(rng.randrange(256), rng.randrange(256), rng.randrange(256)))
             objects.append({"id": j + 1, "class_name": name, "bbox": bbox})
         img.save(directory / "images" / f"{i}.png")
@@ -61,9 +78,12 @@ def dense_workload(directory: Path, images: int = 4, pairs_per_image: int = 8) -
             for a, b in pairs for k in range(12)]
     (directory / "input.json").write_text(json.dumps(records))
     (directory / "stage1.json").write_text(json.dumps({"per_image_top100_candidates": stage1}))
-    warm = directory / "stage1_warmup.json"
-    warm.write_text(json.dumps({"per_image_top100_candidates": {"0": stage1["0"][:3]}}))
-    return directory / "stage1.json", directory / "input.json", warm
+    return directory / "stage1.json", directory / "input.json"
+
+
+def _object_names(pairs: int) -> list[str]:
+    """Six objects (dense_workload's), or the fewest of NAMES with ``pairs`` ordered pairs."""
+    return NAMES[:max(6, next(n for n in range(2, len(NAMES) + 1) if n * (n - 1) >= pairs))]
 
 
 def scaled_sample(directory: Path) -> tuple[Path, Path, Path]:

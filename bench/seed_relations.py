@@ -17,11 +17,16 @@ from shared.relation_prompt import build_relation_prompt
 
 def seed_generate(processor, model, pairs: list[dict], max_new_tokens: int,
                   batch_size: int = 8) -> tuple[dict[tuple[str, str], str], float, float]:
-    """{(pair key, predicate): text}, the seconds it took, and of those the CPU preprocessing."""
+    """{(pair key, predicate): text}, the seconds it took, and of those the CPU preprocessing.
+
+    Runs on the CPU too (the tiny model, for smoke tests): CUDA is synchronized only on a GPU.
+    """
     processor.tokenizer.padding_side = "left"
     out: dict[tuple[str, str], str] = {}
     preprocessing = 0.0
-    torch.cuda.synchronize()
+    on_gpu = model.device.type == "cuda"
+    if on_gpu:
+        torch.cuda.synchronize()
     start = time.perf_counter()
     for pair in pairs:
         key = relation_key(pair["image_id"], pair["subject"], pair["object"])
@@ -45,5 +50,6 @@ def seed_generate(processor, model, pairs: list[dict], max_new_tokens: int,
                                              skip_special_tokens=True)
             for t, text in zip(batch, decoded):
                 out[(key, t["predicate"])] = text.strip()
-    torch.cuda.synchronize()
+    if on_gpu:
+        torch.cuda.synchronize()
     return out, time.perf_counter() - start, preprocessing
