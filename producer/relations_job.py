@@ -71,8 +71,13 @@ def enqueue_relations(settings: Settings, app: Celery, store_client, stage1: Pat
 
 
 def _chunks_by_image(keys: list[str], items: dict[str, dict], size: int) -> list[list[str]]:
-    """One task per image (the image is decoded once), split when it has many pairs."""
+    """One task per image (the image is decoded once), split when it has many pairs.
+
+    The tasks with the most prompts come first: workers take tasks in queue order, so a long
+    task sent last would run alone at the end while every other GPU idles.
+    """
     by_image: dict[str, list[str]] = {}
     for key in keys:
         by_image.setdefault(normalize_image_id(items[key]["image_id"]), []).append(key)
-    return [keys_[i:i + size] for keys_ in by_image.values() for i in range(0, len(keys_), size)]
+    chunks = [keys_[i:i + size] for keys_ in by_image.values() for i in range(0, len(keys_), size)]
+    return sorted(chunks, key=lambda chunk: -sum(len(items[k]["stage1_top_k"]) for k in chunk))

@@ -145,3 +145,30 @@ def worker_children(launcher_pid: int) -> list[psutil.Process]:
     """The prefork children executing tasks (grandchildren of the launcher)."""
     [worker] = psutil.Process(launcher_pid).children()
     return worker.children()
+
+
+def test_tasks_with_the_most_prompts_are_queued_first(sample, tmp_path):
+    """No long task is left to start last while the other GPUs idle (no worker here: the queue
+    is read as Redis holds it)."""
+    import base64
+
+    import msgpack
+
+    from config import Settings
+    from producer.dispatch import celery_client
+    from producer.relations_job import enqueue_relations
+
+    stage1, input_path = sample
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        settings = Settings(broker_url=server.url, chunk_pairs=2)
+        client = connect(server.url)
+        enqueued = enqueue_relations(settings, celery_client(settings), client, stage1, input_path, "order")
+        # kombu pushes on the left and workers pop on the right: the first task sent is last here.
+        raw = reversed(client.lrange(settings.queue_relations, 0, -1))
+        tasks = [msgpack.unpackb(base64.b64decode(json.loads(m)["body"]))[0][1] for m in raw]
+        items = RunStore(client, "order").get_items("relations", [k for t in tasks for k in t])
+    prompts_by_key = {key: len(item["stage1_top_k"]) for key, item in
+                      zip([k for t in tasks for k in t], items)}
+    sizes = [sum(prompts_by_key[k] for k in task) for task in tasks]
+    assert len(tasks) == enqueued.tasks_sent > 2
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] > sizes[-1]
