@@ -6,17 +6,15 @@ import logging
 import time
 from typing import Callable
 
-import redis
 from tqdm import tqdm
 
-from shared.store import Progress, RunStore
+from shared.store import OUTAGE_ERRORS, Progress, RunStore
 
 log = logging.getLogger(__name__)
 
 # How long the wait rides out Redis being unreachable (a restart, a failover) before it
 # gives up. Everything is in Redis, so waiting loses nothing; giving up exits with 3.
 REDIS_OUTAGE_SECONDS = 120.0
-OUTAGE_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
 def wait_for_stage(store: RunStore, stage: str, poll_seconds: float,

@@ -27,6 +27,9 @@ RUNS_KEY = f"{PREFIX}:runs"
 WORKERS_KEY = f"{PREFIX}:workers"
 # Progress samples kept per run and stage (for the rate and ETA of ``producer status``).
 SAMPLES_KEPT = 64
+# What redis-py raises while Redis is unreachable (a restart, a failover): callers that
+# can wait for it come back catch these, and only these.
+OUTAGE_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 # Set the failure only if the key is not done; both checked inside Redis, atomically.
 _MARK_FAILED = """

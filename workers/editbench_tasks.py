@@ -14,9 +14,9 @@ from pathlib import Path
 from shared.artifacts import write_once
 from shared.images import ImageFileError, open_image
 from shared.messages import EDIT_STAGE, EDIT_TASK, SCORE_STAGE, SCORE_TASK
-from shared.store import RunStore
+from shared.store import OUTAGE_ERRORS, RunStore
 from workers.celery_app import app, settings
-from workers.outages import OUTAGE_ERRORS, surviving_store_outages
+from workers.outages import surviving_store_outages
 from workers.runtime import editor_for, judge_for, prompt_manager, run_store, worker_name
 from workers.task_support import give_up_or_retry, pending_items
 

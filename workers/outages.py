@@ -16,13 +16,14 @@ from typing import Callable, TypeVar
 
 import redis
 
+from shared.store import OUTAGE_ERRORS
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 # How long a task waits for its store to come back before it gives up (and raises).
 STORE_OUTAGE_SECONDS = 60.0
-OUTAGE_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
 def surviving_store_outages(client: redis.Redis, run: Callable[[], T],

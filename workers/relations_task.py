@@ -12,9 +12,9 @@ from shared.errors import RecordError
 from shared.images import ImageFileError, PathOutsideRoot, open_image, resolve_inside
 from shared.messages import RELATIONS_STAGE, RELATIONS_TASK
 from shared.relation_prompt import BoxOutsideImage, build_relation_prompt, normalize_bbox
-from shared.store import RunStore
+from shared.store import OUTAGE_ERRORS, RunStore
 from workers.celery_app import app, settings
-from workers.outages import OUTAGE_ERRORS, surviving_store_outages
+from workers.outages import surviving_store_outages
 from workers.runtime import device_name, relation_generator, run_store, worker_name
 from workers.task_support import give_up_or_retry, pending_items
 
