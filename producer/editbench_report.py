@@ -8,6 +8,7 @@ from typing import Any
 
 from shared.artifacts import write_atomic
 from shared.jsonio import write_json_atomic
+from shared.keys import KEY_SEP
 from shared.messages import EDIT_STAGE, SCORE_STAGE
 from shared.store import RunStore
 
@@ -35,7 +36,7 @@ def editbench_report(store: RunStore) -> dict[str, Any]:
     categories: dict[str, dict[str, Any]] = {
         name: {"pairs": 0, "results": []} for name in meta.get("categories", [])}
     for key, item in sorted(items.items(), key=lambda kv: kv[1].get("order", -1)):
-        category, _, pair_id = key.partition("|")
+        category, _, pair_id = key.partition(KEY_SEP)
         if item.get("invalid") and pair_id == "*":  # an empty category: no pair to count
             continue
         cat = categories.setdefault(item.get("category", category), {"pairs": 0, "results": []})
@@ -65,7 +66,7 @@ def _failures(store: RunStore, items: dict[str, dict]) -> list[dict[str, Any]]:
     out = []
     for stage in (EDIT_STAGE, SCORE_STAGE):
         for key, failure in sorted(store.failed(stage).items()):
-            category, _, pair_id = key.partition("|")
+            category, _, pair_id = key.partition(KEY_SEP)
             item = items.get(key, {})
             out.append({"key": key, "category": item.get("category", category),
                         "pair_id": item.get("pair_id", pair_id), "stage": stage,

@@ -22,10 +22,9 @@ from PIL import Image
 
 from shared.errors import InputFileError, RecordError, shown
 from shared.jsonio import read_json
+from shared.keys import KEY_SEP, NAME_MAX
 
 TEXT_FIELDS = ("original_description", "edit_instruction")
-# Longest category name or pair id accepted: they name files and item keys.
-NAME_MAX = 256
 # Longest description or instruction: both go into the judge's prompt.
 TEXT_MAX = 10_000
 
@@ -52,7 +51,7 @@ class PreparedBenchmark:
 
 
 def editbench_key(category: str, pair_id: str) -> str:
-    return f"{category}|{pair_id}"
+    return f"{category}{KEY_SEP}{pair_id}"
 
 
 def prepare_benchmark(path: Path) -> PreparedBenchmark:

@@ -9,6 +9,16 @@ from pathlib import Path
 from typing import Mapping
 
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Separates the parts of an item key (image_id|subject|object, category|pair_id).
+KEY_SEP = "|"
+# Longest id or name accepted in an item key: longer ones are data errors, and they would
+# end up in every prompt, key and report line.
+NAME_MAX = 256
+
+
+def is_key_part(text: str) -> bool:
+    """Usable as one part of an item key: not blank, at most NAME_MAX characters, no KEY_SEP."""
+    return bool(text.strip()) and len(text) <= NAME_MAX and KEY_SEP not in text
 
 
 def normalize_image_id(image_id: object) -> str:
@@ -21,7 +31,7 @@ def normalize_image_id(image_id: object) -> str:
 
 
 def relation_key(image_id: object, subject: str, object_: str) -> str:
-    return f"{normalize_image_id(image_id)}|{subject}|{object_}"
+    return KEY_SEP.join((normalize_image_id(image_id), subject, object_))
 
 
 def file_digest(path: Path) -> str:

@@ -28,18 +28,13 @@ from typing import Any
 from shared.errors import InputFileError, RecordError, shown
 from shared.images import PathOutsideRoot, resolve_inside
 from shared.jsonio import invalid_number_at, read_json
-from shared.keys import normalize_image_id, relation_key
+from shared.keys import KEY_SEP, NAME_MAX, is_key_part, normalize_image_id, relation_key
 
 log = logging.getLogger(__name__)
 
 CANDIDATES_KEY = "per_image_top100_candidates"
 NO_RELATION = "no relation"
-# Longest class name, predicate or image id accepted: longer ones are data errors, and
-# they would end up in every prompt and item key.
-NAME_MAX = 256
 PATH_MAX = 4096
-# Separates the parts of an item key (image_id|subject|object).
-KEY_SEP = "|"
 
 
 @dataclass
@@ -118,7 +113,7 @@ def _checked_root(data_root: str | Path) -> str:
 def _image_failure_key(raw_id: object) -> str:
     """The key under which a whole stage-1 entry fails (kept short and unambiguous)."""
     text = str(raw_id)
-    if not text.strip() or len(text) > NAME_MAX or KEY_SEP in text:
+    if not is_key_part(text):
         text = f"?{shown(text, 40)}"
     return f"{text}|*|*"
 
@@ -179,8 +174,7 @@ def _input_image_id(record: object, path: Path, name: str) -> str:
     raw = record["image_id"]
     if isinstance(raw, bool) or not isinstance(raw, (int, str)):
         raise RecordError(path, name, "image_id", f"expected an integer or a string, got {shown(raw)}")
-    text = str(raw)
-    if not text.strip() or len(text) > NAME_MAX or KEY_SEP in text:
+    if not is_key_part(str(raw)):
         raise RecordError(path, name, "image_id",
                           f"expected a non-empty id of at most {NAME_MAX} characters without "
                           f"{KEY_SEP!r}, got {shown(raw)}")
