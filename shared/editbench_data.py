@@ -14,13 +14,13 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 
 from shared.errors import InputFileError, RecordError, shown
+from shared.images import load_fully
 from shared.jsonio import read_json
 from shared.keys import KEY_SEP, NAME_MAX
 
@@ -150,12 +150,9 @@ def decode_image_b64(value: object, path: Path, record: str) -> tuple[bytes, str
     except (binascii.Error, ValueError) as exc:
         raise RecordError(path, record, fld, f"not valid base64 ({exc})") from None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                img.load()
-                extension = (img.format or "png").lower()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        with load_fully(io.BytesIO(data)) as img:
+            extension = (img.format or "png").lower()
+    except Image.DecompressionBombError as exc:
         raise RecordError(path, record, fld, f"image too large to decode safely: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad data
         raise RecordError(path, record, fld, f"not a readable image ({exc})") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import IO
 
 from PIL import Image, UnidentifiedImageError
 
@@ -17,23 +18,37 @@ class PathOutsideRoot(ValueError):
     """A path resolves (symbolic links followed) to a place outside the data root."""
 
 
-def open_image(path: str | Path) -> Image.Image:
-    """Decode an image fully (so truncation shows up here, not later) as RGB.
+def load_fully(source: str | Path | IO[bytes]) -> Image.Image:
+    """Open and decode an image completely, so truncation shows up here, not later.
 
-    Images above Pillow's decompression-bomb threshold (about 89 million pixels) are
-    refused, not just warned about: a few kilobytes of PNG can claim gigabytes of pixels.
+    Images above Pillow's decompression-bomb threshold (about 89 million pixels) raise
+    DecompressionBombError, not just a warning: a few kilobytes of PNG can claim
+    gigabytes of pixels.
     """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(source)
+        except Image.DecompressionBombWarning as exc:
+            raise Image.DecompressionBombError(str(exc)) from None
+    try:
+        img.load()
+    except BaseException:
+        img.close()
+        raise
+    return img
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Decode an image fully as RGB, refusing decompression bombs (see load_fully)."""
     if Path(path).is_dir():
         raise ImageFileError(f"image file {path} is a directory, not an image")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.load()
-                return img.convert("RGB")
+        with load_fully(path) as img:
+            return img.convert("RGB")
     except FileNotFoundError:
         raise ImageFileError(f"image file {path} does not exist") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise ImageFileError(f"image file {path} is too large to decode safely: {exc}") from None
     except UnidentifiedImageError:
         raise ImageFileError(f"image file {path} is not an image Pillow can read") from None
