@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import redis
+from kombu.utils.url import maybe_sanitize_url
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +90,6 @@ class EmbeddedRedis:
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     @property
-    def safe_url(self) -> str:
-        """The URL for logs: the password masked."""
-        return self.url.replace(f":{self.password}@", ":**@") if self.password else self.url
-
-    @property
     def pidfile(self) -> Path:
         return self.data_dir / "redis.pid"
 
@@ -122,7 +118,7 @@ class EmbeddedRedis:
                 time.sleep(0.05)
             except redis.exceptions.BusyLoadingError:
                 time.sleep(0.05)  # replaying the append-only file
-        log.info("embedded Redis on %s (data in %s)", self.safe_url, self.data_dir)
+        log.info("embedded Redis on %s (data in %s)", maybe_sanitize_url(self.url), self.data_dir)
         return self.url
 
     def _wait_for_previous_server(self, timeout: float) -> None:
