@@ -123,6 +123,12 @@ def _sample_progress(sender=None, args=None, **_: Any) -> None:
         log.warning("could not record a progress sample: %s", exc)
 
 
+def _model_name(kind: str, ref: str, revision: str) -> str:
+    """The residency pool's name for a model; the revision is part of it, since two runs
+    may pin different revisions of one model."""
+    return f"{kind} {ref}" + (f"@{revision}" if revision else "")
+
+
 def _load_kwargs(ref: str, kind: str) -> dict[str, Any]:
     """Weights load on the CPU in the device's dtype; the residency pool moves them."""
     import torch
@@ -146,8 +152,7 @@ def vlm(store: RunStore, ref: str, revision: str, setting: str) -> tuple[Any, An
         processor, model = load_vlm(kwargs.pop("ref"), revision=revision, setting=setting, **kwargs)
         return (processor, model), {"model": model}
 
-    # The revision is part of the name: two runs may pin different revisions of one model.
-    return _resident(store, f"vlm {ref}" + (f"@{revision}" if revision else ""), load)
+    return _resident(store, _model_name("vlm", ref, revision), load)
 
 
 def relation_generator(store: RunStore, meta: dict[str, Any]):
@@ -185,7 +190,7 @@ def editor_for(store: RunStore):
         return pipeline, {"transformer": pipeline.transformer, "vae": pipeline.vae,
                           "text_encoder": pipeline.text_encoder}
 
-    pipeline = _resident(store, f"editor {ref}" + (f"@{revision}" if revision else ""), load)
+    pipeline = _resident(store, _model_name("editor", ref, revision), load)
     return Editor(pipeline, steps=int(meta["edit_steps"]), size=int(meta["edit_size"]),
                   true_cfg_scale=float(meta["edit_true_cfg_scale"]),
                   negative_prompt=meta["edit_negative_prompt"])
