@@ -74,6 +74,7 @@ from producer.dispatch import celery_client
 from producer.embedded import EmbeddedRedis, LocalFleet, die_with_parent_hook
 from producer.progress import wait_for_stage
 from producer.relations_job import enqueue_relations
+from shared.jsonio import write_json_atomic
 from shared.keys import normalize_image_id, relation_key
 from shared.messages import RELATIONS_STAGE, RELATIONS_TASK
 from shared.relations_data import prepare_data_for_inference
@@ -577,11 +578,6 @@ def one_line(s: dict[str, Any], device: str) -> str:
     return line + f" | target ({s['target']}): {met}"
 
 
-def write(path: Path, result: dict[str, Any]) -> None:
-    """Written after each stage, so a run cut short still leaves what it measured."""
-    path.write_text(json.dumps(result, ensure_ascii=False, indent=2), encoding="utf-8")
-
-
 def quiet_progress_bars() -> None:
     """The wait redraws its bar on every 50 ms poll; workers' and shards' loading bars too."""
     import producer.progress
@@ -611,7 +607,7 @@ def main() -> None:
     model_dir, model_info = prepare_model(args.tiny, work)
     stage1, input_path, pairs = write_data(args, work / "scaling-data")
     result = header(args, gpus, model_info, pairs)
-    write(out, result)
+    write_json_atomic(out, result)  # after each stage: a run cut short keeps what it measured
 
     texts = run_fleets(args, model_dir, work, gpus, (stage1, input_path), result, out)
     result["workload"]["fleet_tasks"] = result["fleet"]["1"]["tasks"]
@@ -620,7 +616,7 @@ def main() -> None:
     result["identical_texts"] = compare_texts(texts, n)
     result["summary"] = summary(result, n, args.tiny)
     result["wall_s_total"] = round(time.perf_counter() - started, 1)
-    write(out, result)
+    write_json_atomic(out, result)
     print(json.dumps(result["summary"], indent=2))
     print(one_line(result["summary"], "CPU (fake GPU ids)" if args.tiny else result["devices"][0]["name"]))
 
@@ -684,7 +680,7 @@ def run_fleets(args: argparse.Namespace, model_dir: Path, work: Path, gpus: list
             entry, texts[f"fleet{count}"] = run_fleet(settings, client, gpus[:count], data, warm)
             result["fleet"][str(count)] = entry
             add_scaling(entry, result["fleet"]["1"]["seconds"], count, "measured")
-            write(out, result)
+            write_json_atomic(out, result)
             print(f"fleet on {count} GPU(s): {entry['seconds']:.2f}s, {entry['desc_per_s']} desc/s, "
                   f"tail {entry['tail_s']}s, warm-up rounds {entry['warmup']['rounds']}", flush=True)
     return texts
@@ -703,7 +699,7 @@ def run_splits(args: argparse.Namespace, model_dir: Path, work: Path, gpus: list
     estimated = ("estimated: 1-GPU seconds = the sum of the N shards' busy times (the seed's per-pair "
                  "cost does not depend on the GPU count)")
     add_scaling(seed, seed["sum_busy_s"], n, estimated if n > 1 else "measured")
-    write(out, result)
+    write_json_atomic(out, result)
     print(f"seed static split on {n} GPU(s): {seed['seconds']:.2f}s, tail {seed['tail_s']}s", flush=True)
     overhead = seed["load_and_warmup_s_not_timed"] + 10
 
@@ -723,7 +719,7 @@ def run_splits(args: argparse.Namespace, model_dir: Path, work: Path, gpus: list
                   flush=True)
         except (RuntimeError, TimeoutError) as exc:
             result["skipped"]["decoder_split"] = f"failed: {exc}"
-        write(out, result)
+        write_json_atomic(out, result)
 
     if n > 1 and _wanted("seed_1gpu", args.seed_1gpu, started, overhead + seed["sum_busy_s"], args, result):
         one, texts["seed1"] = run_split("seed", gpus[:1], pairs, base, split_dir / "seed-1")
@@ -731,7 +727,7 @@ def run_splits(args: argparse.Namespace, model_dir: Path, work: Path, gpus: list
         add_scaling(one, one["seconds"], 1, "measured")
         add_scaling(seed, one["seconds"], n, "measured")
         seed["one_gpu_s_estimated_from_shards"] = seed["sum_busy_s"]
-        write(out, result)
+        write_json_atomic(out, result)
         print(f"seed on 1 GPU: {one['seconds']:.2f}s", flush=True)
 
 
