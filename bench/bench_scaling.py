@@ -15,12 +15,13 @@ after each, so a run cut short keeps what it measured):
 1. fleet on 1 GPU, then on all N: a real redis-server and the product's launcher
    (``python -m workers launch --gpus <ids>``, one worker per GPU, concurrency 1, batch 64,
    chunks of 16 pairs). Before the timed run, warm-up rounds run until every worker has
-   processed a warm-up task (each model loaded, its decode graphs captured): a round has N
-   tasks of a big image first, then N of a small one; with prefetch 1 each idle worker takes
-   one of the first N. It is *verified*: the done records of the warm-up runs name the worker
-   process (``host:pid``), the heartbeat hash ``evalfleet:workers`` names that process's Celery
-   node (``gpuK@host``); a worker missing from the done records gets another round (at most 4).
-   Timed: enqueue -> every item done. A worker's finish time is when the producer first saw
+   run a big-image task and a small-image task (its model loaded, the decode graphs of every
+   batch shape captured): a round has N tasks of a big image first, then N of a small one.
+   It is *verified*: the done records of the warm-up runs name the worker process
+   (``host:pid``), the heartbeat hash ``evalfleet:workers`` names that process's Celery node
+   (``gpuK@host``); a worker that has not run both sizes gets another round (at most 6).
+   Timed: enqueue -> every item done; ``generate_s_total`` sums the workers' generation
+   seconds, so a lost speedup shows as more GPU work (vs 1 GPU) or as idle workers. A worker's finish time is when the producer first saw
    the last of its results (the store is polled every 50 ms); tail = last worker finish - first.
 2. the seed's static split on N GPUs: the pairs in N contiguous shards of equal pair counts,
    one process per GPU (``CUDA_VISIBLE_DEVICES``), each running ``seed_generate`` on its shard.
@@ -75,7 +76,7 @@ from producer.embedded import EmbeddedRedis, LocalFleet, die_with_parent_hook
 from producer.progress import wait_for_stage
 from producer.relations_job import enqueue_relations
 from shared.jsonio import write_json_atomic
-from shared.keys import normalize_image_id, relation_key
+from shared.keys import KEY_SEP, normalize_image_id, relation_key
 from shared.messages import RELATIONS_STAGE, RELATIONS_TASK
 from shared.relations_data import prepare_data_for_inference
 from shared.store import WORKERS_KEY, RunStore, connect
@@ -87,7 +88,7 @@ TARGET_SPEEDUP_2 = 1.9
 TARGET_EFFICIENCY_8 = 0.95
 CHUNK_PAIRS = 16  # the product default: one task carries at most 16 pairs of one image
 SEED_BATCH = 8  # the original's BATCH_SIZE
-WARMUP_ROUNDS = 4
+WARMUP_ROUNDS = 6
 POLL_S = 0.05
 
 Texts = dict[tuple[str, str], str]  # (pair key, predicate) -> generated description
@@ -249,23 +250,38 @@ def run_and_wait(settings: Settings, app, client, fleet: LocalFleet, stage1: Pat
 
 def warm_up(settings: Settings, app, client, fleet: LocalFleet, nodes: list[str], prefix: str,
             warm: tuple[Path, Path]) -> dict[str, Any]:
-    """Warm-up rounds until every node has processed at least one warm-up task (verified)."""
+    """Warm-up rounds until every node has run a task of each size in the warm-up data (a big
+    image and a small one; verified): between them they use every batch shape of the timed run,
+    so no worker captures a CUDA graph while timed. On 2 H200s (2026-11-30) one node got only a
+    big task in its one round and captured its small-batch graph in the timed run."""
     start = time.perf_counter()
     items: dict[str, int] = defaultdict(int)
-    missing = set(nodes)
+    sizes: dict[str, set[int]] = defaultdict(set)  # node -> pairs of the tasks it ran
     for rounds in range(1, WARMUP_ROUNDS + 1):
         enq, _ = run_and_wait(settings, app, client, fleet, *warm, f"{prefix}warmup{rounds}")
         for node, records in done_by_node(client, enq.run_id).items():
             items[node] += len(records)
-        missing = set(nodes) - set(items)
+            sizes[node] |= task_sizes(records)
+        needed = set().union(*sizes.values())
+        missing = {n: sorted(needed - sizes[n]) for n in nodes if needed - sizes[n]}
         if not missing:
             break
-        log.warning("warm-up round %d: %s got no task; another round", rounds, sorted(missing))
+        log.warning("warm-up round %d: task sizes (pairs) not run yet: %s; another round", rounds, missing)
     return {"rounds": rounds, "seconds_includes_model_load": round(time.perf_counter() - start, 2),
-            "warmup_pairs_per_node": dict(items), "every_worker_warmed": not missing,
-            "workers_without_warmup": sorted(missing),
+            "warmup_pairs_per_node": dict(items),
+            "task_sizes_per_node": {n: sorted(sizes[n]) for n in nodes},
+            "every_worker_warmed": not missing, "workers_not_fully_warmed": missing,
             "how": "warm-up runs (N big-image tasks first, then N small) until the done records "
-                   "(worker process) mapped through the heartbeat hash (Celery node) name every node"}
+                   "(worker process) mapped through the heartbeat hash (Celery node) show every node "
+                   "running a task of each size"}
+
+
+def task_sizes(records: dict[str, dict]) -> set[int]:
+    """The pair counts of the tasks behind these done records (a warm-up task is one image)."""
+    pairs_per_image: dict[str, int] = defaultdict(int)
+    for key in records:
+        pairs_per_image[key.split(KEY_SEP, 1)[0]] += 1
+    return set(pairs_per_image.values())
 
 
 def gpu_of(node: str) -> str:
@@ -319,6 +335,7 @@ def run_fleet(settings: Settings, client, gpus: list[str], data: tuple[Path, Pat
         "seconds": round(seconds, 3), "descriptions": len(texts),
         "desc_per_s": round(len(texts) / seconds, 3), "tasks": enq.tasks_sent,
         "devices_used": len(store.devices()), "per_gpu": rows,
+        "generate_s_total": round(sum(r["generate_s"] for r in rows), 2),
         "tail_s": round(max(finishes) - min(finishes), 2), "worker_log": str(log_path),
         "finish_note": f"finish_s: when the producer first saw the worker's last result (polled every "
                        f"{POLL_S}s), from the enqueue",
@@ -539,7 +556,8 @@ def summary(result: dict[str, Any], n: int, tiny: bool) -> dict[str, Any]:
     out: dict[str, Any] = {
         "gpu_count": n, "fleet_s": fleet.get("seconds"), "fleet_1gpu_s": fleet.get("one_gpu_s"),
         "fleet_speedup": fleet.get("speedup"), "fleet_efficiency": fleet.get("efficiency"),
-        "fleet_tail_s": fleet.get("tail_s"), "seed_split_s": seed.get("seconds"),
+        "fleet_tail_s": fleet.get("tail_s"),
+        "fleet_generate_s_total_vs_1gpu": fleet.get("generate_s_total_vs_1gpu"), "seed_split_s": seed.get("seconds"),
         "seed_split_speedup": seed.get("speedup"), "seed_split_efficiency": seed.get("efficiency"),
         "seed_split_speedup_basis": seed.get("speedup_basis"), "seed_split_tail_s": seed.get("tail_s"),
         "fleet_over_seed_split": round(seed["seconds"] / fleet["seconds"], 2) if fleet and seed else None,
@@ -680,6 +698,9 @@ def run_fleets(args: argparse.Namespace, model_dir: Path, work: Path, gpus: list
             entry, texts[f"fleet{count}"] = run_fleet(settings, client, gpus[:count], data, warm)
             result["fleet"][str(count)] = entry
             add_scaling(entry, result["fleet"]["1"]["seconds"], count, "measured")
+            # Where a speedup is lost: more GPU work for the same descriptions, or idle GPUs.
+            entry["generate_s_total_vs_1gpu"] = round(
+                entry["generate_s_total"] / result["fleet"]["1"]["generate_s_total"], 3)
             write_json_atomic(out, result)
             print(f"fleet on {count} GPU(s): {entry['seconds']:.2f}s, {entry['desc_per_s']} desc/s, "
                   f"tail {entry['tail_s']}s, warm-up rounds {entry['warmup']['rounds']}", flush=True)
