@@ -49,9 +49,10 @@ from bench.seed_editbench import SeedSettings, pixel_digest, run_seed_editbench
 from config import Settings, to_environ
 from producer.dispatch import celery_client
 from producer.editbench_job import PhaseController, register_editbench
-from producer.editbench_report import editbench_report, write_editbench_report
+from producer.editbench_report import write_editbench_report
 from producer.editbench_sample import SAMPLE
 from producer.embedded import EmbeddedRedis, LocalFleet
+from shared.jsonio import write_json_atomic
 from shared.messages import EDIT_STAGE, SCORE_STAGE
 from shared.store import RunStore, connect
 
@@ -260,7 +261,7 @@ def run_fleet(settings: Settings, benchmark: Path, gpus: str, sample_gpu: bool) 
                 registered = time.perf_counter()
                 PhaseController(settings, celery_client(settings), run, fleet.check).drive("run")
                 driven = time.perf_counter()
-                report = write_report(run.store, settings.work_dir / "editbench_report.json")
+                report = write_editbench_report(run.store, settings.work_dir / "editbench_report.json")
                 makespan = time.perf_counter() - start
         # The worker has exited here (warm shutdown): its GPU memory is released.
         store = RunStore(client, RUN_NAME)
@@ -281,19 +282,6 @@ def run_fleet(settings: Settings, benchmark: Path, gpus: str, sample_gpu: bool) 
         "edited_paths": {k: v["edited_path"] for k, v in edits.items()},
         "worker_log": str(log_path),
     }
-
-
-def write_report(store: RunStore, path: Path) -> dict[str, Any]:
-    """The product's report (JSON + chart); the JSON alone where matplotlib is missing (the
-    offline bundle does not carry it), so the measurement survives."""
-    try:
-        return write_editbench_report(store, path)
-    except ModuleNotFoundError as exc:
-        from shared.jsonio import write_json_atomic
-
-        report = {**editbench_report(store), "chart": f"not drawn: {exc}"}
-        write_json_atomic(path, report)
-        return report
 
 
 def edit_times(edits: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -360,11 +348,6 @@ def device_info(models: Models) -> dict[str, Any]:
     return info
 
 
-def write(path: Path, result: dict[str, Any]) -> None:
-    """Written after each stage, so a run cut short still leaves what it measured."""
-    path.write_text(json.dumps(result, ensure_ascii=False, indent=2), encoding="utf-8")
-
-
 def summary(fleet: dict[str, Any], seed: dict[str, Any], tiny: bool) -> dict[str, Any]:
     ratio = seed["makespan_s"] / fleet["makespan_s"]
     out = {"fleet_makespan_s": fleet["makespan_s"], "seed_makespan_s": seed["makespan_s"],
@@ -423,11 +406,11 @@ def main() -> None:
                   "process.",
         "tiny": args.tiny,
     }
-    write(out, result)
+    write_json_atomic(out, result)  # after each stage: a run cut short keeps what it measured
     settings = fleet_settings(args, models, work / "fleet", budget)
     result["fleet"] = run_fleet(settings, benchmark, "cpu" if args.tiny else "0", models.device == "cuda")
     print(f"fleet: {result['fleet']['makespan_s']:.1f}s, {result['fleet']['swaps']} swap(s)", flush=True)
-    write(out, result)
+    write_json_atomic(out, result)
     if models.device == "cuda":
         result["gpu_used_gb_before_seed"] = wait_for_gpu_release()
     result["seed"] = run_seed(args, models, settings, benchmark, work)
@@ -436,7 +419,7 @@ def main() -> None:
     result["comparison"] = compare(result["fleet"], result["seed"])
     result["summary"] = summary(result["fleet"], result["seed"], args.tiny)
     result["wall_s_total"] = round(time.perf_counter() - started, 1)
-    write(out, result)
+    write_json_atomic(out, result)
     print(json.dumps(result["summary"], ensure_ascii=False, indent=2))
 
 
