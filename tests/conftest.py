@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from config import Settings
@@ -122,20 +123,20 @@ def private_env(server: EmbeddedRedis, model_cache: Path, work_dir: Path, **extr
     return env
 
 
-def worker_processes(launcher_pid: int) -> tuple["psutil.Process", list["psutil.Process"]]:
+def worker_processes(launcher_pid: int) -> tuple[psutil.Process, list[psutil.Process]]:
     """(Celery main process, its prefork children) under a launcher."""
-    import psutil
-
     [main] = psutil.Process(launcher_pid).children()
     return main, main.children()
 
 
-def wait_until(condition, timeout: float, what: str, interval: float = 0.05) -> None:
+def wait_until(condition, timeout: float, what: str, interval: float = 0.05):
+    """Call ``condition`` until it returns something truthy, and return that."""
     deadline = time.monotonic() + timeout
-    while not condition():
+    while not (result := condition()):
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what}: not within {timeout}s")
         time.sleep(interval)
+    return result
 
 
 # --- figures: measured numbers, printed at the end of the run ------------------------------------

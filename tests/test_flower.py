@@ -8,13 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
 import pytest
 
-from conftest import ROOT, run_producer
+from conftest import ROOT, run_producer, wait_until
 from producer.embedded import free_port
 
 USER, PASSWORD = "ops", "s3cret"
@@ -30,17 +29,6 @@ def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
         return err.code, err.read().decode()
     except (urllib.error.URLError, ConnectionError):
         return 0, ""
-
-
-def poll(what: str, check, timeout: float = 60, interval: float = 0.5):
-    """Call ``check`` until it returns something truthy, within ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +50,7 @@ def flower(fleet_env, tmp_path_factory):
         return get(f"{base}/healthcheck")[0] == 200
 
     try:
-        poll("Flower to serve", serving)
+        wait_until(serving, 60, "Flower to serve", interval=0.5)
         yield base
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -83,7 +71,8 @@ def worker_online_metric(base: str, prefix: str) -> bool:
 
 def test_flower_shows_workers_tasks_and_metrics(fleet, fleet_env, redis_client, flower, sample):
     # Tasks before Flower listens are not in its history: wait until its event stream is live.
-    poll("Flower to receive the worker's heartbeat", lambda: worker_online_metric(flower, "rel-cpu@"))
+    wait_until(lambda: worker_online_metric(flower, "rel-cpu@"), 60, "Flower to receive the worker's heartbeat",
+               interval=0.5)
     stage1, input_path = sample
     proc = run_producer("run", "relations", "--stage1", str(stage1), "--input", str(input_path),
                         "--run", "flowered", env=fleet_env)
@@ -96,7 +85,7 @@ def test_flower_shows_workers_tasks_and_metrics(fleet, fleet_env, redis_client, 
         tasks = [t for t in json.loads(body).values() if "'flowered'" in t["args"]]
         return tasks if len(tasks) == 5 and all(t["state"] == "SUCCESS" for t in tasks) else None
 
-    tasks = poll("the run's 5 tasks to show as SUCCESS", our_tasks)
+    tasks = wait_until(our_tasks, 60, "the run's 5 tasks to show as SUCCESS", interval=0.5)
     assert {t["worker"].split("@")[0] for t in tasks} == {"rel-cpu"}
     assert all(t["result"].startswith("{'generated':") for t in tasks)
 
