@@ -7,7 +7,6 @@ import signal
 import time
 
 import psutil
-import pytest
 
 from conftest import FAST, read_json, run_producer
 from producer.embedded import EmbeddedRedis
