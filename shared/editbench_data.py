@@ -4,7 +4,7 @@
 
 Each image is decoded and validated once, here; a bad pair becomes a failure with a
 reason naming the file, the record and the field, and the other pairs go on. A
-category that is not a usable list (empty name, not a list, no pairs) fails as a
+category that is not a usable list (empty name, a '|' in it, not a list, no pairs) fails as a
 whole under ``<category>|*``. Only a file that is not a JSON object of categories
 stops the command.
 """
@@ -22,7 +22,7 @@ from PIL import Image
 from shared.errors import InputFileError, RecordError, shown
 from shared.images import load_fully
 from shared.jsonio import read_json
-from shared.keys import KEY_SEP, NAME_MAX
+from shared.keys import KEY_SEP, NAME_MAX, is_key_part
 
 TEXT_FIELDS = ("original_description", "edit_instruction")
 # Longest description or instruction: both go into the judge's prompt.
@@ -60,8 +60,8 @@ def prepare_benchmark(path: Path) -> PreparedBenchmark:
         raise InputFileError(path, "expected a JSON object mapping each category name to a list of pairs")
     if not data:
         raise InputFileError(path, "the benchmark has no categories")
-    # A name too long to show stays out of the category list (and the chart): its failure says why.
-    prepared = PreparedBenchmark(categories=[c for c in data if len(c) <= NAME_MAX])
+    # A name unusable in a key stays out of the category list (and the chart): its failure says why.
+    prepared = PreparedBenchmark(categories=[c for c in data if is_key_part(c)])
     for category, pairs in data.items():
         problem = _category_problem(category, pairs)
         if problem:
@@ -76,6 +76,9 @@ def _category_problem(category: str, pairs: object) -> str | None:
         return "the category name is empty"
     if len(category) > NAME_MAX:
         return f"the category name is longer than {NAME_MAX} characters"
+    if KEY_SEP in category:
+        # Item keys are category|pair_id: "a|b" + "c" and "a" + "b|c" would be one key.
+        return f"the category name contains {KEY_SEP!r}, which item keys use as a separator; rename it"
     if not isinstance(pairs, list):
         return f"expected a list of pairs, got {shown(pairs)}"
     if not pairs:
@@ -84,8 +87,9 @@ def _category_problem(category: str, pairs: object) -> str | None:
 
 
 def _category_key(category: str) -> str:
-    """The failure key of a whole category; a name too long or empty is shown shortened."""
-    name = category if category.strip() and len(category) <= NAME_MAX else f"?{shown(category, 40)}"
+    """The failure key of a whole category; a name unusable in a key is shown shortened, without
+    the separator, so the key still splits into (category, "*")."""
+    name = category if is_key_part(category) else "?" + shown(category, 40).replace(KEY_SEP, "/")
     return editbench_key(name, "*")
 
 

@@ -337,6 +337,8 @@ EDITBENCH_CASES = [
     ("category-not-a-list", _category("因果", {"pair_id": "x"}), "因果|*", None, ["list of pairs"]),
     ("category-name-empty", _category("", [{"pair_id": "x"}]), "?''|*", None, ["empty"]),
     ("category-name-very-long", _category("类" * 1000, []), None, None, ["longer than 256"]),
+    ("category-name-with-separator", _category("力|热", [{"pair_id": "x"}]), "?'力/热'|*", None,
+     ["'|'", "rename"]),
 ]
 
 
