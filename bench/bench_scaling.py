@@ -21,8 +21,9 @@ after each, so a run cut short keeps what it measured):
    (``host:pid``), the heartbeat hash ``evalfleet:workers`` names that process's Celery node
    (``gpuK@host``); a worker that has not run both sizes gets another round (at most 6).
    Timed: enqueue -> every item done; ``generate_s_total`` sums the workers' generation
-   seconds, so a lost speedup shows as more GPU work (vs 1 GPU) or as idle workers. A worker's finish time is when the producer first saw
-   the last of its results (the store is polled every 50 ms); tail = last worker finish - first.
+   seconds, so a lost speedup shows as more GPU work (vs 1 GPU) or as idle workers. A worker's
+   finish time is when the producer first saw the last of its results (the store is polled
+   every 50 ms); tail = last worker finish - first.
 2. the seed's static split on N GPUs: the pairs in N contiguous shards of equal pair counts,
    one process per GPU (``CUDA_VISIBLE_DEVICES``), each running ``seed_generate`` on its shard.
    Every shard loads the model and warms up, then all start together on a go signal; each
@@ -65,7 +66,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,7 @@ from producer.embedded import EmbeddedRedis, LocalFleet, die_with_parent_hook
 from producer.progress import wait_for_stage
 from producer.relations_job import enqueue_relations
 from shared.jsonio import write_json_atomic
-from shared.keys import KEY_SEP, normalize_image_id, relation_key
+from shared.keys import normalize_image_id, relation_key
 from shared.messages import RELATIONS_STAGE, RELATIONS_TASK
 from shared.relations_data import prepare_data_for_inference
 from shared.store import WORKERS_KEY, RunStore, connect
@@ -278,10 +279,7 @@ def warm_up(settings: Settings, app, client, fleet: LocalFleet, nodes: list[str]
 
 def task_sizes(records: dict[str, dict]) -> set[int]:
     """The pair counts of the tasks behind these done records (a warm-up task is one image)."""
-    pairs_per_image: dict[str, int] = defaultdict(int)
-    for key in records:
-        pairs_per_image[key.split(KEY_SEP, 1)[0]] += 1
-    return set(pairs_per_image.values())
+    return set(Counter(r["image_id"] for r in records.values()).values())
 
 
 def gpu_of(node: str) -> str:
@@ -557,7 +555,8 @@ def summary(result: dict[str, Any], n: int, tiny: bool) -> dict[str, Any]:
         "gpu_count": n, "fleet_s": fleet.get("seconds"), "fleet_1gpu_s": fleet.get("one_gpu_s"),
         "fleet_speedup": fleet.get("speedup"), "fleet_efficiency": fleet.get("efficiency"),
         "fleet_tail_s": fleet.get("tail_s"),
-        "fleet_generate_s_total_vs_1gpu": fleet.get("generate_s_total_vs_1gpu"), "seed_split_s": seed.get("seconds"),
+        "fleet_generate_s_total_vs_1gpu": fleet.get("generate_s_total_vs_1gpu"),
+        "seed_split_s": seed.get("seconds"),
         "seed_split_speedup": seed.get("speedup"), "seed_split_efficiency": seed.get("efficiency"),
         "seed_split_speedup_basis": seed.get("speedup_basis"), "seed_split_tail_s": seed.get("tail_s"),
         "fleet_over_seed_split": round(seed["seconds"] / fleet["seconds"], 2) if fleet and seed else None,

@@ -71,8 +71,8 @@ def worker_online_metric(base: str, prefix: str) -> bool:
 
 def test_flower_shows_workers_tasks_and_metrics(fleet, fleet_env, redis_client, flower, sample):
     # Tasks before Flower listens are not in its history: wait until its event stream is live.
-    wait_until(lambda: worker_online_metric(flower, "rel-cpu@"), 60, "Flower to receive the worker's heartbeat",
-               interval=0.5)
+    wait_until(lambda: worker_online_metric(flower, "rel-cpu@"), 60,
+               "Flower to receive the worker's heartbeat", interval=0.5)
     stage1, input_path = sample
     proc = run_producer("run", "relations", "--stage1", str(stage1), "--input", str(input_path),
                         "--run", "flowered", env=fleet_env)
