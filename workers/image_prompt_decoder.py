@@ -62,6 +62,12 @@ def length_bucket(tokens: int) -> int:
     return -(-tokens // LENGTH_STEP) * LENGTH_STEP
 
 
+def weight_pointers(model: PreTrainedModel) -> tuple[int, ...]:
+    """The addresses of a model's weights: captured graphs are valid only while these hold."""
+    tensors = itertools.chain(model.parameters(), model.buffers())
+    return tuple(tensor.data_ptr() for tensor in tensors)
+
+
 def cut_after_eos(tokens: torch.Tensor, eos_ids: list[int]) -> list[list[int]]:
     """Each row of (rows, steps) up to and including its first eos; what follows is padding."""
     rows = []
@@ -416,8 +422,7 @@ class ImagePromptDecoder:
 
     def _drop_graphs_if_weights_moved(self) -> None:
         """Graphs hold the weights' addresses; a residency swap-in gives the weights new memory."""
-        tensors = itertools.chain(self.model.parameters(), self.model.buffers())
-        pointers = tuple(tensor.data_ptr() for tensor in tensors)
+        pointers = weight_pointers(self.model)
         if pointers != self._weight_pointers:
             self._buckets.clear()
             self._weight_pointers = pointers

@@ -1,0 +1,644 @@
+"""Many prompts about several images with a Qwen3-VL: one prefix copy per image, continuous slots.
+
+Every prompt renders as::
+
+    <|im_start|>user\\n<|vision_start|><|image_pad|>...<|vision_end|>{prompt}<|im_end|>\\n<|im_start|>assistant\\n
+
+Everything up to ``<|vision_end|>`` (the *prefix*, ~1200 tokens for the 8B at real image sizes)
+is the same for all prompts of an image. It runs through the model once, with the image, and its
+keys/values are stored once, in an *image slot*. A prompt's own tokens (its suffix, then what it
+generates) go to a *row*: a private cache of its own. Attention at each step is the exact
+softmax over [its image's prefix | its row], computed in two parts that share one maximum and
+one denominator ("cascade" attention), so a batch of 256 rows reads each image's prefix once,
+not 256 times.
+
+Layout of one decode step (static shapes, so a CUDA graph can replay it)::
+
+    image slots  (I, kv_heads, P, head_dim) per layer     rows of image slot i: i*R .. i*R+R-1
+    rows         (B = I*R, kv_heads, S, head_dim) per layer, of which the first W columns are read
+
+Rows are *continuous*: when one ends (eos or its token budget), the next waiting prompt of its
+image takes the slot at the next check (every CHECK_EVERY steps); when an image has no prompts
+left and its rows are free, the slot loads the next image. Rows that end wait at most
+CHECK_EVERY - 1 steps, not for the whole batch.
+
+Positions follow Qwen3-VL's 3D mrope: the prefix gets the model's ``get_rope_index``; text after
+the image has the same value on all three axes, counting on from the prefix's largest + 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+from torch import nn
+from transformers import PreTrainedModel, ProcessorMixin
+from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb
+
+from workers.image_prompt_decoder import (
+    length_bucket,
+    pick_tokens,
+    split_after_image,
+    weight_pointers,
+)
+
+logger = logging.getLogger(__name__)
+
+# Finished rows are noticed (a host sync) once every this many steps; a row that ends waits for
+# the next check before its slot takes another prompt.
+CHECK_EVERY = 8
+# The row columns read by a step are rounded up to a multiple of this: one graph per window.
+WINDOW_STEP = 128
+# Where shared_slot_decoder() keeps a model's decoder, so its graphs and cache outlive a task.
+_MODEL_ATTRIBUTE = "_evalfleet_slot_decoder"
+
+
+def power_of_two(n: int) -> int:
+    """The smallest power of two >= n (n >= 1)."""
+    return 1 << (max(n, 1) - 1).bit_length()
+
+
+def kv_bytes_per_token(model: PreTrainedModel) -> int:
+    """Bytes of keys and values one token holds across all layers."""
+    config = model.config.text_config
+    element = torch.finfo(model.dtype).bits // 8
+    return 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * element
+
+
+def slot_shape(prompt_counts: list[int], max_batch: int) -> tuple[int, int]:
+    """(image slots I, rows per image slot R) for images with these prompt counts.
+
+    R holds the largest image's prompts (a power of two, at most ``max_batch``), I as many
+    images as the rest of the batch allows: every image of a small task decodes at once.
+    """
+    most = 1 << (max(max_batch, 1).bit_length() - 1)  # the largest power of two <= max_batch
+    rows = min(power_of_two(max(prompt_counts)), most)
+    images = min(power_of_two(len(prompt_counts)), most // rows)
+    return images, rows
+
+
+@dataclass
+class Request:
+    """One prompt: which image, its suffix token ids and its token budget."""
+
+    image: int
+    suffix: list[int]
+    max_new_tokens: int
+    tokens: list[int] = field(default_factory=list)
+
+
+@dataclass
+class DecodeStats:
+    """What the last ``generate`` did, for logs and benchmarks."""
+
+    steps: int = 0
+    rows: int = 0  # batch rows (I x R)
+    live_row_steps: int = 0  # steps that produced a kept token
+    prefills: int = 0
+    seconds: float = 0.0
+
+    @property
+    def occupancy(self) -> float:
+        """Share of row-steps spent on a prompt that still needed its token."""
+        return self.live_row_steps / max(1, self.steps * self.rows)
+
+
+@dataclass
+class _Shape:
+    """Static state of one (I, R, P, S) layout; graphs are keyed on its window too."""
+
+    images: int
+    rows: int
+    prefix_length: int
+    row_length: int
+    prefix_keys: list[torch.Tensor]  # per layer (I, kv_heads, P, head_dim)
+    prefix_values: list[torch.Tensor]
+    row_keys: list[torch.Tensor]  # per layer (B, kv_heads, S, head_dim)
+    row_values: list[torch.Tensor]
+    prefix_filled: torch.Tensor  # (I,): prefix columns in use per image slot
+    input_ids: torch.Tensor  # (B, 1): the token fed at this step
+    positions: torch.Tensor  # (B,): its text position (all three mrope axes)
+    columns: torch.Tensor  # (B,): the row column this step writes
+    graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = field(default_factory=dict)
+
+    @property
+    def batch(self) -> int:
+        return self.images * self.rows
+
+
+class SlotDecoder:
+    """Generates answers to rendered Qwen3-VL prompts over several images.
+
+    The caches live in one storage that grows to the largest layout asked for; every layout is
+    a view of its start. With ``use_cuda_graph`` and a CUDA model each (layout, window) decode
+    step is captured once and replayed; otherwise, and always on the CPU, it runs eagerly.
+    """
+
+    def __init__(self, processor: ProcessorMixin, model: PreTrainedModel, *,
+                 use_cuda_graph: bool = True) -> None:
+        rope_type = model.model.language_model.rotary_emb.rope_type
+        if use_cuda_graph and ("dynamic" in rope_type or rope_type == "longrope"):
+            # These recompute frequencies from max(position) in Python: a host sync per step.
+            raise ValueError(f"rope type {rope_type!r} cannot run in a CUDA graph")
+        self.processor = processor
+        self.model = model
+        self.use_cuda_graph = use_cuda_graph
+        self.stats = DecodeStats()
+        self._storage: torch.Tensor | None = None
+        self._shapes: dict[tuple[int, int, int, int], _Shape] = {}
+        self._weights: tuple[int, ...] = ()
+        self._graph_pool = None
+
+    @property
+    def cache_bytes(self) -> int:
+        """Device bytes the caches hold now (0 after ``release``)."""
+        storage = self._storage
+        return 0 if storage is None else storage.numel() * storage.element_size()
+
+    def generate(
+        self,
+        images: list[Image.Image],
+        texts: list[list[str]],
+        *,
+        max_batch: int,
+        max_new_tokens: int | list[list[int]],
+        temperature: float,
+        seed: int,
+    ) -> list[list[list[int]]]:
+        """New token ids for every text of every image, each up to and including its first eos.
+
+        ``texts[i]`` are rendered prompts about ``images[i]``. ``max_new_tokens`` is one budget
+        for all, or one per text. Greedy at temperature 0; otherwise sampling (with the
+        model's generation_config top-k/top-p) from a generator seeded with ``seed``.
+        """
+        started = time.perf_counter()
+        requests, prefixes = self._requests(texts, max_new_tokens)
+        self.stats = DecodeStats()
+        if requests:
+            with torch.inference_mode():
+                self._run(images, prefixes, requests, max_batch, temperature, seed)
+        self.stats.seconds = time.perf_counter() - started
+        result: list[list[list[int]]] = [[] for _ in texts]
+        for request in requests:
+            result[request.image].append(request.tokens)
+        return result
+
+    def release(self) -> None:
+        """Free the caches and the CUDA graphs (the next generate allocates them again)."""
+        self._shapes.clear()
+        self._storage = None
+        self._graph_pool = None
+
+    # --- requests ------------------------------------------------------------------------
+
+    def _requests(self, texts: list[list[str]], max_new_tokens) -> tuple[list[Request], list[str]]:
+        prefixes, requests = [], []
+        for image, image_texts in enumerate(texts):
+            parts = [split_after_image(text) for text in image_texts]
+            if any(prefix != parts[0][0] for prefix, _ in parts):
+                raise ValueError(f"the prompts of image {image} do not share one image prefix")
+            prefixes.append(parts[0][0] if parts else "")
+            suffixes = self.processor.tokenizer([s for _, s in parts], add_special_tokens=False)
+            for index, ids in enumerate(suffixes["input_ids"] if parts else []):
+                budget = (max_new_tokens if isinstance(max_new_tokens, int)
+                          else max_new_tokens[image][index])
+                if budget < 1:
+                    raise ValueError("every prompt needs a token budget of at least 1")
+                requests.append(Request(image=image, suffix=ids, max_new_tokens=budget))
+        return requests, prefixes
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def _run(self, images, prefixes, requests, max_batch, temperature, seed) -> None:
+        counts = [sum(r.image == i for r in requests) for i in range(len(images))]
+        wanted = [i for i, count in enumerate(counts) if count]
+        image_slots, rows = slot_shape([counts[i] for i in wanted], max_batch)
+        prefix_inputs = {i: self._prefix_inputs(images[i], prefixes[i]) for i in wanted}
+        prefix_length = length_bucket(max(x["input_ids"].shape[1] for x in prefix_inputs.values()))
+        row_length = length_bucket(max(len(r.suffix) + r.max_new_tokens for r in requests)
+                                   + CHECK_EVERY)
+        self._drop_graphs_if_weights_moved()
+        shape = self._shape(image_slots, rows, prefix_length, row_length)
+        _Scheduler(self, shape, prefix_inputs, requests, temperature, seed).run()
+
+    # --- prefill -------------------------------------------------------------------------
+
+    def _prefix_inputs(self, image: Image.Image, prefix_text: str) -> dict:
+        # Kept on the host until the image takes a slot: pixels of a whole task add up.
+        return self.processor(text=[prefix_text], images=[image], return_tensors="pt")
+
+    def prefill_prefix(self, shape: _Shape, slot: int, inputs: dict) -> int:
+        """The image and the text before it, once, into an image slot; returns the next position.
+
+        Deepstack features are added to the visual positions in the first layers here, so they
+        are in the prefix keys/values; later passes are text only.
+        """
+        inputs = inputs.to(self.model.device)
+        positions, _ = self.model.model.get_rope_index(
+            inputs["input_ids"], inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"])
+        output = self.model(**inputs, position_ids=positions, use_cache=True, logits_to_keep=1)
+        length = inputs["input_ids"].shape[1]
+        for layer, cached in enumerate(output.cache.layers):
+            shape.prefix_keys[layer][slot, :, :length] = cached.keys[0]
+            shape.prefix_values[layer][slot, :, :length] = cached.values[0]
+        shape.prefix_filled[slot] = length
+        self.stats.prefills += 1
+        return int(positions.max()) + 1
+
+    def prefill_rows(self, shape: _Shape, rows: list[int], slots: list[int],
+                     suffixes: list[list[int]], starts: list[int]) -> torch.Tensor:
+        """Run the suffixes of prompts that take ``rows``; their first logits (n, vocab).
+
+        Suffixes are right-padded: a pad's keys land after the row's last token, where the
+        first generated token overwrites them, and nothing reads a column beyond its own.
+        """
+        device = self.model.device
+        width = max(len(ids) for ids in suffixes)
+        ids = torch.full((len(rows), width), self._pad_id(), dtype=torch.long)
+        for n, suffix in enumerate(suffixes):
+            ids[n, : len(suffix)] = torch.tensor(suffix)
+        lengths = torch.tensor([len(s) for s in suffixes], device=device)
+        row_index = torch.tensor(rows, device=device)
+        positions = (torch.tensor(starts, device=device)[:, None]
+                     + torch.arange(width, device=device)[None, :])
+        groups = {slot: torch.tensor([n for n, s in enumerate(slots) if s == slot], device=device)
+                  for slot in sorted(set(slots))}
+        attention = _PrefillAttention(shape, row_index, groups, width)
+        hidden = self._layers(ids.to(device), positions, attention)
+        last = hidden[torch.arange(len(rows), device=device), lengths - 1]
+        logits = self._logits(last)
+        shape.columns[row_index] = lengths
+        shape.positions[row_index] = positions[:, 0] + lengths
+        return logits
+
+    # --- decode --------------------------------------------------------------------------
+
+    def step(self, shape: _Shape, window: int) -> torch.Tensor:
+        """Feed ``shape.input_ids`` at each row's column; logits (B, vocab) for the next token."""
+        if self.model.device.type == "cuda" and self.use_cuda_graph:
+            graph = shape.graphs.get(window)
+            if graph is None:
+                graph = shape.graphs[window] = self._capture(shape, window)
+            graph[0].replay()
+            logits = graph[1]
+        else:
+            logits = self._decode_forward(shape, window)
+        shape.columns.add_(1)
+        shape.positions.add_(1)
+        return logits
+
+    def _decode_forward(self, shape: _Shape, window: int) -> torch.Tensor:
+        attention = _DecodeAttention(shape, window)
+        hidden = self._layers(shape.input_ids, shape.positions[:, None], attention)
+        return self._logits(hidden[:, -1])
+
+    def _capture(self, shape: _Shape, window: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        """Record one decode step; it reads and writes only the layout's static tensors.
+
+        The warm-up runs are real steps on the current inputs: they write the same keys and
+        values at the same columns as the replay that follows, so they change nothing.
+        """
+        started = time.perf_counter()
+        device = self.model.device
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._decode_forward(shape, window)
+        torch.cuda.current_stream(device).wait_stream(side)
+        if self._graph_pool is None:
+            self._graph_pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._graph_pool):
+            logits = self._decode_forward(shape, window)
+        logger.info("captured the decode step for %d x %d rows, prefix %d, window %d in %.2fs",
+                    shape.images, shape.rows, shape.prefix_length, window,
+                    time.perf_counter() - started)
+        return graph, logits
+
+    # --- the layers ----------------------------------------------------------------------
+
+    def _layers(self, input_ids: torch.Tensor, positions: torch.Tensor, attention) -> torch.Tensor:
+        """The text model's layers on (n, L) tokens at text positions (n, L); hidden states out.
+
+        Qwen3-VL's decoder layer, written out so attention can be the cascade: the projections,
+        norms, rotary embedding and MLP (dense or experts) are the model's own modules.
+        """
+        text_model = self.model.model.language_model
+        hidden = text_model.embed_tokens(input_ids)
+        cos, sin = text_model.rotary_emb(hidden, positions[None].expand(3, -1, -1))
+        for index, layer in enumerate(text_model.layers):
+            residual = hidden
+            hidden = residual + self._attention(layer.self_attn, layer.input_layernorm(hidden),
+                                                cos, sin, index, attention)
+            residual = hidden
+            hidden = residual + layer.mlp(layer.post_attention_layernorm(hidden))
+        return text_model.norm(hidden)
+
+    @staticmethod
+    def _attention(module: nn.Module, hidden: torch.Tensor, cos, sin, layer: int,
+                   attention) -> torch.Tensor:
+        batch, length, _ = hidden.shape
+        heads = (batch, length, -1, module.head_dim)
+        query = module.q_norm(module.q_proj(hidden).view(heads)).transpose(1, 2)
+        key = module.k_norm(module.k_proj(hidden).view(heads)).transpose(1, 2)
+        value = module.v_proj(hidden).view(heads).transpose(1, 2)
+        query, key = apply_rotary_pos_emb(query, key, cos, sin)
+        output = attention(layer, query * module.scaling, key, value)  # (n, L, heads, head_dim)
+        return module.o_proj(output.reshape(batch, length, -1))
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.lm_head(hidden)
+
+    # --- static memory -------------------------------------------------------------------
+
+    def _shape(self, images: int, rows: int, prefix_length: int, row_length: int) -> _Shape:
+        key = (images, rows, prefix_length, row_length)
+        if key not in self._shapes:
+            config = self.model.config.text_config
+            per_token = config.num_key_value_heads * config.head_dim
+            self._reserve((images * prefix_length + images * rows * row_length) * per_token)
+            self._shapes[key] = self._new_shape(*key)
+        return self._shapes[key]
+
+    def _reserve(self, elements: int) -> None:
+        """Grow the storage to ``elements`` per layer for keys and values; growing drops graphs."""
+        config = self.model.config.text_config
+        storage = self._storage
+        if (storage is not None and storage.shape[1] >= elements
+                and storage.device == self.model.device and storage.dtype == self.model.dtype):
+            return
+        self.release()  # free the old storage before the new one takes its place
+        # Zeros, not empty: masked slots are still multiplied by 0, and 0 * NaN garbage is NaN.
+        self._storage = torch.zeros(2 * config.num_hidden_layers, elements,
+                                    dtype=self.model.dtype, device=self.model.device)
+        logger.info("slot decoder cache: %.2f GiB", self.cache_bytes / 2**30)
+
+    def _new_shape(self, images: int, rows: int, prefix_length: int, row_length: int) -> _Shape:
+        config = self.model.config.text_config
+        heads, dim = config.num_key_value_heads, config.head_dim
+        prefix = (images, heads, prefix_length, dim)
+        private = (images * rows, heads, row_length, dim)
+        split = images * prefix_length * heads * dim
+        end = split + images * rows * row_length * heads * dim
+        layers = self._storage.shape[0]
+        prefix_views = [self._storage[i, :split].view(prefix) for i in range(layers)]
+        row_views = [self._storage[i, split:end].view(private) for i in range(layers)]
+        device, batch = self.model.device, images * rows
+        return _Shape(
+            images=images, rows=rows, prefix_length=prefix_length, row_length=row_length,
+            prefix_keys=prefix_views[0::2], prefix_values=prefix_views[1::2],
+            row_keys=row_views[0::2], row_values=row_views[1::2],
+            prefix_filled=torch.ones(images, dtype=torch.long, device=device),
+            input_ids=torch.zeros(batch, 1, dtype=torch.long, device=device),
+            positions=torch.zeros(batch, dtype=torch.long, device=device),
+            columns=torch.zeros(batch, dtype=torch.long, device=device),
+        )
+
+    def _drop_graphs_if_weights_moved(self) -> None:
+        """Graphs hold the weights' addresses; a residency swap-in gives the weights new memory."""
+        pointers = weight_pointers(self.model)
+        if pointers != self._weights:
+            for shape in self._shapes.values():
+                shape.graphs.clear()
+            self._weights = pointers
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def eos_ids(self) -> list[int]:
+        eos = self.model.generation_config.eos_token_id
+        return list(eos) if isinstance(eos, (list, tuple)) else [eos]
+
+    def _pad_id(self) -> int:
+        pad = self.model.generation_config.pad_token_id
+        return pad if pad is not None else self.processor.tokenizer.pad_token_id
+
+
+def _joint_weights(*scores: torch.Tensor) -> list[torch.Tensor]:
+    """Softmax weights over the concatenation of several score parts (same leading dims).
+
+    One maximum and one denominator for all parts, so the parts' products with their values
+    add up to exactly attention over all keys at once. Normalised in float32 and cast back,
+    as transformers' eager attention does before its product with the values.
+    """
+    maximum = torch.stack([part.amax(dim=-1) for part in scores]).amax(dim=0)[..., None]
+    weights = [(part.float() - maximum.float()).exp() for part in scores]
+    total = sum(w.sum(dim=-1, keepdim=True) for w in weights)
+    return [(w / total).to(part.dtype) for w, part in zip(weights, scores)]
+
+
+def _additive(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill(
+        ~visible, torch.finfo(dtype).min)
+
+
+class _DecodeAttention:
+    """One new token per row against [its image slot's prefix | its row]: the static step.
+
+    Rows of image slot i are rows i*R .. i*R+R-1, so the prefix part is one batched product
+    per (image slot, kv head) with the slot's R rows (x query heads per kv head) as queries:
+    the prefix is read once per image, never copied per row.
+    """
+
+    def __init__(self, shape: _Shape, window: int):
+        self.shape, self.window = shape, window
+        device, dtype = shape.input_ids.device, shape.prefix_keys[0].dtype
+        prefix_columns = torch.arange(shape.prefix_length, device=device)
+        row_columns = torch.arange(window, device=device)
+        # (I, 1, 1, P) and (B, 1, 1, W): built once per step, shared by every layer.
+        self.prefix_mask = _additive(prefix_columns[None, :] < shape.prefix_filled[:, None],
+                                     dtype)[:, None, None]
+        self.row_mask = _additive(row_columns[None, :] <= shape.columns[:, None], dtype)[:, None, None]
+        self.row_index = torch.arange(shape.batch, device=device)
+        self.columns = shape.columns.clamp(max=shape.row_length - 1)
+
+    def __call__(self, layer: int, query, key, value) -> torch.Tensor:
+        shape = self.shape
+        images, rows = shape.images, shape.rows
+        batch, heads, _, dim = query.shape  # (B, H, 1, D)
+        kv_heads = key.shape[1]
+        group = heads // kv_heads
+        shape.row_keys[layer][self.row_index, :, self.columns] = key[:, :, 0]
+        shape.row_values[layer][self.row_index, :, self.columns] = value[:, :, 0]
+        row_keys = shape.row_keys[layer][:, :, : self.window]
+        row_values = shape.row_values[layer][:, :, : self.window]
+
+        # (I, kv, R*g, D): an image slot's rows and query heads as one block of queries.
+        by_image = (query.view(images, rows, kv_heads, group, dim)
+                    .transpose(1, 2).reshape(images, kv_heads, rows * group, dim))
+        prefix_scores = (torch.matmul(by_image, shape.prefix_keys[layer].transpose(-1, -2))
+                         + self.prefix_mask).view(images, kv_heads, rows, group, -1)
+        row_scores = torch.matmul(query.view(batch, kv_heads, group, dim),
+                                  row_keys.transpose(-1, -2)) + self.row_mask  # (B, kv, g, W)
+        row_scores = row_scores.view(images, rows, kv_heads, group, -1).transpose(1, 2)
+        prefix_weights, row_weights = _joint_weights(prefix_scores, row_scores)
+
+        from_prefix = torch.matmul(prefix_weights.view(images, kv_heads, rows * group, -1),
+                                   shape.prefix_values[layer])  # (I, kv, R*g, D)
+        from_row = torch.matmul(row_weights.transpose(1, 2).reshape(batch, kv_heads, group, -1),
+                                row_values)  # (B, kv, g, D)
+        from_prefix = from_prefix.view(images, kv_heads, rows, group, dim).transpose(1, 2)
+        output = from_prefix.reshape(batch, heads, dim) + from_row.view(batch, heads, dim)
+        return output[:, None]  # (B, 1, H, D)
+
+
+class _PrefillAttention:
+    """Suffix tokens of the rows that start now: [their image's prefix | their own suffix].
+
+    ``groups`` maps an image slot to the positions (in this prefill) of its rows; the prefix
+    part runs once per image slot with all of its new rows' tokens as queries.
+    """
+
+    def __init__(self, shape: _Shape, rows: torch.Tensor, groups: dict[int, torch.Tensor],
+                 width: int):
+        self.shape, self.rows, self.groups = shape, rows, groups
+        device, dtype = rows.device, shape.prefix_keys[0].dtype
+        self.causal = _additive(torch.ones(width, width, dtype=torch.bool, device=device).tril(),
+                                dtype)
+        columns = torch.arange(shape.prefix_length, device=device)
+        self.prefix_masks = {slot: _additive(columns < shape.prefix_filled[slot], dtype)
+                             for slot in groups}
+
+    def __call__(self, layer: int, query, key, value) -> torch.Tensor:
+        shape = self.shape
+        count, heads, width, dim = query.shape  # (n, H, L, D)
+        kv_heads = key.shape[1]
+        group = heads // kv_heads
+        shape.row_keys[layer][self.rows, :, :width] = key
+        shape.row_values[layer][self.rows, :, :width] = value
+        output = torch.empty(count, width, heads, dim, dtype=query.dtype, device=query.device)
+        for slot, members in self.groups.items():
+            q = query[members].view(-1, kv_heads, group, width, dim)  # (m, kv, g, L, D)
+            m = q.shape[0]
+            as_queries = q.transpose(0, 1).reshape(kv_heads, m * group * width, dim)
+            prefix_scores = (torch.matmul(as_queries, shape.prefix_keys[layer][slot].transpose(-1, -2))
+                             + self.prefix_masks[slot])
+            prefix_scores = prefix_scores.view(kv_heads, m, group, width, -1).transpose(0, 1)
+            own_keys, own_values = key[members][:, :, None], value[members][:, :, None]
+            own_scores = torch.matmul(q, own_keys.transpose(-1, -2)) + self.causal  # (m,kv,g,L,L)
+            prefix_weights, own_weights = _joint_weights(prefix_scores, own_scores)
+            from_prefix = torch.matmul(
+                prefix_weights.transpose(0, 1).reshape(kv_heads, m * group * width, -1),
+                shape.prefix_values[layer][slot]).view(kv_heads, m, group, width, dim).transpose(0, 1)
+            out = from_prefix + torch.matmul(own_weights, own_values)  # (m, kv, g, L, D)
+            output[members] = out.reshape(m, heads, width, dim).transpose(1, 2)
+        return output
+
+
+class _Scheduler:
+    """Host side of one generate call: which prompt holds which row, and when rows change."""
+
+    def __init__(self, decoder: SlotDecoder, shape: _Shape, prefix_inputs: dict[int, dict],
+                 requests: list[Request], temperature: float, seed: int):
+        self.decoder, self.shape = decoder, shape
+        self.prefix_inputs = prefix_inputs
+        self.waiting: dict[int, list[Request]] = {}
+        for request in requests:
+            self.waiting.setdefault(request.image, []).append(request)
+        self.images_left = list(self.waiting)  # images not yet in a slot, in order
+        self.slot_image: list[int | None] = [None] * shape.images
+        self.next_position: dict[int, int] = {}
+        self.row_request: list[Request | None] = [None] * shape.batch
+        self.eos = set(decoder.eos_ids())
+        config = decoder.model.generation_config
+        generator = None
+        if temperature > 0:
+            generator = torch.Generator(device=decoder.model.device).manual_seed(seed)
+        self.pick = lambda logits: pick_tokens(logits, temperature=temperature, top_k=config.top_k,
+                                               top_p=config.top_p, generator=generator)
+        stats = decoder.stats
+        stats.rows = shape.batch
+
+    def run(self) -> None:
+        logits = torch.zeros(self.shape.batch, self.decoder.model.lm_head.out_features,
+                             dtype=self.decoder.model.dtype, device=self.decoder.model.device)
+        while True:
+            self._fill(logits)
+            live = [r for r, request in enumerate(self.row_request) if request is not None]
+            if not live:
+                return
+            tokens = self._window(logits, live)
+            self._collect(tokens)
+
+    def _window(self, logits: torch.Tensor, live: list[int]) -> torch.Tensor:
+        """Up to CHECK_EVERY tokens per row without a host sync; (tokens, B) picked.
+
+        No step is run for tokens no live row needs: after the last pick, a step runs only if
+        some row will still want a token after this window.
+        """
+        requests = [self.row_request[r] for r in live]
+        most_left = max(r.max_new_tokens - len(r.tokens) for r in requests)
+        picks = min(CHECK_EVERY, most_left)
+        columns = max(len(r.suffix) + len(r.tokens) for r in requests)
+        window = min(self.shape.row_length, -(-(columns + picks) // WINDOW_STEP) * WINDOW_STEP)
+        picked = []
+        for pick in range(picks):
+            token = self.pick(logits)
+            picked.append(token)
+            self.decoder.stats.steps += 1
+            if pick < picks - 1 or most_left > picks:
+                self.shape.input_ids.copy_(token[:, None])
+                logits.copy_(self.decoder.step(self.shape, window))
+        return torch.stack(picked).cpu()
+
+    def _collect(self, tokens: torch.Tensor) -> None:
+        """Keep each live row's tokens up to its eos or budget; free the rows that ended."""
+        for row, request in enumerate(self.row_request):
+            if request is None:
+                continue
+            for token in tokens[:, row].tolist():
+                request.tokens.append(token)
+                self.decoder.stats.live_row_steps += 1
+                if token in self.eos or len(request.tokens) >= request.max_new_tokens:
+                    self.row_request[row] = None
+                    break
+        free = [r for r, request in enumerate(self.row_request) if request is None]
+        if free:  # parked rows write to column 0 and read only it: no growth, no NaN
+            index = torch.tensor(free, device=self.shape.columns.device)
+            self.shape.columns[index] = 0
+
+    def _fill(self, logits: torch.Tensor) -> None:
+        """Give free rows the next prompts of their image; give empty image slots new images."""
+        rows_per_slot = self.shape.rows
+        for slot in range(self.shape.images):
+            rows = range(slot * rows_per_slot, (slot + 1) * rows_per_slot)
+            image = self.slot_image[slot]
+            busy = any(self.row_request[r] is not None for r in rows)
+            if (image is None or not self.waiting.get(image)) and not busy and self.images_left:
+                image = self.images_left.pop(0)
+                self.slot_image[slot] = image
+                self.next_position[image] = self.decoder.prefill_prefix(
+                    self.shape, slot, self.prefix_inputs.pop(image))
+        joining: list[tuple[int, int, Request]] = []
+        for slot, image in enumerate(self.slot_image):
+            queue = self.waiting.get(image, []) if image is not None else []
+            for row in range(slot * rows_per_slot, (slot + 1) * rows_per_slot):
+                if queue and self.row_request[row] is None:
+                    self.row_request[row] = queue.pop(0)
+                    joining.append((row, slot, self.row_request[row]))
+        if joining:
+            rows, slots, requests = zip(*joining)
+            new_logits = self.decoder.prefill_rows(
+                self.shape, list(rows), list(slots), [r.suffix for r in requests],
+                [self.next_position[r.image] for r in requests])
+            logits[torch.tensor(rows, device=logits.device)] = new_logits.to(logits.dtype)
+
+
+def shared_slot_decoder(processor: ProcessorMixin, model: PreTrainedModel, *,
+                        use_cuda_graph: bool = True) -> SlotDecoder:
+    """The model's slot decoder, made on first use and kept on the model object.
+
+    A generator is made per task; keeping the decoder with the model lets its captured graphs
+    and caches serve every later task of the process instead of being redone.
+    """
+    decoder = getattr(model, _MODEL_ATTRIBUTE, None)
+    if (decoder is None or decoder.processor is not processor
+            or decoder.use_cuda_graph != use_cuda_graph):
+        if decoder is not None:
+            decoder.release()
+        decoder = SlotDecoder(processor, model, use_cuda_graph=use_cuda_graph)
+        setattr(model, _MODEL_ATTRIBUTE, decoder)
+    return decoder
