@@ -82,12 +82,20 @@ class Settings:
 
     # --- relations job (SPEC.md defaults) -------------------------------------
     top_k: int = 10
+    # "slots": one prefix copy per image, rows across images, continuous refill (fast);
+    # "static": the earlier decoder, one image and batch_size prompts at a time.
+    decoder: str = "slots"
+    # The static decoder's batch (SPEC's BATCH_SIZE).
     batch_size: int = 8
+    # The slots decoder's most rows at once; fewer when their KV cache would not fit the
+    # memory left after the weights (EVALFLEET_MEMORY_BUDGET_GB).
+    max_batch: int = 512
     max_new_tokens: int = 512
     temperature: float = 0.1
     seed: int = 0
-    # One task carries at most this many pairs of one image.
-    chunk_pairs: int = 16
+    # Prompts (pairs x top-K) per task: small images share a task up to this many, an image
+    # with more is split into tasks of at most this many.
+    task_prompts: int = 256
 
     # --- workers ---------------------------------------------------------------
     workers_per_gpu: int = 1
@@ -167,7 +175,7 @@ def to_environ(settings: Settings) -> dict[str, str]:
 
 
 def _validate(s: Settings) -> None:
-    positive = ("top_k", "batch_size", "max_new_tokens", "chunk_pairs", "workers_per_gpu",
+    positive = ("top_k", "batch_size", "max_batch", "max_new_tokens", "task_prompts", "workers_per_gpu",
                 "judge_batch_size")
     for name in positive:
         if getattr(s, name) < 1:
@@ -178,6 +186,8 @@ def _validate(s: Settings) -> None:
         )
     if s.temperature < 0:
         raise SettingsError(f"{ENV_PREFIX}TEMPERATURE must be >= 0")
+    if s.decoder not in ("slots", "static"):
+        raise SettingsError(f"{ENV_PREFIX}DECODER={s.decoder!r}: use slots or static")
     if s.dtype not in ("auto", "bfloat16", "float16", "float32"):
         raise SettingsError(
             f"{ENV_PREFIX}DTYPE={s.dtype!r}: use auto, bfloat16, float16 or float32"

@@ -49,7 +49,8 @@ def enqueue_relations(settings: Settings, app: Celery, store_client, stage1: Pat
     store = RunStore(store_client, run_id)
     store.register({"job": "relations", "run_id": run_id, "created": time.time(),
                     "stage1": str(stage1), "input": str(input_path),
-                    "batch_size": settings.batch_size, "workers_per_gpu": settings.workers_per_gpu,
+                    "batch_size": settings.batch_size, "max_batch": settings.max_batch,
+                    "decoder": settings.decoder, "workers_per_gpu": settings.workers_per_gpu,
                     **result_settings(settings)})
     items = {relation_key(p["image_id"], p["subject"], p["object"]): p for p in prepared.pairs}
     store.add_items(RELATIONS_STAGE, items)
@@ -62,7 +63,7 @@ def enqueue_relations(settings: Settings, app: Celery, store_client, stage1: Pat
     pending = [key for key in items if key not in done]
     # A pair that failed in an earlier attempt of this run gets another chance.
     store.clear_failed(RELATIONS_STAGE, pending)
-    chunks = _chunks_by_image(pending, items, settings.chunk_pairs)
+    chunks = pack_tasks(pending, items, settings.task_prompts)
     for chunk in chunks:
         app.send_task(RELATIONS_TASK, args=[run_id, chunk], queue=settings.queue_relations)
     return Enqueued(run_id=run_id, total=len(items) + len(prepared.failures),
@@ -70,14 +71,36 @@ def enqueue_relations(settings: Settings, app: Celery, store_client, stage1: Pat
                     pairs_sent=len(pending), tasks_sent=len(chunks))
 
 
-def _chunks_by_image(keys: list[str], items: dict[str, dict], size: int) -> list[list[str]]:
-    """One task per image (the image is decoded once), split when it has many pairs.
+def pack_tasks(keys: list[str], items: dict[str, dict], budget: int) -> list[list[str]]:
+    """Keys grouped into tasks of at most ``budget`` prompts (pairs x their top-K predicates).
 
-    The tasks with the most prompts come first: workers take tasks in queue order, so a long
-    task sent last would run alone at the end while every other GPU idles.
+    An image's pairs stay together (its prefix is prefilled once per task); an image with more
+    than ``budget`` prompts is split into tasks of its own, and small images share tasks
+    (first fit, largest first) so a GPU decodes many of them at once. The tasks with the most
+    prompts come first: workers take tasks in queue order, so a long task sent last would run
+    alone at the end while every other GPU idles.
     """
     by_image: dict[str, list[str]] = {}
     for key in keys:
         by_image.setdefault(normalize_image_id(items[key]["image_id"]), []).append(key)
-    chunks = [keys_[i:i + size] for keys_ in by_image.values() for i in range(0, len(keys_), size)]
-    return sorted(chunks, key=lambda chunk: -sum(len(items[k]["stage1_top_k"]) for k in chunk))
+
+    def prompts(chunk: list[str]) -> int:
+        return sum(max(1, len(items[k]["stage1_top_k"])) for k in chunk)
+
+    pieces: list[list[str]] = []
+    for image_keys in by_image.values():
+        piece: list[str] = []
+        for key in image_keys:
+            if piece and prompts(piece) + prompts([key]) > budget:
+                pieces.append(piece)
+                piece = []
+            piece.append(key)
+        pieces.append(piece)
+    tasks: list[list[str]] = []
+    for piece in sorted(pieces, key=lambda p: -prompts(p)):
+        home = next((t for t in tasks if prompts(t) + prompts(piece) <= budget), None)
+        if home is None:
+            tasks.append(list(piece))
+        else:
+            home.extend(piece)
+    return sorted(tasks, key=lambda task: -prompts(task))

@@ -159,7 +159,7 @@ def test_tasks_with_the_most_prompts_are_queued_first(sample, tmp_path):
 
     stage1, input_path = sample
     with EmbeddedRedis(tmp_path / "redis") as server:
-        settings = Settings(broker_url=server.url, chunk_pairs=2)
+        settings = Settings(broker_url=server.url, task_prompts=10)
         client = connect(server.url)
         enqueued = enqueue_relations(settings, celery_client(settings), client, stage1, input_path, "order")
         # kombu pushes on the left and workers pop on the right: the first task sent is last here.

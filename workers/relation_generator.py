@@ -1,4 +1,4 @@
-"""Batched prompt -> text generation with a Qwen3-VL-style model over one image."""
+"""Batched prompt -> text generation with a Qwen3-VL-style model over several images."""
 
 from __future__ import annotations
 
@@ -6,15 +6,21 @@ from PIL import Image
 from transformers import PreTrainedModel, ProcessorMixin
 
 from workers.image_prompt_decoder import shared_decoder
+from workers.slot_decoder import shared_slot_decoder
+
+# The decoders a run can use (EVALFLEET_DECODER): "slots" shares each image's prefix and keeps
+# rows busy across images; "static" is the earlier one-image, one-batch-at-a-time decoder.
+DECODERS = ("slots", "static")
 
 
 class RelationGenerator:
-    """Answers many prompts about one image, ``batch_size`` prompts per decoded batch.
+    """Answers many prompts about several images.
 
-    Works the same for the tiny CPU model and the real Qwen3-VL-8B on CUDA in bf16: the image
-    prefix is prefilled once per ``generate`` call and every batch decodes against a static
-    cache (see workers/image_prompt_decoder.py), with the decode step in a CUDA graph on a GPU
-    unless ``use_cuda_graph`` is False.
+    Works the same for the tiny CPU model and the real Qwen3-VL-8B on CUDA in bf16. With the
+    ``slots`` decoder (workers/slot_decoder.py) each image's prefix is prefilled and stored once
+    and up to ``max_batch`` rows decode at once, across images; with ``static``
+    (workers/image_prompt_decoder.py) each image decodes alone, ``batch_size`` rows at a time.
+    On a GPU the decode step runs in a CUDA graph unless ``use_cuda_graph`` is False.
     """
 
     def __init__(
@@ -25,37 +31,57 @@ class RelationGenerator:
         batch_size: int,
         max_new_tokens: int,
         temperature: float,
+        decoder: str = "slots",
+        max_batch: int = 512,
+        cache_bytes: int | None = None,
         use_cuda_graph: bool = True,
     ) -> None:
-        if batch_size < 1 or max_new_tokens < 1:
-            raise ValueError("batch_size and max_new_tokens must be at least 1")
+        if batch_size < 1 or max_new_tokens < 1 or max_batch < 1:
+            raise ValueError("batch_size, max_batch and max_new_tokens must be at least 1")
         if temperature < 0:
             raise ValueError("temperature must be >= 0 (0 means greedy decoding)")
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder {decoder!r}: use one of {', '.join(DECODERS)}")
         self.processor = processor
         self.model = model
         self.batch_size = batch_size
+        self.max_batch = max_batch
+        self.cache_bytes = cache_bytes
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
-        # Kept with the model, so its CUDA graphs and static cache serve later tasks too.
-        self.decoder = shared_decoder(processor, model, use_cuda_graph=use_cuda_graph)
+        self.decoder_name = decoder
+        # Kept with the model, so its CUDA graphs and caches serve later tasks too.
+        if decoder == "slots":
+            self.decoder = shared_slot_decoder(processor, model, use_cuda_graph=use_cuda_graph)
+        else:
+            self.decoder = shared_decoder(processor, model, use_cuda_graph=use_cuda_graph)
         # Running total of tokens produced (eos included, padding not), for metrics.
         self.generated_tokens = 0
 
     def generate(self, image: Image.Image, prompts: list[str], seed: int) -> list[str]:
-        """One answer per prompt, in order. Greedy when temperature is 0, else seeded sampling."""
-        texts = [self._render(prompt) for prompt in prompts]
-        rows = self.decoder.generate(
-            image,
-            texts,
-            batch_size=self.batch_size,
-            max_new_tokens=self.max_new_tokens,
-            temperature=self.temperature,
-            seed=seed,
-        )
-        # Each row ends at its first eos, so its length is what was generated.
-        self.generated_tokens += sum(len(row) for row in rows)
-        decoded = self.processor.batch_decode(rows, skip_special_tokens=True)
-        return [text.strip() for text in decoded]
+        """One answer per prompt about one image, in order."""
+        return self.generate_many([image], [prompts], seed=seed)[0]
+
+    def generate_many(self, images: list[Image.Image], prompts: list[list[str]],
+                      seed: int) -> list[list[str]]:
+        """One answer per prompt of every image, in order. Greedy at temperature 0, else seeded
+        sampling."""
+        texts = [[self._render(prompt) for prompt in group] for group in prompts]
+        if self.decoder_name == "slots":
+            rows = self.decoder.generate(
+                images, texts, max_batch=self.max_batch, cache_bytes=self.cache_bytes,
+                max_new_tokens=self.max_new_tokens, temperature=self.temperature, seed=seed)
+        else:
+            rows = [self.decoder.generate(
+                image, group, batch_size=self.batch_size, max_new_tokens=self.max_new_tokens,
+                temperature=self.temperature, seed=seed) for image, group in zip(images, texts)]
+        answers = []
+        for group in rows:
+            # Each row ends at its first eos, so its length is what was generated.
+            self.generated_tokens += sum(len(row) for row in group)
+            decoded = self.processor.batch_decode(group, skip_special_tokens=True) if group else []
+            answers.append([text.strip() for text in decoded])
+        return answers
 
     def _render(self, prompt: str) -> str:
         messages = [

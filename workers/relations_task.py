@@ -1,4 +1,4 @@
-"""The relations task: one image's pairs, every top-K predicate, one batched generation."""
+"""The relations task: the pairs of one or more images, every top-K predicate, one generation."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ RESULT_FIELDS = ("image_id", "subject", "object", "stage1_top_k", "has_gt", "gt_
 
 @app.task(bind=True, name=RELATIONS_TASK, acks_late=True, max_retries=settings.task_max_retries)
 def generate_relations(self, run_id: str, keys: list[str]) -> dict[str, int]:
-    """Generate a description for every top-K predicate of the given pairs of one image."""
+    """Generate a description for every top-K predicate of the given pairs (of one or more images)."""
     store = run_store(run_id)
     return surviving_store_outages(store.client, lambda: _generate_pending(self, store, keys))
 
@@ -36,21 +36,36 @@ def _generate_pending(task, store: RunStore, keys: list[str]) -> dict[str, int]:
     if not pending:
         return {"generated": 0}
     meta = store.meta()
-    image = _open_pair_image(store, pending)
-    if image is None:
-        return {"generated": 0}
-    jobs = _prompts(store, pending, image.width, image.height)
+    images, jobs = [], []
+    for image_pending in _by_image(pending):
+        image = _open_pair_image(store, image_pending)
+        image_jobs = _prompts(store, image_pending, image.width, image.height) if image else []
+        if image_jobs:
+            images.append(image)
+            jobs.append(image_jobs)
     if not jobs:
         return {"generated": 0}
+    prompts = [[prompt for _, _, prompt in image_jobs] for image_jobs in jobs]
     try:
-        texts, seconds = _generate(store, meta, image, [prompt for _, _, prompt in jobs], keys[0])
+        texts, seconds = _generate(store, meta, images, prompts, keys[0])
     except OUTAGE_ERRORS:
         raise  # not the items' fault: surviving_store_outages waits for Redis
     except Exception as exc:
-        give_up_or_retry(task, store, RELATIONS_STAGE, list(dict.fromkeys(k for k, _, _ in jobs)), exc)
+        keys_tried = [key for image_jobs in jobs for key, _, _ in image_jobs]
+        give_up_or_retry(task, store, RELATIONS_STAGE, list(dict.fromkeys(keys_tried)), exc)
         return {"generated": 0}
-    _store_results(store, pending, jobs, texts, seconds)
-    return {"generated": len(texts)}
+    flat_jobs = [job for image_jobs in jobs for job in image_jobs]
+    flat_texts = [text for image_texts in texts for text in image_texts]
+    _store_results(store, pending, flat_jobs, flat_texts, seconds)
+    return {"generated": len(flat_texts)}
+
+
+def _by_image(pending: dict[str, dict]) -> list[dict[str, dict]]:
+    """The pending pairs split by image, in task order (a task may pack several small images)."""
+    groups: dict[str, dict[str, dict]] = {}
+    for key, item in pending.items():
+        groups.setdefault(item["image_path"], {})[key] = item
+    return list(groups.values())
 
 
 def failure_reason(item: dict, field: str, message: str) -> str:
@@ -62,7 +77,7 @@ def failure_reason(item: dict, field: str, message: str) -> str:
 
 
 def _open_pair_image(store: RunStore, pending: dict) -> Image.Image | None:
-    """The task's image (all its pairs share it); if unusable, every pending pair fails."""
+    """The image the pending pairs share; if unusable, every one of them fails."""
     image_path = next(iter(pending.values()))["image_path"]
     try:
         if settings.data_root:
@@ -102,13 +117,13 @@ def _prompts(store: RunStore, pending: dict, width: int, height: int) -> list[tu
     return jobs
 
 
-def _generate(store: RunStore, meta: dict, image, prompts: list[str],
-              first_key: str) -> tuple[list[str], float]:
+def _generate(store: RunStore, meta: dict, images: list, prompts: list[list[str]],
+              first_key: str) -> tuple[list[list[str]], float]:
     generator = relation_generator(store, meta)
     # Seeded per task, so a redelivered task samples the same text.
     seed = int(meta["seed"]) + zlib.crc32(first_key.encode())
     start = time.perf_counter()
-    texts = generator.generate(image, prompts, seed=seed)
+    texts = generator.generate_many(images, prompts, seed=seed)
     return texts, time.perf_counter() - start
 
 

@@ -77,6 +77,9 @@ class _Model:
     handle: Any = None
     # Filled on the first eviction, one per entry of ``tensors``.
     host_copies: list[torch.Tensor] | None = None
+    # Device memory its user holds beside the weights (a decoder's KV cache), and how to free it.
+    working_bytes: int = 0
+    release: Callable[[], None] | None = None
 
     @property
     def loaded(self) -> bool:
@@ -176,7 +179,31 @@ class ResidencyPool:
 
     @property
     def resident_bytes(self) -> int:
-        return sum(self._models[name].nbytes for name in self._resident)
+        """Weights and working memory of the resident models."""
+        return sum(self._models[name].nbytes + self._models[name].working_bytes
+                   for name in self._resident)
+
+    def room_for_working(self, name: str) -> int:
+        """Bytes of the budget left beside ``name``'s weights if every other model left."""
+        return self.budget_bytes - self._model(name).nbytes
+
+    def set_working_bytes(self, name: str, nbytes: int, release: Callable[[], None]) -> None:
+        """Count ``nbytes`` that the user of resident ``name`` holds beside its weights.
+
+        The working memory (a decoder's KV cache) is part of the budget like weights: other
+        models are evicted to make room for it, and when ``name`` itself is evicted,
+        ``release`` is called to free it before the next model comes in.
+        """
+        model = self._model(name)
+        if name not in self._resident:
+            raise ValueError(f"{name!r} is not resident")
+        if nbytes > self.room_for_working(name):
+            raise BudgetExceededError(
+                f"{name!r} needs {_gib(nbytes)} beside its weights ({_gib(model.nbytes)}) but the "
+                f"budget is {_gib(self.budget_bytes)}; raise {BUDGET_SETTING}")
+        model.working_bytes, model.release = 0, release
+        self._make_room(name, nbytes, keep=name)
+        model.working_bytes = nbytes
 
     # --- loading and eviction -------------------------------------------------------
 
@@ -205,21 +232,27 @@ class ResidencyPool:
         model.handle = modules if model.handle_factory is None else model.handle_factory()
         return evicted
 
-    def _make_room(self, name: str, needed: int) -> list[str]:
-        """Evict least recently used models until ``needed`` more bytes fit; returns their names."""
+    def _make_room(self, name: str, needed: int, keep: str | None = None) -> list[str]:
+        """Evict least recently used models (never ``keep``) until ``needed`` more bytes fit;
+        returns their names."""
         if needed > self.budget_bytes:
             raise BudgetExceededError(
                 f"model {name!r} needs {_gib(needed)} ({needed} bytes) but the per-process memory "
                 f"budget is {_gib(self.budget_bytes)} ({self.budget_bytes} bytes) on {self.device}; "
                 f"raise {BUDGET_SETTING}, run fewer workers per GPU, or use a smaller model/dtype")
         evicted = []
-        while self._resident and self.resident_bytes + needed > self.budget_bytes:
-            victim = next(iter(self._resident))
+        while self.resident_bytes + needed > self.budget_bytes:
+            victim = next((other for other in self._resident if other != keep), None)
+            if victim is None:
+                break
             self._evict(self._models[victim])
             evicted.append(victim)
         return evicted
 
     def _evict(self, model: _Model) -> None:
+        if model.release is not None:
+            model.release()  # its working memory goes first: it is useless without the weights
+        model.working_bytes = 0
         if model.host_copies is None:
             model.host_copies = self._make_host_copies(model.tensors)
         for tensor, host in zip(model.tensors, model.host_copies):

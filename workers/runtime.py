@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Share of the memory the weights leave that the relations decoder's KV cache may hold.
+DECODER_CACHE_FRACTION = 0.9
+
 _STAGE_OF_TASK = {RELATIONS_TASK: RELATIONS_STAGE, EDIT_TASK: EDIT_STAGE, SCORE_TASK: SCORE_STAGE}
 
 
@@ -160,11 +163,20 @@ def relation_generator(store: RunStore, meta: dict[str, Any]):
     from workers.models.loading import RELATIONS_MODEL_SETTING
     from workers.relation_generator import RelationGenerator
 
-    processor, model = vlm(store, meta["relations_model"], meta.get("model_revision", ""),
-                           RELATIONS_MODEL_SETTING)
-    return RelationGenerator(processor, model, batch_size=int(meta["batch_size"]),
-                             max_new_tokens=int(meta["max_new_tokens"]),
-                             temperature=float(meta["temperature"]))
+    ref, revision = meta["relations_model"], meta.get("model_revision", "")
+    processor, model = vlm(store, ref, revision, RELATIONS_MODEL_SETTING)
+    pool, name = residency(), _model_name("vlm", ref, revision)
+    # The decoder's cache may take what the weights leave of the budget, less room for the
+    # step's activations and logits; the pool counts it and frees it when the model leaves.
+    cache_bytes = int(pool.room_for_working(name) * DECODER_CACHE_FRACTION)
+    generator = RelationGenerator(processor, model, batch_size=int(meta["batch_size"]),
+                                  max_new_tokens=int(meta["max_new_tokens"]),
+                                  temperature=float(meta["temperature"]),
+                                  decoder=meta.get("decoder", "static"),
+                                  max_batch=int(meta.get("max_batch", 512)),
+                                  cache_bytes=cache_bytes)
+    pool.set_working_bytes(name, cache_bytes, release=generator.decoder.release)
+    return generator
 
 
 def judge_for(store: RunStore):

@@ -68,15 +68,27 @@ def kv_bytes_per_token(model: PreTrainedModel) -> int:
     return 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * element
 
 
-def slot_shape(prompt_counts: list[int], max_batch: int) -> tuple[int, int]:
+def slot_shape(prompt_counts: list[int], max_batch: int, *, bytes_per_image: int = 0,
+               bytes_per_row: int = 0, cache_bytes: int | None = None) -> tuple[int, int]:
     """(image slots I, rows per image slot R) for images with these prompt counts.
 
     R holds the largest image's prompts (a power of two, at most ``max_batch``), I as many
     images as the rest of the batch allows: every image of a small task decodes at once.
+    With ``cache_bytes``, the layout is halved (images first) until its cache fits.
     """
     most = 1 << (max(max_batch, 1).bit_length() - 1)  # the largest power of two <= max_batch
     rows = min(power_of_two(max(prompt_counts)), most)
     images = min(power_of_two(len(prompt_counts)), most // rows)
+    while cache_bytes is not None and images * (bytes_per_image + rows * bytes_per_row) > cache_bytes:
+        if images == 1 and rows == 1:
+            raise MemoryError(
+                f"the decoder cache for one prompt needs {(bytes_per_image + bytes_per_row) / 2**30:.2f}"
+                f" GiB but {cache_bytes / 2**30:.2f} GiB are left after the weights; lower "
+                "EVALFLEET_MAX_NEW_TOKENS or raise EVALFLEET_MEMORY_BUDGET_GB")
+        if images > 1:
+            images //= 2
+        else:
+            rows //= 2
     return images, rows
 
 
@@ -164,6 +176,7 @@ class SlotDecoder:
         texts: list[list[str]],
         *,
         max_batch: int,
+        cache_bytes: int | None = None,
         max_new_tokens: int | list[list[int]],
         temperature: float,
         seed: int,
@@ -171,7 +184,8 @@ class SlotDecoder:
         """New token ids for every text of every image, each up to and including its first eos.
 
         ``texts[i]`` are rendered prompts about ``images[i]``. ``max_new_tokens`` is one budget
-        for all, or one per text. Greedy at temperature 0; otherwise sampling (with the
+        for all, or one per text. At most ``max_batch`` rows decode at once, fewer if their
+        cache would not fit ``cache_bytes``. Greedy at temperature 0; otherwise sampling (with the
         model's generation_config top-k/top-p) from a generator seeded with ``seed``.
         """
         started = time.perf_counter()
@@ -179,7 +193,7 @@ class SlotDecoder:
         self.stats = DecodeStats()
         if requests:
             with torch.inference_mode():
-                self._run(images, prefixes, requests, max_batch, temperature, seed)
+                self._run(images, prefixes, requests, max_batch, cache_bytes, temperature, seed)
         self.stats.seconds = time.perf_counter() - started
         result: list[list[list[int]]] = [[] for _ in texts]
         for request in requests:
@@ -201,8 +215,10 @@ class SlotDecoder:
             if any(prefix != parts[0][0] for prefix, _ in parts):
                 raise ValueError(f"the prompts of image {image} do not share one image prefix")
             prefixes.append(parts[0][0] if parts else "")
+            if not parts:
+                continue
             suffixes = self.processor.tokenizer([s for _, s in parts], add_special_tokens=False)
-            for index, ids in enumerate(suffixes["input_ids"] if parts else []):
+            for index, ids in enumerate(suffixes["input_ids"]):
                 budget = (max_new_tokens if isinstance(max_new_tokens, int)
                           else max_new_tokens[image][index])
                 if budget < 1:
@@ -212,14 +228,17 @@ class SlotDecoder:
 
     # --- the loop ------------------------------------------------------------------------
 
-    def _run(self, images, prefixes, requests, max_batch, temperature, seed) -> None:
+    def _run(self, images, prefixes, requests, max_batch, cache_bytes, temperature, seed) -> None:
         counts = [sum(r.image == i for r in requests) for i in range(len(images))]
         wanted = [i for i, count in enumerate(counts) if count]
-        image_slots, rows = slot_shape([counts[i] for i in wanted], max_batch)
         prefix_inputs = {i: self._prefix_inputs(images[i], prefixes[i]) for i in wanted}
         prefix_length = length_bucket(max(x["input_ids"].shape[1] for x in prefix_inputs.values()))
         row_length = length_bucket(max(len(r.suffix) + r.max_new_tokens for r in requests)
                                    + CHECK_EVERY)
+        per_token = kv_bytes_per_token(self.model)
+        image_slots, rows = slot_shape(
+            [counts[i] for i in wanted], max_batch, bytes_per_image=prefix_length * per_token,
+            bytes_per_row=row_length * per_token, cache_bytes=cache_bytes)
         self._drop_graphs_if_weights_moved()
         shape = self._shape(image_slots, rows, prefix_length, row_length)
         _Scheduler(self, shape, prefix_inputs, requests, temperature, seed).run()

@@ -12,12 +12,13 @@ from workers.models.loading import (
     pick_dtype,
     resolve_model_path,
 )
-from workers.models.tiny import build_tiny_qwen3_vl
+from workers.models.tiny import build_tiny_qwen3_vl, build_tiny_qwen3_vl_moe
 from workers.models.tokenizer import build_tiny_tokenizer
 
 __all__ = [
     "ModelNotFoundError",
     "build_tiny_qwen3_vl",
+    "build_tiny_qwen3_vl_moe",
     "build_tiny_tokenizer",
     "load_vlm",
     "pick_device",

@@ -30,6 +30,8 @@ from transformers import (
     Qwen2VLVideoProcessor,
     Qwen3VLConfig,
     Qwen3VLForConditionalGeneration,
+    Qwen3VLMoeConfig,
+    Qwen3VLMoeForConditionalGeneration,
     Qwen3VLProcessor,
     Qwen3VLVideoProcessor,
 )
@@ -110,6 +112,29 @@ def build_tiny_qwen3_vl(out_dir: Path, seed: int = 0) -> Path:
     processor.save_pretrained(out_dir)
     model.save_pretrained(out_dir)
     logger.info("built tiny Qwen3-VL (%d parameters) in %s", model.num_parameters(), out_dir)
+    return out_dir
+
+
+def build_tiny_qwen3_vl_moe(out_dir: Path, seed: int = 0) -> Path:
+    """The tiny Qwen3-VL's Mixture-of-Experts sibling (the architecture of Qwen3-VL-30B-A3B):
+    the same processor and vision tower, text layers with 4 experts, 2 chosen per token."""
+    out_dir = Path(out_dir)
+    processor = _build_processor()
+    dense = _build_config(processor.tokenizer)
+    text = dense.text_config.to_dict()
+    text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                decoder_sparse_step=1, mlp_only_layers=[])
+    config = Qwen3VLMoeConfig(
+        text_config=text, vision_config=dense.vision_config.to_dict(),
+        image_token_id=dense.image_token_id, video_token_id=dense.video_token_id,
+        vision_start_token_id=dense.vision_start_token_id,
+        vision_end_token_id=dense.vision_end_token_id, tie_word_embeddings=False)
+    model = _seeded(seed, lambda: Qwen3VLMoeForConditionalGeneration(config)).eval()
+    model.generation_config = _build_generation_config(processor.tokenizer)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    processor.save_pretrained(out_dir)
+    model.save_pretrained(out_dir)
+    logger.info("built tiny Qwen3-VL-MoE (%d parameters) in %s", model.num_parameters(), out_dir)
     return out_dir
 
 

@@ -1,0 +1,204 @@
+"""The slot decoder on tiny Qwen3-VLs (dense and Mixture-of-Experts), float32 on the CPU.
+
+Whatever the layout (image slots x rows), the refills and the ends of rows, every row's tokens
+must be those of ``model.generate`` on its whole prompt.
+"""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import pytest
+import torch
+from PIL import Image
+
+from producer.relations_job import pack_tasks
+from workers.image_prompt_decoder import cut_after_eos
+from workers.models import build_tiny_qwen3_vl, build_tiny_qwen3_vl_moe, load_vlm
+from workers.relation_generator import RelationGenerator
+from workers.residency import ResidencyPool, model_bytes
+from workers.slot_decoder import SlotDecoder, kv_bytes_per_token, slot_shape
+
+PROMPTS = [
+    "Where is the cat relative to the table?",
+    "这是一张图，请给出物体的相对位置关系",
+    "hi",
+    "Describe the spatial relation between the red car and the tall building on its left side.",
+    "Is the person holding the cup?",
+]
+MAX_NEW_TOKENS = 12
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_cpu_thread():
+    # The tiny model's matmuls are microseconds; OpenMP's waits for a second thread cost more.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module", params=["dense", "moe"])
+def vlm(request, tmp_path_factory: pytest.TempPathFactory):
+    build = build_tiny_qwen3_vl if request.param == "dense" else build_tiny_qwen3_vl_moe
+    tiny_dir = build(tmp_path_factory.mktemp("models") / request.param, seed=0)
+    return load_vlm(str(tiny_dir), revision="", dtype=torch.float32, device=torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def images() -> list[Image.Image]:
+    # Different sizes: different numbers of image tokens, so prefixes of different lengths.
+    return [Image.linear_gradient("L").resize((256, 256)).convert("RGB"),
+            Image.radial_gradient("L").resize((128, 192)).convert("RGB"),
+            Image.linear_gradient("L").resize((64, 96)).convert("RGB")]
+
+
+@pytest.fixture(scope="module")
+def texts(vlm) -> list[list[str]]:
+    rendered = [_render(vlm[0], prompt) for prompt in PROMPTS]
+    return [rendered, rendered[:3], rendered[1:]]
+
+
+@pytest.fixture(scope="module")
+def decoder(vlm) -> SlotDecoder:
+    return SlotDecoder(*vlm)
+
+
+def _render(processor, prompt: str) -> str:
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def _reference(vlm, images, texts) -> list[list[list[int]]]:
+    """``model.generate`` on the whole prompts of each image, left-padded, greedy."""
+    processor, model = vlm
+    eos = model.generation_config.eos_token_id
+    rows = []
+    for image, image_texts in zip(images, texts):
+        inputs = processor(text=image_texts, images=[image] * len(image_texts), padding=True,
+                           return_tensors="pt")
+        with torch.inference_mode():
+            output = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+        rows.append(cut_after_eos(output[:, inputs["input_ids"].shape[1]:],
+                                  list(eos) if isinstance(eos, list) else [eos]))
+    return rows
+
+
+def _greedy(decoder, images, texts, max_batch: int, budgets=MAX_NEW_TOKENS):
+    return decoder.generate(images, texts, max_batch=max_batch, max_new_tokens=budgets,
+                            temperature=0.0, seed=0)
+
+
+@pytest.mark.parametrize("max_batch", [64, 4, 2, 1])
+def test_every_row_equals_generate_whatever_the_layout(vlm, decoder, images, texts,
+                                                       max_batch) -> None:
+    # 64: all three images at once (4 image slots x 8 rows); 4 and 2: rows are refilled and
+    # image slots take new images mid-call; 1: one row at a time.
+    expected = _reference(vlm, images, texts)
+    assert _greedy(decoder, images, texts, max_batch) == expected
+    assert decoder.stats.prefills == len(images)  # one prefix pass per image, whatever the rows
+
+
+def test_rows_that_end_early_give_their_slot_to_the_next_prompt(vlm, decoder, images, texts,
+                                                                monkeypatch) -> None:
+    # The random model rarely emits a real eos, so declare one of its greedy tokens the eos:
+    # a token the first row emits at step 3 for the first time; other rows run to the budget.
+    plain = _reference(vlm, images, texts)
+    eos = plain[0][0][3]
+    assert eos not in plain[0][0][:3]
+    monkeypatch.setattr(vlm[1].generation_config, "eos_token_id", [eos])
+    expected = _reference(vlm, images, texts)
+    lengths = [len(row) for group in expected for row in group]
+    assert min(lengths) < MAX_NEW_TOKENS == max(lengths), "pick another step"
+
+    assert _greedy(decoder, images, texts, max_batch=2) == expected
+    # Token budgets per prompt stand in for eos at chosen steps: every row stops at its own.
+    budgets = [[(i * 7 + j * 3) % MAX_NEW_TOKENS + 1 for j in range(len(group))]
+               for i, group in enumerate(texts)]
+    got = _greedy(decoder, images, texts, max_batch=4, budgets=budgets)
+    assert got == [[row[:b] for row, b in zip(group, bs)] for group, bs in zip(expected, budgets)]
+    # Slots were refilled: fewer row-steps were spent than one static batch per 4 prompts.
+    kept = sum(len(row) for group in got for row in group)
+    assert decoder.stats.live_row_steps == kept
+    assert decoder.stats.occupancy > 0.5
+
+
+def test_sampling_is_seeded(decoder, images, texts) -> None:
+    def sample(seed: int):
+        return decoder.generate(images, texts, max_batch=4, max_new_tokens=MAX_NEW_TOKENS,
+                                temperature=1.0, seed=seed)
+
+    first = sample(1)
+    assert sample(1) == first
+    assert sample(2) != first
+
+
+def test_the_generator_answers_each_image_in_order(vlm, images) -> None:
+    slots = RelationGenerator(*vlm, batch_size=2, max_new_tokens=6, temperature=0.0)
+    static = RelationGenerator(*vlm, batch_size=2, max_new_tokens=6, temperature=0.0,
+                               decoder="static")
+    prompts = [PROMPTS, PROMPTS[:2], []]
+    answers = slots.generate_many(images, prompts, seed=0)
+    assert [len(group) for group in answers] == [5, 2, 0]
+    assert answers == static.generate_many(images, prompts, seed=0)
+    assert slots.generated_tokens == static.generated_tokens > 0
+
+
+def test_the_layout_shrinks_to_the_memory_left(vlm) -> None:
+    per_token = kv_bytes_per_token(vlm[1])
+    assert slot_shape([10, 10, 10], 512) == (4, 16)  # small images decode together
+    assert slot_shape([300], 256) == (1, 256)  # a big image takes the whole batch
+    assert slot_shape([3] * 40, 64) == (16, 4)
+    # Room for two image slots of 4 rows only: images are dropped before rows.
+    room = 2 * (256 + 4 * 512) * per_token
+    assert slot_shape([4] * 8, 64, bytes_per_image=256 * per_token,
+                      bytes_per_row=512 * per_token, cache_bytes=room) == (2, 4)
+    with pytest.raises(MemoryError, match="MAX_NEW_TOKENS"):
+        slot_shape([4], 64, bytes_per_image=256 * per_token, bytes_per_row=512 * per_token,
+                   cache_bytes=100 * per_token)
+
+
+def test_evicting_the_model_frees_the_decoder_cache(vlm, images, texts) -> None:
+    processor, model = vlm
+    decoder = SlotDecoder(processor, model)
+    pool = ResidencyPool(torch.device("cpu"), budget_bytes=model_bytes([model]) * 4)
+    pool.register("vlm", lambda: {"model": model})
+    pool.acquire("vlm")
+    budget = pool.room_for_working("vlm") // 2
+    pool.set_working_bytes("vlm", budget, release=decoder.release)
+    assert pool.resident_bytes == model_bytes([model]) + budget
+
+    _greedy(decoder, images, texts, max_batch=8)
+    assert decoder.cache_bytes > 0
+    storage = weakref.ref(decoder._storage)
+    # Another model that needs the room: the decoder's model goes, and its cache with it.
+    other = torch.nn.Linear(4, 4)
+    pool.register("other", lambda: {"other": other}, expected_bytes=pool.budget_bytes - 1)
+    pool.acquire("other")
+    gc.collect()
+    assert pool.resident == ["other"] and decoder.cache_bytes == 0 and storage() is None
+
+
+def test_small_images_share_tasks_and_big_ones_do_not() -> None:
+    def item(image: str, prompts: int) -> dict:
+        return {"image_id": image, "stage1_top_k": [{}] * prompts}
+
+    items = {f"big|{n}": item("big", 10) for n in range(30)}  # 300 prompts: split
+    items |= {f"s{i}|{n}": item(f"s{i}", 10) for i in range(12) for n in range(2)}  # 20 each
+    items["mid|0"] = item("mid", 100)
+    tasks = pack_tasks(list(items), items, budget=128)
+
+    def prompts(task):
+        return sum(len(items[k]["stage1_top_k"]) for k in task)
+
+    assert sorted(k for t in tasks for k in t) == sorted(items)  # every key once
+    assert all(prompts(t) <= 128 for t in tasks)
+    images_per_task = [{items[k]["image_id"] for k in t} for t in tasks]
+    big_pairs = [sum(items[k]["image_id"] == "big" for k in t) for t in tasks]
+    assert sorted(n for n in big_pairs if n) == [6, 12, 12]  # split in tasks of <= 128 prompts
+    assert max(len(images) for images in images_per_task) >= 6  # small images packed together
+    assert [prompts(t) for t in tasks] == sorted((prompts(t) for t in tasks), reverse=True)
+    # An image's pairs are never spread over tasks unless it alone exceeds the budget.
+    for image in {item["image_id"] for item in items.values()} - {"big"}:
+        assert sum(image in images for images in images_per_task) == 1
