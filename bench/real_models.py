@@ -13,7 +13,14 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoProcessor, Qwen2_5_VLConfig, Qwen3VLConfig, Qwen3VLForConditionalGeneration
+from transformers import (
+    AutoProcessor,
+    Qwen2_5_VLConfig,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLMoeConfig,
+    Qwen3VLMoeForConditionalGeneration,
+)
 
 from workers.models.tiny import build_tiny_qwen3_vl
 
@@ -51,6 +58,51 @@ def pad_vocabulary(tokenizer, size: int = REAL_VOCAB) -> None:
 
     tokenizer.add_tokens([AddedToken(f"<t{i}>", normalized=False, special=False)
                           for i in range(size - len(tokenizer))])
+
+
+def qwen3_vl_30b_a3b_config(tokenizer) -> Qwen3VLMoeConfig:
+    """Qwen3-VL-30B-A3B-Instruct (31B parameters, 3B active per token): the 8B's vision tower
+    with a 2048-wide output, 48 text layers of 128 experts (8 per token)."""
+    dense = qwen3_vl_8b_config(tokenizer)
+    text = dense.text_config.to_dict()
+    text.update(hidden_size=2048, intermediate_size=6144, num_hidden_layers=48,
+                num_attention_heads=32, num_key_value_heads=4, head_dim=128, num_experts=128,
+                num_experts_per_tok=8, moe_intermediate_size=768, decoder_sparse_step=1,
+                mlp_only_layers=[], norm_topk_prob=True)
+    vision = dense.vision_config.to_dict()
+    vision["out_hidden_size"] = 2048
+    return Qwen3VLMoeConfig(text_config=text, vision_config=vision, tie_word_embeddings=False,
+                            image_token_id=dense.image_token_id, video_token_id=dense.video_token_id,
+                            vision_start_token_id=dense.vision_start_token_id,
+                            vision_end_token_id=dense.vision_end_token_id)
+
+
+def random_qwen3_vl(kind: str = "8b", seed: int = 0):
+    """(processor, model) of a real-size Qwen3-VL ("8b" or "30b-a3b") with random bf16 weights,
+    built straight on the GPU (nothing saved), with the real image processor limits; "tiny" is
+    the tests' tiny model on the CPU in float32 (a smoke test of a benchmark)."""
+    import tempfile
+
+    from workers.models import load_vlm
+
+    with tempfile.TemporaryDirectory() as directory:
+        tiny = build_tiny_qwen3_vl(Path(directory) / "tiny")
+        if kind == "tiny":
+            return load_vlm(str(tiny), revision="", dtype=torch.float32, device=torch.device("cpu"))
+        processor = AutoProcessor.from_pretrained(tiny)
+    pad_vocabulary(processor.tokenizer)
+    processor.image_processor.size = {"shortest_edge": 65536, "longest_edge": 16777216}
+    processor.tokenizer.padding_side = "left"
+    if kind == "8b":
+        config, model_class = qwen3_vl_8b_config(processor.tokenizer), Qwen3VLForConditionalGeneration
+    else:
+        config, model_class = qwen3_vl_30b_a3b_config(processor.tokenizer), Qwen3VLMoeForConditionalGeneration
+    torch.manual_seed(seed)
+    with torch.device("cuda"):
+        model = model_class._from_config(config, dtype=torch.bfloat16)
+    model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+    model.generation_config.eos_token_id = [processor.tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    return processor, model.eval()
 
 
 def build_random_qwen3_vl_8b(out_dir: Path, seed: int = 0) -> Path:

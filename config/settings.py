@@ -95,7 +95,7 @@ class Settings:
     seed: int = 0
     # Prompts (pairs x top-K) per task: small images share a task up to this many, an image
     # with more is split into tasks of at most this many.
-    task_prompts: int = 256
+    task_prompts: int = 1024
 
     # --- workers ---------------------------------------------------------------
     workers_per_gpu: int = 1

@@ -84,9 +84,10 @@ class RelationGenerator:
         return answers
 
     def _render(self, prompt: str) -> str:
-        messages = [
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}
-        ]
-        return self.processor.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
-        )
+        return render_prompt(self.processor, prompt)
+
+
+def render_prompt(processor: ProcessorMixin, prompt: str) -> str:
+    """The chat text of one question about one image, ready for generation."""
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

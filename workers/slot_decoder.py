@@ -52,6 +52,11 @@ logger = logging.getLogger(__name__)
 CHECK_EVERY = 8
 # The row columns read by a step are rounded up to a multiple of this: one graph per window.
 WINDOW_STEP = 128
+# Prompts a row should serve in turn (see slot_shape), and the fewest rows an image slot has.
+ROW_ROUNDS = 4
+MIN_ROWS = 4
+# Suffix tokens prefilled in one pass when rows start (bounds the pass's attention scores).
+PREFILL_TOKENS = 4096
 # Where shared_slot_decoder() keeps a model's decoder, so its graphs and cache outlive a task.
 _MODEL_ATTRIBUTE = "_evalfleet_slot_decoder"
 
@@ -72,13 +77,17 @@ def slot_shape(prompt_counts: list[int], max_batch: int, *, bytes_per_image: int
                bytes_per_row: int = 0, cache_bytes: int | None = None) -> tuple[int, int]:
     """(image slots I, rows per image slot R) for images with these prompt counts.
 
-    R holds the largest image's prompts (a power of two, at most ``max_batch``), I as many
-    images as the rest of the batch allows: every image of a small task decodes at once.
+    A row is bound to its image slot, so an image slot idles from the moment its image has no
+    prompts left until its longest row ends. Slots are therefore sized so each row serves
+    about ROW_ROUNDS prompts of its image (the idle tail is a small part of the slot's time),
+    with as many image slots as the batch holds; with few images, each gets more rows.
     With ``cache_bytes``, the layout is halved (images first) until its cache fits.
     """
     most = 1 << (max(max_batch, 1).bit_length() - 1)  # the largest power of two <= max_batch
-    rows = min(power_of_two(max(prompt_counts)), most)
-    images = min(power_of_two(len(prompt_counts)), most // rows)
+    largest = max(prompt_counts)
+    rows = max(MIN_ROWS, power_of_two(-(-largest // ROW_ROUNDS)))
+    images = min(power_of_two(len(prompt_counts)), max(1, most // rows))
+    rows = min(most // images, power_of_two(largest))
     while cache_bytes is not None and images * (bytes_per_image + rows * bytes_per_row) > cache_bytes:
         if images == 1 and rows == 1:
             raise MemoryError(
@@ -638,12 +647,29 @@ class _Scheduler:
                 if queue and self.row_request[row] is None:
                     self.row_request[row] = queue.pop(0)
                     joining.append((row, slot, self.row_request[row]))
-        if joining:
-            rows, slots, requests = zip(*joining)
+        for chunk in _prefill_chunks(joining):
+            rows, slots, requests = zip(*chunk)
             new_logits = self.decoder.prefill_rows(
                 self.shape, list(rows), list(slots), [r.suffix for r in requests],
                 [self.next_position[r.image] for r in requests])
             logits[torch.tensor(rows, device=logits.device)] = new_logits.to(logits.dtype)
+
+
+def _prefill_chunks(joining: list[tuple[int, int, Request]]) -> list[list[tuple[int, int, Request]]]:
+    """The rows to prefill, in runs of at most PREFILL_TOKENS (padded) suffix tokens: their
+    attention scores over the prefix grow with rows x suffix length, and 1024 rows at once
+    would need tens of GB."""
+    chunks: list[list[tuple[int, int, Request]]] = []
+    widest = 0
+    for entry in joining:
+        width = len(entry[2].suffix)
+        if chunks and (len(chunks[-1]) + 1) * max(widest, width) <= PREFILL_TOKENS:
+            chunks[-1].append(entry)
+            widest = max(widest, width)
+        else:
+            chunks.append([entry])
+            widest = width
+    return chunks
 
 
 def shared_slot_decoder(processor: ProcessorMixin, model: PreTrainedModel, *,

@@ -1,0 +1,315 @@
+"""The relations decoders at real size, side by side in one process: static against slots.
+
+    python3 -m bench.bench_decoder --out bench_decoder.json [--moe yes] [--profile-dir DIR]
+
+Qwen3-VL-8B architecture (and Qwen3-VL-30B-A3B with ``--moe yes``), random bf16 weights built
+on the GPU, 1280x960 images (~1200 prefix tokens), relation prompts as the product renders
+them, greedy. Random weights never emit eos: lengths are token budgets.
+
+- **step**: for each decoder and batch B, B prompts of one image decoded for 32 and for 96
+  new tokens (second run of each, the first captures the graphs); the step is the slope
+  (t96 - t32) / 64, so prefill drops out. Decode tok/s = B / step. Against the bound
+  B x HBM bandwidth / weight bytes (measured bandwidth).
+- **across images**: 32 images x 16 prompts, 64 new tokens: the static decoder decodes one
+  image at a time (its batch is the image's 16 prompts), the slot decoder all at once.
+- **variable lengths**: 1024 prompts over 8 images, each stopping at a length drawn from a
+  log-normal (median 120, sigma 0.6, seed 0, capped at 512) standing in for eos: one call
+  (slots refilled as rows end) against calls of one batch each (every row waits for the
+  batch's longest), same decoder, same lengths.
+- **memory**: KV bytes per row and the largest batch that fits an H200 and an 80 GB card.
+- **profile**: one eager decode step at batch 256 of each decoder, kernels grouped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from bench.real_models import hbm_bandwidth_gbs, random_qwen3_vl
+from shared.jsonio import write_json_atomic
+from shared.relation_prompt import build_relation_prompt
+from workers.image_prompt_decoder import ImagePromptDecoder, length_bucket
+from workers.relation_generator import render_prompt
+from workers.slot_decoder import SlotDecoder, kv_bytes_per_token, slot_shape
+
+NAMES = ["man", "horse", "hat", "fence", "tree", "dog", "car", "kite", "bench", "cup"]
+PREDICATES = ["on", "near", "holding", "wearing", "behind", "in front of", "riding", "under"]
+IMAGE_SIZE = (1280, 960)
+
+
+def prompts(count: int, seed: int = 0) -> list[str]:
+    """Relation prompts as the worker builds them (~80-100 tokens each)."""
+    out = []
+    for i in range(count):
+        j = i + seed
+        subject = {"class_name": NAMES[j % 10], "bbox": [10 + j % 300, 20, 400 + j % 200, 500]}
+        obj = {"class_name": NAMES[(j * 7 + 3) % 10], "bbox": [600, 100 + j % 200, 1200, 900]}
+        out.append(build_relation_prompt(subject, obj, PREDICATES[j % 8], *IMAGE_SIZE))
+    return out
+
+
+def image(index: int = 0) -> Image.Image:
+    base = Image.radial_gradient("L") if index % 2 else Image.linear_gradient("L")
+    return base.rotate(index * 13).resize(IMAGE_SIZE).convert("RGB")
+
+
+def rendered(processor, texts: list[str]) -> list[str]:
+    return [render_prompt(processor, text) for text in texts]
+
+
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def empty_cache() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def timed(run) -> tuple[float, object]:
+    synchronize()
+    start = time.perf_counter()
+    out = run()
+    synchronize()
+    return time.perf_counter() - start, out
+
+
+def run_static(decoder: ImagePromptDecoder, images, texts, batch: int, tokens: int):
+    return [decoder.generate(img, group, batch_size=batch, max_new_tokens=tokens, temperature=0.0,
+                             seed=0) for img, group in zip(images, texts)]
+
+
+def run_slots(decoder: SlotDecoder, images, texts, batch: int, tokens):
+    return decoder.generate(images, texts, max_batch=batch, max_new_tokens=tokens,
+                            temperature=0.0, seed=0)
+
+
+def step_table(name: str, decoder, run, batches: list[int], processor, bound_per_row: float) -> list[dict]:
+    rows = []
+    for batch in batches:
+        texts = [rendered(processor, prompts(batch))]
+        times = {}
+        try:
+            for tokens in (32, 96):
+                run(decoder, [image()], texts, batch, tokens)  # allocate and capture
+                times[tokens], _ = timed(lambda: run(decoder, [image()], texts, batch, tokens))
+        except torch.cuda.OutOfMemoryError as exc:
+            print(f"{name} batch {batch}: out of memory ({exc})", flush=True)
+            rows.append({"decoder": name, "batch": batch, "error": "out of memory"})
+            break
+        finally:
+            decoder.release()
+            empty_cache()
+        step = (times[96] - times[32]) / 64
+        row = {"decoder": name, "batch": batch, "t32_s": round(times[32], 3),
+               "t96_s": round(times[96], 3), "step_ms": round(step * 1000, 2),
+               "decode_tok_s": round(batch / step), "bound_tok_s": round(batch * bound_per_row),
+               "fraction_of_bound": round(batch / step / (batch * bound_per_row), 3)}
+        print(row, flush=True)
+        rows.append(row)
+    return rows
+
+
+def across_images(processor, static, slots, count: int = 32) -> dict:
+    images = [image(i) for i in range(count)]
+    texts = [rendered(processor, prompts(16, seed=i)) for i in range(count)]
+    tokens = sum(16 * 64 for _ in images)
+    out = {}
+    for name, decoder, run in (("static", static, run_static), ("slots", slots, run_slots)):
+        run(decoder, images[:2], texts[:2], 512, 64)  # capture
+        seconds, _ = timed(lambda: run(decoder, images, texts, 512, 64))
+        out[name] = {"seconds": round(seconds, 3), "tok_s": round(tokens / seconds)}
+        decoder.release()
+        empty_cache()
+    out["speedup"] = round(out["static"]["seconds"] / out["slots"]["seconds"], 2)
+    print("across images", out, flush=True)
+    return out
+
+
+def variable_lengths(processor, slots: SlotDecoder, batch: int, count: int = 1024,
+                     per_image: int = 128) -> dict:
+    generator = torch.Generator().manual_seed(0)
+    draws = torch.empty(count).log_normal_(mean=math.log(120), std=0.6, generator=generator)
+    lengths = draws.round().clamp(1, 512).long().tolist()
+    images = [image(i) for i in range(count // per_image)]
+    texts = [rendered(processor, prompts(per_image, seed=i)) for i in range(len(images))]
+    budgets = [lengths[i * per_image:(i + 1) * per_image] for i in range(len(images))]
+    per_call = batch // per_image
+    run_slots(slots, images[:per_call], texts[:per_call], batch, budgets[:per_call])  # capture
+
+    def static_batches() -> int:
+        steps = 0
+        for start in range(0, len(images), per_call):
+            end = start + per_call
+            run_slots(slots, images[start:end], texts[start:end], batch, budgets[start:end])
+            steps += slots.stats.steps
+        return steps
+
+    static_s, static_steps = timed(static_batches)
+    continuous_s, _ = timed(lambda: run_slots(slots, images, texts, batch, budgets))
+    occupancy, continuous_steps = slots.stats.occupancy, slots.stats.steps
+    slots.release()
+    empty_cache()
+    tokens = sum(lengths)
+    out = {"prompts": count, "batch": batch, "tokens": tokens,
+           "median_length": sorted(lengths)[count // 2], "max_length": max(lengths),
+           "static_batches_s": round(static_s, 3), "continuous_s": round(continuous_s, 3),
+           "static_tok_s": round(tokens / static_s), "continuous_tok_s": round(tokens / continuous_s),
+           "gain": round(static_s / continuous_s, 2), "continuous_occupancy": round(occupancy, 3),
+           "static_steps": static_steps, "continuous_steps": continuous_steps}
+    print("variable lengths", out, flush=True)
+    return out
+
+
+def memory(model, weight_bytes: int) -> dict:
+    per_token = kv_bytes_per_token(model)
+    prefix, suffix, new = 1230, 100, 512
+    static_row = length_bucket(prefix + suffix + new - 1) * per_token
+    slot_row = length_bucket(suffix + new + 8) * per_token
+    prefix_bytes = length_bucket(prefix) * per_token
+    out = {"kv_bytes_per_token": per_token, "static_bytes_per_row": static_row,
+           "slots_bytes_per_row": slot_row, "slots_bytes_per_image": prefix_bytes}
+    for card, gib in (("h200", 139.8), ("80gb", 79.2)):
+        room = (gib * 2**30 * 0.9 - weight_bytes) * 0.9  # the worker's budget and cache share
+        static_batch = 1 << int(math.log2(max(1, room // static_row)))
+        images, rows = slot_shape([100] * 64, 4096, bytes_per_image=prefix_bytes,
+                                  bytes_per_row=slot_row, cache_bytes=int(room))
+        out[card] = {"cache_room_gib": round(room / 2**30, 1), "static_max_batch": static_batch,
+                     "slots_max_batch": images * rows, "slots_layout": [images, rows]}
+    print("memory", out, flush=True)
+    return out
+
+
+def profile_step(name: str, step, directory: Path) -> dict:
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(2):
+        step()
+    synchronize()
+    activity = ProfilerActivity.CUDA if torch.cuda.is_available() else ProfilerActivity.CPU
+    with profile(activities=[activity]) as prof:
+        for _ in range(3):
+            step()
+        synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"profile_{name}.txt").write_text(table)
+    groups: dict[str, float] = {}
+    for event in prof.key_averages():
+        microseconds = (event.device_time_total if torch.cuda.is_available()
+                        else event.self_cpu_time_total) / 3
+        if microseconds <= 0:
+            continue
+        groups[_kernel_group(event.key)] = groups.get(_kernel_group(event.key), 0) + microseconds
+    out = {group: round(us / 1000, 3) for group, us in sorted(groups.items(), key=lambda g: -g[1])}
+    out["total_ms"] = round(sum(groups.values()) / 1000, 3)
+    print(f"profile {name}", out, flush=True)
+    return out
+
+
+def _kernel_group(name: str) -> str:
+    lowered = name.lower()
+    for group, marks in (("gemm", ("gemm", "nvjet", "cutlass", "sm90", "cublas", "matmul", "mm")),
+                         ("softmax/exp", ("softmax", "exp")), ("reduce", ("reduce", "amax", "sum")),
+                         ("copy/index", ("copy", "index", "scatter", "gather", "cat")),
+                         ("sdpa", ("flash", "attention", "fmha", "efficient"))):
+        if any(mark in lowered for mark in marks):
+            return group
+    return "elementwise/other"
+
+
+def profiles(processor, model, static, slots, directory: Path, batch: int) -> dict:
+    texts = [rendered(processor, prompts(batch))]
+    out = {}
+    # The static decoder's step, as its graph replays it (eager, for the profiler).
+    static.generate(image(), texts[0], batch_size=batch, max_new_tokens=2, temperature=0.0, seed=0)
+    bucket = next(iter(static._buckets.values()))
+    with torch.inference_mode():
+        out["static"] = profile_step("static", lambda: static._decode_forward(bucket), directory)
+    static.release()
+    empty_cache()
+    slots.generate([image()], texts, max_batch=batch, max_new_tokens=2, temperature=0.0, seed=0)
+    shape = next(iter(slots._shapes.values()))
+    with torch.inference_mode():
+        out["slots"] = profile_step("slots", lambda: slots._decode_forward(shape, 128), directory)
+    slots.release()
+    empty_cache()
+    return out
+
+
+def bench_model(kind: str, args, directory: Path) -> dict:
+    started = time.perf_counter()
+    processor, model = random_qwen3_vl(kind)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    # Bytes a decode step must read: all weights for a dense model; for a MoE, the router
+    # picks 8 of 128 experts per token, so at large batches nearly all experts are read too.
+    bandwidth = hbm_bandwidth_gbs() if torch.cuda.is_available() else 50.0
+    result = {"model": kind, "weight_bytes": weight_bytes, "hbm_gbs": round(bandwidth, 1),
+              "weight_read_ms": round(weight_bytes / bandwidth / 1e6, 2),
+              "build_s": round(time.perf_counter() - started, 1),
+              "experts": getattr(model.config.text_config, "_experts_implementation", None)}
+    print(result, flush=True)
+    bound_per_row = bandwidth * 1e9 / weight_bytes
+    static = ImagePromptDecoder(processor, model)
+    slots = SlotDecoder(processor, model)
+    tiny = kind == "tiny"
+    with torch.inference_mode():
+        if kind in ("8b", "tiny"):
+            result["step"] = (
+                step_table("static", static, run_static, [4] if tiny else [64, 256], processor,
+                           bound_per_row)
+                + step_table("slots", slots, run_slots, [4, 8] if tiny else [64, 256, 512, 1024],
+                             processor, bound_per_row))
+            result["across_images"] = across_images(processor, static, slots, 4 if tiny else 32)
+            result["variable_lengths"] = (variable_lengths(processor, slots, 32, 64, 16) if tiny
+                                          else variable_lengths(processor, slots, 256))
+            result["memory"] = memory(model, weight_bytes)
+        else:
+            result["step"] = (step_table("static", static, run_static, [64], processor, bound_per_row)
+                              + step_table("slots", slots, run_slots, [64, 256, 512], processor,
+                                           bound_per_row))
+    if kind != "30b-a3b" and args.profile_dir:
+        result["profile"] = profiles(processor, model, static, slots, Path(args.profile_dir),
+                                     16 if tiny else 256)
+    del static, slots, model
+    empty_cache()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--out", default="bench_decoder.json")
+    parser.add_argument("--moe", choices=["yes", "no"], default="yes")
+    parser.add_argument("--dense", choices=["yes", "no"], default="yes")
+    parser.add_argument("--tiny", action="store_true", help="the tiny model on the CPU: a smoke test")
+    parser.add_argument("--profile-dir", default="")
+    args = parser.parse_args()
+    import logging
+    logging.basicConfig(level=logging.WARNING)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    result = {"device": device, "torch": torch.__version__, "models": []}
+    kinds = (["8b"] if args.dense == "yes" else []) + (["30b-a3b"] if args.moe == "yes" else [])
+    if args.tiny:
+        kinds = ["tiny"]
+    for kind in kinds:
+        try:
+            result["models"].append(bench_model(kind, args, Path(args.out).parent))
+        except Exception as exc:  # report what ran; the next model may still run
+            import traceback
+            traceback.print_exc()
+            result["models"].append({"model": kind, "error": repr(exc)})
+        write_json_atomic(Path(args.out), result)
+    print(json.dumps(result, indent=1), flush=True)
+
+
+if __name__ == "__main__":
+    main()
