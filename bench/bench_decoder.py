@@ -170,6 +170,34 @@ def variable_lengths(processor, slots: SlotDecoder, batch: int, count: int = 102
     return out
 
 
+def agreement(processor, model, static, slots) -> dict:
+    """Greedy rows of the fast path (flash, compiled layers, graphs) against the plain path
+    (matmul attention, transformers' arithmetic, eager) and the static decoder: bf16 rounding
+    flips argmaxes of random weights sooner or later, so report where rows part."""
+    texts = [rendered(processor, prompts(64))]
+    plain = SlotDecoder(processor, model, use_cuda_graph=False, compile_layers=False)
+    plain.flash = False
+    fast_rows = run_slots(slots, [image()], texts, 64, 32)[0]
+    plain_rows = run_slots(plain, [image()], texts, 64, 32)[0]
+    static_rows = run_static(static, [image()], texts, 64, 32)[0]
+    plain.release()
+    slots.release()
+    static.release()
+    empty_cache()
+
+    def parting(rows_a, rows_b) -> list[int]:
+        return sorted(next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
+                      for a, b in zip(rows_a, rows_b) if a != b)
+
+    out = {"rows": len(fast_rows),
+           "fast_vs_plain_identical": sum(a == b for a, b in zip(fast_rows, plain_rows)),
+           "fast_vs_plain_parting_steps": parting(fast_rows, plain_rows),
+           "fast_vs_static_identical": sum(a == b for a, b in zip(fast_rows, static_rows)),
+           "plain_vs_static_identical": sum(a == b for a, b in zip(plain_rows, static_rows))}
+    print("agreement", out, flush=True)
+    return out
+
+
 def memory(model, weight_bytes: int) -> dict:
     per_token = kv_bytes_per_token(model)
     prefix, suffix, new = 1230, 100, 512
@@ -253,7 +281,7 @@ def bench_model(kind: str, args, directory: Path) -> dict:
     # Bytes a decode step must read: all weights for a dense model; for a MoE, the router
     # picks 8 of 128 experts per token, so at large batches nearly all experts are read too.
     bandwidth = hbm_bandwidth_gbs() if torch.cuda.is_available() else 50.0
-    result = {"model": kind, "weight_bytes": weight_bytes, "hbm_gbs": round(bandwidth, 1),
+    result = {"model": kind, "weight_bytes": weight_bytes, "flash": None, "hbm_gbs": round(bandwidth, 1),
               "weight_read_ms": round(weight_bytes / bandwidth / 1e6, 2),
               "build_s": round(time.perf_counter() - started, 1),
               "experts": getattr(model.config.text_config, "_experts_implementation", None)}
@@ -261,6 +289,7 @@ def bench_model(kind: str, args, directory: Path) -> dict:
     bound_per_row = bandwidth * 1e9 / weight_bytes
     static = ImagePromptDecoder(processor, model)
     slots = SlotDecoder(processor, model)
+    result["flash"], result["compiled_layers"] = slots.flash, slots.compile_layers
     tiny = kind == "tiny"
     with torch.inference_mode():
         if kind in ("8b", "tiny"):
@@ -273,6 +302,7 @@ def bench_model(kind: str, args, directory: Path) -> dict:
             result["variable_lengths"] = (variable_lengths(processor, slots, 32, 64, 16) if tiny
                                           else variable_lengths(processor, slots, 256))
             result["memory"] = memory(model, weight_bytes)
+            result["agreement"] = agreement(processor, model, static, slots)
         else:
             result["step"] = (step_table("static", static, run_static, [64], processor, bound_per_row)
                               + step_table("slots", slots, run_slots, [64, 256, 512], processor,

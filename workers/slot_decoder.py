@@ -34,10 +34,17 @@ from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
-from torch import nn
 from transformers import PreTrainedModel, ProcessorMixin
-from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb
 
+from workers.cascade_attention import (
+    CascadeCaches,
+    FlashDecode,
+    FlashPrefill,
+    MatmulDecode,
+    MatmulPrefill,
+    flash_available,
+)
+from workers.decoder_layers import run_layers
 from workers.image_prompt_decoder import (
     length_bucket,
     pick_tokens,
@@ -131,23 +138,14 @@ class DecodeStats:
 class _Shape:
     """Static state of one (I, R, P, S) layout; graphs are keyed on its window too."""
 
-    images: int
-    rows: int
-    prefix_length: int
-    row_length: int
-    prefix_keys: list[torch.Tensor]  # per layer (I, kv_heads, P, head_dim)
-    prefix_values: list[torch.Tensor]
-    row_keys: list[torch.Tensor]  # per layer (B, kv_heads, S, head_dim)
-    row_values: list[torch.Tensor]
-    prefix_filled: torch.Tensor  # (I,): prefix columns in use per image slot
+    caches: CascadeCaches
     input_ids: torch.Tensor  # (B, 1): the token fed at this step
     positions: torch.Tensor  # (B,): its text position (all three mrope axes)
-    columns: torch.Tensor  # (B,): the row column this step writes
     graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = field(default_factory=dict)
 
     @property
     def batch(self) -> int:
-        return self.images * self.rows
+        return self.caches.batch
 
 
 class SlotDecoder:
@@ -159,7 +157,7 @@ class SlotDecoder:
     """
 
     def __init__(self, processor: ProcessorMixin, model: PreTrainedModel, *,
-                 use_cuda_graph: bool = True) -> None:
+                 use_cuda_graph: bool = True, compile_layers: bool | None = None) -> None:
         rope_type = model.model.language_model.rotary_emb.rope_type
         if use_cuda_graph and ("dynamic" in rope_type or rope_type == "longrope"):
             # These recompute frequencies from max(position) in Python: a host sync per step.
@@ -172,6 +170,11 @@ class SlotDecoder:
         self._shapes: dict[tuple[int, int, int, int], _Shape] = {}
         self._weights: tuple[int, ...] = ()
         self._graph_pool = None
+        # Flash attention where it runs (CUDA, bf16/fp16); plain products elsewhere.
+        self.flash = flash_available(model.device, model.dtype)
+        # The layers' elementwise work fused by torch.compile: on CUDA unless told otherwise.
+        self.compile_layers = (model.device.type == "cuda" if compile_layers is None
+                               else compile_layers)
 
     @property
     def cache_bytes(self) -> int:
@@ -269,10 +272,11 @@ class SlotDecoder:
             inputs["input_ids"], inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"])
         output = self.model(**inputs, position_ids=positions, use_cache=True, logits_to_keep=1)
         length = inputs["input_ids"].shape[1]
+        caches = shape.caches
         for layer, cached in enumerate(output.cache.layers):
-            shape.prefix_keys[layer][slot, :, :length] = cached.keys[0]
-            shape.prefix_values[layer][slot, :, :length] = cached.values[0]
-        shape.prefix_filled[slot] = length
+            caches.prefix_keys[layer][slot, :length] = cached.keys[0].transpose(0, 1)
+            caches.prefix_values[layer][slot, :length] = cached.values[0].transpose(0, 1)
+        caches.prefix_filled[slot] = length
         self.stats.prefills += 1
         return int(positions.max()) + 1
 
@@ -294,11 +298,12 @@ class SlotDecoder:
                      + torch.arange(width, device=device)[None, :])
         groups = {slot: torch.tensor([n for n, s in enumerate(slots) if s == slot], device=device)
                   for slot in sorted(set(slots))}
-        attention = _PrefillAttention(shape, row_index, groups, width)
+        prefill = FlashPrefill if self.flash else MatmulPrefill
+        attention = prefill(shape.caches, row_index, groups, width)
         hidden = self._layers(ids.to(device), positions, attention)
         last = hidden[torch.arange(len(rows), device=device), lengths - 1]
         logits = self._logits(last)
-        shape.columns[row_index] = lengths
+        shape.caches.columns[row_index] = lengths
         shape.positions[row_index] = positions[:, 0] + lengths
         return logits
 
@@ -314,12 +319,12 @@ class SlotDecoder:
             logits = graph[1]
         else:
             logits = self._decode_forward(shape, window)
-        shape.columns.add_(1)
+        shape.caches.columns.add_(1)
         shape.positions.add_(1)
         return logits
 
     def _decode_forward(self, shape: _Shape, window: int) -> torch.Tensor:
-        attention = _DecodeAttention(shape, window)
+        attention = (FlashDecode if self.flash else MatmulDecode)(shape.caches, window)
         hidden = self._layers(shape.input_ids, shape.positions[:, None], attention)
         return self._logits(hidden[:, -1])
 
@@ -342,41 +347,16 @@ class SlotDecoder:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._graph_pool):
             logits = self._decode_forward(shape, window)
+        caches = shape.caches
         logger.info("captured the decode step for %d x %d rows, prefix %d, window %d in %.2fs",
-                    shape.images, shape.rows, shape.prefix_length, window,
+                    caches.images, caches.rows, caches.prefix_length, window,
                     time.perf_counter() - started)
         return graph, logits
 
     # --- the layers ----------------------------------------------------------------------
 
     def _layers(self, input_ids: torch.Tensor, positions: torch.Tensor, attention) -> torch.Tensor:
-        """The text model's layers on (n, L) tokens at text positions (n, L); hidden states out.
-
-        Qwen3-VL's decoder layer, written out so attention can be the cascade: the projections,
-        norms, rotary embedding and MLP (dense or experts) are the model's own modules.
-        """
-        text_model = self.model.model.language_model
-        hidden = text_model.embed_tokens(input_ids)
-        cos, sin = text_model.rotary_emb(hidden, positions[None].expand(3, -1, -1))
-        for index, layer in enumerate(text_model.layers):
-            residual = hidden
-            hidden = residual + self._attention(layer.self_attn, layer.input_layernorm(hidden),
-                                                cos, sin, index, attention)
-            residual = hidden
-            hidden = residual + layer.mlp(layer.post_attention_layernorm(hidden))
-        return text_model.norm(hidden)
-
-    @staticmethod
-    def _attention(module: nn.Module, hidden: torch.Tensor, cos, sin, layer: int,
-                   attention) -> torch.Tensor:
-        batch, length, _ = hidden.shape
-        heads = (batch, length, -1, module.head_dim)
-        query = module.q_norm(module.q_proj(hidden).view(heads)).transpose(1, 2)
-        key = module.k_norm(module.k_proj(hidden).view(heads)).transpose(1, 2)
-        value = module.v_proj(hidden).view(heads).transpose(1, 2)
-        query, key = apply_rotary_pos_emb(query, key, cos, sin)
-        output = attention(layer, query * module.scaling, key, value)  # (n, L, heads, head_dim)
-        return module.o_proj(output.reshape(batch, length, -1))
+        return run_layers(self.model, input_ids, positions, attention, compiled=self.compile_layers)
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.model.lm_head(hidden)
@@ -408,23 +388,23 @@ class SlotDecoder:
     def _new_shape(self, images: int, rows: int, prefix_length: int, row_length: int) -> _Shape:
         config = self.model.config.text_config
         heads, dim = config.num_key_value_heads, config.head_dim
-        prefix = (images, heads, prefix_length, dim)
-        private = (images * rows, heads, row_length, dim)
+        prefix = (images, prefix_length, heads, dim)
+        private = (images * rows, row_length, heads, dim)
         split = images * prefix_length * heads * dim
         end = split + images * rows * row_length * heads * dim
         layers = self._storage.shape[0]
         prefix_views = [self._storage[i, :split].view(prefix) for i in range(layers)]
         row_views = [self._storage[i, split:end].view(private) for i in range(layers)]
         device, batch = self.model.device, images * rows
-        return _Shape(
+        caches = CascadeCaches(
             images=images, rows=rows, prefix_length=prefix_length, row_length=row_length,
             prefix_keys=prefix_views[0::2], prefix_values=prefix_views[1::2],
             row_keys=row_views[0::2], row_values=row_views[1::2],
             prefix_filled=torch.ones(images, dtype=torch.long, device=device),
-            input_ids=torch.zeros(batch, 1, dtype=torch.long, device=device),
-            positions=torch.zeros(batch, dtype=torch.long, device=device),
-            columns=torch.zeros(batch, dtype=torch.long, device=device),
-        )
+            columns=torch.zeros(batch, dtype=torch.long, device=device))
+        return _Shape(caches=caches,
+                      input_ids=torch.zeros(batch, 1, dtype=torch.long, device=device),
+                      positions=torch.zeros(batch, dtype=torch.long, device=device))
 
     def _drop_graphs_if_weights_moved(self) -> None:
         """Graphs hold the weights' addresses; a residency swap-in gives the weights new memory."""
@@ -445,117 +425,6 @@ class SlotDecoder:
         return pad if pad is not None else self.processor.tokenizer.pad_token_id
 
 
-def _joint_weights(*scores: torch.Tensor) -> list[torch.Tensor]:
-    """Softmax weights over the concatenation of several score parts (same leading dims).
-
-    One maximum and one denominator for all parts, so the parts' products with their values
-    add up to exactly attention over all keys at once. Normalised in float32 and cast back,
-    as transformers' eager attention does before its product with the values.
-    """
-    maximum = torch.stack([part.amax(dim=-1) for part in scores]).amax(dim=0)[..., None]
-    weights = [(part.float() - maximum.float()).exp() for part in scores]
-    total = sum(w.sum(dim=-1, keepdim=True) for w in weights)
-    return [(w / total).to(part.dtype) for w, part in zip(weights, scores)]
-
-
-def _additive(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill(
-        ~visible, torch.finfo(dtype).min)
-
-
-class _DecodeAttention:
-    """One new token per row against [its image slot's prefix | its row]: the static step.
-
-    Rows of image slot i are rows i*R .. i*R+R-1, so the prefix part is one batched product
-    per (image slot, kv head) with the slot's R rows (x query heads per kv head) as queries:
-    the prefix is read once per image, never copied per row.
-    """
-
-    def __init__(self, shape: _Shape, window: int):
-        self.shape, self.window = shape, window
-        device, dtype = shape.input_ids.device, shape.prefix_keys[0].dtype
-        prefix_columns = torch.arange(shape.prefix_length, device=device)
-        row_columns = torch.arange(window, device=device)
-        # (I, 1, 1, P) and (B, 1, 1, W): built once per step, shared by every layer.
-        self.prefix_mask = _additive(prefix_columns[None, :] < shape.prefix_filled[:, None],
-                                     dtype)[:, None, None]
-        self.row_mask = _additive(row_columns[None, :] <= shape.columns[:, None], dtype)[:, None, None]
-        self.row_index = torch.arange(shape.batch, device=device)
-        self.columns = shape.columns.clamp(max=shape.row_length - 1)
-
-    def __call__(self, layer: int, query, key, value) -> torch.Tensor:
-        shape = self.shape
-        images, rows = shape.images, shape.rows
-        batch, heads, _, dim = query.shape  # (B, H, 1, D)
-        kv_heads = key.shape[1]
-        group = heads // kv_heads
-        shape.row_keys[layer][self.row_index, :, self.columns] = key[:, :, 0]
-        shape.row_values[layer][self.row_index, :, self.columns] = value[:, :, 0]
-        row_keys = shape.row_keys[layer][:, :, : self.window]
-        row_values = shape.row_values[layer][:, :, : self.window]
-
-        # (I, kv, R*g, D): an image slot's rows and query heads as one block of queries.
-        by_image = (query.view(images, rows, kv_heads, group, dim)
-                    .transpose(1, 2).reshape(images, kv_heads, rows * group, dim))
-        prefix_scores = (torch.matmul(by_image, shape.prefix_keys[layer].transpose(-1, -2))
-                         + self.prefix_mask).view(images, kv_heads, rows, group, -1)
-        row_scores = torch.matmul(query.view(batch, kv_heads, group, dim),
-                                  row_keys.transpose(-1, -2)) + self.row_mask  # (B, kv, g, W)
-        row_scores = row_scores.view(images, rows, kv_heads, group, -1).transpose(1, 2)
-        prefix_weights, row_weights = _joint_weights(prefix_scores, row_scores)
-
-        from_prefix = torch.matmul(prefix_weights.view(images, kv_heads, rows * group, -1),
-                                   shape.prefix_values[layer])  # (I, kv, R*g, D)
-        from_row = torch.matmul(row_weights.transpose(1, 2).reshape(batch, kv_heads, group, -1),
-                                row_values)  # (B, kv, g, D)
-        from_prefix = from_prefix.view(images, kv_heads, rows, group, dim).transpose(1, 2)
-        output = from_prefix.reshape(batch, heads, dim) + from_row.view(batch, heads, dim)
-        return output[:, None]  # (B, 1, H, D)
-
-
-class _PrefillAttention:
-    """Suffix tokens of the rows that start now: [their image's prefix | their own suffix].
-
-    ``groups`` maps an image slot to the positions (in this prefill) of its rows; the prefix
-    part runs once per image slot with all of its new rows' tokens as queries.
-    """
-
-    def __init__(self, shape: _Shape, rows: torch.Tensor, groups: dict[int, torch.Tensor],
-                 width: int):
-        self.shape, self.rows, self.groups = shape, rows, groups
-        device, dtype = rows.device, shape.prefix_keys[0].dtype
-        self.causal = _additive(torch.ones(width, width, dtype=torch.bool, device=device).tril(),
-                                dtype)
-        columns = torch.arange(shape.prefix_length, device=device)
-        self.prefix_masks = {slot: _additive(columns < shape.prefix_filled[slot], dtype)
-                             for slot in groups}
-
-    def __call__(self, layer: int, query, key, value) -> torch.Tensor:
-        shape = self.shape
-        count, heads, width, dim = query.shape  # (n, H, L, D)
-        kv_heads = key.shape[1]
-        group = heads // kv_heads
-        shape.row_keys[layer][self.rows, :, :width] = key
-        shape.row_values[layer][self.rows, :, :width] = value
-        output = torch.empty(count, width, heads, dim, dtype=query.dtype, device=query.device)
-        for slot, members in self.groups.items():
-            q = query[members].view(-1, kv_heads, group, width, dim)  # (m, kv, g, L, D)
-            m = q.shape[0]
-            as_queries = q.transpose(0, 1).reshape(kv_heads, m * group * width, dim)
-            prefix_scores = (torch.matmul(as_queries, shape.prefix_keys[layer][slot].transpose(-1, -2))
-                             + self.prefix_masks[slot])
-            prefix_scores = prefix_scores.view(kv_heads, m, group, width, -1).transpose(0, 1)
-            own_keys, own_values = key[members][:, :, None], value[members][:, :, None]
-            own_scores = torch.matmul(q, own_keys.transpose(-1, -2)) + self.causal  # (m,kv,g,L,L)
-            prefix_weights, own_weights = _joint_weights(prefix_scores, own_scores)
-            from_prefix = torch.matmul(
-                prefix_weights.transpose(0, 1).reshape(kv_heads, m * group * width, -1),
-                shape.prefix_values[layer][slot]).view(kv_heads, m, group, width, dim).transpose(0, 1)
-            out = from_prefix + torch.matmul(own_weights, own_values)  # (m, kv, g, L, D)
-            output[members] = out.reshape(m, heads, width, dim).transpose(1, 2)
-        return output
-
-
 class _Scheduler:
     """Host side of one generate call: which prompt holds which row, and when rows change."""
 
@@ -567,7 +436,7 @@ class _Scheduler:
         for request in requests:
             self.waiting.setdefault(request.image, []).append(request)
         self.images_left = list(self.waiting)  # images not yet in a slot, in order
-        self.slot_image: list[int | None] = [None] * shape.images
+        self.slot_image: list[int | None] = [None] * shape.caches.images
         self.next_position: dict[int, int] = {}
         self.row_request: list[Request | None] = [None] * shape.batch
         self.eos = set(decoder.eos_ids())
@@ -601,7 +470,9 @@ class _Scheduler:
         most_left = max(r.max_new_tokens - len(r.tokens) for r in requests)
         picks = min(CHECK_EVERY, most_left)
         columns = max(len(r.suffix) + len(r.tokens) for r in requests)
-        window = min(self.shape.row_length, -(-(columns + picks) // WINDOW_STEP) * WINDOW_STEP)
+        window = min(self.shape.caches.row_length, -(-(columns + picks) // WINDOW_STEP) * WINDOW_STEP)
+        if self.decoder.flash:  # flash reads each row's used columns only: one graph will do
+            window = self.shape.caches.row_length
         picked = []
         for pick in range(picks):
             token = self.pick(logits)
@@ -625,13 +496,13 @@ class _Scheduler:
                     break
         free = [r for r, request in enumerate(self.row_request) if request is None]
         if free:  # parked rows write to column 0 and read only it: no growth, no NaN
-            index = torch.tensor(free, device=self.shape.columns.device)
-            self.shape.columns[index] = 0
+            index = torch.tensor(free, device=self.shape.caches.columns.device)
+            self.shape.caches.columns[index] = 0
 
     def _fill(self, logits: torch.Tensor) -> None:
         """Give free rows the next prompts of their image; give empty image slots new images."""
-        rows_per_slot = self.shape.rows
-        for slot in range(self.shape.images):
+        rows_per_slot = self.shape.caches.rows
+        for slot in range(self.shape.caches.images):
             rows = range(slot * rows_per_slot, (slot + 1) * rows_per_slot)
             image = self.slot_image[slot]
             busy = any(self.row_request[r] is not None for r in rows)

@@ -1,0 +1,280 @@
+"""Attention over [an image's shared prefix | a row's own tokens], computed in two parts.
+
+The slot decoder (workers/slot_decoder.py) stores each image's prefix keys/values once and each
+row's suffix and generated keys/values apart. A query attends to both; the two parts are
+merged exactly: one softmax over all keys, whether as one maximum and one denominator shared
+by the parts (the matmul backend) or by their log-sum-exps (the flash backend).
+
+Caches are token-major, as flash attention reads them::
+
+    prefix  (I, P, kv_heads, head_dim) per layer; image slot i has prefix_filled[i] columns
+    rows    (B, S, kv_heads, head_dim) per layer; row b reads columns 0 .. columns[b]
+
+Rows of image slot i are rows i*R .. i*R+R-1. Queries arrive pre-scaled, (n, heads, L, dim);
+every call returns (n, L, heads, dim).
+
+Backends: ``matmul`` (plain torch products, exact, any device: the CPU and the tests) and
+``flash`` (torch's flash-attention varlen kernel with per-sequence key counts, on CUDA in
+bf16/fp16: no score tensors in memory, and the row part reads only the columns in use).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CascadeCaches:
+    """The static tensors the attention reads and writes (views of one storage)."""
+
+    images: int  # I
+    rows: int  # R per image slot
+    prefix_length: int  # P
+    row_length: int  # S
+    prefix_keys: list[torch.Tensor]  # per layer (I, P, kv_heads, head_dim)
+    prefix_values: list[torch.Tensor]
+    row_keys: list[torch.Tensor]  # per layer (B, S, kv_heads, head_dim)
+    row_values: list[torch.Tensor]
+    prefix_filled: torch.Tensor  # (I,): prefix columns in use per image slot
+    columns: torch.Tensor  # (B,): the row column a decode step writes
+
+    @property
+    def batch(self) -> int:
+        return self.images * self.rows
+
+
+def flash_available(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether torch's flash varlen kernel runs here with per-sequence key counts."""
+    if device.type != "cuda" or dtype not in (torch.bfloat16, torch.float16):
+        return False
+    try:
+        q = torch.zeros(2, 2, 64, dtype=dtype, device=device)
+        k = torch.zeros(4, 1, 64, dtype=dtype, device=device)
+        cu = torch.tensor([0, 1, 2], dtype=torch.int32, device=device)
+        cu_k = torch.tensor([0, 2, 4], dtype=torch.int32, device=device)
+        used = torch.tensor([1, 2], dtype=torch.int32, device=device)
+        _flash(q, k, k, cu, cu_k, 1, 2, used, causal=False)
+        return True
+    except (RuntimeError, TypeError) as exc:
+        logger.warning("flash attention unavailable (%s); the decoder uses plain products", exc)
+        return False
+
+
+# --- the decode step -------------------------------------------------------------------------
+
+class MatmulDecode:
+    """One new token per row: the prefix part is one product per (image slot, kv head) with
+    the slot's R rows (x query heads per kv head) as queries, so a prefix is read once per
+    image, never copied per row; the row part reads the first ``window`` columns."""
+
+    def __init__(self, caches: CascadeCaches, window: int):
+        self.caches, self.window = caches, window
+        device, dtype = caches.columns.device, caches.prefix_keys[0].dtype
+        prefix_columns = torch.arange(caches.prefix_length, device=device)
+        row_columns = torch.arange(window, device=device)
+        # (I, 1, 1, P) and (B, 1, 1, W): built once per step, shared by every layer.
+        self.prefix_mask = additive(prefix_columns[None, :] < caches.prefix_filled[:, None],
+                                    dtype)[:, None, None]
+        self.row_mask = additive(row_columns[None, :] <= caches.columns[:, None], dtype)[:, None, None]
+        self.row_index = torch.arange(caches.batch, device=device)
+        self.write_at = caches.columns.clamp(max=caches.row_length - 1)
+
+    def __call__(self, layer: int, query, key, value) -> torch.Tensor:
+        caches = self.caches
+        images, rows = caches.images, caches.rows
+        batch, heads, _, dim = query.shape  # (B, H, 1, D)
+        kv_heads = key.shape[1]
+        group = heads // kv_heads
+        caches.row_keys[layer][self.row_index, self.write_at] = key[:, :, 0]
+        caches.row_values[layer][self.row_index, self.write_at] = value[:, :, 0]
+        row_keys = caches.row_keys[layer][:, : self.window].transpose(1, 2)  # (B, kv, W, D)
+        row_values = caches.row_values[layer][:, : self.window].transpose(1, 2)
+        prefix_keys = caches.prefix_keys[layer].transpose(1, 2)  # (I, kv, P, D)
+        prefix_values = caches.prefix_values[layer].transpose(1, 2)
+
+        # (I, kv, R*g, D): an image slot's rows and query heads as one block of queries.
+        by_image = (query.view(images, rows, kv_heads, group, dim)
+                    .transpose(1, 2).reshape(images, kv_heads, rows * group, dim))
+        prefix_scores = (torch.matmul(by_image, prefix_keys.transpose(-1, -2))
+                         + self.prefix_mask).view(images, kv_heads, rows, group, -1)
+        row_scores = torch.matmul(query.view(batch, kv_heads, group, dim),
+                                  row_keys.transpose(-1, -2)) + self.row_mask  # (B, kv, g, W)
+        row_scores = row_scores.view(images, rows, kv_heads, group, -1).transpose(1, 2)
+        prefix_weights, row_weights = joint_weights(prefix_scores, row_scores)
+
+        from_prefix = torch.matmul(prefix_weights.view(images, kv_heads, rows * group, -1),
+                                   prefix_values)  # (I, kv, R*g, D)
+        from_row = torch.matmul(row_weights.transpose(1, 2).reshape(batch, kv_heads, group, -1),
+                                row_values)  # (B, kv, g, D)
+        from_prefix = from_prefix.view(images, kv_heads, rows, group, dim).transpose(1, 2)
+        output = from_prefix.reshape(batch, heads, dim) + from_row.view(batch, heads, dim)
+        return output[:, None]
+
+
+class FlashDecode:
+    """The decode step on flash attention: image slots are sequences of R queries over their
+    prefix, rows sequences of one query over their own used columns; merged by log-sum-exp."""
+
+    def __init__(self, caches: CascadeCaches, window: int):
+        self.caches = caches
+        device, i32 = caches.columns.device, torch.int32
+        images, rows, batch = caches.images, caches.rows, caches.batch
+        self.per_row = torch.arange(batch + 1, device=device, dtype=i32)
+        self.per_image = torch.arange(images + 1, device=device, dtype=i32) * rows
+        self.prefix_starts = torch.arange(images + 1, device=device, dtype=i32) * caches.prefix_length
+        self.row_starts = self.per_row * caches.row_length
+        self.prefix_used = caches.prefix_filled.to(i32)
+        self.write_at = caches.columns.clamp(max=caches.row_length - 1)
+        self.row_used = (self.write_at + 1).to(i32)
+        self.row_index = torch.arange(batch, device=device)
+
+    def __call__(self, layer: int, query, key, value) -> torch.Tensor:
+        caches = self.caches
+        caches.row_keys[layer][self.row_index, self.write_at] = key[:, :, 0]
+        caches.row_values[layer][self.row_index, self.write_at] = value[:, :, 0]
+        queries = query[:, :, 0]  # (B, H, D)
+        kv_heads, dim = key.shape[1], key.shape[3]
+        prefix = _flash(queries, caches.prefix_keys[layer].view(-1, kv_heads, dim),
+                        caches.prefix_values[layer].view(-1, kv_heads, dim), self.per_image,
+                        self.prefix_starts, caches.rows, caches.prefix_length, self.prefix_used)
+        own = _flash(queries, caches.row_keys[layer].view(-1, kv_heads, dim),
+                     caches.row_values[layer].view(-1, kv_heads, dim), self.per_row,
+                     self.row_starts, 1, caches.row_length, self.row_used)
+        return merge(prefix, own)[:, None]
+
+
+# --- prefill of rows that start ------------------------------------------------------------
+
+class MatmulPrefill:
+    """Suffix tokens of the rows that start now: [their image's prefix | their own suffix].
+
+    ``groups`` maps an image slot to the positions (in this prefill) of its rows; the prefix
+    part runs once per image slot with all of its new rows' tokens as queries.
+    """
+
+    def __init__(self, caches: CascadeCaches, rows: torch.Tensor, groups: dict[int, torch.Tensor],
+                 width: int):
+        self.caches, self.rows, self.groups = caches, rows, groups
+        device, dtype = rows.device, caches.prefix_keys[0].dtype
+        self.causal = additive(torch.ones(width, width, dtype=torch.bool, device=device).tril(),
+                               dtype)
+        columns = torch.arange(caches.prefix_length, device=device)
+        self.prefix_masks = {slot: additive(columns < caches.prefix_filled[slot], dtype)
+                             for slot in groups}
+
+    def __call__(self, layer: int, query, key, value) -> torch.Tensor:
+        caches = self.caches
+        count, heads, width, dim = query.shape  # (n, H, L, D)
+        kv_heads = key.shape[1]
+        group = heads // kv_heads
+        write_rows(caches, layer, self.rows, key, value)
+        output = torch.empty(count, width, heads, dim, dtype=query.dtype, device=query.device)
+        for slot, members in self.groups.items():
+            prefix_keys = caches.prefix_keys[layer][slot].transpose(0, 1)  # (kv, P, D)
+            prefix_values = caches.prefix_values[layer][slot].transpose(0, 1)
+            q = query[members].view(-1, kv_heads, group, width, dim)  # (m, kv, g, L, D)
+            m = q.shape[0]
+            as_queries = q.transpose(0, 1).reshape(kv_heads, m * group * width, dim)
+            prefix_scores = (torch.matmul(as_queries, prefix_keys.transpose(-1, -2))
+                             + self.prefix_masks[slot])
+            prefix_scores = prefix_scores.view(kv_heads, m, group, width, -1).transpose(0, 1)
+            own_keys, own_values = key[members][:, :, None], value[members][:, :, None]
+            own_scores = torch.matmul(q, own_keys.transpose(-1, -2)) + self.causal  # (m,kv,g,L,L)
+            prefix_weights, own_weights = joint_weights(prefix_scores, own_scores)
+            from_prefix = torch.matmul(
+                prefix_weights.transpose(0, 1).reshape(kv_heads, m * group * width, -1),
+                prefix_values).view(kv_heads, m, group, width, dim).transpose(0, 1)
+            out = from_prefix + torch.matmul(own_weights, own_values)  # (m, kv, g, L, D)
+            output[members] = out.reshape(m, heads, width, dim).transpose(1, 2)
+        return output
+
+
+class FlashPrefill:
+    """The prefill on flash attention. The new rows come sorted by image slot, so each slot's
+    rows' tokens are one sequence of queries over its prefix; each row's own suffix is a
+    causal sequence of its own."""
+
+    def __init__(self, caches: CascadeCaches, rows: torch.Tensor, groups: dict[int, torch.Tensor],
+                 width: int):
+        self.caches, self.rows, self.width = caches, rows, width
+        device, i32 = rows.device, torch.int32
+        slots = list(groups)
+        counts = [len(groups[slot]) for slot in slots]
+        order = torch.cat([groups[slot] for slot in slots])
+        if not torch.equal(order.cpu(), torch.arange(len(order))):
+            raise ValueError("the rows of a prefill must come sorted by image slot")
+        tokens = torch.tensor([0] + counts, device=device, dtype=i32).cumsum(0) * width
+        self.per_slot_queries, self.most_queries = tokens.to(i32), max(counts) * width
+        prefix = caches.prefix_length
+        starts = [slot * prefix for slot in slots] + [(slots[-1] + 1) * prefix]
+        self.prefix_starts = torch.tensor(starts, device=device, dtype=i32)
+        self.prefix_used = caches.prefix_filled[torch.tensor(slots, device=device)].to(i32)
+        self.per_row = torch.arange(len(rows) + 1, device=device, dtype=i32) * width
+
+    def __call__(self, layer: int, query, key, value) -> torch.Tensor:
+        caches = self.caches
+        count, heads, width, dim = query.shape
+        kv_heads = key.shape[1]
+        write_rows(caches, layer, self.rows, key, value)
+        queries = query.transpose(1, 2).reshape(count * width, heads, dim)
+        own_keys = key.transpose(1, 2).reshape(count * width, kv_heads, dim)
+        own_values = value.transpose(1, 2).reshape(count * width, kv_heads, dim)
+        prefix = _flash(queries, caches.prefix_keys[layer].view(-1, kv_heads, dim),
+                        caches.prefix_values[layer].view(-1, kv_heads, dim),
+                        self.per_slot_queries, self.prefix_starts, self.most_queries,
+                        caches.prefix_length, self.prefix_used)
+        own = _flash(queries, own_keys, own_values, self.per_row, self.per_row, width, width,
+                     None, causal=True)
+        return merge(prefix, own).view(count, width, heads, dim)
+
+
+# --- shared pieces ---------------------------------------------------------------------------
+
+def write_rows(caches: CascadeCaches, layer: int, rows: torch.Tensor, key, value) -> None:
+    """Suffix keys/values (n, kv, L, D) into the first L columns of ``rows``."""
+    width = key.shape[2]
+    caches.row_keys[layer][rows, :width] = key.transpose(1, 2)
+    caches.row_values[layer][rows, :width] = value.transpose(1, 2)
+
+
+def joint_weights(*scores: torch.Tensor) -> list[torch.Tensor]:
+    """Softmax weights over the concatenation of several score parts (same leading dims).
+
+    One maximum and one denominator for all parts, so the parts' products with their values
+    add up to exactly attention over all keys at once. Normalised in float32 and cast back,
+    as transformers' eager attention does before its product with the values.
+    """
+    maximum = torch.stack([part.amax(dim=-1) for part in scores]).amax(dim=0)[..., None]
+    weights = [(part.float() - maximum.float()).exp() for part in scores]
+    total = sum(w.sum(dim=-1, keepdim=True) for w in weights)
+    return [(w / total).to(part.dtype) for w, part in zip(weights, scores)]
+
+
+def additive(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """0 where ``visible``, the dtype's minimum elsewhere (a mask added to scores)."""
+    return torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill(
+        ~visible, torch.finfo(dtype).min)
+
+
+def _flash(queries, keys, values, query_starts, key_starts, most_queries: int, most_keys: int,
+           keys_used, causal: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(output (total_q, H, D), log-sum-exp (total_q, H)) of varlen flash attention; queries
+    are pre-scaled. ``keys_used`` (per sequence) limits the keys read from each start."""
+    output, lse, *_ = torch.ops.aten._flash_attention_forward(
+        queries, keys, values, query_starts, key_starts, most_queries, most_keys, 0.0, causal,
+        False, scale=1.0, seqused_k=keys_used)
+    return output, lse.transpose(0, 1)  # varlen flash gives (H, total_q)
+
+
+def merge(*parts: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Outputs of attention over disjoint key sets, combined into attention over their union."""
+    lses = torch.stack([lse for _, lse in parts])  # (parts, total_q, H)
+    weights = (lses - lses.amax(dim=0, keepdim=True)).exp()
+    weights = (weights / weights.sum(dim=0, keepdim=True))[..., None]
+    combined = sum(output.float() * weight for (output, _), weight in zip(parts, weights))
+    return combined.to(parts[0][0].dtype)
