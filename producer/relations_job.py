@@ -18,6 +18,9 @@ from shared.store import RunStore
 
 log = logging.getLogger(__name__)
 
+# An image with at least 1/BIG_IMAGE_SHARE of a task's prompt budget has tasks of its own.
+BIG_IMAGE_SHARE = 8
+
 
 @dataclass(frozen=True)
 class Enqueued:
@@ -74,11 +77,12 @@ def enqueue_relations(settings: Settings, app: Celery, store_client, stage1: Pat
 def pack_tasks(keys: list[str], items: dict[str, dict], budget: int) -> list[list[str]]:
     """Keys grouped into tasks of at most ``budget`` prompts (pairs x their top-K predicates).
 
-    An image's pairs stay together (its prefix is prefilled once per task); an image with more
-    than ``budget`` prompts is split into tasks of its own, and small images share tasks
-    (first fit, largest first) so a GPU decodes many of them at once. The tasks with the most
-    prompts come first: workers take tasks in queue order, so a long task sent last would run
-    alone at the end while every other GPU idles.
+    An image's pairs stay together (its prefix is prefilled once per task). A big image (at
+    least ``budget // BIG_IMAGE_SHARE`` prompts) has tasks of its own, split when it has more
+    than ``budget``; small images share tasks (first fit, largest first), so a GPU decodes many
+    of them at once with rows sized for small images. The tasks with the most prompts come
+    first: workers take tasks in queue order, so a long task sent last would run alone at the
+    end while every other GPU idles.
     """
     by_image: dict[str, list[str]] = {}
     for key in keys:
@@ -87,20 +91,24 @@ def pack_tasks(keys: list[str], items: dict[str, dict], budget: int) -> list[lis
     def prompts(chunk: list[str]) -> int:
         return sum(max(1, len(items[k]["stage1_top_k"])) for k in chunk)
 
-    pieces: list[list[str]] = []
+    alone: list[list[str]] = []
+    small: list[list[str]] = []
     for image_keys in by_image.values():
+        if prompts(image_keys) < max(1, budget // BIG_IMAGE_SHARE):
+            small.append(image_keys)
+            continue
         piece: list[str] = []
         for key in image_keys:
             if piece and prompts(piece) + prompts([key]) > budget:
-                pieces.append(piece)
+                alone.append(piece)
                 piece = []
             piece.append(key)
-        pieces.append(piece)
-    tasks: list[list[str]] = []
-    for piece in sorted(pieces, key=lambda p: -prompts(p)):
-        home = next((t for t in tasks if prompts(t) + prompts(piece) <= budget), None)
+        alone.append(piece)
+    shared: list[list[str]] = []
+    for image_keys in sorted(small, key=lambda p: -prompts(p)):
+        home = next((t for t in shared if prompts(t) + prompts(image_keys) <= budget), None)
         if home is None:
-            tasks.append(list(piece))
+            shared.append(list(image_keys))
         else:
-            home.extend(piece)
-    return sorted(tasks, key=lambda task: -prompts(task))
+            home.extend(image_keys)
+    return sorted(alone + shared, key=lambda task: -prompts(task))

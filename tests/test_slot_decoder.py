@@ -184,21 +184,22 @@ def test_small_images_share_tasks_and_big_ones_do_not() -> None:
     def item(image: str, prompts: int) -> dict:
         return {"image_id": image, "stage1_top_k": [{}] * prompts}
 
-    items = {f"big|{n}": item("big", 10) for n in range(30)}  # 300 prompts: split
-    items |= {f"s{i}|{n}": item(f"s{i}", 10) for i in range(12) for n in range(2)}  # 20 each
-    items["mid|0"] = item("mid", 100)
-    tasks = pack_tasks(list(items), items, budget=128)
+    items = {f"big|{n}": item("big", 10) for n in range(60)}  # 600 prompts: split, alone
+    items |= {f"s{i}|{n}": item(f"s{i}", 10) for i in range(30) for n in range(2)}  # 20 each
+    items["mid|0"] = item("mid", 100)  # over 256 / 8 prompts: alone
+    tasks = pack_tasks(list(items), items, budget=256)
 
     def prompts(task):
         return sum(len(items[k]["stage1_top_k"]) for k in task)
 
+    def images(task):
+        return {items[k]["image_id"] for k in task}
+
     assert sorted(k for t in tasks for k in t) == sorted(items)  # every key once
-    assert all(prompts(t) <= 128 for t in tasks)
-    images_per_task = [{items[k]["image_id"] for k in t} for t in tasks]
-    big_pairs = [sum(items[k]["image_id"] == "big" for k in t) for t in tasks]
-    assert sorted(n for n in big_pairs if n) == [6, 12, 12]  # split in tasks of <= 128 prompts
-    assert max(len(images) for images in images_per_task) >= 6  # small images packed together
+    assert all(prompts(t) <= 256 for t in tasks)
+    assert sorted(len(t) for t in tasks if images(t) == {"big"}) == [10, 25, 25]
+    assert [t for t in tasks if "mid" in images(t)] == [["mid|0"]]
+    shared = [t for t in tasks if images(t) - {"big", "mid"}]
+    assert all(images(t) <= {f"s{i}" for i in range(30)} for t in shared)
+    assert [len(images(t)) for t in shared] == [12, 12, 6]  # small images packed together
     assert [prompts(t) for t in tasks] == sorted((prompts(t) for t in tasks), reverse=True)
-    # An image's pairs are never spread over tasks unless it alone exceeds the budget.
-    for image in {item["image_id"] for item in items.values()} - {"big"}:
-        assert sum(image in images for images in images_per_task) == 1

@@ -485,10 +485,11 @@ class _Scheduler:
 
     def _collect(self, tokens: torch.Tensor) -> None:
         """Keep each live row's tokens up to its eos or budget; free the rows that ended."""
+        by_row = tokens.t().tolist()  # one host list: slicing the tensor per row is slow
         for row, request in enumerate(self.row_request):
             if request is None:
                 continue
-            for token in tokens[:, row].tolist():
+            for token in by_row[row]:
                 request.tokens.append(token)
                 self.decoder.stats.live_row_steps += 1
                 if token in self.eos or len(request.tokens) >= request.max_new_tokens:
