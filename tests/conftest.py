@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Short generations keep the suite fast on a 2-core CPU; everything else is the default.
 FAST = {"EVALFLEET_MAX_NEW_TOKENS": "8", "EVALFLEET_POLL_INTERVAL_SECONDS": "0.2",
-        "EVALFLEET_RETRY_BACKOFF_SECONDS": "0.2"}
+        "EVALFLEET_RETRY_BACKOFF_SECONDS": "1"}
 
 
 @pytest.fixture(scope="session")

@@ -135,7 +135,8 @@ def test_corrupt_image_and_failing_edit_fail_alone(editbench_fleet, fleet_env, r
     benchmark = write_editbench_sample(tmp_path / "sample")
     data = json.loads(benchmark.read_text(encoding="utf-8"))
     data["物理"][0]["original_image_b64"] = "not//base64!!"
-    # A valid image the editing pipeline refuses (aspect ratio beyond 200:1): the edit raises.
+    # A valid image the editing pipeline refuses (aspect ratio beyond 200:1): the edit raises,
+    # a permanent error (bad input), so it fails at once.
     data["社会"][1]["original_image_b64"] = _png_b64((4000, 1))
     benchmark.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
     proc, output = run_editbench(fleet_env, benchmark, tmp_path)
@@ -146,6 +147,6 @@ def test_corrupt_image_and_failing_edit_fail_alone(editbench_fleet, fleet_env, r
     assert corrupt["stage"] == "edit" and "original_image_b64" in corrupt["reason"]
     assert "base64" in corrupt["reason"] and str(benchmark) in corrupt["reason"]
     raised = failures["社会-2"]
-    assert raised["stage"] == "edit" and "aspect ratio" in raised["reason"] and raised["attempts"] == 4
+    assert raised["stage"] == "edit" and "aspect ratio" in raised["reason"] and raised["attempts"] == 1
     assert report["overall"]["n"] == 13
     assert report["categories"]["物理"]["scored"] == 2 and report["categories"]["社会"]["scored"] == 2

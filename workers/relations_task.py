@@ -12,11 +12,10 @@ from shared.errors import RecordError
 from shared.images import ImageFileError, PathOutsideRoot, open_image, resolve_inside
 from shared.messages import RELATIONS_STAGE, RELATIONS_TASK
 from shared.relation_prompt import BoxOutsideImage, build_relation_prompt, normalize_bbox
-from shared.store import OUTAGE_ERRORS, RunStore
+from shared.store import RunStore
 from workers.celery_app import app, settings
-from workers.outages import surviving_store_outages
 from workers.runtime import device_name, relation_generator, run_store, worker_name
-from workers.task_support import give_up_or_retry, pending_items
+from workers.task_support import ItemTask, pending_items
 
 log = logging.getLogger(__name__)
 
@@ -24,14 +23,16 @@ log = logging.getLogger(__name__)
 RESULT_FIELDS = ("image_id", "subject", "object", "stage1_top_k", "has_gt", "gt_predicates")
 
 
-@app.task(bind=True, name=RELATIONS_TASK, acks_late=True, max_retries=settings.task_max_retries)
+@app.task(bind=True, base=ItemTask, stage=RELATIONS_STAGE, name=RELATIONS_TASK)
 def generate_relations(self, run_id: str, keys: list[str]) -> dict[str, int]:
-    """Generate a description for every top-K predicate of the given pairs of one image."""
-    store = run_store(run_id)
-    return surviving_store_outages(store.client, lambda: _generate_pending(self, store, keys))
+    """Generate a description for every top-K predicate of the given pairs of one image.
+
+    Retries and failures are ItemTask's: whatever escapes fails the unfinished pairs.
+    """
+    return _generate_pending(run_store(run_id), keys)
 
 
-def _generate_pending(task, store: RunStore, keys: list[str]) -> dict[str, int]:
+def _generate_pending(store: RunStore, keys: list[str]) -> dict[str, int]:
     pending = pending_items(store, RELATIONS_STAGE, keys)
     if not pending:
         return {"generated": 0}
@@ -42,13 +43,7 @@ def _generate_pending(task, store: RunStore, keys: list[str]) -> dict[str, int]:
     jobs = _prompts(store, pending, image.width, image.height)
     if not jobs:
         return {"generated": 0}
-    try:
-        texts, seconds = _generate(store, meta, image, [prompt for _, _, prompt in jobs], keys[0])
-    except OUTAGE_ERRORS:
-        raise  # not the items' fault: surviving_store_outages waits for Redis
-    except Exception as exc:
-        give_up_or_retry(task, store, RELATIONS_STAGE, list(dict.fromkeys(k for k, _, _ in jobs)), exc)
-        return {"generated": 0}
+    texts, seconds = _generate(store, meta, image, [prompt for _, _, prompt in jobs], keys[0])
     _store_results(store, pending, jobs, texts, seconds)
     return {"generated": len(texts)}
 
