@@ -12,6 +12,7 @@ import base64
 import copy
 import io
 import json
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -407,6 +408,7 @@ def test_editbench_wrapped_base64_and_chinese_names_are_accepted(tmp_path):
 IMAGE_FILE_CASES = [
     ("missing", lambda p: None, "does not exist"),
     ("directory", lambda p: p.mkdir(), "is a directory"),
+    ("fifo", lambda p: os.mkfifo(p), "not a regular file"),
     ("truncated", lambda p: p.write_bytes(png_bytes((64, 64))[:60]), "cannot be decoded"),
     ("not-an-image", lambda p: p.write_bytes(b"GIF89a but not really"), "not an image Pillow can read"),
     ("empty", lambda p: p.write_bytes(b""), "not an image Pillow can read"),
