@@ -26,8 +26,9 @@ def normalize_image_id(image_id: object) -> str:
     if isinstance(image_id, bool) or not isinstance(image_id, (int, str)):
         raise TypeError(f"an image id must be an integer or a string, got {image_id!r}")
     text = str(image_id).strip()
-    # "0042" and 42 name the same Visual Genome image.
-    return str(int(text)) if text.isdigit() else text
+    # "0042" and 42 name the same Visual Genome image. ASCII digits only: "²" and "٣"
+    # are digits to str.isdigit(), and int() refuses the first.
+    return str(int(text)) if text.isascii() and text.isdigit() else text
 
 
 def relation_key(image_id: object, subject: str, object_: str) -> str:

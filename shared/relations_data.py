@@ -99,7 +99,23 @@ def prepare_data_for_inference(
                 continue
             pair["order"] = len(prepared.pairs)
             prepared.pairs.append(pair)
+    _separate_failure_keys(prepared)
     return prepared
+
+
+def _separate_failure_keys(prepared: PreparedRelations) -> None:
+    """A failure never shares its key with a valid pair: registered, it would replace the pair.
+
+    An image-level failure ("7|*|*") meets a pair key when a repeated stage-1 entry fails
+    and the first one has a pair of classes named "*". The failure moves to a key of four
+    parts, which no pair key has (a part never contains KEY_SEP).
+    """
+    taken = {relation_key(p["image_id"], p["subject"], p["object"]) for p in prepared.pairs}
+    for key in [k for k in prepared.failures if k in taken]:
+        n = 2
+        while f"{key}{KEY_SEP}{n}" in prepared.failures:
+            n += 1
+        prepared.failures[f"{key}{KEY_SEP}{n}"] = prepared.failures.pop(key)
 
 
 def _checked_root(data_root: str | Path) -> str:
@@ -244,7 +260,12 @@ def _check_bbox(bbox: object, path: Path, name: str, where: str) -> None:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float (read_json marks those already)
+        return False
 
 
 def _is_name(value: object) -> bool:
