@@ -29,6 +29,7 @@ from shared.errors import InputFileError, RecordError, shown
 from shared.images import PathOutsideRoot, resolve_inside
 from shared.jsonio import invalid_number_at, read_json
 from shared.keys import KEY_SEP, NAME_MAX, is_key_part, normalize_image_id, relation_key
+from shared.model_text import special_token_problem
 
 log = logging.getLogger(__name__)
 
@@ -294,6 +295,11 @@ def _check_candidate(cand: object, path: Path, where: str) -> None:
             raise RecordError(path, where, fld,
                               f"expected a non-empty string of at most {NAME_MAX} characters, "
                               f"got {shown(cand.get(fld))}")
+    for fld in ("subject", "object", "predicted_predicate"):
+        # Class names and predicates go into the relation prompt.
+        problem = special_token_problem(cand[fld])
+        if problem:
+            raise RecordError(path, where, fld, problem)
     for fld in ("subject", "object"):
         if KEY_SEP in cand[fld]:
             raise RecordError(path, where, fld, f"{KEY_SEP!r} is not allowed in a class name "
