@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import shutil
 import signal
 import statistics
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from config import Settings
 from conftest import private_env, read_json, run_producer, started_fleet
 from producer.editbench_sample import write_editbench_sample
 from producer.embedded import EmbeddedRedis
@@ -150,3 +152,26 @@ def test_corrupt_image_and_failing_edit_fail_alone(editbench_fleet, fleet_env, r
     assert raised["stage"] == "edit" and "aspect ratio" in raised["reason"] and raised["attempts"] == 1
     assert report["overall"]["n"] == 13
     assert report["categories"]["物理"]["scored"] == 2 and report["categories"]["社会"]["scored"] == 2
+
+
+def test_a_judge_batch_that_fails_is_narrowed_to_the_pairs_that_caused_it(model_cache, tmp_path):
+    """A prompt template that breaks the judge for one category (a special token in it):
+    its pairs fail, each with its reason; the pairs that shared their batches are scored."""
+    prompts = tmp_path / "prompts"
+    shutil.copytree(Settings().prompts, prompts)
+    (prompts / "环境.user.txt").write_text("<|image_pad|> {original_description} / {edit_instruction}",
+                                          encoding="utf-8")
+    benchmark = write_editbench_sample(tmp_path / "sample")
+    per_category = {name: len(pairs) for name, pairs in json.loads(benchmark.read_text()).items()}
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        env = private_env(server, model_cache, tmp_path / "work", EVALFLEET_PROMPTS_DIR=str(prompts),
+                          EVALFLEET_JUDGE_BATCH_SIZE="4")
+        with started_fleet(env, ["edit", "score"], tmp_path, name="narrow"):
+            proc, output = run_editbench(env, benchmark, tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = read_json(output)
+    failed = {(f["category"], f["stage"]) for f in report["failures"]}
+    assert failed == {("环境", "score")}
+    assert len(report["failures"]) == per_category["环境"]
+    # 4-pair batches in category order: the failing pairs shared batches with others.
+    assert report["overall"]["n"] == sum(per_category.values()) - per_category["环境"]

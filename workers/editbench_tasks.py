@@ -17,7 +17,7 @@ from shared.messages import EDIT_STAGE, EDIT_TASK, SCORE_STAGE, SCORE_TASK
 from shared.store import RunStore
 from workers.celery_app import app
 from workers.runtime import editor_for, judge_for, prompt_manager, run_store, worker_name
-from workers.task_support import ItemTask, pending_items
+from workers.task_support import TASK_LEVEL_ERRORS, ItemTask, failure_message, pending_items
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +68,37 @@ def _score_pending(store: RunStore, keys: list[str]) -> dict[str, int]:
     batch = _judge_inputs(store, pending_items(store, SCORE_STAGE, keys))
     if not batch:
         return {"scored": 0}
-    scores = judge_for(store).score(list(batch.values()))
+    scores = _score_batch(store, batch)
     finished = time.time()
-    for key, result in zip(batch, scores):
+    for key, result in scores.items():
         store.mark_done(SCORE_STAGE, key, {"score": result.score, "probabilities": result.probabilities,
                                            "started_at": started, "finished_at": finished,
                                            "worker": worker_name()})
     store.count(SCORE_STAGE, "scores_executed", len(scores))
     return {"scored": len(scores)}
+
+
+def _score_batch(store: RunStore, batch: dict) -> dict:
+    """key -> score. A batch that fails for a permanent reason is narrowed to the pair(s)
+    that caused it: each is scored alone, and only those that fail alone fail."""
+    judge = judge_for(store)
+    try:
+        return dict(zip(batch, judge.score(list(batch.values()))))
+    except TASK_LEVEL_ERRORS:
+        raise  # the whole task is retried
+    except Exception as exc:
+        if len(batch) == 1:
+            raise
+        log.warning("a judge batch of %d pairs failed (%r): scoring them one by one", len(batch), exc)
+    scores = {}
+    for key, item in batch.items():
+        try:
+            [scores[key]] = judge.score([item])
+        except TASK_LEVEL_ERRORS:
+            raise
+        except Exception as exc:
+            store.mark_failed(SCORE_STAGE, key, failure_message(exc))
+    return scores
 
 
 def _judge_inputs(store: RunStore, pending: dict[str, dict]) -> dict:

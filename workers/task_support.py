@@ -52,6 +52,13 @@ def _transient_errors() -> tuple[type[BaseException], ...]:
     return (TransientError, torch.cuda.OutOfMemoryError, *OUTAGE_ERRORS)
 
 
+# What is worth a retry (the task's autoretry_for).
+TRANSIENT_ERRORS = _transient_errors()
+# What concerns the whole task, never one of its items: a body that handles items one by
+# one lets these through.
+TASK_LEVEL_ERRORS = (*TRANSIENT_ERRORS, SoftTimeLimitExceeded)
+
+
 def pending_items(store: RunStore, stage: str, keys: list[str]) -> dict[str, dict[str, Any]]:
     """The items of ``keys`` not done yet: a redelivered task skips what finished."""
     done = store.is_done(stage, keys)
@@ -82,7 +89,7 @@ class ItemTask(Task):
     stage = ""
     acks_late = True
     max_retries = settings.task_max_retries
-    autoretry_for = _transient_errors()
+    autoretry_for = TRANSIENT_ERRORS
     # A time limit is never worth a retry: the same work would hit it again.
     dont_autoretry_for = (SoftTimeLimitExceeded, PermanentError)
     # Celery's back-off: factor x 2^n seconds (the factor is whole seconds, at least 1).
