@@ -343,6 +343,57 @@ def test_one_command_mode_children_die_with_a_killed_producer(model_cache, tmp_p
         pass
 
 
+def test_one_command_mode_workers_die_at_once_with_a_killed_producer_mid_task(model_cache, tmp_path):
+    """A task is running (a long generation) when the producer is SIGKILLed: the workers
+    must not finish it first (a warm shutdown did, or waited forever on a blocked task)."""
+    env = {**FAST, "EVALFLEET_WORK_DIR": str(tmp_path / "work"), "EVALFLEET_MODEL_CACHE": str(model_cache),
+           "EVALFLEET_MAX_NEW_TOKENS": "4000", "OMP_NUM_THREADS": "1"}
+    producer = run_producer("run", "relations", "--run", "killed", env=env, wait=False)
+    descendants: list[psutil.Process] = []
+    try:
+        port = wait_for_embedded_redis(producer)
+        store = RunStore(connect(f"redis://127.0.0.1:{port}/0"), "killed")
+        wait_until(lambda: store.client.hlen("unacked") > 0, 120, "a task delivered")
+        # The worker heartbeat is written once the model is resident: the task is generating.
+        wait_until(lambda: store.client.hlen("evalfleet:workers") > 0, 120, "the model loaded")
+        descendants = psutil.Process(producer.pid).children(recursive=True)
+        producer.send_signal(signal.SIGKILL)
+        producer.wait()
+        started = time.monotonic()
+        _, alive = psutil.wait_procs(descendants, timeout=20)
+        seconds = time.monotonic() - started
+        assert alive == [], f"still running: {[_cmdline(p) for p in alive]}"
+    finally:
+        if producer.poll() is None:
+            producer.kill()
+        kill_all(descendants)
+    record_figures("one-command kill mid-task", seconds_until_all_gone=round(seconds, 1))
+    assert seconds < 10
+
+
+def test_two_runs_started_at_once_never_share_a_redis_data_directory(tmp_path):
+    """Each start holds the data directory's lock for its run: the second waits for the first."""
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from producer.embedded import EmbeddedRedis\n"
+        "with EmbeddedRedis(Path(sys.argv[1])):\n"
+        "    print('start', time.time(), flush=True)\n"
+        "    time.sleep(1)\n"
+        "    print('stop', time.time(), flush=True)\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "redis")], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    spans = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out
+        times = dict(line.split() for line in out.splitlines())
+        spans.append((float(times["start"]), float(times["stop"])))
+    (a_start, a_stop), (b_start, b_stop) = sorted(spans)
+    assert a_stop <= b_start, "two redis-servers ran on one data directory at once"
+
+
 def kill_all(processes: list[psutil.Process]) -> None:
     """SIGKILL these processes (started by this test) if they still run."""
     for p in processes:
