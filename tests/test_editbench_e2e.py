@@ -8,16 +8,16 @@ import json
 import shutil
 import signal
 import statistics
-import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from config import Settings
-from conftest import private_env, read_json, run_producer, started_fleet
+from conftest import private_env, read_json, run_producer, started_fleet, wait_until
 from producer.editbench_sample import write_editbench_sample
 from producer.embedded import EmbeddedRedis
+from shared.editbench_data import prepare_benchmark
 from shared.messages import EDIT_STAGE, SCORE_STAGE
 from shared.store import RunStore, connect
 
@@ -110,21 +110,24 @@ def test_interrupted_after_edit_phase_rerun_redoes_no_edit(editbench_fleet, flee
     args = ("run", "editbench", "--benchmark", str(benchmark), "--run", "interrupted")
     controller = run_producer(*args, env=fleet_env, wait=False)
     store = RunStore(redis_client, "interrupted")
-    deadline = time.monotonic() + 120
-    while not (store.exists() and store.progress(EDIT_STAGE).total == 15
-               and store.progress(EDIT_STAGE).finished):
-        assert time.monotonic() < deadline and controller.poll() is None
-        time.sleep(0.05)
+    pairs = len(prepare_benchmark(benchmark).pairs)
+
+    def edits_finished() -> bool:
+        assert controller.poll() is None, "the run ended before the edit phase was drained"
+        progress = store.progress(EDIT_STAGE) if store.exists() else None
+        return progress is not None and progress.total == pairs and progress.finished
+
+    wait_until(edits_finished, 120, "the edit phase drained")
     controller.send_signal(signal.SIGINT)
     out, _ = controller.communicate(timeout=60)
     assert controller.returncode == 130, out
     edits_before = store.stats(EDIT_STAGE)["edits_executed"]
-    assert edits_before == 15
+    assert edits_before == pairs
 
     rerun = run_producer(*args, env=fleet_env)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert store.stats(EDIT_STAGE)["edits_executed"] == edits_before
-    assert store.progress(SCORE_STAGE).done == 15
+    assert store.progress(SCORE_STAGE).done == pairs
 
 
 def _png_b64(size: tuple[int, int]) -> str:

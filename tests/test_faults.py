@@ -11,6 +11,7 @@ The measured figures are printed in pytest's terminal summary ("evalfleet figure
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import random
@@ -18,6 +19,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,7 @@ from producer.editbench_sample import write_editbench_sample
 from producer.embedded import EmbeddedRedis, free_port
 from producer.relations_sample import write_relations_sample
 from shared.artifacts import sha256_bytes, write_once
+from shared.editbench_data import prepare_benchmark
 from shared.keys import relation_key
 from shared.messages import EDIT_STAGE, RELATIONS_STAGE, SCORE_STAGE
 from shared.relations_data import prepare_data_for_inference
@@ -43,8 +46,17 @@ VISIBILITY_TIMEOUT = 5
 ALL_QUEUES = ["relations", "edit", "score"]
 # Long enough generations that a kill usually lands inside a task.
 KILL_ENV = {"EVALFLEET_MAX_NEW_TOKENS": "24", "EVALFLEET_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT)}
-EDITBENCH_PAIRS = 15
-RELATIONS_PAIRS, RELATIONS_DESCRIPTIONS = 13, 47
+
+
+@functools.cache
+def sample_counts() -> tuple[int, int, int]:
+    """(relations pairs, relations descriptions, editbench pairs) of the built-in samples."""
+    with tempfile.TemporaryDirectory() as directory:
+        inputs = write_inputs(Path(directory))
+        pairs = prepare_data_for_inference(inputs["stage1"], inputs["input"], 10).pairs
+        return (len(pairs), sum(len(p["stage1_top_k"]) for p in pairs),
+                len(prepare_benchmark(inputs["benchmark"]).pairs))
+
 
 
 # --- runs and their outcome ---------------------------------------------------------------------
@@ -69,6 +81,9 @@ def write_inputs(directory: Path) -> dict:
     stage1, input_path = write_relations_sample(directory / "relations")
     return {"stage1": stage1, "input": input_path,
             "benchmark": write_editbench_sample(directory / "editbench")}
+
+
+RELATIONS_PAIRS, RELATIONS_DESCRIPTIONS, EDITBENCH_PAIRS = sample_counts()
 
 
 def relations_outcome(output: Path, store: RunStore, inputs: dict) -> Outcome:
@@ -131,15 +146,16 @@ def wait_for_kill_point(job: str, store: RunStore, rng: random.Random, producer)
     extra = rng.uniform(0, 0.3)
 
     def reached() -> bool:
-        if store.exists() and progress_units(job, store)[0] >= target:
+        # Both at once: between phases no message is out for a moment, and then the next
+        # phase's first message is.
+        if (store.exists() and progress_units(job, store)[0] >= target
+                and store.client.hlen("unacked") > 0):
             return True
         assert producer.poll() is None, "the run ended before the kill point"
         return False
 
-    wait_until(reached, 180, f"{job}: {target} units done")
-    with contextlib.suppress(TimeoutError):  # between phases, no message is out for a moment
-        wait_until(lambda: store.client.hlen("unacked") > 0, 5, "a message out with the worker")
-    time.sleep(extra)
+    wait_until(reached, 180, f"{job}: {target} units done and a message out with the worker")
+    time.sleep(extra)  # a random point inside the task, not a synchronisation
     return f"{target}+{extra:.2f}s"
 
 
@@ -203,6 +219,9 @@ def run_kill_trials(plan: list[tuple[str, str]], base: Path, model_cache: Path, 
             seconds=round(sum(t.seconds for t in trials), 1))
     assert sum(t.outcome.lost for t in trials) == 0
     assert sum(t.outcome.duplicated for t in trials) == 0
+    assert sum(t.outcome.redone for t in trials) == 0
+    # Else the trials tested nothing: at least one kill must land inside a running task.
+    assert any(t.mid_task for t in trials)
     return trials
 
 
