@@ -22,7 +22,7 @@ from PIL import Image
 from shared.errors import InputFileError, RecordError, shown
 from shared.images import load_fully
 from shared.jsonio import read_json
-from shared.keys import KEY_SEP, NAME_MAX, is_key_part
+from shared.keys import KEY_SEP, NAME_MAX, is_key_part, separate_failure_keys
 from shared.model_text import special_token_problem
 
 TEXT_FIELDS = ("original_description", "edit_instruction")
@@ -69,6 +69,8 @@ def prepare_benchmark(path: Path) -> PreparedBenchmark:
             prepared.failures[_category_key(category)] = f"{path}: category {shown(category)}: {problem}"
             continue
         _prepare_category(path, category, pairs, prepared)
+    # A failure key ("c|p-1#0") may spell a valid pair's key (a pair id "p-1#0").
+    separate_failure_keys(prepared.failures, {p.key for p in prepared.pairs}, "#")
     return prepared
 
 

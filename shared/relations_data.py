@@ -28,7 +28,8 @@ from typing import Any
 from shared.errors import InputFileError, RecordError, shown
 from shared.images import PathOutsideRoot, resolve_inside
 from shared.jsonio import invalid_number_at, read_json
-from shared.keys import KEY_SEP, NAME_MAX, is_key_part, normalize_image_id, relation_key
+from shared.keys import (KEY_SEP, NAME_MAX, is_key_part, normalize_image_id, relation_key,
+                         separate_failure_keys)
 from shared.model_text import special_token_problem
 
 log = logging.getLogger(__name__)
@@ -100,23 +101,12 @@ def prepare_data_for_inference(
                 continue
             pair["order"] = len(prepared.pairs)
             prepared.pairs.append(pair)
-    _separate_failure_keys(prepared)
+    # An image-level failure ("7|*|*") meets a pair key when a repeated stage-1 entry fails
+    # and the first one has a pair of classes named "*". Moved to a key of four parts, it
+    # cannot meet another pair key (a part never contains KEY_SEP).
+    valid = {relation_key(p["image_id"], p["subject"], p["object"]) for p in prepared.pairs}
+    separate_failure_keys(prepared.failures, valid, KEY_SEP)
     return prepared
-
-
-def _separate_failure_keys(prepared: PreparedRelations) -> None:
-    """A failure never shares its key with a valid pair: registered, it would replace the pair.
-
-    An image-level failure ("7|*|*") meets a pair key when a repeated stage-1 entry fails
-    and the first one has a pair of classes named "*". The failure moves to a key of four
-    parts, which no pair key has (a part never contains KEY_SEP).
-    """
-    taken = {relation_key(p["image_id"], p["subject"], p["object"]) for p in prepared.pairs}
-    for key in [k for k in prepared.failures if k in taken]:
-        n = 2
-        while f"{key}{KEY_SEP}{n}" in prepared.failures:
-            n += 1
-        prepared.failures[f"{key}{KEY_SEP}{n}"] = prepared.failures.pop(key)
 
 
 def _checked_root(data_root: str | Path) -> str:

@@ -241,6 +241,17 @@ def test_a_failure_never_takes_the_key_of_a_valid_pair(tmp_path):
     assert "repeats" in prepared.failures["7|*|*|2"]
 
 
+def test_editbench_a_failure_never_takes_the_key_of_a_valid_pair(tmp_path):
+    """A bad pair at index 0 fails as "物理|p-1#0"; a valid pair's id is literally "p-1#0"."""
+    data = base_benchmark()
+    data["物理"][0]["original_image_b64"] = "not//base64!!"
+    data["物理"][1]["pair_id"] = "p-1#0"
+    prepared = prepare_benchmark(write_benchmark(tmp_path, data))
+    assert "物理|p-1#0" in {p.key for p in prepared.pairs}
+    assert not {p.key for p in prepared.pairs} & set(prepared.failures)
+    assert "base64" in prepared.failures["物理|p-1#0#2"]
+
+
 def test_relations_identical_repeated_record_is_harmless(tmp_path):
     stage1, images = base_relations()
     images.append(copy.deepcopy(images[0]))
