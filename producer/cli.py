@@ -32,7 +32,7 @@ from producer.relations_sample import ensure_relations_sample, write_relations_s
 from producer.status import build_status, format_status
 from shared.errors import InputFileError
 from shared.keys import check_run_name
-from shared.messages import RELATIONS_STAGE
+from shared.messages import RELATIONS_STAGE, RELATIONS_TASK
 from shared.store import RunStore, connect
 
 log = logging.getLogger("producer")
@@ -97,13 +97,14 @@ def cmd_run_relations(args: argparse.Namespace, settings: Settings) -> int:
     _preflight(args, settings, "relations")
     stage1, input_path = _inputs(args, settings)
     with broker_for(settings) as (settings, embedded):
-        client = connect(settings.store_url)
-        enq = enqueue_relations(settings, celery_client(settings), client, stage1, input_path, args.run)
+        client, app = connect(settings.store_url), celery_client(settings)
+        enq = enqueue_relations(settings, app, client, stage1, input_path, args.run)
         _log_enqueued(enq)
         store = RunStore(client, enq.run_id)
         with local_fleet(args, settings, embedded, [settings.queue_relations], enq.pairs_sent > 0) as check:
             progress = wait_for_stage(store, RELATIONS_STAGE, settings.poll_interval_seconds, check,
-                                      stall=stall_watch(settings, settings.queue_relations))
+                                      stall=stall_watch(settings, app, settings.queue_relations,
+                                                        RELATIONS_TASK))
         output = Path(args.output) if args.output else settings.work_dir / enq.run_id / "stage2_generated_results.json"
         report = write_relations_report(store, output)
     summary = report["summary"]

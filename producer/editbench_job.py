@@ -136,5 +136,5 @@ class PhaseController:
                  f" of {label}" if label else "", len(keys), len(keys) - len(pending), len(pending))
         wait_for_stage(self.store, stage, self.settings.poll_interval_seconds, self.check,
                        keys=keys, label=f"{stage} {label}".strip(),
-                       stall=stall_watch(self.settings, queue))
+                       stall=stall_watch(self.settings, self.app, queue, task))
         self.store.add_phase_time(stage, start, time.time())

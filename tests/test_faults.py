@@ -249,7 +249,10 @@ def test_redis_restarted_mid_run_loses_nothing(job, model_cache, tmp_path):
     server = EmbeddedRedis(tmp_path / "redis", port=free_port())
     server.start()
     try:
-        env = private_env(server, model_cache, tmp_path / "work", EVALFLEET_MAX_NEW_TOKENS="24")
+        # A task running when Redis goes is cancelled (worker_cancel_long_running_tasks_on_
+        # connection_loss) and its message stays unacknowledged: the stall sends its items again.
+        env = private_env(server, model_cache, tmp_path / "work", EVALFLEET_MAX_NEW_TOKENS="24",
+                          EVALFLEET_STALL_SECONDS="5")
         with started_fleet(env, ALL_QUEUES, tmp_path, name="rr"):
             store = RunStore(connect(server.url), "restart")
             output = tmp_path / "report.json"

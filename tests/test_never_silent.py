@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
 
-from conftest import private_env, read_json, run_producer, wait_until
+from conftest import private_env, read_json, run_producer, started_fleet, wait_until
 from producer.cli import EXIT_USAGE, main
-from producer.embedded import EmbeddedRedis
+from producer.embedded import EmbeddedRedis, free_port
 from producer.relations_sample import write_relations_sample
 from shared.relations_data import prepare_data_for_inference
 from shared.store import connect
@@ -36,13 +37,45 @@ def test_items_whose_messages_are_gone_fail_once_the_stage_stalls(tmp_path):
         # One task per image (the sample has fewer pairs per image than a chunk holds).
         wait_until(lambda: client.llen("relations") == len(images), 60, "every task enqueued")
         client.delete("relations")
+        # The first stall sends every unfinished item again, one task each: purged again.
+        wait_until(lambda: client.llen("relations") == len(pairs), 60, "the items sent again")
+        client.delete("relations")
         out, _ = producer.communicate(timeout=60)
     assert producer.returncode == 1, out
     report = read_json(output)
     assert report["results"] == [] and len(report["failed"]) == len(pairs)
     for failure in report["failed"]:
         assert "no task holds this item" in failure["reason"] and "EVALFLEET_STALL_SECONDS" in failure["reason"]
-    assert "will never finish" in out
+    assert "sending its %d unfinished item(s) again" % len(pairs) in out and "will never finish" in out
+
+
+def test_a_message_stranded_by_a_redis_restart_is_sent_again(model_cache, tmp_path):
+    """A task delivered, then cut off by a Redis restart: its message stays unacknowledged until
+    the visibility timeout (an hour). No worker holds it, so the stall sends its items again."""
+    stage1, input_path = write_relations_sample(tmp_path / "sample")
+    pairs = prepare_data_for_inference(stage1, input_path, 10).pairs
+    output = tmp_path / "out.json"
+    server = EmbeddedRedis(tmp_path / "redis", port=free_port())
+    server.start()
+    try:
+        env = private_env(server, model_cache, tmp_path / "work", EVALFLEET_STALL_SECONDS="3")
+        client = connect(server.url)
+        producer = run_producer("run", "relations", "--stage1", str(stage1), "--input", str(input_path),
+                                "--run", "stranded", "--output", str(output), env=env, wait=False)
+        wait_until(lambda: client.llen("relations") > 0, 60, "the tasks enqueued")
+        # A worker that took a message and vanished with the Redis connection: the message
+        # is in the unacknowledged hash, and nobody holds it.
+        [raw] = client.brpop(["relations"], timeout=5)[1:]
+        client.hset("unacked", "stranded-tag", json.dumps([json.loads(raw), "relations", "relations"]))
+        client.zadd("unacked_index", {"stranded-tag": time.time()})
+        with started_fleet(env, ["relations"], tmp_path, name="stranded"):
+            out, _ = producer.communicate(timeout=240)
+    finally:
+        server.stop()
+    assert producer.returncode == 0, out
+    assert "unfinished item(s) again" in out
+    report = read_json(output)
+    assert report["failed"] == [] and len(report["results"]) == len(pairs)
 
 
 def cli(monkeypatch, tmp_path, *args: str, **env: str) -> int:
