@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 
 import pytest
 
 from conftest import private_env, read_json, run_producer, started_fleet, wait_until
 from producer.cli import EXIT_USAGE, main
-from producer.embedded import EmbeddedRedis, free_port
+from producer.embedded import EmbeddedRedis
 from producer.relations_sample import write_relations_sample
 from shared.relations_data import prepare_data_for_inference
 from shared.store import connect
@@ -50,14 +49,13 @@ def test_items_whose_messages_are_gone_fail_once_the_stage_stalls(tmp_path):
 
 
 def test_a_message_stranded_by_a_redis_restart_is_sent_again(model_cache, tmp_path):
-    """A task delivered, then cut off by a Redis restart: its message stays unacknowledged until
-    the visibility timeout (an hour). No worker holds it, so the stall sends its items again."""
+    """A task delivered, then cancelled by a Redis restart: its message stays unacknowledged until
+    the visibility timeout (an hour). Here the worker that took it is simply gone: no worker
+    holds it, so the stall sends its items again and the run completes."""
     stage1, input_path = write_relations_sample(tmp_path / "sample")
     pairs = prepare_data_for_inference(stage1, input_path, 10).pairs
     output = tmp_path / "out.json"
-    server = EmbeddedRedis(tmp_path / "redis", port=free_port())
-    server.start()
-    try:
+    with EmbeddedRedis(tmp_path / "redis") as server:
         env = private_env(server, model_cache, tmp_path / "work", EVALFLEET_STALL_SECONDS="3")
         client = connect(server.url)
         producer = run_producer("run", "relations", "--stage1", str(stage1), "--input", str(input_path),
@@ -70,8 +68,6 @@ def test_a_message_stranded_by_a_redis_restart_is_sent_again(model_cache, tmp_pa
         client.zadd("unacked_index", {"stranded-tag": time.time()})
         with started_fleet(env, ["relations"], tmp_path, name="stranded"):
             out, _ = producer.communicate(timeout=240)
-    finally:
-        server.stop()
     assert producer.returncode == 0, out
     assert "unfinished item(s) again" in out
     report = read_json(output)

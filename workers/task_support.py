@@ -98,8 +98,10 @@ class ItemTask(Task):
     retry_jitter = False
 
     def on_retry(self, exc, task_id, args, kwargs, einfo) -> None:
+        # Also called in the worker's main process (a task cancelled on a lost broker
+        # connection), where the request has no retry count.
         log.warning("%s task for %s failed (%r); retry %d", self.name, _keys(args), exc,
-                    self.request.retries + 1)
+                    (self.request.retries or 0) + 1)
 
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
         """Record every unfinished item of the task as failed, whatever the exception."""
