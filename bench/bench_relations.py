@@ -135,7 +135,7 @@ def main() -> None:
     stage1, input_path, warm = make(work / f"data-{args.workload}")
     settings = Settings(work_dir=work / f"fleet-{args.workload}", relations_model=str(model_dir),
                         temperature=0.0, max_new_tokens=args.max_new_tokens,
-                        batch_size=args.fleet_batch_size, chunk_pairs=16, poll_interval_seconds=0.05)
+                        batch_size=args.fleet_batch_size, poll_interval_seconds=0.05)
     fleet_texts, fleet_s = run_fleet(settings, stage1, input_path, warm)
 
     import torch

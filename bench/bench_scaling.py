@@ -344,7 +344,7 @@ def run_fleet(settings: Settings, client, gpus: list[str], data: tuple[Path, Pat
 def fleet_settings(args: argparse.Namespace, model_dir: Path, work: Path) -> Settings:
     return Settings(work_dir=work, relations_model=str(model_dir), model_cache=str(work.parent / "models"),
                     temperature=0.0, max_new_tokens=args.max_new_tokens, batch_size=args.fleet_batch_size,
-                    chunk_pairs=CHUNK_PAIRS, workers_per_gpu=1, poll_interval_seconds=POLL_S)
+                    workers_per_gpu=1, poll_interval_seconds=POLL_S)
 
 
 # --- the static split ----------------------------------------------------------------------

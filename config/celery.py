@@ -30,6 +30,13 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
+        # A broker connection lost while a late-acked task runs: the message goes back to
+        # the queue, so without this the task would run twice (here and on its redelivery).
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # Nothing blocks forever (a FIFO as an image path, a hung device): past the soft
+        # limit the task fails its unfinished items; past the hard one the process is killed.
+        "task_soft_time_limit": settings.task_time_limit,
+        "task_time_limit": settings.task_hard_time_limit,
         "task_queues": tuple(Queue(name) for name in queues),
         "task_default_queue": settings.queue_relations,
         "task_create_missing_queues": False,

@@ -9,10 +9,12 @@ project reads ``os.environ`` for its own settings.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Mapping
+from urllib.parse import urlsplit
 
 ENV_PREFIX = "EVALFLEET_"
 
@@ -21,6 +23,12 @@ TINY_MODEL = "tiny"
 
 # What a worker uses when no broker URL is configured: the usual single-host Redis.
 DEFAULT_BROKER_URL = "redis://localhost:6379/0"
+
+# Seconds between a task's soft time limit (it fails its items) and its hard one (killed).
+TIME_LIMIT_GRACE_SECONDS = 30
+
+# URL schemes a broker or result URL may have.
+REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 class SettingsError(ValueError):
@@ -99,12 +107,27 @@ class Settings:
 
     # --- workers ---------------------------------------------------------------
     workers_per_gpu: int = 1
-    # A task that raises is retried this many times (with back-off), then recorded as failed.
+    # A task that raises a transient error (CUDA out of memory, Redis unreachable) is
+    # retried this many times, then its items are recorded as failed.
     task_max_retries: int = 3
-    retry_backoff_seconds: float = 2.0
+    # First back-off in whole seconds (Celery's retry_backoff); doubles on every retry.
+    retry_backoff_seconds: int = 2
+    # Soft time limit of one task (seconds): past it the task fails its unfinished items,
+    # so nothing blocks forever. The hard limit (the process is killed) is
+    # TIME_LIMIT_GRACE_SECONDS later. A full-size edit takes ~40 s, a big relations task
+    # minutes; the visibility timeout must exceed the hard limit.
+    task_time_limit: int = 1800
 
     # --- producer ----------------------------------------------------------------
     poll_interval_seconds: float = 0.5
+    # A stage that has not moved for this long while its queue is empty and no worker
+    # holds its tasks will never finish: the producer says so and fails what is left.
+    stall_seconds: float = 60.0
+
+    @property
+    def task_hard_time_limit(self) -> int:
+        # A short limit (tests) gets a grace as short as itself.
+        return self.task_time_limit + min(TIME_LIMIT_GRACE_SECONDS, self.task_time_limit)
 
     @property
     def artifacts(self) -> Path:
@@ -175,8 +198,19 @@ def to_environ(settings: Settings) -> dict[str, str]:
 
 
 def _validate(s: Settings) -> None:
-    positive = ("top_k", "batch_size", "max_batch", "max_new_tokens", "task_prompts", "workers_per_gpu",
-                "judge_batch_size")
+    for f in fields(Settings):
+        value = getattr(s, f.name)
+        # float("nan") and float("inf") parse; no setting can use them.
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SettingsError(f"{ENV_PREFIX}{f.name.upper()}={value!r} is not a finite number")
+    for name in ("broker_url", "result_url"):
+        url = getattr(s, name)
+        if url and urlsplit(url).scheme not in REDIS_SCHEMES:
+            raise SettingsError(f"{ENV_PREFIX}{name.upper()} is not a Redis URL: use "
+                                f"redis://[:password@]host:port/db (scheme {urlsplit(url).scheme!r})")
+    positive = ("top_k", "batch_size", "max_batch", "max_new_tokens", "task_prompts",
+                "workers_per_gpu", "judge_batch_size", "task_time_limit", "retry_backoff_seconds",
+                "visibility_timeout")
     for name in positive:
         if getattr(s, name) < 1:
             raise SettingsError(f"{ENV_PREFIX}{name.upper()} must be at least 1")
@@ -184,8 +218,11 @@ def _validate(s: Settings) -> None:
         raise SettingsError(
             f"{ENV_PREFIX}EDIT_STEPS, EDIT_SIZE and MEMORY_BUDGET_GB must be >= 0 (0: default)"
         )
-    if s.temperature < 0:
-        raise SettingsError(f"{ENV_PREFIX}TEMPERATURE must be >= 0")
+    if not 0 <= s.temperature <= 100:
+        raise SettingsError(f"{ENV_PREFIX}TEMPERATURE must be between 0 and 100")
+    if s.task_max_retries < 0 or s.poll_interval_seconds <= 0 or s.stall_seconds <= 0:
+        raise SettingsError(f"{ENV_PREFIX}TASK_MAX_RETRIES must be >= 0, POLL_INTERVAL_SECONDS "
+                            f"and STALL_SECONDS > 0")
     if s.decoder not in ("slots", "static"):
         raise SettingsError(f"{ENV_PREFIX}DECODER={s.decoder!r}: use slots or static")
     if s.dtype not in ("auto", "bfloat16", "float16", "float32"):

@@ -24,14 +24,15 @@ from producer.editbench_job import PHASE_SCOPES, PhaseController, register_editb
 from producer.editbench_report import write_editbench_report
 from producer.editbench_sample import ensure_editbench_sample, write_editbench_sample
 from producer.embedded import EmbeddedRedis, InfrastructureError, LocalFleet
-from producer.progress import wait_for_stage
+from producer.preflight import check_output_path, check_run_settings, check_writable_dir
+from producer.progress import stall_watch, wait_for_stage
 from producer.relations_job import enqueue_relations
 from producer.relations_report import write_relations_report
 from producer.relations_sample import ensure_relations_sample, write_relations_sample
 from producer.status import build_status, format_status
 from shared.errors import InputFileError
 from shared.keys import check_run_name
-from shared.messages import RELATIONS_STAGE
+from shared.messages import RELATIONS_STAGE, RELATIONS_TASK
 from shared.store import RunStore, connect
 
 log = logging.getLogger("producer")
@@ -45,6 +46,7 @@ def broker_for(settings: Settings) -> Iterator[tuple[Settings, bool]]:
     if settings.broker_url:
         yield settings, False
         return
+    check_writable_dir(settings.work_dir / "redis", "EVALFLEET_WORK_DIR")
     with EmbeddedRedis(settings.work_dir / "redis") as server:
         yield settings.replace(broker_url=server.url), True
 
@@ -81,15 +83,28 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     return cmd_run_relations(args, settings) if args.job == "relations" else cmd_run_editbench(args, settings)
 
 
+def _preflight(args: argparse.Namespace, settings: Settings, job: str) -> None:
+    """Before anything is registered: settings and paths that would fail the run, named (exit 2)."""
+    check_run_settings(settings, job)
+    check_writable_dir(settings.work_dir, "EVALFLEET_WORK_DIR")
+    if job == "editbench":
+        check_writable_dir(settings.artifacts, "EVALFLEET_ARTIFACT_ROOT")
+    if getattr(args, "output", None):
+        check_output_path(Path(args.output))
+
+
 def cmd_run_relations(args: argparse.Namespace, settings: Settings) -> int:
+    _preflight(args, settings, "relations")
     stage1, input_path = _inputs(args, settings)
     with broker_for(settings) as (settings, embedded):
-        client = connect(settings.store_url)
-        enq = enqueue_relations(settings, celery_client(settings), client, stage1, input_path, args.run)
+        client, app = connect(settings.store_url), celery_client(settings)
+        enq = enqueue_relations(settings, app, client, stage1, input_path, args.run)
         _log_enqueued(enq)
         store = RunStore(client, enq.run_id)
         with local_fleet(args, settings, embedded, [settings.queue_relations], enq.pairs_sent > 0) as check:
-            progress = wait_for_stage(store, RELATIONS_STAGE, settings.poll_interval_seconds, check)
+            progress = wait_for_stage(store, RELATIONS_STAGE, settings.poll_interval_seconds, check,
+                                      stall=stall_watch(settings, app, settings.queue_relations,
+                                                        RELATIONS_TASK))
         output = Path(args.output) if args.output else settings.work_dir / enq.run_id / "stage2_generated_results.json"
         report = write_relations_report(store, output)
     summary = report["summary"]
@@ -101,6 +116,7 @@ def cmd_run_relations(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_run_editbench(args: argparse.Namespace, settings: Settings) -> int:
+    _preflight(args, settings, "editbench")
     benchmark = Path(args.benchmark) if args.benchmark else ensure_editbench_sample(settings.work_dir / "sample")
     with broker_for(settings) as (settings, embedded):
         run = register_editbench(settings, connect(settings.store_url), benchmark, args.run)
@@ -131,6 +147,7 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.broker_url:
         raise SystemExit("enqueue needs a running fleet: set EVALFLEET_BROKER_URL "
                          "(or use `python -m producer run relations` for one-command mode)")
+    check_run_settings(settings, "relations")
     enq = enqueue_relations(settings, celery_client(settings), connect(settings.store_url),
                             Path(args.stage1), Path(args.input), args.run)
     _log_enqueued(enq)
@@ -139,6 +156,8 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    if args.output:
+        check_output_path(Path(args.output))
     with broker_for(settings) as (settings, _):
         store = RunStore(connect(settings.store_url), args.run)
         if not store.exists():

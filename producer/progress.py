@@ -1,29 +1,123 @@
-"""Waiting for a stage to finish (done + failed == total) with a progress bar."""
+"""Waiting for a stage to finish (done + failed == total) with a progress bar.
+
+The wait is never silent and never endless. A stage that has not moved for
+``EVALFLEET_STALL_SECONDS`` while its queue is empty and no worker holds a task of it
+(a message purged, lost with a Redis that kept no file, or stranded as unacknowledged
+after a Redis restart until the visibility timeout) will not finish by itself: its
+unfinished items are sent again, one task each (the results are idempotent), and if the
+stage stalls again they are recorded as failed, with the reason. Tasks waiting in a
+queue that no worker takes are reported in the log.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Callable
 
+import redis
+from celery import Celery
 from tqdm import tqdm
 
-from shared.store import OUTAGE_ERRORS, Progress, RunStore
+from config import Settings
+from producer.status import UNACKED_KEY, queue_depths
+from shared.store import OUTAGE_ERRORS, Progress, RunStore, connect
 
 log = logging.getLogger(__name__)
 
 # How long the wait rides out Redis being unreachable (a restart, a failover) before it
 # gives up. Everything is in Redis, so waiting loses nothing; giving up exits with 3.
 REDIS_OUTAGE_SECONDS = 120.0
+# Seconds the workers have to say which tasks they hold.
+INSPECT_TIMEOUT = 2.0
+
+
+class StallWatch:
+    """Tells a stage that is only slow from one that nothing will ever finish."""
+
+    def __init__(self, app: Celery, broker: redis.Redis, queue: str, task: str, seconds: float):
+        self.app, self.broker, self.queue, self.task = app, broker, queue, task
+        self.seconds = seconds
+        self.transport_options = dict(app.conf.broker_transport_options or {})
+        self.quiet_since = time.monotonic()
+        self.last_seen: Progress | None = None
+        self.stalls = 0
+
+    def stalled(self, progress: Progress) -> bool:
+        """True once the stage has sat still for ``seconds`` with nothing queued or held."""
+        now = time.monotonic()
+        if progress != self.last_seen:
+            self.last_seen, self.quiet_since = progress, now
+            return False
+        if now - self.quiet_since <= self.seconds:
+            return False
+        self.quiet_since = now  # check again one period later, whatever is found now
+        try:
+            depth = queue_depths(self.broker, [self.queue], self.transport_options)[self.queue]
+            if depth["waiting"]:
+                log.warning("%d task(s) wait in queue %r and no worker has taken one for %.0f s: is "
+                            "a worker consuming it (python -m workers launch -Q %s)?",
+                            depth["waiting"], self.queue, self.seconds, self.queue)
+                return False
+            out = self._unacked_task_ids()
+            return not out or not out <= self._held_task_ids()
+        except OUTAGE_ERRORS:
+            return False  # the outage has its own limit
+
+    def _unacked_task_ids(self) -> set[str]:
+        """Ids of this queue's tasks delivered to a worker and not acknowledged."""
+        ids = set()
+        for raw in self.broker.hvals(UNACKED_KEY):
+            try:
+                message, _, routing_key = json.loads(raw)
+                if routing_key == self.queue:
+                    ids.add(message["headers"]["id"])
+            except (ValueError, KeyError, TypeError):
+                continue
+        return ids
+
+    def _held_task_ids(self) -> set[str]:
+        """Ids of the tasks the workers that answer hold: running, reserved or waiting to retry."""
+        inspect = self.app.control.inspect(timeout=INSPECT_TIMEOUT)
+        ids = set()
+        for reply in (inspect.active(), inspect.reserved(), inspect.scheduled()):
+            for tasks in (reply or {}).values():
+                ids.update(t.get("id") or t.get("request", {}).get("id") for t in tasks)
+        return ids
+
+    def recover(self, store: RunStore, stage: str, keys: list[str] | None) -> None:
+        """First stall: send the unfinished items again; the next one: fail them, saying why."""
+        self.stalls += 1
+        left = store.unfinished(stage, keys)
+        why = (f"the {stage} stage did not move for {self.seconds:.0f} s (EVALFLEET_STALL_SECONDS) "
+               f"while queue {self.queue!r} was empty and no worker held a task of it")
+        if self.stalls == 1:
+            log.warning("%s: %s; sending its %d unfinished item(s) again", store.run_id, why, len(left))
+            for key in left:
+                self.app.send_task(self.task, args=[store.run_id, [key]], queue=self.queue)
+            return
+        reason = (f"no task holds this item any more: {why}, even after it was sent again "
+                  f"(a message purged or lost; see the worker log). Run the same command again to retry it")
+        log.error("%s: %d item(s) of stage %s will never finish: %s", store.run_id, len(left), stage, reason)
+        for key in left:
+            store.mark_failed(stage, key, reason, attempts=0)
+
+
+def stall_watch(settings: Settings, app: Celery, queue: str, task: str) -> StallWatch:
+    """The watch over ``queue`` (whose tasks are ``task``) of the broker the settings name."""
+    return StallWatch(app, connect(settings.broker), queue, task, settings.stall_seconds)
 
 
 def wait_for_stage(store: RunStore, stage: str, poll_seconds: float,
                    check: Callable[[], None] = lambda: None, keys: list[str] | None = None,
-                   label: str = "", outage_seconds: float = REDIS_OUTAGE_SECONDS) -> Progress:
+                   label: str = "", outage_seconds: float = REDIS_OUTAGE_SECONDS,
+                   stall: StallWatch | None = None) -> Progress:
     """Block until every item of the stage (or of ``keys``) is done or failed.
 
     ``check`` is called while waiting and raises to abort (e.g. the local workers died).
-    Redis may be unreachable for up to ``outage_seconds`` at a time.
+    Redis may be unreachable for up to ``outage_seconds`` at a time. With ``stall``, items
+    that nothing will ever finish are failed instead of waited for.
     """
     poll = _OutageTolerantPoll(store, stage, keys, outage_seconds)
     progress = poll.progress()
@@ -36,6 +130,9 @@ def wait_for_stage(store: RunStore, stage: str, poll_seconds: float,
             check()
             time.sleep(poll_seconds)
             progress = poll.progress() or progress
+            if stall is not None and not progress.finished and stall.stalled(progress):
+                stall.recover(store, stage, keys)
+                progress = poll.progress() or progress
             bar.update(progress.done + progress.failed - bar.n)
             bar.set_postfix(failed=progress.failed, refresh=False)
     return progress

@@ -2,7 +2,8 @@
 
 Originals are content-addressed (``originals/<sha256>.<ext>``): the same image is
 stored once and its name proves its content. Edited images are named after their
-item, so a person finds them: ``edited/<category>/<pair id>.png``.
+item, so a person finds them, and carry the digest of the exact id, so two items never
+share a file: ``edited/<category>-<digest>/<pair id>-<digest>.png`` (see safe_name).
 """
 
 from __future__ import annotations
@@ -14,23 +15,44 @@ import tempfile
 from pathlib import Path
 
 _UNSAFE = re.compile(r"[^\w.\-]+", re.UNICODE)
+# Bytes of the readable part of a file name made from an id; with the digest and an
+# extension the name stays far below the 255 bytes file systems allow, temporary
+# file prefixes included.
+READABLE_NAME_BYTES = 100
+
+# The process's umask, read once: mkstemp makes files 0600, which other users and hosts
+# of a shared filesystem cannot read; the files get the mode an open() would give them.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 def safe_name(name: str) -> str:
-    """A file name for an arbitrary string (Chinese kept); unsafe ones get a digest suffix."""
-    cleaned = _UNSAFE.sub("_", name).strip("._")[:80]
-    if cleaned == name:
-        return name
-    return f"{cleaned or 'item'}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    """A file name for an arbitrary id: readable (Chinese kept), bounded, and injective.
+
+    The digest of the exact id is always appended, so two ids never share a name (one
+    id's cleaned form cannot equal another id, as it could when only unsafe ids got a
+    digest), and the name has at most READABLE_NAME_BYTES + 17 bytes whatever the id.
+    """
+    cleaned = _UNSAFE.sub("_", name).strip("._")
+    cleaned = cleaned.encode("utf-8")[:READABLE_NAME_BYTES].decode("utf-8", "ignore") or "item"
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{cleaned}-{digest}"
 
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def temp_file_beside(path: Path, suffix: str = "") -> tuple[int, str]:
+    """``mkstemp`` in ``path``'s folder (created if needed), with the umask's mode, not 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)
+    return fd, tmp
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = temp_file_beside(path)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.replace(tmp, path)
@@ -44,8 +66,7 @@ def write_once(path: Path, data: bytes) -> str:
     wins (a hard link is created atomically or not at all) and every execution records
     the digest of that file, so the store never names a digest the file does not have.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = temp_file_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -22,7 +22,8 @@ from PIL import Image
 from shared.errors import InputFileError, RecordError, shown
 from shared.images import load_fully
 from shared.jsonio import read_json
-from shared.keys import KEY_SEP, NAME_MAX, is_key_part
+from shared.keys import KEY_SEP, NAME_MAX, is_key_part, separate_failure_keys
+from shared.model_text import special_token_problem
 
 TEXT_FIELDS = ("original_description", "edit_instruction")
 # Longest description or instruction: both go into the judge's prompt.
@@ -68,6 +69,8 @@ def prepare_benchmark(path: Path) -> PreparedBenchmark:
             prepared.failures[_category_key(category)] = f"{path}: category {shown(category)}: {problem}"
             continue
         _prepare_category(path, category, pairs, prepared)
+    # A failure key ("c|p-1#0") may spell a valid pair's key (a pair id "p-1#0").
+    separate_failure_keys(prepared.failures, {p.key for p in prepared.pairs}, "#")
     return prepared
 
 
@@ -132,6 +135,9 @@ def _checked_pair(raw: object, category: str, path: Path, record: str) -> Benchm
             raise RecordError(path, record, name, f"expected a non-empty string, got {shown(value)}")
         if len(value) > TEXT_MAX:
             raise RecordError(path, record, name, f"{len(value)} characters; at most {TEXT_MAX} are accepted")
+        problem = special_token_problem(value)
+        if problem:
+            raise RecordError(path, record, name, problem)
     image_bytes, extension = decode_image_b64(raw.get("original_image_b64"), path, record)
     return BenchmarkPair(category=category, pair_id=str(pair_id), image_bytes=image_bytes,
                          image_extension=extension, original_description=raw["original_description"],

@@ -43,6 +43,9 @@ def open_image(path: str | Path) -> Image.Image:
     """Decode an image fully as RGB, refusing decompression bombs (see load_fully)."""
     if Path(path).is_dir():
         raise ImageFileError(f"image file {path} is a directory, not an image")
+    if Path(path).exists() and not Path(path).is_file():
+        # A FIFO or a device would block open() or never end.
+        raise ImageFileError(f"image file {path} is not a regular file (a FIFO, socket or device)")
     try:
         with load_fully(path) as img:
             return img.convert("RGB")

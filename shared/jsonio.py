@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from shared.errors import InputFileError
+from shared.artifacts import temp_file_beside
+from shared.errors import InputFileError, shown
 
 
 class InvalidNumber:
@@ -32,6 +32,30 @@ def _parse_float(literal: str) -> float | InvalidNumber:
     return value if math.isfinite(value) else InvalidNumber(literal)
 
 
+def _parse_int(literal: str) -> int | InvalidNumber:
+    # An integer too large for a float (1 followed by 400 digits) breaks every use of it
+    # as a number (OverflowError): as unusable as Infinity.
+    value = int(literal)
+    try:
+        float(value)
+    except OverflowError:
+        return InvalidNumber(literal if len(literal) <= 20 else f"{literal[:20]}... ({len(literal)} digits)")
+    return value
+
+
+class DuplicateKey(ValueError):
+    """A JSON object names one key twice: json.loads would silently keep the last value."""
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise DuplicateKey(key)
+        obj[key] = value
+    return obj
+
+
 def read_json(path: Path) -> Any:
     """Load a JSON file, turning every way it can be unusable into an InputFileError."""
     try:
@@ -46,7 +70,11 @@ def read_json(path: Path) -> Any:
     if not text.strip():
         raise InputFileError(path, "the file is empty")
     try:
-        return json.loads(text, parse_constant=InvalidNumber, parse_float=_parse_float)
+        data = json.loads(text, parse_constant=InvalidNumber, parse_float=_parse_float,
+                          parse_int=_parse_int, object_pairs_hook=_unique_pairs)
+    except DuplicateKey as exc:
+        raise InputFileError(path, f"the key {shown(exc.args[0])} appears twice in one JSON object "
+                                   f"(only one can be used; remove or rename the other)") from None
     except json.JSONDecodeError as exc:
         raise InputFileError(
             path, f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
@@ -55,16 +83,23 @@ def read_json(path: Path) -> Any:
         raise InputFileError(path, "not usable JSON: nested too deeply") from None
     except ValueError as exc:  # e.g. an integer literal of thousands of digits
         raise InputFileError(path, f"not usable JSON: {exc}") from None
+    bad = lone_surrogate_at(data, "")
+    if bad is not None:
+        # "\ud800" escapes parse, but such a string is not text: Redis, files and
+        # the models would refuse it later, after the run was registered.
+        raise InputFileError(path, f"{bad or 'the document'}: a lone surrogate (an escape "
+                                   f"such as \\ud800 without its pair) is not text")
+    return data
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON so that readers see either the old file or the whole new one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_file_beside(path, suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, ensure_ascii=False, indent=2)
+            # allow_nan=False: NaN is not JSON; a report containing it is a bug to surface.
+            json.dump(data, f, ensure_ascii=False, indent=2, allow_nan=False)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
@@ -72,6 +107,33 @@ def write_json_atomic(path: Path, data: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def lone_surrogate_at(value: Any, where: str) -> str | None:
+    """The path of the first string (value or object key) that is not encodable text, or None."""
+    if isinstance(value, str):
+        return None if _is_text(value) else where
+    if isinstance(value, dict):
+        for key, child in value.items():
+            if not _is_text(key):
+                return f"{where}.{shown(key)}"
+            found = lone_surrogate_at(child, f"{where}.{key}")
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, child in enumerate(value):
+            found = lone_surrogate_at(child, f"{where}[{i}]")
+            if found is not None:
+                return found
+    return None
+
+
+def _is_text(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def invalid_number_at(value: Any, where: str) -> str | None:

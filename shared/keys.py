@@ -26,12 +26,26 @@ def normalize_image_id(image_id: object) -> str:
     if isinstance(image_id, bool) or not isinstance(image_id, (int, str)):
         raise TypeError(f"an image id must be an integer or a string, got {image_id!r}")
     text = str(image_id).strip()
-    # "0042" and 42 name the same Visual Genome image.
-    return str(int(text)) if text.isdigit() else text
+    # "0042" and 42 name the same Visual Genome image. ASCII digits only: "²" and "٣"
+    # are digits to str.isdigit(), and int() refuses the first.
+    return str(int(text)) if text.isascii() and text.isdigit() else text
 
 
 def relation_key(image_id: object, subject: str, object_: str) -> str:
     return KEY_SEP.join((normalize_image_id(image_id), subject, object_))
+
+
+def separate_failure_keys(failures: dict[str, str], valid: set[str], sep: str) -> None:
+    """Move every failure whose key is a valid item's key to ``<key><sep><n>``, unused by both.
+
+    Registered under a valid item's key, a failure's placeholder would replace that item
+    (the worker then finds no payload and raises).
+    """
+    for key in [k for k in failures if k in valid]:
+        n = 2
+        while f"{key}{sep}{n}" in failures or f"{key}{sep}{n}" in valid:
+            n += 1
+        failures[f"{key}{sep}{n}"] = failures.pop(key)
 
 
 def file_digest(path: Path) -> str:

@@ -28,7 +28,9 @@ from typing import Any
 from shared.errors import InputFileError, RecordError, shown
 from shared.images import PathOutsideRoot, resolve_inside
 from shared.jsonio import invalid_number_at, read_json
-from shared.keys import KEY_SEP, NAME_MAX, is_key_part, normalize_image_id, relation_key
+from shared.keys import (KEY_SEP, NAME_MAX, is_key_part, normalize_image_id, relation_key,
+                         separate_failure_keys)
+from shared.model_text import special_token_problem
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,11 @@ def prepare_data_for_inference(
                 continue
             pair["order"] = len(prepared.pairs)
             prepared.pairs.append(pair)
+    # An image-level failure ("7|*|*") meets a pair key when a repeated stage-1 entry fails
+    # and the first one has a pair of classes named "*". Moved to a key of four parts, it
+    # cannot meet another pair key (a part never contains KEY_SEP).
+    valid = {relation_key(p["image_id"], p["subject"], p["object"]) for p in prepared.pairs}
+    separate_failure_keys(prepared.failures, valid, KEY_SEP)
     return prepared
 
 
@@ -244,7 +251,12 @@ def _check_bbox(bbox: object, path: Path, name: str, where: str) -> None:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float (read_json marks those already)
+        return False
 
 
 def _is_name(value: object) -> bool:
@@ -273,6 +285,11 @@ def _check_candidate(cand: object, path: Path, where: str) -> None:
             raise RecordError(path, where, fld,
                               f"expected a non-empty string of at most {NAME_MAX} characters, "
                               f"got {shown(cand.get(fld))}")
+    for fld in ("subject", "object", "predicted_predicate"):
+        # Class names and predicates go into the relation prompt.
+        problem = special_token_problem(cand[fld])
+        if problem:
+            raise RecordError(path, where, fld, problem)
     for fld in ("subject", "object"):
         if KEY_SEP in cand[fld]:
             raise RecordError(path, where, fld, f"{KEY_SEP!r} is not allowed in a class name "

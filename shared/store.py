@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 PREFIX = "evalfleet"
 RUNS_KEY = f"{PREFIX}:runs"
@@ -54,9 +56,30 @@ class Progress:
         return self.done + self.failed >= self.total
 
 
-def connect(url: str) -> redis.Redis:
-    """A Redis client for the store; text in and out (all values are JSON)."""
-    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+# How long a worker's store command waits for Redis to come back (a restart, a failover)
+# before it raises: redis-py retries it with exponential back-off (0.1 s doubling to 5 s).
+WORKER_OUTAGE_SECONDS = 60.0
+
+
+def _outage_retry(seconds: float) -> Retry:
+    """A redis-py Retry whose back-offs add up to about ``seconds``."""
+    backoff = ExponentialBackoff(cap=5.0, base=0.1)
+    total, retries = 0.0, 0
+    while total < seconds:
+        retries += 1
+        total += backoff.compute(retries)
+    return Retry(backoff, retries)
+
+
+def connect(url: str, outage_seconds: float = 0.0) -> redis.Redis:
+    """A Redis client for the store; text in and out (all values are JSON).
+
+    With ``outage_seconds``, each command waits that long for an unreachable Redis
+    (workers: a task rides out a restart without rerunning); without, redis-py's default
+    applies (the producer has its own, longer wait).
+    """
+    extra = {"retry": _outage_retry(outage_seconds)} if outage_seconds else {}
+    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30, **extra)
 
 
 class RunStore:
@@ -138,6 +161,17 @@ class RunStore:
 
     def failed(self, stage: str) -> dict[str, dict[str, Any]]:
         return _load_all(self.client.hgetall(self._key(stage, "failed")))
+
+    def unfinished(self, stage: str, keys: list[str] | None = None) -> list[str]:
+        """The items of the stage (or of ``keys``) neither done nor failed."""
+        keys = list(self.client.hkeys(self._key(stage, "items"))) if keys is None else keys
+        if not keys:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hmget(self._key(stage, "done"), keys)
+        pipe.hmget(self._key(stage, "failed"), keys)
+        done, failed = pipe.execute()
+        return [k for k, d, f in zip(keys, done, failed) if d is None and f is None]
 
     def progress(self, stage: str, keys: list[str] | None = None) -> Progress:
         """Done, failed and total items of the stage, or of the given keys of it."""

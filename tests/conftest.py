@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Short generations keep the suite fast on a 2-core CPU; everything else is the default.
 FAST = {"EVALFLEET_MAX_NEW_TOKENS": "8", "EVALFLEET_POLL_INTERVAL_SECONDS": "0.2",
-        "EVALFLEET_RETRY_BACKOFF_SECONDS": "0.2"}
+        "EVALFLEET_RETRY_BACKOFF_SECONDS": "1"}
 
 
 @pytest.fixture(scope="session")
@@ -85,12 +85,12 @@ def sample(tmp_path) -> tuple[Path, Path]:
 def wait_for_workers(broker_url: str, prefix: str, count: int, timeout: float = 60) -> None:
     """Wait until ``count`` workers whose node names start with ``prefix`` answer a ping."""
     app = celery_client(Settings(broker_url=broker_url))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        replies = app.control.ping(timeout=0.5)
-        if sum(name.startswith(prefix) for reply in replies for name in reply) >= count:
-            return
-    raise TimeoutError(f"{count} worker(s) named {prefix}* did not answer within {timeout}s")
+
+    def answered() -> bool:
+        replies = app.control.ping(timeout=0.5)  # also the interval between tries
+        return sum(name.startswith(prefix) for reply in replies for name in reply) >= count
+
+    wait_until(answered, timeout, f"{count} worker(s) named {prefix}* answering", interval=0)
 
 
 def run_producer(*args: str, env: dict[str, str], timeout: float = 300,

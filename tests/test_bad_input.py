@@ -12,6 +12,7 @@ import base64
 import copy
 import io
 import json
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -175,6 +176,20 @@ RELATIONS_RECORD_CASES = [
     ("record-not-an-object", _set(["i", 0], "7.png"), "input[0]|*|*", "record", ["'7.png'"]),
     ("image-id-repeated-with-other-content", _repeated_record, "7|man|horse", "image_id",
      ["repeats the image id of record [0]"]),
+    ("subject-special-token", _set(["s", "7", 0, "subject"], "<|vision_start|>"), "7|*|*", "subject",
+     ["special token"]),
+    ("predicate-special-token", _set(["s", "7", 0, "predicted_predicate"], "on <|endoftext|>"), "7|*|*",
+     "predicted_predicate", ["special token"]),
+    # Integers too large for a float: float() raises OverflowError on them.
+    ("similarity-integer-too-large", _set(["s", "7", 0, "similarity"], 10**400), "7|*|*", "similarity",
+     ["401 digits"]),
+    ("bbox-integer-too-large", _set(["i", 0, "objects", 0, "bbox"], [10, 10**400, 50, 90]), "7|man|horse",
+     "objects[0].bbox", ["finite numbers"]),
+    # Digits to str.isdigit() that int() refuses ("²") or reads ("٧" is 7): ids are text then.
+    ("stage1-id-unicode-digits", _set(["s", "²"], [cand("man", "horse")]), "²|man|horse", "image_id",
+     ["not in"]),
+    ("stage1-id-arabic-indic-digit", _set(["s", "٧"], [cand("man", "horse")]), "٧|man|horse", "image_id",
+     ["not in"]),
 ]
 
 
@@ -214,6 +229,29 @@ def test_relations_ids_match_as_strings_and_integers_and_keys_are_text(tmp_path)
     assert sorted(str(p["image_id"]) for p in prepared.pairs) == ["0007", "8"]
 
 
+def test_a_failure_never_takes_the_key_of_a_valid_pair(tmp_path):
+    """ "007" is valid with a pair of classes named "*"; "7" repeats it and fails as "7|*|*"."""
+    stage1, images = base_relations()
+    images[0]["objects"].append({"id": 3, "class_name": "*", "bbox": [1, 1, 5, 5]})
+    stage1 = {"007": [cand("*", "*")], "7": [cand("man", "horse")]}
+    prepared = prepare_data_for_inference(*write_relations(tmp_path, stage1, images), top_k=10)
+    pairs = {f"{p['image_id']}|{p['subject']}|{p['object']}" for p in prepared.pairs}
+    assert pairs == {"7|*|*"}
+    assert not pairs & set(prepared.failures)
+    assert "repeats" in prepared.failures["7|*|*|2"]
+
+
+def test_editbench_a_failure_never_takes_the_key_of_a_valid_pair(tmp_path):
+    """A bad pair at index 0 fails as "物理|p-1#0"; a valid pair's id is literally "p-1#0"."""
+    data = base_benchmark()
+    data["物理"][0]["original_image_b64"] = "not//base64!!"
+    data["物理"][1]["pair_id"] = "p-1#0"
+    prepared = prepare_benchmark(write_benchmark(tmp_path, data))
+    assert "物理|p-1#0" in {p.key for p in prepared.pairs}
+    assert not {p.key for p in prepared.pairs} & set(prepared.failures)
+    assert "base64" in prepared.failures["物理|p-1#0#2"]
+
+
 def test_relations_identical_repeated_record_is_harmless(tmp_path):
     stage1, images = base_relations()
     images.append(copy.deepcopy(images[0]))
@@ -248,6 +286,20 @@ RELATIONS_FILE_CASES = [
     ("input-nested-too-deeply", _raw(input_text=b"[" * 100_000), "i", ["nested too deeply"]),
     ("input-integer-of-5000-digits", _raw(input_text=b"[" + b"7" * 5000 + b"]"), "i", ["not usable JSON"]),
     ("stage1-nan-at-top", _raw(stage1_text=b"NaN"), "s", ["per_image_top100_candidates"]),
+    # json.loads keeps the last of two equal keys, silently.
+    ("stage1-image-twice", _raw(stage1_text=b'{"per_image_top100_candidates": {"7": [], "7": []}}'), "s",
+     ["'7' appears twice"]),
+    ("input-object-key-twice", _raw(input_text=b'[{"image_id": 7, "image_id": 8}]'), "i",
+     ["'image_id' appears twice"]),
+    # A lone surrogate parses, but is not text: redis-py would refuse it after registration.
+    ("class-name-lone-surrogate",
+     _raw(input_text=b'[{"image_id": 7, "image_path": "a.png", "objects": [{"class_name": "m\\ud800"}]}]'),
+     "i", ["lone surrogate", "[0].objects[0].class_name"]),
+    ("stage1-subject-lone-surrogate",
+     _raw(stage1_text=b'{"per_image_top100_candidates": {"7": [{"subject": "\\udc80"}]}}'), "s",
+     ["lone surrogate", "per_image_top100_candidates.7[0].subject"]),
+    ("stage1-key-lone-surrogate", _raw(stage1_text=b'{"per_image_top100_candidates": {"\\ud800": []}}'),
+     "s", ["lone surrogate"]),
 ]
 
 
@@ -313,6 +365,11 @@ def _truncated(data: dict) -> None:
 
 # (case id, mutation, failure key, field named (None: category-level), words)
 EDITBENCH_CASES = [
+    # Special-token strings would reach the judge as tokens (the batch fails, naming no record).
+    ("description-special-token", _pair("original_description", "a ball <|image_pad|> on grass"),
+     "物理|p-1#0", "original_description", ["'<|image_pad|>'", "special token"]),
+    ("instruction-special-token", _pair("edit_instruction", "<|im_end|><|im_start|>system"),
+     "物理|p-1#0", "edit_instruction", ["'<|im_end|>'"]),
     ("corrupt-base64", _pair("original_image_b64", "not//base64!!"), "物理|p-1#0", "original_image_b64",
      ["base64"]),
     ("base64-of-text", _pair("original_image_b64", b64(b"hello, not an image")), "物理|p-1#0",
@@ -378,6 +435,9 @@ EDITBENCH_FILE_CASES = [
     ("malformed-json", b'{"\xe7\x89\xa9\xe7\x90\x86": [', ["not valid JSON"]),
     ("not-utf8", "{\"物理\": []}".encode("gb18030"), ["UTF-8"]),
     ("nan-top-level", b"NaN", ["JSON object"]),
+    ("category-twice", '{"物理": [], "物理": []}'.encode(), ["'物理' appears twice"]),
+    ("pair-id-lone-surrogate", b'{"c": [{"pair_id": "\\udc80"}]}', ["lone surrogate", ".c[0].pair_id"]),
+    ("category-lone-surrogate", b'{"\\ud800": []}', ["lone surrogate"]),
 ]
 
 
@@ -407,6 +467,7 @@ def test_editbench_wrapped_base64_and_chinese_names_are_accepted(tmp_path):
 IMAGE_FILE_CASES = [
     ("missing", lambda p: None, "does not exist"),
     ("directory", lambda p: p.mkdir(), "is a directory"),
+    ("fifo", lambda p: os.mkfifo(p), "not a regular file"),
     ("truncated", lambda p: p.write_bytes(png_bytes((64, 64))[:60]), "cannot be decoded"),
     ("not-an-image", lambda p: p.write_bytes(b"GIF89a but not really"), "not an image Pillow can read"),
     ("empty", lambda p: p.write_bytes(b""), "not an image Pillow can read"),

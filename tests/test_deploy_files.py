@@ -8,14 +8,13 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
 import redis
 import yaml
 
-from conftest import FAST, ROOT, read_json, run_producer, wait_for_workers
+from conftest import FAST, ROOT, read_json, run_producer, wait_for_workers, wait_until
 from producer.embedded import free_port
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -28,15 +27,14 @@ WORKERS = {name: s for name, s in SERVICES.items() if name.startswith("worker-gp
 
 def wait_for_redis(url: str, timeout: float = 30) -> None:
     client = redis.Redis.from_url(url)
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def answers() -> bool:
         try:
-            client.ping()
-            return
+            return client.ping()
         except redis.exceptions.ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+            return False
+
+    wait_until(answers, timeout, f"Redis at {url}", interval=0.1)
 
 
 def test_procfile_runs_a_fleet_under_honcho(model_cache, sample, tmp_path):

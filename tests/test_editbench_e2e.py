@@ -5,17 +5,19 @@ from __future__ import annotations
 import base64
 import io
 import json
+import shutil
 import signal
 import statistics
-import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from conftest import private_env, read_json, run_producer, started_fleet
+from config import Settings
+from conftest import private_env, read_json, run_producer, started_fleet, wait_until
 from producer.editbench_sample import write_editbench_sample
 from producer.embedded import EmbeddedRedis
+from shared.editbench_data import prepare_benchmark
 from shared.messages import EDIT_STAGE, SCORE_STAGE
 from shared.store import RunStore, connect
 
@@ -108,21 +110,24 @@ def test_interrupted_after_edit_phase_rerun_redoes_no_edit(editbench_fleet, flee
     args = ("run", "editbench", "--benchmark", str(benchmark), "--run", "interrupted")
     controller = run_producer(*args, env=fleet_env, wait=False)
     store = RunStore(redis_client, "interrupted")
-    deadline = time.monotonic() + 120
-    while not (store.exists() and store.progress(EDIT_STAGE).total == 15
-               and store.progress(EDIT_STAGE).finished):
-        assert time.monotonic() < deadline and controller.poll() is None
-        time.sleep(0.05)
+    pairs = len(prepare_benchmark(benchmark).pairs)
+
+    def edits_finished() -> bool:
+        assert controller.poll() is None, "the run ended before the edit phase was drained"
+        progress = store.progress(EDIT_STAGE) if store.exists() else None
+        return progress is not None and progress.total == pairs and progress.finished
+
+    wait_until(edits_finished, 120, "the edit phase drained")
     controller.send_signal(signal.SIGINT)
     out, _ = controller.communicate(timeout=60)
     assert controller.returncode == 130, out
     edits_before = store.stats(EDIT_STAGE)["edits_executed"]
-    assert edits_before == 15
+    assert edits_before == pairs
 
     rerun = run_producer(*args, env=fleet_env)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert store.stats(EDIT_STAGE)["edits_executed"] == edits_before
-    assert store.progress(SCORE_STAGE).done == 15
+    assert store.progress(SCORE_STAGE).done == pairs
 
 
 def _png_b64(size: tuple[int, int]) -> str:
@@ -135,7 +140,8 @@ def test_corrupt_image_and_failing_edit_fail_alone(editbench_fleet, fleet_env, r
     benchmark = write_editbench_sample(tmp_path / "sample")
     data = json.loads(benchmark.read_text(encoding="utf-8"))
     data["物理"][0]["original_image_b64"] = "not//base64!!"
-    # A valid image the editing pipeline refuses (aspect ratio beyond 200:1): the edit raises.
+    # A valid image the editing pipeline refuses (aspect ratio beyond 200:1): the edit raises,
+    # a permanent error (bad input), so it fails at once.
     data["社会"][1]["original_image_b64"] = _png_b64((4000, 1))
     benchmark.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
     proc, output = run_editbench(fleet_env, benchmark, tmp_path)
@@ -146,6 +152,29 @@ def test_corrupt_image_and_failing_edit_fail_alone(editbench_fleet, fleet_env, r
     assert corrupt["stage"] == "edit" and "original_image_b64" in corrupt["reason"]
     assert "base64" in corrupt["reason"] and str(benchmark) in corrupt["reason"]
     raised = failures["社会-2"]
-    assert raised["stage"] == "edit" and "aspect ratio" in raised["reason"] and raised["attempts"] == 4
+    assert raised["stage"] == "edit" and "aspect ratio" in raised["reason"] and raised["attempts"] == 1
     assert report["overall"]["n"] == 13
     assert report["categories"]["物理"]["scored"] == 2 and report["categories"]["社会"]["scored"] == 2
+
+
+def test_a_judge_batch_that_fails_is_narrowed_to_the_pairs_that_caused_it(model_cache, tmp_path):
+    """A prompt template that breaks the judge for one category (a special token in it):
+    its pairs fail, each with its reason; the pairs that shared their batches are scored."""
+    prompts = tmp_path / "prompts"
+    shutil.copytree(Settings().prompts, prompts)
+    (prompts / "环境.user.txt").write_text("<|image_pad|> {original_description} / {edit_instruction}",
+                                          encoding="utf-8")
+    benchmark = write_editbench_sample(tmp_path / "sample")
+    per_category = {name: len(pairs) for name, pairs in json.loads(benchmark.read_text()).items()}
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        env = private_env(server, model_cache, tmp_path / "work", EVALFLEET_PROMPTS_DIR=str(prompts),
+                          EVALFLEET_JUDGE_BATCH_SIZE="4")
+        with started_fleet(env, ["edit", "score"], tmp_path, name="narrow"):
+            proc, output = run_editbench(env, benchmark, tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = read_json(output)
+    failed = {(f["category"], f["stage"]) for f in report["failures"]}
+    assert failed == {("环境", "score")}
+    assert len(report["failures"]) == per_category["环境"]
+    # 4-pair batches in category order: the failing pairs shared batches with others.
+    assert report["overall"]["n"] == sum(per_category.values()) - per_category["环境"]

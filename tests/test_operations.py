@@ -1,4 +1,8 @@
-"""Operational failures a user must be able to read: a model that cannot be found."""
+"""Operational failures a user must be able to read: a model that cannot be found.
+
+A model path that cannot exist stops the producer at its start (tests/test_never_silent.py);
+a hub id can only be tried by the workers, which fail its items at once, naming the setting.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +17,13 @@ from shared.store import RunStore, connect
 from workers.models.loading import ModelNotFoundError, load_vlm
 
 MISSING = "/nonexistent/dir"
+# A well-formed hub id that no cache holds: with HF_HUB_OFFLINE=1 the workers cannot load it.
+MISSING_HUB_ID = "evalfleet-tests/no-such-model"
 
 
 def test_a_missing_model_fails_the_pairs_at_once_naming_the_setting(fleet_env, sample, tmp_path):
     with EmbeddedRedis(tmp_path / "redis") as server:
-        env = {**fleet_env, "EVALFLEET_BROKER_URL": server.url,
+        env = {**fleet_env, "EVALFLEET_BROKER_URL": server.url, "HF_HUB_OFFLINE": "1",
                "EVALFLEET_TASK_MAX_RETRIES": "3", "EVALFLEET_RETRY_BACKOFF_SECONDS": "30"}
         stage1, input_path = sample
         output = tmp_path / "out.json"
@@ -25,7 +31,7 @@ def test_a_missing_model_fails_the_pairs_at_once_naming_the_setting(fleet_env, s
             started = time.monotonic()
             proc = run_producer("run", "relations", "--stage1", str(stage1), "--input",
                                 str(input_path), "--run", "missing", "--output", str(output),
-                                env={**env, "EVALFLEET_RELATIONS_MODEL": MISSING}, timeout=120)
+                                env={**env, "EVALFLEET_RELATIONS_MODEL": MISSING_HUB_ID}, timeout=120)
             elapsed = time.monotonic() - started
         assert proc.returncode == 1, proc.stdout + proc.stderr
         # A 30 s back-off before each of 3 retries would take minutes: nothing was retried.
@@ -33,7 +39,7 @@ def test_a_missing_model_fails_the_pairs_at_once_naming_the_setting(fleet_env, s
         report = read_json(output)
         assert len(report["failed"]) == 13 and report["results"] == []
         for failure in report["failed"]:
-            assert "EVALFLEET_RELATIONS_MODEL" in failure["reason"] and MISSING in failure["reason"]
+            assert "EVALFLEET_RELATIONS_MODEL" in failure["reason"] and MISSING_HUB_ID in failure["reason"]
             assert "Traceback" not in failure["reason"]
         failed = RunStore(connect(server.url), "missing").failed("relations")
         assert {f["attempts"] for f in failed.values()} == {1}

@@ -6,6 +6,8 @@ the fork, on their first task.
 
 from __future__ import annotations
 
+import logging
+
 from celery import Celery
 
 from config import load_settings
@@ -15,3 +17,10 @@ settings = load_settings()
 
 app = Celery("evalfleet", include=["workers.relations_task", "workers.editbench_tasks"])
 app.conf.update(celery_config(settings))
+
+if settings.visibility_timeout <= settings.task_hard_time_limit:
+    # A task may then outlive its message's visibility: Redis hands it to a second worker.
+    logging.getLogger(__name__).warning(
+        "EVALFLEET_VISIBILITY_TIMEOUT (%d s) is not longer than a task's hard time limit (%d s): "
+        "a long task will be executed twice (see README, Reliability)",
+        settings.visibility_timeout, settings.task_hard_time_limit)

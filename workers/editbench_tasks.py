@@ -14,23 +14,21 @@ from pathlib import Path
 from shared.artifacts import write_once
 from shared.images import ImageFileError, open_image
 from shared.messages import EDIT_STAGE, EDIT_TASK, SCORE_STAGE, SCORE_TASK
-from shared.store import OUTAGE_ERRORS, RunStore
-from workers.celery_app import app, settings
-from workers.outages import surviving_store_outages
+from shared.store import RunStore
+from workers.celery_app import app
 from workers.runtime import editor_for, judge_for, prompt_manager, run_store, worker_name
-from workers.task_support import give_up_or_retry, pending_items
+from workers.task_support import TASK_LEVEL_ERRORS, ItemTask, failure_message, pending_items
 
 log = logging.getLogger(__name__)
 
 
-@app.task(bind=True, name=EDIT_TASK, acks_late=True, max_retries=settings.task_max_retries)
+@app.task(bind=True, base=ItemTask, stage=EDIT_STAGE, name=EDIT_TASK)
 def edit_pairs(self, run_id: str, keys: list[str]) -> dict[str, int]:
-    store = run_store(run_id)
-    # A Redis restart mid-task must not end the task in an exception: its items would be lost.
-    return surviving_store_outages(store.client, lambda: _edit_pending(self, store, keys))
+    """Edit each pair; retries and failures are ItemTask's."""
+    return _edit_pending(run_store(run_id), keys)
 
 
-def _edit_pending(task, store: RunStore, keys: list[str]) -> dict[str, int]:
+def _edit_pending(store: RunStore, keys: list[str]) -> dict[str, int]:
     edited = 0
     for key, item in pending_items(store, EDIT_STAGE, keys).items():
         started = time.time()
@@ -39,16 +37,10 @@ def _edit_pending(task, store: RunStore, keys: list[str]) -> dict[str, int]:
         except ImageFileError as exc:
             store.mark_failed(EDIT_STAGE, key, str(exc))
             continue
-        try:
-            editor = editor_for(store)
-            # Seeded by the run's seed and the item key: a rerun reproduces the image.
-            seed = editor.seed_for(f"{store.meta()['seed']}|{key}")
-            image = editor.edit(original, item["edit_instruction"], seed=seed)
-        except OUTAGE_ERRORS:
-            raise  # not the item's fault: surviving_store_outages waits for Redis
-        except Exception as exc:
-            give_up_or_retry(task, store, EDIT_STAGE, [key], exc)
-            continue
+        editor = editor_for(store)
+        # Seeded by the run's seed and the item key: a rerun reproduces the image.
+        seed = editor.seed_for(f"{store.meta()['seed']}|{key}")
+        image = editor.edit(original, item["edit_instruction"], seed=seed)
         path, digest = _save_png(image, Path(item["edited_path"]))
         store.mark_done(EDIT_STAGE, key, {"edited_path": str(path), "edited_digest": digest,
                                           "seconds": round(time.time() - started, 4),
@@ -65,31 +57,48 @@ def _save_png(image, path: Path) -> tuple[Path, str]:
     return path, write_once(path, buf.getvalue())
 
 
-@app.task(bind=True, name=SCORE_TASK, acks_late=True, max_retries=settings.task_max_retries)
+@app.task(bind=True, base=ItemTask, stage=SCORE_STAGE, name=SCORE_TASK)
 def score_pairs(self, run_id: str, keys: list[str]) -> dict[str, int]:
-    store = run_store(run_id)
-    return surviving_store_outages(store.client, lambda: _score_pending(self, store, keys))
+    """Score a batch of pairs; retries and failures are ItemTask's."""
+    return _score_pending(run_store(run_id), keys)
 
 
-def _score_pending(task, store: RunStore, keys: list[str]) -> dict[str, int]:
+def _score_pending(store: RunStore, keys: list[str]) -> dict[str, int]:
     started = time.time()
     batch = _judge_inputs(store, pending_items(store, SCORE_STAGE, keys))
     if not batch:
         return {"scored": 0}
-    try:
-        scores = judge_for(store).score(list(batch.values()))
-    except OUTAGE_ERRORS:
-        raise
-    except Exception as exc:
-        give_up_or_retry(task, store, SCORE_STAGE, list(batch), exc)
-        return {"scored": 0}
+    scores = _score_batch(store, batch)
     finished = time.time()
-    for key, result in zip(batch, scores):
+    for key, result in scores.items():
         store.mark_done(SCORE_STAGE, key, {"score": result.score, "probabilities": result.probabilities,
                                            "started_at": started, "finished_at": finished,
                                            "worker": worker_name()})
     store.count(SCORE_STAGE, "scores_executed", len(scores))
     return {"scored": len(scores)}
+
+
+def _score_batch(store: RunStore, batch: dict) -> dict:
+    """key -> score. A batch that fails for a permanent reason is narrowed to the pair(s)
+    that caused it: each is scored alone, and only those that fail alone fail."""
+    judge = judge_for(store)
+    try:
+        return dict(zip(batch, judge.score(list(batch.values()))))
+    except TASK_LEVEL_ERRORS:
+        raise  # the whole task is retried
+    except Exception as exc:
+        if len(batch) == 1:
+            raise
+        log.warning("a judge batch of %d pairs failed (%r): scoring them one by one", len(batch), exc)
+    scores = {}
+    for key, item in batch.items():
+        try:
+            [scores[key]] = judge.score([item])
+        except TASK_LEVEL_ERRORS:
+            raise
+        except Exception as exc:
+            store.mark_failed(SCORE_STAGE, key, failure_message(exc))
+    return scores
 
 
 def _judge_inputs(store: RunStore, pending: dict[str, dict]) -> dict:

@@ -8,6 +8,7 @@ others are stopped and the launcher exits non-zero.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -16,6 +17,10 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+
+import psutil
+
+from shared.processes import die_with_parent_hook
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +79,10 @@ def plan_workers(gpus: str, queues: list[str], workers_per_gpu: int, loglevel: s
 
 def run_workers(specs: list[WorkerSpec], poll_seconds: float = 0.5) -> int:
     """Start the workers and babysit them until a signal or a death; returns the exit code."""
-    procs = [subprocess.Popen(spec.command(), env=spec.environ()) for spec in specs]
+    # A launcher killed outright takes its workers along (Celery's cold shutdown: running
+    # tasks stop, their unacknowledged messages are delivered again later).
+    procs = [subprocess.Popen(spec.command(), env=spec.environ(),
+                              preexec_fn=die_with_parent_hook(signal.SIGQUIT)) for spec in specs]
     for spec, proc in zip(specs, procs):
         log.info("started worker %s (pid %d) on queues %s", spec.hostname, proc.pid, ",".join(spec.queues))
     stopping = False
@@ -88,6 +96,7 @@ def run_workers(specs: list[WorkerSpec], poll_seconds: float = 0.5) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGQUIT, lambda *_: kill_now(procs))
     while True:
         codes = [proc.poll() for proc in procs]
         if all(code is not None for code in codes):
@@ -99,6 +108,20 @@ def run_workers(specs: list[WorkerSpec], poll_seconds: float = 0.5) -> int:
             _wait_all(procs)
             return 1
         time.sleep(poll_seconds)
+
+
+def kill_now(procs: list[subprocess.Popen]) -> None:
+    """SIGQUIT: the one-command producer that started us died. Every worker process goes at
+    once: a warm shutdown would finish (or wait forever on) running tasks nobody waits for,
+    and Celery's cold shutdown hangs restoring messages to a Redis that died too. Their
+    messages, never acknowledged, stay in Redis; the rerun enqueues the pending items again."""
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            tree = psutil.Process(proc.pid)
+            for child in tree.children(recursive=True):
+                child.kill()
+            tree.kill()
+    sys.exit(1)
 
 
 def _wait_all(procs: list[subprocess.Popen], timeout: float = 60) -> None:

@@ -12,11 +12,10 @@ from shared.errors import RecordError
 from shared.images import ImageFileError, PathOutsideRoot, open_image, resolve_inside
 from shared.messages import RELATIONS_STAGE, RELATIONS_TASK
 from shared.relation_prompt import BoxOutsideImage, build_relation_prompt, normalize_bbox
-from shared.store import OUTAGE_ERRORS, RunStore
+from shared.store import RunStore
 from workers.celery_app import app, settings
-from workers.outages import surviving_store_outages
 from workers.runtime import device_name, relation_generator, run_store, worker_name
-from workers.task_support import give_up_or_retry, pending_items
+from workers.task_support import ItemTask, pending_items
 
 log = logging.getLogger(__name__)
 
@@ -24,14 +23,16 @@ log = logging.getLogger(__name__)
 RESULT_FIELDS = ("image_id", "subject", "object", "stage1_top_k", "has_gt", "gt_predicates")
 
 
-@app.task(bind=True, name=RELATIONS_TASK, acks_late=True, max_retries=settings.task_max_retries)
+@app.task(bind=True, base=ItemTask, stage=RELATIONS_STAGE, name=RELATIONS_TASK)
 def generate_relations(self, run_id: str, keys: list[str]) -> dict[str, int]:
-    """Generate a description for every top-K predicate of the given pairs (of one or more images)."""
-    store = run_store(run_id)
-    return surviving_store_outages(store.client, lambda: _generate_pending(self, store, keys))
+    """Generate a description for every top-K predicate of the given pairs (of one or more images).
+
+    Retries and failures are ItemTask's: whatever escapes fails the unfinished pairs.
+    """
+    return _generate_pending(run_store(run_id), keys)
 
 
-def _generate_pending(task, store: RunStore, keys: list[str]) -> dict[str, int]:
+def _generate_pending(store: RunStore, keys: list[str]) -> dict[str, int]:
     pending = pending_items(store, RELATIONS_STAGE, keys)
     if not pending:
         return {"generated": 0}
@@ -46,14 +47,7 @@ def _generate_pending(task, store: RunStore, keys: list[str]) -> dict[str, int]:
     if not jobs:
         return {"generated": 0}
     prompts = [[prompt for _, _, prompt in image_jobs] for image_jobs in jobs]
-    try:
-        texts, seconds = _generate(store, meta, images, prompts, keys[0])
-    except OUTAGE_ERRORS:
-        raise  # not the items' fault: surviving_store_outages waits for Redis
-    except Exception as exc:
-        keys_tried = [key for image_jobs in jobs for key, _, _ in image_jobs]
-        give_up_or_retry(task, store, RELATIONS_STAGE, list(dict.fromkeys(keys_tried)), exc)
-        return {"generated": 0}
+    texts, seconds = _generate(store, meta, images, prompts, keys[0])
     flat_jobs = [job for image_jobs in jobs for job in image_jobs]
     flat_texts = [text for image_texts in texts for text in image_texts]
     _store_results(store, pending, flat_jobs, flat_texts, seconds)

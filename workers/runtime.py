@@ -25,11 +25,9 @@ import redis
 from celery import current_task
 from celery.signals import task_postrun
 
-from shared.messages import (EDIT_STAGE, EDIT_TASK, RELATIONS_STAGE, RELATIONS_TASK, SCORE_STAGE,
-                             SCORE_TASK)
-from shared.store import WORKERS_KEY, RunStore, connect
+from shared.store import WORKER_OUTAGE_SECONDS, WORKERS_KEY, RunStore, connect
 from workers.celery_app import settings
-from workers.task_support import PermanentError
+from workers.task_support import STAGE_OF_TASK, PermanentError
 
 if TYPE_CHECKING:
     from workers.residency import ResidencyPool
@@ -39,12 +37,9 @@ log = logging.getLogger(__name__)
 # Share of the memory the weights leave that the relations decoder's KV cache may hold.
 DECODER_CACHE_FRACTION = 0.9
 
-_STAGE_OF_TASK = {RELATIONS_TASK: RELATIONS_STAGE, EDIT_TASK: EDIT_STAGE, SCORE_TASK: SCORE_STAGE}
-
-
 @functools.cache
 def _store_client():
-    return connect(settings.store_url)
+    return connect(settings.store_url, outage_seconds=WORKER_OUTAGE_SECONDS)
 
 
 def run_store(run_id: str) -> RunStore:
@@ -117,7 +112,7 @@ def _heartbeat(pool: "ResidencyPool") -> None:
 @task_postrun.connect
 def _sample_progress(sender=None, args=None, **_: Any) -> None:
     """After each task, sample its stage's progress so status can show a rate and an ETA."""
-    stage = _STAGE_OF_TASK.get(getattr(sender, "name", ""))
+    stage = STAGE_OF_TASK.get(getattr(sender, "name", ""))
     if stage is None or not args:
         return
     try:

@@ -1,5 +1,20 @@
-"""What every evalfleet task does the same way: skip finished items, retry, then give up
-(at once when retrying cannot help)."""
+"""The one base class of evalfleet's tasks: every item ends done or failed.
+
+A task's arguments are ``(run_id, keys)``. Its body stores results for the items it
+finishes and records the failures it can attribute to one item (a bad image). For
+everything else this class decides, with Celery's own retry machinery:
+
+- transient errors (CUDA out of memory, Redis unreachable, TransientError) are retried
+  with exponential back-off (``autoretry_for``, ``retry_backoff``);
+- any other exception is permanent (bad input, a bug, a time limit): retrying cannot
+  help, so it is not retried;
+- after the last attempt, ``on_failure`` records every item of the task that is not
+  done as failed, with the exception's message. It runs for any exception, and Celery
+  calls it for a hard time limit too, so no item is left neither done nor failed.
+
+Redis outages inside a task are ridden out by the store connection itself (redis-py's
+``Retry``, ``shared.store.connect``): one command waits for Redis, the task does not rerun.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +22,41 @@ import logging
 from typing import Any
 
 from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
-from shared.store import RunStore
+from shared.messages import (EDIT_STAGE, EDIT_TASK, RELATIONS_STAGE, RELATIONS_TASK, SCORE_STAGE,
+                             SCORE_TASK)
+from shared.store import OUTAGE_ERRORS, RunStore
 from workers.celery_app import settings
 
 log = logging.getLogger(__name__)
+
+STAGE_OF_TASK = {RELATIONS_TASK: RELATIONS_STAGE, EDIT_TASK: EDIT_STAGE, SCORE_TASK: SCORE_STAGE}
+
+
+class PermanentError(Exception):
+    """Retrying cannot help (the model does not exist, it can never fit): fail the items at once.
+
+    The message is the failure reason the report shows, so it must say what to fix.
+    """
+
+
+class TransientError(Exception):
+    """Retrying may help (a resource was busy for a moment): the task is retried with back-off."""
+
+
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    """What is worth a retry. CUDA running out of memory is, when another process freed it."""
+    import torch
+
+    return (TransientError, torch.cuda.OutOfMemoryError, *OUTAGE_ERRORS)
+
+
+# What is worth a retry (the task's autoretry_for).
+TRANSIENT_ERRORS = _transient_errors()
+# What concerns the whole task, never one of its items: a body that handles items one by
+# one lets these through.
+TASK_LEVEL_ERRORS = (*TRANSIENT_ERRORS, SoftTimeLimitExceeded)
 
 
 def pending_items(store: RunStore, stage: str, keys: list[str]) -> dict[str, dict[str, Any]]:
@@ -27,29 +72,65 @@ def pending_items(store: RunStore, stage: str, keys: list[str]) -> dict[str, dic
     return pending
 
 
-class PermanentError(Exception):
-    """Retrying cannot help (the model does not exist, it can never fit): fail the items at once.
-
-    The message is the failure reason the report shows, so it must say what to fix.
-    """
-
-
-def give_up_or_retry(task: Task, store: RunStore, stage: str, keys: list[str], exc: Exception) -> None:
-    """Retry with exponential back-off; after the last retry, record the items as failed.
-
-    A PermanentError fails the items at once, with its message alone as the reason.
-    """
-    attempts = task.request.retries + 1
+def failure_message(exc: BaseException) -> str:
+    """The reason the report shows for a task that failed as a whole."""
     if isinstance(exc, PermanentError):
-        log.error("%s task for %s failed, not retried: %s", stage, keys, exc)
-        for key in keys:
-            store.mark_failed(stage, key, str(exc), attempts)
-        return
-    if attempts > task.max_retries:
-        log.error("%s task for %s failed %d times, giving up: %r", stage, keys, attempts, exc)
-        for key in keys:
-            store.mark_failed(stage, key, f"{type(exc).__name__}: {exc}", attempts)
-        return
-    countdown = settings.retry_backoff_seconds * 2 ** task.request.retries
-    log.warning("%s task for %s failed (%r); retry %d in %.1fs", stage, keys, exc, attempts, countdown)
-    raise task.retry(exc=exc, countdown=countdown)
+        return str(exc)
+    if any(isinstance(e, (SoftTimeLimitExceeded, TimeLimitExceeded)) for e in _chain(exc)):
+        return (f"the task ran past its time limit of {settings.task_time_limit} s "
+                f"(EVALFLEET_TASK_TIME_LIMIT); see the worker log")
+    return f"{type(exc).__name__}: {exc}"
+
+
+class ItemTask(Task):
+    """Base of every evalfleet task (``@app.task(base=ItemTask, stage=..., ...)``)."""
+
+    # The run store stage whose items the task's keys name.
+    stage = ""
+    acks_late = True
+    max_retries = settings.task_max_retries
+    autoretry_for = TRANSIENT_ERRORS
+    # A time limit is never worth a retry: the same work would hit it again.
+    dont_autoretry_for = (SoftTimeLimitExceeded, PermanentError)
+    # Celery's back-off: factor x 2^n seconds (the factor is whole seconds, at least 1).
+    retry_backoff = settings.retry_backoff_seconds
+    retry_backoff_max = settings.visibility_timeout // 4
+    retry_jitter = False
+
+    def on_retry(self, exc, task_id, args, kwargs, einfo) -> None:
+        # Also called in the worker's main process (a task cancelled on a lost broker
+        # connection), where the request has no retry count.
+        log.warning("%s task for %s failed (%r); retry %d", self.name, _keys(args), exc,
+                    (self.request.retries or 0) + 1)
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
+        """Record every unfinished item of the task as failed, whatever the exception."""
+        stage, keys = self.stage, _keys(args)
+        if not stage or not keys:
+            return
+        attempts = (self.request.retries or 0) + 1
+        reason = failure_message(exc)
+        log.error("%s task for %s failed after %d attempt(s): %s", stage, keys, attempts, reason)
+        from workers.runtime import run_store
+
+        store = run_store(str(args[0]))
+        try:
+            for key in keys:
+                store.mark_failed(stage, key, reason, attempts)
+        except OUTAGE_ERRORS as store_exc:
+            # The message stays unacknowledged (the ack needs Redis too) and comes back
+            # after the visibility timeout: the items are not lost.
+            log.error("could not record the failure of %s: %s", keys, store_exc)
+
+
+def _chain(exc: BaseException | None):
+    """The exception and its causes: a library may wrap the time limit (a failed lazy import)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _keys(args: Any) -> list[str]:
+    return [str(k) for k in args[1]] if args and len(args) > 1 else []

@@ -1,0 +1,64 @@
+"""Checks made before a run registers anything: a setting or path that would make every
+item fail, or the run fail at its end, stops the command at its start (exit 2), named."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+
+from config import ENV_PREFIX, TINY_MODEL, Settings, SettingsError
+from shared.prompt_manager import PromptManager, PromptTemplateError
+
+MODEL_SETTINGS = {"relations": ("relations_model",), "editbench": ("editor_model", "judge_model")}
+
+
+def check_run_settings(settings: Settings, job: str) -> None:
+    """The models the job needs can exist, and the judge's prompts are there."""
+    for name in MODEL_SETTINGS[job]:
+        _check_model(name, getattr(settings, name))
+    if job == "editbench":
+        try:
+            PromptManager(settings.prompts)
+        except (OSError, PromptTemplateError) as exc:
+            raise SettingsError(f"{ENV_PREFIX}PROMPTS_DIR={settings.prompts_dir!r}: {exc}") from None
+
+
+def _check_model(name: str, ref: str) -> None:
+    # A hub id cannot be checked offline; a path that does not exist and is no hub id
+    # would fail every item on the workers.
+    if ref == TINY_MODEL or Path(ref).exists():
+        return
+    try:
+        validate_repo_id(ref)
+    except HFValidationError:
+        raise SettingsError(f"{ENV_PREFIX}{name.upper()}={ref!r}: no such directory, and not a hub id "
+                            f"(use a local model directory, a hub id such as Qwen/Qwen3-VL-8B-Instruct, "
+                            f"or 'tiny')") from None
+
+
+def check_writable_dir(directory: Path, setting: str) -> None:
+    """``directory`` is (or can be made) a directory this process can write in."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise SettingsError(f"{setting}={str(directory)!r}: not a writable directory "
+                            f"({exc.strerror or exc})") from None
+
+
+def check_output_path(output: Path) -> None:
+    """A report can be written at ``output``: checked before any work starts."""
+    if output.is_dir():
+        raise SettingsError(f"--output {output}: is a directory; give a file path")
+    parent = output.parent
+    for folder in (parent, *parent.parents):
+        if folder.exists() and not folder.is_dir():
+            raise SettingsError(f"--output {output}: {folder} is a file, not a directory")
+    if output.exists() and not os.access(output, os.W_OK):
+        raise SettingsError(f"--output {output}: the file is not writable")
+    check_writable_dir(parent, "--output")
