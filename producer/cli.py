@@ -28,6 +28,7 @@ from producer.progress import wait_for_stage
 from producer.relations_job import enqueue_relations
 from producer.relations_report import write_relations_report
 from producer.relations_sample import ensure_relations_sample, write_relations_sample
+from producer.run_identity import RESTART_FLAG, RunMismatchError
 from producer.status import build_status, format_status
 from shared.errors import InputFileError
 from shared.keys import check_run_name
@@ -85,7 +86,8 @@ def cmd_run_relations(args: argparse.Namespace, settings: Settings) -> int:
     stage1, input_path = _inputs(args, settings)
     with broker_for(settings) as (settings, embedded):
         client = connect(settings.store_url)
-        enq = enqueue_relations(settings, celery_client(settings), client, stage1, input_path, args.run)
+        enq = enqueue_relations(settings, celery_client(settings), client, stage1, input_path, args.run,
+                                args.restart)
         _log_enqueued(enq)
         store = RunStore(client, enq.run_id)
         with local_fleet(args, settings, embedded, [settings.queue_relations], enq.pairs_sent > 0) as check:
@@ -103,7 +105,7 @@ def cmd_run_relations(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_run_editbench(args: argparse.Namespace, settings: Settings) -> int:
     benchmark = Path(args.benchmark) if args.benchmark else ensure_editbench_sample(settings.work_dir / "sample")
     with broker_for(settings) as (settings, embedded):
-        run = register_editbench(settings, connect(settings.store_url), benchmark, args.run)
+        run = register_editbench(settings, connect(settings.store_url), benchmark, args.run, args.restart)
         queues = [settings.queue_edit, settings.queue_score]
         with local_fleet(args, settings, embedded, queues) as check:
             PhaseController(settings, celery_client(settings), run, check).drive(args.phase_scope)
@@ -132,7 +134,7 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
         raise SystemExit("enqueue needs a running fleet: set EVALFLEET_BROKER_URL "
                          "(or use `python -m producer run relations` for one-command mode)")
     enq = enqueue_relations(settings, celery_client(settings), connect(settings.store_url),
-                            Path(args.stage1), Path(args.input), args.run)
+                            Path(args.stage1), Path(args.input), args.run, args.restart)
     _log_enqueued(enq)
     print(enq.run_id)
     return EXIT_OK
@@ -206,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--input", "--input_data", help="relations: the input image records (test_2000_images.json)")
         p.add_argument("--run", type=check_run_name,
                        help="run name (default: derived from the inputs and settings)")
+        p.add_argument(RESTART_FLAG, action="store_true",
+                       help="start the run over: delete its stored results first (needed to reuse "
+                            "a run name with other inputs or settings)")
         p.add_argument("--top-k", "--top_k", type=_positive, dest="top_k")
         p.add_argument("--batch-size", "--batch_size", type=_positive, dest="batch_size")
         p.add_argument("--model", "--model_path", dest="relations_model", help="hub id or local path")
@@ -248,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "enqueue" and not (args.stage1 and args.input):
             raise SystemExit("enqueue needs --stage1 and --input")
         return args.func(args, settings)
-    except (InputFileError, SettingsError) as exc:
+    except (InputFileError, SettingsError, RunMismatchError) as exc:
         log.error("%s", exc)
         return EXIT_USAGE
     except SystemExit as exc:

@@ -17,8 +17,8 @@ from shared.messages import EDIT_STAGE, EDIT_TASK, SCORE_STAGE, SCORE_TASK
 from shared.store import OUTAGE_ERRORS, RunStore
 from workers.celery_app import app, settings
 from workers.outages import surviving_store_outages
-from workers.runtime import editor_for, judge_for, prompt_manager, run_store, worker_name
-from workers.task_support import give_up_or_retry, pending_items
+from workers.runtime import editor_for, judge_for, run_prompts, run_store, worker_name
+from workers.task_support import PermanentError, give_up_or_retry, pending_items
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,13 @@ def score_pairs(self, run_id: str, keys: list[str]) -> dict[str, int]:
 
 def _score_pending(task, store: RunStore, keys: list[str]) -> dict[str, int]:
     started = time.time()
-    batch = _judge_inputs(store, pending_items(store, SCORE_STAGE, keys))
+    pending = pending_items(store, SCORE_STAGE, keys)
+    try:
+        prompts = run_prompts(store)
+    except PermanentError as exc:  # the run has no templates: say so rather than guess
+        give_up_or_retry(task, store, SCORE_STAGE, list(pending), exc)
+        return {"scored": 0}
+    batch = _judge_inputs(store, pending, prompts)
     if not batch:
         return {"scored": 0}
     try:
@@ -92,11 +98,10 @@ def _score_pending(task, store: RunStore, keys: list[str]) -> dict[str, int]:
     return {"scored": len(scores)}
 
 
-def _judge_inputs(store: RunStore, pending: dict[str, dict]) -> dict:
+def _judge_inputs(store: RunStore, pending: dict[str, dict], prompts) -> dict:
     """key -> JudgeItem; a pair whose images cannot be read fails alone."""
     from workers.judge import JudgeItem
 
-    prompts = prompt_manager()
     batch = {}
     for key, item in pending.items():
         try:
