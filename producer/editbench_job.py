@@ -127,8 +127,13 @@ class PhaseController:
             groups = [("", [k for keys in self.run.keys_by_category.values() for k in keys])]
         else:
             groups = list(self.run.keys_by_category.items())
-        for label, keys in groups:
+        # Workers drop the editor instead of keeping a pinned host copy of it once the
+        # edit stage is closed: only after the run's last edit phase.
+        self.store.reopen_stage(EDIT_STAGE)
+        for number, (label, keys) in enumerate(groups, 1):
             self._phase(EDIT_STAGE, EDIT_TASK, self.settings.queue_edit, keys, 1, label)
+            if number == len(groups):
+                self.store.close_stage(EDIT_STAGE)
             score_keys = self._register_scores(keys)
             self._phase(SCORE_STAGE, SCORE_TASK, self.settings.queue_score, score_keys,
                         self.settings.judge_batch_size, label)

@@ -102,6 +102,16 @@ class RunStore:
     def exists(self) -> bool:
         return bool(self.client.hexists(self._key("meta"), "meta"))
 
+    # --- stage closing: the phase controller's word that no more tasks of a stage come ---
+    def close_stage(self, stage: str) -> None:
+        self.client.set(self._key(stage, "closed"), 1)
+
+    def reopen_stage(self, stage: str) -> None:
+        self.client.delete(self._key(stage, "closed"))
+
+    def stage_closed(self, stage: str) -> bool:
+        return bool(self.client.exists(self._key(stage, "closed")))
+
     # --- items -------------------------------------------------------------------
     def add_items(self, stage: str, items: Mapping[str, Mapping[str, Any]]) -> None:
         if items:

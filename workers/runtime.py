@@ -83,8 +83,8 @@ def _resident(store: RunStore, name: str, load: Callable[[], tuple[Any, dict]]) 
     handle = _acquire(pool, name)
     for swap in pool.swaps[before:]:
         store.add_swap({"worker": worker_name(), "from": swap.evicted, "to": swap.loaded,
-                        "bytes": swap.bytes_moved, "seconds": round(swap.seconds, 4),
-                        "at": time.time()})
+                        "dropped": swap.dropped, "bytes": swap.bytes_moved,
+                        "seconds": round(swap.seconds, 4), "at": time.time()})
     _heartbeat(pool)
     return handle
 
@@ -206,6 +206,10 @@ def judge_for(store: RunStore):
     from workers.models.loading import JUDGE_MODEL_SETTING
 
     meta = store.meta()
+    if store.stage_closed(EDIT_STAGE):
+        # The phase controller says the run's last edit has finished: if the editor must
+        # leave the device for the judge, drop it rather than pin a host copy of it.
+        residency().retire(editor_model_name(meta, run_dtype(store, meta)))
     processor, model = vlm(store, meta, meta["judge_model"], JUDGE_MODEL_SETTING)
     return Judge(processor, model, batch_size=int(meta["judge_batch_size"]))
 
