@@ -287,7 +287,11 @@ class _Redacting(logging.Filter):
         self.settings = settings
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = redact(record.getMessage(), self.settings), None
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            return True  # a malformed record: the handler reports it, as without this filter
+        record.msg, record.args = redact(message, self.settings), None
         return True
 
 
