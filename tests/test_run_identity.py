@@ -118,6 +118,29 @@ def test_editbench_run_with_another_judge_or_prompts_is_refused(server, tmp_path
     assert run.store.progress(EDIT_STAGE).done == 0
 
 
+def test_run_editbench_with_another_judge_exits_2_before_waiting(server, model_cache, tmp_path):
+    env = private_env(server, model_cache, tmp_path / "work")
+    benchmark = write_editbench_sample(tmp_path / "bench")
+    register_editbench(Settings(broker_url=server.url, work_dir=tmp_path / "work"), connect(server.url),
+                       benchmark, "eb")
+    proc = run_producer("run", "editbench", "--benchmark", str(benchmark), "--run", "eb",
+                        env={**env, "EVALFLEET_JUDGE_MODEL": "Qwen/judge"}, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "judge_model: stored 'tiny', now 'Qwen/judge'" in proc.stderr
+
+
+def test_workers_load_the_run_s_dtype_not_their_own(fleet, fleet_env, redis_client, sample, tmp_path):
+    from shared.store import WORKERS_KEY
+
+    stage1, input_path = sample
+    proc = run_producer("run", "relations", "--stage1", str(stage1), "--input", str(input_path),
+                        "--output", str(tmp_path / "out.json"),
+                        env={**fleet_env, "EVALFLEET_DTYPE": "bfloat16"})  # the workers' is auto
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    resident = [name for beat in redis_client.hvals(WORKERS_KEY) for name in json.loads(beat)["resident"]]
+    assert "vlm tiny bfloat16" in resident
+
+
 def test_the_dtype_is_part_of_the_run():
     inputs: list = []
     ids = {derive_run_id("relations", inputs, result_settings(Settings(dtype=dtype)))
