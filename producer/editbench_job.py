@@ -21,12 +21,12 @@ from celery import Celery
 
 from config import Settings, SettingsError
 from producer.progress import wait_for_stage
+from producer.run_identity import claim_run
 from shared.artifacts import ArtifactStore
 from shared.editbench_data import prepare_benchmark
-from producer.run_identity import claim_run
 from shared.keys import derive_run_id, inputs_digest
-from shared.prompt_manager import PromptTemplateError, read_templates
 from shared.messages import EDIT_STAGE, EDIT_TASK, SCORE_STAGE, SCORE_TASK
+from shared.prompt_manager import PromptTemplateError, read_templates
 from shared.store import RunStore
 
 log = logging.getLogger(__name__)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from config import Settings
 from conftest import private_env, run_producer
 from producer.editbench_job import register_editbench
 from producer.editbench_sample import write_editbench_sample
 from producer.embedded import EmbeddedRedis, free_port
-from config import Settings
 from shared.store import RunStore, connect
 
 PASSWORD = "Pw-that-must-never-show-7f3a"

@@ -33,6 +33,9 @@ from workers.celery_app import settings
 from workers.task_support import PermanentError
 
 if TYPE_CHECKING:
+    import torch
+
+    from shared.prompt_manager import PromptManager
     from workers.residency import ResidencyPool
 
 log = logging.getLogger(__name__)
@@ -139,7 +142,7 @@ def run_setting(store: RunStore, meta: dict[str, Any], name: str) -> Any:
             "same command and --restart") from None
 
 
-def run_dtype(store: RunStore, meta: dict[str, Any]):
+def run_dtype(store: RunStore, meta: dict[str, Any]) -> "torch.dtype":
     """The torch dtype the run asked for, on this worker's device; refused if the device lacks it."""
     import torch
 
@@ -234,10 +237,11 @@ def editor_for(store: RunStore):
 
 
 def editor_model_name(meta: dict[str, Any], dtype: Any) -> str:
+    """The residency pool's name for the run's editor."""
     return _model_name("editor", meta["editor_model"], meta.get("model_revision", ""), dtype)
 
 
-def run_prompts(store: RunStore):
+def run_prompts(store: RunStore) -> "PromptManager":
     """The judge templates stored with the run (the producer's), not this worker's files."""
     meta = store.meta()
     return _prompt_manager(store.run_id, meta.get("prompts_dir", ""),
