@@ -229,5 +229,5 @@ def test_one_constraints_file_pins_every_dependency_and_the_commands_use_it():
     test_command = 'pip install -e ".[test]" -c constraints.txt && python -m pytest -q'
     assert "pip install -e . -c constraints.txt && python -m producer run relations" in readme
     assert test_command in readme
-    assert (ROOT / ".ci" / "run").read_text().rstrip().endswith(test_command.replace("install", "install -q"))
+    assert (ROOT / ".ci" / "run").read_text().rstrip().endswith("\n" + test_command)  # CI runs it exactly
     assert "-c constraints.txt" in (ROOT / "Dockerfile").read_text()
