@@ -66,7 +66,7 @@ def test_procfile_runs_a_fleet_under_honcho(model_cache, sample, tmp_path):
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert read_json(output)["summary"]["total_pairs"] == 13
         # The producer started no workers of its own: the Procfile's worker did the work.
-        assert not (tmp_path / "producer-work" / "logs").exists()
+        assert not (tmp_path / "producer-work" / "logs" / "workers.log").exists()
 
         processes = psutil.Process(honcho.pid).children(recursive=True)
         assert len(processes) >= 5  # redis, launcher, worker, its child, flower (+ honcho's own)

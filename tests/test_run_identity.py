@@ -8,7 +8,7 @@ import json
 import pytest
 
 from config import Settings
-from conftest import private_env, run_producer, wait_until
+from conftest import private_env, run_producer, started_fleet, wait_until
 from producer.editbench_job import register_editbench
 from producer.editbench_sample import write_editbench_sample
 from producer.embedded import EmbeddedRedis
@@ -129,16 +129,18 @@ def test_run_editbench_with_another_judge_exits_2_before_waiting(server, model_c
     assert "judge_model: stored 'tiny', now 'Qwen/judge'" in proc.stderr
 
 
-def test_workers_load_the_run_s_dtype_not_their_own(fleet, fleet_env, redis_client, sample, tmp_path):
+def test_workers_load_the_run_s_dtype_not_their_own(server, model_cache, sample, tmp_path):
     from shared.store import WORKERS_KEY
 
+    env = private_env(server, model_cache, tmp_path / "work")  # the workers' dtype: auto
     stage1, input_path = sample
-    proc = run_producer("run", "relations", "--stage1", str(stage1), "--input", str(input_path),
-                        "--output", str(tmp_path / "out.json"),
-                        env={**fleet_env, "EVALFLEET_DTYPE": "bfloat16"})  # the workers' is auto
+    with started_fleet(env, ["relations"], tmp_path, name="dtype"):
+        proc = run_producer("run", "relations", "--stage1", str(stage1), "--input", str(input_path),
+                            "--output", str(tmp_path / "out.json"),
+                            env={**env, "EVALFLEET_DTYPE": "bfloat16"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    resident = [name for beat in redis_client.hvals(WORKERS_KEY) for name in json.loads(beat)["resident"]]
-    assert "vlm tiny bfloat16" in resident
+    [beat] = connect(server.url).hvals(WORKERS_KEY)
+    assert json.loads(beat)["resident"] == ["vlm tiny bfloat16"]
 
 
 def test_the_dtype_is_part_of_the_run():
