@@ -2,8 +2,10 @@
 ``python -m producer status [--run NAME] [--json]``.
 
 Exit codes: 0 every item done; 1 the run finished but some items failed (the report
-lists them); 2 bad usage or an unusable input file (nothing registered);
-3 infrastructure: Redis unreachable, or the local workers died; 130 interrupted.
+lists them); 2 bad usage, an unusable input file, a run name taken by other settings,
+an unknown run (nothing registered); 3 infrastructure: Redis unreachable, or the local
+workers died; 4 crashed (a bug: one line here, the traceback in <work dir>/logs/producer.log);
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 import sys
 from pathlib import Path
 from typing import Callable, Iterator
+from urllib.parse import urlsplit
 
 import redis
 
@@ -29,6 +32,7 @@ from producer.progress import stall_watch, wait_for_stage
 from producer.relations_job import enqueue_relations
 from producer.relations_report import write_relations_report
 from producer.relations_sample import ensure_relations_sample, write_relations_sample
+from producer.run_identity import RESTART_FLAG, RunMismatchError
 from producer.status import build_status, format_status
 from shared.errors import InputFileError
 from shared.keys import check_run_name
@@ -37,7 +41,8 @@ from shared.store import RunStore, connect
 
 log = logging.getLogger("producer")
 
-EXIT_OK, EXIT_FAILED_ITEMS, EXIT_USAGE, EXIT_INFRA, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_FAILED_ITEMS, EXIT_USAGE, EXIT_INFRA, EXIT_CRASH, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 
 
 @contextlib.contextmanager
@@ -98,7 +103,7 @@ def cmd_run_relations(args: argparse.Namespace, settings: Settings) -> int:
     stage1, input_path = _inputs(args, settings)
     with broker_for(settings) as (settings, embedded):
         client, app = connect(settings.store_url), celery_client(settings)
-        enq = enqueue_relations(settings, app, client, stage1, input_path, args.run)
+        enq = enqueue_relations(settings, app, client, stage1, input_path, args.run, args.restart)
         _log_enqueued(enq)
         store = RunStore(client, enq.run_id)
         with local_fleet(args, settings, embedded, [settings.queue_relations], enq.pairs_sent > 0) as check:
@@ -119,7 +124,7 @@ def cmd_run_editbench(args: argparse.Namespace, settings: Settings) -> int:
     _preflight(args, settings, "editbench")
     benchmark = Path(args.benchmark) if args.benchmark else ensure_editbench_sample(settings.work_dir / "sample")
     with broker_for(settings) as (settings, embedded):
-        run = register_editbench(settings, connect(settings.store_url), benchmark, args.run)
+        run = register_editbench(settings, connect(settings.store_url), benchmark, args.run, args.restart)
         queues = [settings.queue_edit, settings.queue_score]
         with local_fleet(args, settings, embedded, queues) as check:
             PhaseController(settings, celery_client(settings), run, check).drive(args.phase_scope)
@@ -149,7 +154,7 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
                          "(or use `python -m producer run relations` for one-command mode)")
     check_run_settings(settings, "relations")
     enq = enqueue_relations(settings, celery_client(settings), connect(settings.store_url),
-                            Path(args.stage1), Path(args.input), args.run)
+                            Path(args.stage1), Path(args.input), args.run, args.restart)
     _log_enqueued(enq)
     print(enq.run_id)
     return EXIT_OK
@@ -161,7 +166,12 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     with broker_for(settings) as (settings, _):
         store = RunStore(connect(settings.store_url), args.run)
         if not store.exists():
-            raise SystemExit(f"run {args.run!r} is not known to {settings.store_url}")
+            raise SystemExit(f"run {args.run!r} is not registered in this Redis "
+                             "(`python -m producer status` lists the runs)")
+        job = store.meta().get("job")
+        if job != args.job:
+            raise SystemExit(f"run {args.run!r} is a run of the {job} job, not {args.job}: "
+                             f"`python -m producer report {job} --run {args.run}`")
         if args.job == "relations":
             output = Path(args.output or "stage2_generated_results.json")
             report = write_relations_report(store, output)
@@ -210,37 +220,30 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def job_parser(name: str, help_: str, jobs=("relations", "editbench")) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_)
-        p.add_argument("job", choices=jobs)
-        return p
+    # run and enqueue: one sub-command per job, each with its own flags only, so a flag of
+    # the other job is a usage error instead of being parsed and ignored.
+    run = sub.add_parser("run", help="enqueue, wait with a progress bar, write the report (one command)")
+    run_jobs = run.add_subparsers(dest="job", required=True)
+    for job, help_ in (("relations", "descriptions for the top-K predicates of subject-object pairs"),
+                       ("editbench", "edit the benchmark's images, then score them with the judge")):
+        p = run_jobs.add_parser(job, help=help_)
+        _add_relations_flags(p) if job == "relations" else _add_editbench_flags(p)
+        _add_run_flags(p)
+        p.add_argument("--output", help="report path (default: under <work dir>/<run>/)")
+        p.add_argument("--gpus", default="all", help="GPUs for local workers: all, cpu, or 0,1")
+        p.add_argument("--local-workers", action=argparse.BooleanOptionalAction, default=None,
+                       help="start workers here (default: only with the embedded Redis)")
+        p.set_defaults(func=cmd_run)
 
-    for name, help_, jobs in (
-            ("run", "enqueue, wait with a progress bar, write the report (one command)",
-             ("relations", "editbench")),
-            ("enqueue", "register a relations run and enqueue its pending items on a running fleet",
-             ("relations",))):
-        p = job_parser(name, help_, jobs)
-        p.add_argument("--stage1", "--stage1_result", help="relations: recall_results_*.json of stage 1")
-        p.add_argument("--input", "--input_data", help="relations: the input image records (test_2000_images.json)")
-        p.add_argument("--run", type=check_run_name,
-                       help="run name (default: derived from the inputs and settings)")
-        p.add_argument("--top-k", "--top_k", type=_positive, dest="top_k")
-        p.add_argument("--batch-size", "--batch_size", type=_positive, dest="batch_size")
-        p.add_argument("--model", "--model_path", dest="relations_model", help="hub id or local path")
-        p.add_argument("--workers-per-gpu", "--workers_per_gpu", type=_positive, dest="workers_per_gpu")
-        p.set_defaults(func=cmd_run if name == "run" else cmd_enqueue)
-    run = sub.choices["run"]
-    run.add_argument("--benchmark", help="editbench: the benchmark JSON (default: the built-in sample)")
-    run.add_argument("--phase-scope", choices=PHASE_SCOPES, default="run",
-                     help="editbench: drain all edits of the run before scoring (run), "
-                          "or edit then score one category at a time like the seed design (category)")
-    run.add_argument("--output", help="report path (default: under <work dir>/<run>/)")
-    run.add_argument("--gpus", default="all", help="GPUs for local workers: all, cpu, or 0,1")
-    run.add_argument("--local-workers", action=argparse.BooleanOptionalAction, default=None,
-                     help="start workers here (default: only with the embedded Redis)")
+    enqueue = sub.add_parser("enqueue", help="register a run and enqueue its pending items on a running fleet")
+    enqueue_jobs = enqueue.add_subparsers(dest="job", required=True)
+    p = enqueue_jobs.add_parser("relations", help="a relations run (needs EVALFLEET_BROKER_URL)")
+    _add_relations_flags(p)
+    _add_run_flags(p)
+    p.set_defaults(func=cmd_enqueue)
 
-    report = job_parser("report", "write the report of a run from the stored results")
+    report = sub.add_parser("report", help="write the report of a run from the stored results")
+    report.add_argument("job", choices=("relations", "editbench"))
     report.add_argument("--run", required=True, type=check_run_name)
     report.add_argument("--output", help="default: stage2_generated_results.json or editbench_report.json")
     report.set_defaults(func=cmd_report)
@@ -253,21 +256,105 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds to wait for the workers' answers (default: 1)")
     status.set_defaults(func=cmd_status)
 
-    sample = job_parser("sample", "write the built-in sample inputs into a directory")
+    sample = sub.add_parser("sample", help="write the built-in sample inputs into a directory")
+    sample.add_argument("job", choices=("relations", "editbench"))
     sample.add_argument("directory")
     sample.set_defaults(func=cmd_sample)
     return parser
 
 
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", type=check_run_name,
+                   help="run name (default: derived from the inputs and settings)")
+    p.add_argument(RESTART_FLAG, action="store_true",
+                   help="start the run over: delete its stored results first (needed to reuse "
+                        "a run name with other inputs or settings)")
+    p.add_argument("--workers-per-gpu", "--workers_per_gpu", type=_positive, dest="workers_per_gpu")
+
+
+def _add_relations_flags(p: argparse.ArgumentParser) -> None:
+    # The original script's spellings (--stage1_result, --top_k, ...) are accepted too.
+    p.add_argument("--stage1", "--stage1_result", help="recall_results_*.json of stage 1")
+    p.add_argument("--input", "--input_data", help="the input image records (test_2000_images.json)")
+    p.add_argument("--top-k", "--top_k", type=_positive, dest="top_k")
+    p.add_argument("--batch-size", "--batch_size", type=_positive, dest="batch_size")
+    p.add_argument("--model", "--model_path", dest="relations_model", help="hub id or local path")
+
+
+def _add_editbench_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--benchmark", help="the benchmark JSON (default: the built-in sample)")
+    p.add_argument("--phase-scope", choices=PHASE_SCOPES, default="run",
+                   help="drain all edits of the run before scoring (run), or edit then score "
+                        "one category at a time like the seed design (category)")
+
+
+def redact(text: str, settings: Settings) -> str:
+    """``text`` without the passwords of the configured Redis URLs."""
+    for url in (settings.broker_url, settings.result_url):
+        password = urlsplit(url).password if url else None
+        if password:
+            text = text.replace(password, "**")
+    return text
+
+
+class _Redacting(logging.Filter):
+    """Takes the Redis passwords out of every log line, whoever logs it."""
+
+    def __init__(self, settings: Settings):
+        super().__init__()
+        self.settings = settings
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            return True  # a malformed record: the handler reports it, as without this filter
+        record.msg, record.args = redact(message, self.settings), None
+        return True
+
+
+class _OneLineFormatter(logging.Formatter):
+    """The terminal gets the message; tracebacks go to the log file only."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(logging.makeLogRecord({**record.__dict__, "exc_info": None,
+                                                     "exc_text": None}))
+
+
+def _setup_logging(settings: Settings) -> Path | None:
+    """Log to the terminal and to <work dir>/logs/producer.log; returns the file (None if unwritable)."""
+    redacting = _Redacting(settings)
+    console = logging.StreamHandler()
+    console.setFormatter(_OneLineFormatter(LOG_FORMAT))
+    handlers: list[logging.Handler] = [console]
+    log_path: Path | None = (settings.work_dir / "logs" / "producer.log").resolve()
+    try:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_path, encoding="utf-8"))
+        handlers[-1].setFormatter(logging.Formatter(LOG_FORMAT))
+    except OSError:
+        log_path = None
+        console.setFormatter(logging.Formatter(LOG_FORMAT))  # the traceback has nowhere else to go
+    for handler in handlers:
+        handler.addFilter(redacting)
+    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True)
+    return log_path
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         settings = _apply_flags(args, load_settings())
+    except SettingsError as exc:
+        logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+        log.error("%s", exc)
+        return EXIT_USAGE
+    log_path = _setup_logging(settings)
+    try:
         if args.command == "enqueue" and not (args.stage1 and args.input):
             raise SystemExit("enqueue needs --stage1 and --input")
         return args.func(args, settings)
-    except (InputFileError, SettingsError) as exc:
+    except (InputFileError, SettingsError, RunMismatchError) as exc:
         log.error("%s", exc)
         return EXIT_USAGE
     except SystemExit as exc:
@@ -281,6 +368,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.warning("interrupted: run the same command again to resume")
         return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug or a state nothing here foresaw: not "some items failed"
+        where = f"the traceback is in {log_path}" if log_path else "traceback above"
+        log.error("crashed: %s: %s (%s)", type(exc).__name__, exc, where, exc_info=True)
+        return EXIT_CRASH
 
 
 if __name__ == "__main__":

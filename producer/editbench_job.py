@@ -19,12 +19,14 @@ from typing import Any, Callable
 
 from celery import Celery
 
-from config import Settings
+from config import Settings, SettingsError
 from producer.progress import stall_watch, wait_for_stage
+from producer.run_identity import claim_run
 from shared.artifacts import ArtifactStore
 from shared.editbench_data import prepare_benchmark
-from shared.keys import derive_run_id
+from shared.keys import derive_run_id, inputs_digest
 from shared.messages import EDIT_STAGE, EDIT_TASK, SCORE_STAGE, SCORE_TASK
+from shared.prompt_manager import PromptTemplateError, read_templates
 from shared.store import RunStore
 
 log = logging.getLogger(__name__)
@@ -39,38 +41,56 @@ class EditbenchRun:
     invalid: int
 
 
-def prompts_digest(prompts_dir: Path) -> str:
+def prompts_digest(templates: dict[str, str]) -> str:
     """The judge's templates change scores, so they are part of the run id."""
     h = hashlib.sha256()
-    for path in sorted(Path(prompts_dir).glob("*.txt")):
-        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    for name, text in sorted(templates.items()):
+        h.update(name.encode() + b"\0" + text.encode() + b"\0")
     return h.hexdigest()[:16]
 
 
-def result_settings(settings: Settings) -> dict[str, Any]:
-    """The settings that change edited images or scores: part of the run id."""
+def run_templates(settings: Settings) -> dict[str, str]:
+    """The judge templates the run is registered with: the producer's prompts directory."""
+    try:
+        return read_templates(settings.prompts)
+    except (PromptTemplateError, FileNotFoundError) as exc:
+        raise SettingsError(str(exc)) from None
+
+
+def result_settings(settings: Settings, templates: dict[str, str]) -> dict[str, Any]:
+    """The settings that change edited images or scores: part of the run id and identity."""
     return {"editor_model": settings.editor_model, "judge_model": settings.judge_model,
-            "model_revision": settings.model_revision, "edit_steps": settings.effective_edit_steps,
-            "edit_size": settings.effective_edit_size,
+            "model_revision": settings.model_revision, "dtype": settings.dtype,
+            "edit_steps": settings.effective_edit_steps, "edit_size": settings.effective_edit_size,
             "edit_true_cfg_scale": settings.edit_true_cfg_scale,
             "edit_negative_prompt": settings.edit_negative_prompt, "seed": settings.seed,
-            "prompts": prompts_digest(settings.prompts)}
+            "prompts": prompts_digest(templates)}
+
+
+# What an editbench run is: a run name with other values of these is another run.
+IDENTITY = ("inputs", *result_settings(Settings(), {}))
 
 
 def register_editbench(settings: Settings, store_client, benchmark: Path,
-                       run_name: str | None = None) -> EditbenchRun:
+                       run_name: str | None = None, restart: bool = False) -> EditbenchRun:
     """Validate the benchmark, store the originals, register the run and its edit items.
 
-    Raises InputFileError before anything is registered if the file is unusable.
+    Raises InputFileError before anything is registered if the file is unusable, and
+    RunMismatchError if ``run_name`` is a run of another benchmark or other settings.
     """
     prepared = prepare_benchmark(benchmark)
-    run_id = run_name or derive_run_id("editbench", [benchmark], result_settings(settings))
+    templates = run_templates(settings)
+    run_id = run_name or derive_run_id("editbench", [benchmark], result_settings(settings, templates))
     store = RunStore(store_client, run_id)
-    store.register({"job": "editbench", "run_id": run_id, "created": time.time(),
-                    "benchmark": str(benchmark), "categories": prepared.categories,
-                    "judge_batch_size": settings.judge_batch_size,
-                    "workers_per_gpu": settings.workers_per_gpu, **result_settings(settings)})
     artifacts = ArtifactStore(settings.artifacts, run_id)
+    claim_run(store, {"job": "editbench", "run_id": run_id, "created": time.time(),
+                      "benchmark": str(benchmark), "inputs": inputs_digest([benchmark]),
+                      "categories": prepared.categories,
+                      "judge_batch_size": settings.judge_batch_size,
+                      "workers_per_gpu": settings.workers_per_gpu,
+                      "prompts_dir": str(settings.prompts), "prompt_templates": templates,
+                      **result_settings(settings, templates)},
+              IDENTITY, restart, artifacts.dir)
     items: dict[str, dict[str, Any]] = {}
     keys_by_category: dict[str, list[str]] = {c: [] for c in prepared.categories}
     for order, pair in enumerate(prepared.pairs):
@@ -107,8 +127,13 @@ class PhaseController:
             groups = [("", [k for keys in self.run.keys_by_category.values() for k in keys])]
         else:
             groups = list(self.run.keys_by_category.items())
-        for label, keys in groups:
+        # Workers drop the editor instead of keeping a pinned host copy of it once the
+        # edit stage is closed: only after the run's last edit phase.
+        self.store.reopen_stage(EDIT_STAGE)
+        for number, (label, keys) in enumerate(groups, 1):
             self._phase(EDIT_STAGE, EDIT_TASK, self.settings.queue_edit, keys, 1, label)
+            if number == len(groups):
+                self.store.close_stage(EDIT_STAGE)
             score_keys = self._register_scores(keys)
             self._phase(SCORE_STAGE, SCORE_TASK, self.settings.queue_score, score_keys,
                         self.settings.judge_batch_size, label)

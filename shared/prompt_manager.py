@@ -25,11 +25,31 @@ class PromptTemplateError(ValueError):
     """A template file exists but cannot be used (bad placeholder, bad encoding)."""
 
 
-class PromptManager:
-    """Builds the judge's system and user prompts for a category; each file is read at most once."""
+def read_templates(prompts_dir: Path) -> dict[str, str]:
+    """Every template file of ``prompts_dir`` (file name -> text), each checked.
 
-    def __init__(self, prompts_dir: Path) -> None:
+    What the producer stores with an editbench run: the workers score with these, not
+    with whatever their own prompts directory holds.
+    """
+    templates = {}
+    for path in sorted(Path(prompts_dir).glob("*.txt")):
+        text = _load_template(path)
+        if text is not None:
+            templates[path.name] = text
+    PromptManager(prompts_dir, templates)  # the defaults must be there
+    return templates
+
+
+class PromptManager:
+    """Builds the judge's system and user prompts for a category; each file is read at most once.
+
+    ``templates`` (file name -> text, from read_templates) are used instead of the files
+    of ``prompts_dir`` when given; ``prompts_dir`` then only names them in messages.
+    """
+
+    def __init__(self, prompts_dir: Path, templates: dict[str, str] | None = None) -> None:
         self.prompts_dir = Path(prompts_dir)
+        self._templates = templates
         # (name, kind) -> template text, or None when that file does not exist.
         self._cache: dict[tuple[str, str], str | None] = {}
         # Read the defaults now, so a broken install fails at start-up, not on the first item.
@@ -65,7 +85,11 @@ class PromptManager:
     def _read(self, name: str, kind: str) -> str | None:
         key = (name, kind)
         if key not in self._cache:
-            self._cache[key] = _load_template(self._path(name, kind))
+            path = self._path(name, kind)
+            if self._templates is None:
+                self._cache[key] = _load_template(path)
+            else:
+                self._cache[key] = self._templates.get(path.name)
         return self._cache[key]
 
     def _path(self, name: str, kind: str) -> Path:

@@ -94,10 +94,27 @@ class RunStore:
         return ":".join((PREFIX, self.run_id, *parts))
 
     # --- the run ---------------------------------------------------------------
-    def register(self, meta: Mapping[str, Any]) -> None:
-        """Record the run's settings (first registration wins) and list the run."""
+    def register(self, meta: Mapping[str, Any]) -> dict[str, Any]:
+        """Record the run's settings unless it has some, list the run; returns the stored settings.
+
+        The caller compares them with its own (producer/run_identity.py): a run name
+        never silently takes other settings.
+        """
         self.client.hsetnx(self._key("meta"), "meta", _dumps(dict(meta)))
         self.client.sadd(RUNS_KEY, self.run_id)
+        return self.meta()
+
+    def update_meta(self, meta: Mapping[str, Any]) -> None:
+        """Replace the stored settings (only with ones whose result-changing part is the same)."""
+        self.client.hset(self._key("meta"), "meta", _dumps(dict(meta)))
+
+    def delete(self) -> int:
+        """Forget the run: its settings, items, results, failures and counters."""
+        keys = list(self.client.scan_iter(match=self._key("*"), count=1000))
+        if keys:
+            self.client.delete(*keys)
+        self.client.srem(RUNS_KEY, self.run_id)
+        return len(keys)
 
     def meta(self) -> dict[str, Any]:
         raw = self.client.hget(self._key("meta"), "meta")
@@ -107,6 +124,16 @@ class RunStore:
 
     def exists(self) -> bool:
         return bool(self.client.hexists(self._key("meta"), "meta"))
+
+    # --- stage closing: the phase controller's word that no more tasks of a stage come ---
+    def close_stage(self, stage: str) -> None:
+        self.client.set(self._key(stage, "closed"), 1)
+
+    def reopen_stage(self, stage: str) -> None:
+        self.client.delete(self._key(stage, "closed"))
+
+    def stage_closed(self, stage: str) -> bool:
+        return bool(self.client.exists(self._key(stage, "closed")))
 
     # --- items -------------------------------------------------------------------
     def add_items(self, stage: str, items: Mapping[str, Mapping[str, Any]]) -> None:

@@ -64,7 +64,7 @@ def test_procfile_runs_a_fleet_under_honcho(model_cache, sample, tmp_path):
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert read_json(output)["summary"]["total_pairs"] == 13
         # The producer started no workers of its own: the Procfile's worker did the work.
-        assert not (tmp_path / "producer-work" / "logs").exists()
+        assert not (tmp_path / "producer-work" / "logs" / "workers.log").exists()
 
         processes = psutil.Process(honcho.pid).children(recursive=True)
         assert len(processes) >= 5  # redis, launcher, worker, its child, flower (+ honcho's own)
@@ -189,3 +189,43 @@ def test_dockerfile_installs_the_project():
     assert "pip install --no-deps ." in text and "pyproject.toml" in text
     assert re.search(r"^USER ", text, re.M)  # not root
 
+
+
+# --- dependencies ---------------------------------------------------------------------------
+
+
+def _project_requirements() -> list[str]:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return project["dependencies"] + [r for extra in project["optional-dependencies"].values()
+                                      for r in extra]
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~ ;\[]", requirement, maxsplit=1)[0].lower()
+
+
+def test_dependencies_are_ranges_with_bounds_where_internals_are_used():
+    requirements = _project_requirements()
+    # A cluster brings its own CUDA build of torch: nothing may pin an exact version.
+    assert not [r for r in requirements if "==" in r], requirements
+    by_name = {_name(r): r for r in requirements}
+    for bounded in ("torch", "torchvision", "transformers", "diffusers"):
+        assert "<" in by_name[bounded], by_name[bounded]
+    assert ">=2.6" in by_name["torch"]
+
+
+def test_one_constraints_file_pins_every_dependency_and_the_commands_use_it():
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[name.lower()] = version
+    assert {_name(r) for r in _project_requirements()} <= set(pins)
+    readme = (ROOT / "README.md").read_text()
+    test_command = 'pip install -e ".[test]" -c constraints.txt && python -m pytest -q'
+    assert "pip install -e . -c constraints.txt && python -m producer run relations" in readme
+    assert test_command in readme
+    assert (ROOT / ".ci" / "run").read_text().rstrip().endswith("\n" + test_command)  # CI runs it exactly
+    assert "-c constraints.txt" in (ROOT / "Dockerfile").read_text()

@@ -76,9 +76,11 @@ def test_sample_run_reports_scores_with_one_swap_and_the_barrier_holds(one_model
     # The barrier: no score task started before the last edit finished (worker-side clocks).
     edits = store.done(EDIT_STAGE)
     assert max(e["finished_at"] for e in edits.values()) <= min(s["started_at"] for s in scores.values())
-    # One worker process, one swap: editor -> judge.
+    # One worker process, one swap: editor -> judge. The run's last edit had finished, so the
+    # editor was dropped, not copied to (pinned) host memory.
     [swap] = report["swaps"]
-    assert swap["from"] == ["editor tiny"] and swap["to"] == "vlm tiny" and swap["bytes"] > 0
+    assert swap["from"] == ["editor tiny float32"] and swap["to"] == "vlm tiny float32"
+    assert swap["dropped"] == ["editor tiny float32"] and swap["bytes"] > 0
     assert set(report["phases"]) == {"edit", "score"}
 
 
@@ -100,7 +102,8 @@ def test_category_scope_swaps_like_the_seed_design(one_model_env, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = read_json(output)
     # Judge in once per category, editor back in for every category after the first: 9 swaps.
-    assert len(report["swaps"]) == 9
+    # The editor comes back after each category but the last: it is dropped only then.
+    assert [swap["dropped"] for swap in report["swaps"]] == [[]] * 8 + [["editor tiny float32"]]
     assert report["phases"]["edit"]["spans"] == 5
 
 

@@ -197,6 +197,41 @@ def test_cpu_pool_does_not_pin():
     assert ResidencyPool(CPU, 1).pin_host_copies is False
 
 
+def test_a_retired_model_is_dropped_not_copied_and_reloads_if_wanted_again():
+    pool, loaders = make_pool(MODEL_BYTES)
+    x = torch.randn(3, 64)
+    before = run(pool.acquire("A"), x)
+    pool.retire("A")  # e.g. the last edit of the run has finished
+    pool.acquire("B")
+    assert pool.resident == ["B"] and pool.drops == 1
+    assert [(s.evicted, s.dropped) for s in pool.swaps] == [(["A"], ["A"])]
+    # Wanted after all: loaded again from its loader, same weights.
+    a = pool.acquire("A")
+    assert loaders["A"].calls == 2 and torch.equal(run(a, x), before)
+    # Acquiring it cancelled the retirement: the next eviction keeps it.
+    pool.acquire("B")
+    assert pool.swaps[-1].dropped == [] and pool.drops == 1
+    pool.retire("never registered")  # ignored
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_a_retired_model_leaves_no_pinned_copy():
+    cuda = torch.device("cuda", torch.cuda.current_device())
+    pool, loaders = make_pool(MODEL_BYTES, device=cuda)
+    x = torch.randn(3, 64)
+    pool.acquire("A")
+    b_out = run(pool.acquire("B"), x)  # A comes back later: it keeps a pinned host copy
+    assert pool.host_bytes == MODEL_BYTES and pool.swaps[-1].dropped == []
+    pool.retire("B")
+    pool.acquire("A")  # B is done: dropped, no host copy made
+    assert pool.swaps[-1].dropped == ["B"] and pool.host_bytes == MODEL_BYTES
+    assert torch.cuda.memory_allocated(cuda) <= MODEL_BYTES + LINEAR_BYTES  # only A on the device
+    pool.retire("A")
+    b = pool.acquire("B")  # A is done too: dropped, and its host copy freed
+    assert pool.swaps[-1].dropped == ["A"] and pool.host_bytes == 0
+    assert loaders["B"].calls == 2 and torch.equal(run(b, x), b_out)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_swaps_move_weights_and_free_memory():
     cuda = torch.device("cuda", torch.cuda.current_device())

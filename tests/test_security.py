@@ -101,6 +101,18 @@ def test_redis_with_a_password_end_to_end_and_loopback_only(model_cache, tmp_pat
     assert PASSWORD not in proc.stdout + proc.stderr
 
 
+@pytest.mark.parametrize("password", [PASSWORD, 'with "quotes" \\ and spaces'])
+def test_the_embedded_redis_password_is_not_on_its_command_line(tmp_path, password):
+    with EmbeddedRedis(tmp_path / "redis", password=password) as server:
+        # What ps shows every user of the machine: the arguments it was started with (until
+        # redis-server rewrites its title) and its command line now.
+        for cmdline in (" ".join(server.proc.args), " ".join(psutil.Process(server.proc.pid).cmdline())):
+            assert "redis-server" in cmdline and password not in cmdline and "requirepass" not in cmdline
+        assert redis.Redis(host="127.0.0.1", port=server.port, password=password).ping()
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            redis.Redis(host="127.0.0.1", port=server.port).ping()
+
+
 # --- image paths confined to the data root -------------------------------------------------------------
 
 @pytest.fixture

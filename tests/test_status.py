@@ -87,12 +87,12 @@ def test_status_of_a_finished_run_on_the_fleet(fleet, fleet_env, redis_client, s
     assert worker["queues"] == ["relations"]
     assert worker["processed"]["evalfleet.relations.generate"] >= 5
     [process] = worker["processes"]  # concurrency 1: one child, holding the tiny Qwen3-VL
-    assert process["resident"] == ["vlm tiny"] and process["device"] == "cpu"
+    assert process["resident"] == ["vlm tiny float32"] and process["device"] == "cpu"
 
     text = run_producer("status", "--run", "watched", env=fleet_env, timeout=60)
     assert text.returncode == 0, text.stderr
     assert "watched" in text.stdout and "finished" in text.stdout
-    assert "rel-cpu@" in text.stdout and "vlm tiny" in text.stdout
+    assert "rel-cpu@" in text.stdout and "vlm tiny float32" in text.stdout
 
 
 def test_status_of_an_unknown_run_exits_2(fleet_env, redis_client):

@@ -16,7 +16,7 @@ from shared.images import ImageFileError, open_image
 from shared.messages import EDIT_STAGE, EDIT_TASK, SCORE_STAGE, SCORE_TASK
 from shared.store import RunStore
 from workers.celery_app import app
-from workers.runtime import editor_for, judge_for, prompt_manager, run_store, worker_name
+from workers.runtime import editor_for, judge_for, run_prompts, run_store, worker_name
 from workers.task_support import TASK_LEVEL_ERRORS, ItemTask, failure_message, pending_items
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,9 @@ def score_pairs(self, run_id: str, keys: list[str]) -> dict[str, int]:
 
 def _score_pending(store: RunStore, keys: list[str]) -> dict[str, int]:
     started = time.time()
-    batch = _judge_inputs(store, pending_items(store, SCORE_STAGE, keys))
+    pending = pending_items(store, SCORE_STAGE, keys)
+    # A run without templates raises PermanentError: its pairs fail at once, saying why.
+    batch = _judge_inputs(store, pending, run_prompts(store))
     if not batch:
         return {"scored": 0}
     scores = _score_batch(store, batch)
@@ -101,11 +103,10 @@ def _score_batch(store: RunStore, batch: dict) -> dict:
     return scores
 
 
-def _judge_inputs(store: RunStore, pending: dict[str, dict]) -> dict:
+def _judge_inputs(store: RunStore, pending: dict[str, dict], prompts) -> dict:
     """key -> JudgeItem; a pair whose images cannot be read fails alone."""
     from workers.judge import JudgeItem
 
-    prompts = prompt_manager()
     batch = {}
     for key, item in pending.items():
         try:

@@ -22,6 +22,11 @@ Host memory: every model that has been evicted once keeps a full host copy for t
 life of the process (pinned, i.e. not swappable, on CUDA). Plan host RAM for the sum
 of all registered models per worker process.
 
+A model the caller knows it will not need again (``retire(name)``: the last edit of
+the run has finished) is dropped when it must leave the device: no host copy is made
+(pinning 58 GB takes about a minute) and any it had is freed; if it is acquired after
+all, it is loaded again from its loader.
+
 Not thread-safe: a worker process runs one task at a time, and nothing here locks.
 """
 
@@ -55,13 +60,15 @@ class SwapRecord:
     """One acquire that had to evict other models to make room.
 
     ``bytes_moved`` is the size of the model brought onto the device (parameters and
-    buffers); ``seconds`` covers the evictions and the load.
+    buffers); ``seconds`` covers the evictions and the load. ``dropped``: the evicted
+    models that were retired, so no host copy was kept.
     """
 
     evicted: list[str]
     loaded: str
     bytes_moved: int
     seconds: float
+    dropped: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -80,6 +87,8 @@ class _Model:
     # Device memory its user holds beside the weights (a decoder's KV cache), and how to free it.
     working_bytes: int = 0
     release: Callable[[], None] | None = None
+    # Set by retire(): the next eviction drops the model instead of keeping a host copy.
+    retired: bool = False
 
     @property
     def loaded(self) -> bool:
@@ -126,6 +135,7 @@ class ResidencyPool:
         self.pin_host_copies = self.device.type == "cuda" if pin_host_copies is None else pin_host_copies
         self.on_swap = on_swap
         self.loads = 0  # every acquire that put a model on the device, swaps included
+        self.drops = 0  # evictions of retired models, which kept no host copy
         self.swaps: list[SwapRecord] = []
         self._models: dict[str, _Model] = {}
         self._resident: OrderedDict[str, None] = OrderedDict()  # least recently used first
@@ -154,6 +164,7 @@ class ResidencyPool:
     def acquire(self, name: str) -> Any:
         """Make ``name`` resident on the device (evicting others if needed) and return its handle."""
         model = self._model(name)
+        model.retired = False  # wanted again after all
         if name in self._resident:
             self._resident.move_to_end(name)
             return model.handle
@@ -167,10 +178,25 @@ class ResidencyPool:
         self.loads += 1
         seconds = time.perf_counter() - start
         if evicted:
-            self._record_swap(SwapRecord(evicted, name, model.nbytes, seconds))
+            dropped = [n for n in evicted if not self._models[n].loaded]
+            self._record_swap(SwapRecord(evicted, name, model.nbytes, seconds, dropped))
         else:
             log.info("loaded %s (%s) onto %s in %.2fs", name, _gib(model.nbytes), self.device, seconds)
         return model.handle
+
+    def retire(self, name: str) -> None:
+        """``name`` will not be needed again: when it must leave the device, drop it.
+
+        Unknown names are ignored (the caller may retire a model this process never loaded).
+        """
+        if name in self._models:
+            self._models[name].retired = True
+
+    @property
+    def host_bytes(self) -> int:
+        """Bytes of the host copies this pool keeps (pinned on CUDA)."""
+        return sum(_bytes_of(m.host_copies) for m in self._models.values()
+                   if m.host_copies is not None and self.device.type != "cpu")
 
     @property
     def resident(self) -> list[str]:
@@ -253,16 +279,32 @@ class ResidencyPool:
         if model.release is not None:
             model.release()  # its working memory goes first: it is useless without the weights
         model.working_bytes = 0
+        if model.retired:
+            self._drop(model)
+            return
         if model.host_copies is None:
             model.host_copies = self._make_host_copies(model.tensors)
         for tensor, host in zip(model.tensors, model.host_copies):
             tensor.data = host
+        self._release(model, "evicted")
+
+    def _drop(self, model: _Model) -> None:
+        """Let the weights go entirely; a later acquire calls the loader again."""
+        for tensor in model.tensors:
+            tensor.data = torch.empty(0, dtype=tensor.dtype)
+        # Room is made for the reload before the loader runs.
+        model.expected_bytes = model.expected_bytes or model.nbytes
+        model.modules, model.tensors, model.handle, model.host_copies = None, [], None, None
+        self.drops += 1
+        self._release(model, "dropped")
+
+    def _release(self, model: _Model, how: str) -> None:
         del self._resident[model.name]
         if self.device.type == "cuda":
             # The dropped device tensors go back to the caching allocator; hand them to
             # the driver so the next model (or another process on this GPU) can use them.
             torch.cuda.empty_cache()
-        log.info("evicted %s (%s) from %s", model.name, _gib(model.nbytes), self.device)
+        log.info("%s %s (%s) from %s", how, model.name, _gib(model.nbytes), self.device)
 
     def _make_host_copies(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         if self.device.type == "cpu":

@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import redis
@@ -30,6 +31,9 @@ from workers.celery_app import settings
 from workers.task_support import STAGE_OF_TASK, PermanentError
 
 if TYPE_CHECKING:
+    import torch
+
+    from shared.prompt_manager import PromptManager
     from workers.residency import ResidencyPool
 
 log = logging.getLogger(__name__)
@@ -80,8 +84,8 @@ def _resident(store: RunStore, name: str, load: Callable[[], tuple[Any, dict]]) 
     handle = _acquire(pool, name)
     for swap in pool.swaps[before:]:
         store.add_swap({"worker": worker_name(), "from": swap.evicted, "to": swap.loaded,
-                        "bytes": swap.bytes_moved, "seconds": round(swap.seconds, 4),
-                        "at": time.time()})
+                        "dropped": swap.dropped, "bytes": swap.bytes_moved,
+                        "seconds": round(swap.seconds, 4), "at": time.time()})
     _heartbeat(pool)
     return handle
 
@@ -121,36 +125,70 @@ def _sample_progress(sender=None, args=None, **_: Any) -> None:
         log.warning("could not record a progress sample: %s", exc)
 
 
-def _model_name(kind: str, ref: str, revision: str) -> str:
-    """The residency pool's name for a model; the revision is part of it, since two runs
-    may pin different revisions of one model."""
-    return f"{kind} {ref}" + (f"@{revision}" if revision else "")
+def run_setting(store: RunStore, meta: dict[str, Any], name: str) -> Any:
+    """A result-changing setting of the run: the run's, never this worker's own.
+
+    A run registered without it (by an older evalfleet) cannot be honoured: its items
+    fail at once, saying how to go on.
+    """
+    try:
+        return meta[name]
+    except KeyError:
+        raise PermanentError(
+            f"run {store.run_id!r} was registered without the setting {name!r} (by an older "
+            "evalfleet), so the workers cannot tell what it asked for: start it over with the "
+            "same command and --restart") from None
 
 
-def _load_kwargs(ref: str, kind: str) -> dict[str, Any]:
-    """Weights load on the CPU in the device's dtype; the residency pool moves them."""
+def run_dtype(store: RunStore, meta: dict[str, Any]) -> "torch.dtype":
+    """The torch dtype the run asked for, on this worker's device; refused if the device lacks it."""
     import torch
 
-    from workers.models.loading import pick_device, pick_dtype, resolve_model_path
+    from workers.models.loading import pick_device, pick_dtype
 
     device = pick_device(settings.device)
+    try:
+        dtype = pick_dtype(run_setting(store, meta, "dtype"), device)
+    except ValueError as exc:
+        raise PermanentError(f"run {store.run_id!r}: {exc}") from None
+    if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise PermanentError(f"run {store.run_id!r} asks for bfloat16, which {device} "
+                             f"({torch.cuda.get_device_name(device)}) does not support: start it "
+                             "over with EVALFLEET_DTYPE=float16 and --restart, or use other GPUs")
+    return dtype
+
+
+def _model_name(kind: str, ref: str, revision: str, dtype: Any) -> str:
+    """The residency pool's name for a model; revision and dtype are part of it, since two
+    runs may ask for different ones of one model."""
+    return f"{kind} {ref}" + (f"@{revision}" if revision else "") + f" {str(dtype).removeprefix('torch.')}"
+
+
+def _load_kwargs(ref: str, kind: str, dtype: Any) -> dict[str, Any]:
+    """Weights load on the CPU in the run's dtype; the residency pool moves them."""
+    import torch
+
+    from workers.models.loading import resolve_model_path
+
     return {"ref": resolve_model_path(ref, settings.models_dir, kind=kind),
-            "dtype": pick_dtype(settings.dtype, device), "device": torch.device("cpu")}
+            "dtype": dtype, "device": torch.device("cpu")}
 
 
-def vlm(store: RunStore, ref: str, revision: str, setting: str) -> tuple[Any, Any]:
+def vlm(store: RunStore, meta: dict[str, Any], ref: str, setting: str) -> tuple[Any, Any]:
     """(processor, model) of a Qwen3-VL, shared by the relations generator and the judge.
 
     ``setting`` names the variable that chose ``ref``, for the error if it cannot be loaded.
     """
     from workers.models.loading import load_vlm
 
+    revision, dtype = meta.get("model_revision", ""), run_dtype(store, meta)
+
     def load() -> tuple[Any, dict]:
-        kwargs = _load_kwargs(ref, "qwen3-vl")
+        kwargs = _load_kwargs(ref, "qwen3-vl", dtype)
         processor, model = load_vlm(kwargs.pop("ref"), revision=revision, setting=setting, **kwargs)
         return (processor, model), {"model": model}
 
-    return _resident(store, _model_name("vlm", ref, revision), load)
+    return _resident(store, _model_name("vlm", ref, revision, dtype), load)
 
 
 def relation_generator(store: RunStore, meta: dict[str, Any]):
@@ -158,9 +196,10 @@ def relation_generator(store: RunStore, meta: dict[str, Any]):
     from workers.models.loading import RELATIONS_MODEL_SETTING
     from workers.relation_generator import RelationGenerator
 
-    ref, revision = meta["relations_model"], meta.get("model_revision", "")
-    processor, model = vlm(store, ref, revision, RELATIONS_MODEL_SETTING)
-    pool, name = residency(), _model_name("vlm", ref, revision)
+    processor, model = vlm(store, meta, meta["relations_model"], RELATIONS_MODEL_SETTING)
+    pool = residency()
+    name = _model_name("vlm", meta["relations_model"], meta.get("model_revision", ""),
+                       run_dtype(store, meta))
     # The decoder's cache may take what the weights leave of the budget, less room for the
     # step's activations and logits; the pool counts it and frees it when the model leaves.
     cache_bytes = int(pool.room_for_working(name) * DECODER_CACHE_FRACTION)
@@ -179,8 +218,11 @@ def judge_for(store: RunStore):
     from workers.models.loading import JUDGE_MODEL_SETTING
 
     meta = store.meta()
-    processor, model = vlm(store, meta["judge_model"], meta.get("model_revision", ""),
-                           JUDGE_MODEL_SETTING)
+    if store.stage_closed(EDIT_STAGE):
+        # The phase controller says the run's last edit has finished: if the editor must
+        # leave the device for the judge, drop it rather than pin a host copy of it.
+        residency().retire(editor_model_name(meta, run_dtype(store, meta)))
+    processor, model = vlm(store, meta, meta["judge_model"], JUDGE_MODEL_SETTING)
     return Judge(processor, model, batch_size=int(meta["judge_batch_size"]))
 
 
@@ -189,25 +231,37 @@ def editor_for(store: RunStore):
     from workers.models.loading import load_image_edit_pipeline
 
     meta = store.meta()
-    ref, revision = meta["editor_model"], meta.get("model_revision", "")
+    ref, revision, dtype = meta["editor_model"], meta.get("model_revision", ""), run_dtype(store, meta)
 
     def load() -> tuple[Any, dict]:
-        kwargs = _load_kwargs(ref, "qwen-image-edit")
+        kwargs = _load_kwargs(ref, "qwen-image-edit", dtype)
         pipeline = load_image_edit_pipeline(kwargs.pop("ref"), revision=revision, **kwargs)
         return pipeline, {"transformer": pipeline.transformer, "vae": pipeline.vae,
                           "text_encoder": pipeline.text_encoder}
 
-    pipeline = _resident(store, _model_name("editor", ref, revision), load)
+    pipeline = _resident(store, editor_model_name(meta, dtype), load)
     return Editor(pipeline, steps=int(meta["edit_steps"]), size=int(meta["edit_size"]),
                   true_cfg_scale=float(meta["edit_true_cfg_scale"]),
                   negative_prompt=meta["edit_negative_prompt"])
 
 
-@functools.cache
-def prompt_manager():
+def editor_model_name(meta: dict[str, Any], dtype: Any) -> str:
+    """The residency pool's name for the run's editor."""
+    return _model_name("editor", meta["editor_model"], meta.get("model_revision", ""), dtype)
+
+
+def run_prompts(store: RunStore) -> "PromptManager":
+    """The judge templates stored with the run (the producer's), not this worker's files."""
+    meta = store.meta()
+    return _prompt_manager(store.run_id, meta.get("prompts_dir", ""),
+                           json.dumps(run_setting(store, meta, "prompt_templates"), sort_keys=True))
+
+
+@functools.lru_cache(maxsize=8)
+def _prompt_manager(run_id: str, prompts_dir: str, templates_json: str):
     from shared.prompt_manager import PromptManager
 
-    return PromptManager(settings.prompts)
+    return PromptManager(Path(prompts_dir), json.loads(templates_json))
 
 
 @functools.cache
