@@ -26,6 +26,7 @@ import redis
 from celery import current_task
 from celery.signals import task_postrun
 
+from shared.messages import EDIT_STAGE
 from shared.store import WORKER_OUTAGE_SECONDS, WORKERS_KEY, RunStore, connect
 from workers.celery_app import settings
 from workers.task_support import STAGE_OF_TASK, PermanentError

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
-from transformers import PreTrainedModel, ProcessorMixin
+from transformers import BatchFeature, PreTrainedModel, ProcessorMixin
 
 from workers.cascade_attention import (
     CascadeCaches,
@@ -62,6 +62,8 @@ WINDOW_STEP = 128
 # Prompts a row should serve in turn (see slot_shape), and the fewest rows an image slot has.
 ROW_ROUNDS = 4
 MIN_ROWS = 4
+# Images whose prefixes run through the model in one pass.
+PREFIX_BATCH = 8
 # Suffix tokens prefilled in one pass when rows start (bounds the pass's attention scores).
 PREFILL_TOKENS = 4096
 # Where shared_slot_decoder() keeps a model's decoder, so its graphs and cache outlive a task.
@@ -261,24 +263,36 @@ class SlotDecoder:
         # Kept on the host until the image takes a slot: pixels of a whole task add up.
         return self.processor(text=[prefix_text], images=[image], return_tensors="pt")
 
-    def prefill_prefix(self, shape: _Shape, slot: int, inputs: dict) -> int:
-        """The image and the text before it, once, into an image slot; returns the next position.
+    def prefill_prefixes(self, shape: _Shape, slots: list[int], inputs: list[dict]) -> list[int]:
+        """Images and the text before them into image slots, PREFIX_BATCH images per pass;
+        returns each one's next text position.
 
-        Deepstack features are added to the visual positions in the first layers here, so they
-        are in the prefix keys/values; later passes are text only.
+        One pass per several images: at batch 1 a prefix pass (~1200 tokens, 64 layers of the
+        vision tower and the language model) is bound by launching its kernels, not by the
+        GPU. Deepstack features are added to the visual positions in the first layers here,
+        so they are in the prefix keys/values; later passes are text only.
         """
-        inputs = inputs.to(self.model.device)
+        positions = []
+        for start in range(0, len(slots), PREFIX_BATCH):
+            positions += self._prefill_prefix_batch(shape, slots[start:start + PREFIX_BATCH],
+                                                    inputs[start:start + PREFIX_BATCH])
+        return positions
+
+    def _prefill_prefix_batch(self, shape: _Shape, slots: list[int], inputs: list[dict]) -> list[int]:
+        batch = _left_padded(inputs, self._pad_id()).to(self.model.device)
         positions, _ = self.model.model.get_rope_index(
-            inputs["input_ids"], inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"])
-        output = self.model(**inputs, position_ids=positions, use_cache=True, logits_to_keep=1)
-        length = inputs["input_ids"].shape[1]
+            batch["input_ids"], batch["mm_token_type_ids"], image_grid_thw=batch["image_grid_thw"],
+            attention_mask=batch["attention_mask"])
+        output = self.model(**batch, position_ids=positions, use_cache=True, logits_to_keep=1)
         caches = shape.caches
-        for layer, cached in enumerate(output.cache.layers):
-            caches.prefix_keys[layer][slot, :length] = cached.keys[0].transpose(0, 1)
-            caches.prefix_values[layer][slot, :length] = cached.values[0].transpose(0, 1)
-        caches.prefix_filled[slot] = length
-        self.stats.prefills += 1
-        return int(positions.max()) + 1
+        for row, (slot, one) in enumerate(zip(slots, inputs)):
+            length = one["input_ids"].shape[1]  # left padding: a prefix is its row's last columns
+            for layer, cached in enumerate(output.cache.layers):
+                caches.prefix_keys[layer][slot, :length] = cached.keys[row, :, -length:].transpose(0, 1)
+                caches.prefix_values[layer][slot, :length] = cached.values[row, :, -length:].transpose(0, 1)
+            caches.prefix_filled[slot] = length
+        self.stats.prefills += len(slots)
+        return [int(positions[:, row].max()) + 1 for row in range(len(slots))]
 
     def prefill_rows(self, shape: _Shape, rows: list[int], slots: list[int],
                      suffixes: list[list[int]], starts: list[int]) -> torch.Tensor:
@@ -503,15 +517,19 @@ class _Scheduler:
     def _fill(self, logits: torch.Tensor) -> None:
         """Give free rows the next prompts of their image; give empty image slots new images."""
         rows_per_slot = self.shape.caches.rows
+        new_slots: list[int] = []
         for slot in range(self.shape.caches.images):
             rows = range(slot * rows_per_slot, (slot + 1) * rows_per_slot)
             image = self.slot_image[slot]
             busy = any(self.row_request[r] is not None for r in rows)
             if (image is None or not self.waiting.get(image)) and not busy and self.images_left:
-                image = self.images_left.pop(0)
-                self.slot_image[slot] = image
-                self.next_position[image] = self.decoder.prefill_prefix(
-                    self.shape, slot, self.prefix_inputs.pop(image))
+                self.slot_image[slot] = self.images_left.pop(0)
+                new_slots.append(slot)
+        if new_slots:
+            images = [self.slot_image[slot] for slot in new_slots]
+            positions = self.decoder.prefill_prefixes(
+                self.shape, new_slots, [self.prefix_inputs.pop(image) for image in images])
+            self.next_position.update(zip(images, positions))
         joining: list[tuple[int, int, Request]] = []
         for slot, image in enumerate(self.slot_image):
             queue = self.waiting.get(image, []) if image is not None else []
@@ -525,6 +543,23 @@ class _Scheduler:
                 self.shape, list(rows), list(slots), [r.suffix for r in requests],
                 [self.next_position[r.image] for r in requests])
             logits[torch.tensor(rows, device=logits.device)] = new_logits.to(logits.dtype)
+
+
+def _left_padded(inputs: list[dict], pad_id: int) -> dict:
+    """Processor outputs of single prompts as one left-padded batch (the processor's own
+    padding side for generation)."""
+    width = max(one["input_ids"].shape[1] for one in inputs)
+
+    def padded(key: str, value: int) -> torch.Tensor:
+        return torch.cat([torch.cat([torch.full((1, width - one[key].shape[1]), value,
+                                                dtype=one[key].dtype), one[key]], dim=1)
+                          for one in inputs])
+
+    batch = {"input_ids": padded("input_ids", pad_id), "attention_mask": padded("attention_mask", 0),
+             "mm_token_type_ids": padded("mm_token_type_ids", 0)}
+    batch["pixel_values"] = torch.cat([one["pixel_values"] for one in inputs])
+    batch["image_grid_thw"] = torch.cat([one["image_grid_thw"] for one in inputs])
+    return BatchFeature(batch)
 
 
 def _prefill_chunks(joining: list[tuple[int, int, Request]]) -> list[list[tuple[int, int, Request]]]:
