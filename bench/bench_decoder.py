@@ -42,6 +42,8 @@ from workers.slot_decoder import SlotDecoder, kv_bytes_per_token, slot_shape
 NAMES = ["man", "horse", "hat", "fence", "tree", "dog", "car", "kite", "bench", "cup"]
 PREDICATES = ["on", "near", "holding", "wearing", "behind", "in front of", "riding", "under"]
 IMAGE_SIZE = (1280, 960)
+# Row columns in use when a step is profiled: a ~90-token suffix and ~60 generated tokens.
+PROFILE_COLUMNS = 150
 
 
 def prompts(count: int, seed: int = 0) -> list[str]:
@@ -255,6 +257,22 @@ def _kernel_group(name: str) -> str:
     return "elementwise/other"
 
 
+def slot_profiles(processor, slots, directory: Path, batches: list[int]) -> dict:
+    """The slot decoder's decode step at other batches (one image, flash window)."""
+    out = {}
+    for batch in batches:
+        texts = [rendered(processor, prompts(batch))]
+        slots.generate([image()], texts, max_batch=batch, max_new_tokens=2, temperature=0.0, seed=0)
+        shape = next(iter(slots._shapes.values()))
+        with torch.inference_mode():
+            shape.caches.columns.fill_(PROFILE_COLUMNS)
+            out[f"slots_{batch}"] = profile_step(f"slots_{batch}", lambda: slots._decode_forward(
+                shape, shape.caches.row_length), directory)
+        slots.release()
+        empty_cache()
+    return out
+
+
 def profiles(processor, model, static, slots, directory: Path, batch: int) -> dict:
     texts = [rendered(processor, prompts(batch))]
     out = {}
@@ -268,6 +286,7 @@ def profiles(processor, model, static, slots, directory: Path, batch: int) -> di
     slots.generate([image()], texts, max_batch=batch, max_new_tokens=2, temperature=0.0, seed=0)
     shape = next(iter(slots._shapes.values()))
     with torch.inference_mode():
+        shape.caches.columns.fill_(PROFILE_COLUMNS)
         out["slots"] = profile_step("slots", lambda: slots._decode_forward(shape, 128), directory)
     slots.release()
     empty_cache()
@@ -291,6 +310,10 @@ def bench_model(kind: str, args, directory: Path) -> dict:
     slots = SlotDecoder(processor, model)
     result["flash"], result["compiled_layers"] = slots.flash, slots.compile_layers
     tiny = kind == "tiny"
+    if args.profile_batches:
+        batches = [int(b) for b in args.profile_batches.split(",")]
+        result["profile"] = slot_profiles(processor, slots, Path(args.profile_dir or "."), batches)
+        return result
     with torch.inference_mode():
         if kind in ("8b", "tiny"):
             result["step"] = (
@@ -321,6 +344,8 @@ def main() -> None:
     parser.add_argument("--moe", choices=["yes", "no"], default="yes")
     parser.add_argument("--dense", choices=["yes", "no"], default="yes")
     parser.add_argument("--tiny", action="store_true", help="the tiny model on the CPU: a smoke test")
+    parser.add_argument("--profile-batches", default="",
+                        help="only profile the slot decoder's step at these batches, e.g. 64,1024")
     parser.add_argument("--profile-dir", default="")
     args = parser.parse_args()
     import logging

@@ -22,7 +22,9 @@ from shared.store import RunStore, connect
 ROOT = Path(__file__).resolve().parents[1]
 
 # Short generations keep the suite fast on a 2-core CPU; everything else is the default.
-FAST = {"EVALFLEET_MAX_NEW_TOKENS": "8", "EVALFLEET_POLL_INTERVAL_SECONDS": "0.2",
+# EVALFLEET_TASK_PROMPTS=16: every sample image (2-10 prompts a pair, 2-3 pairs) has tasks
+# of its own, so runs have several tasks for kill points and workers to share.
+FAST = {"EVALFLEET_MAX_NEW_TOKENS": "8", "EVALFLEET_POLL_INTERVAL_SECONDS": "0.2", "EVALFLEET_TASK_PROMPTS": "16",
         "EVALFLEET_RETRY_BACKOFF_SECONDS": "1"}
 
 

@@ -45,7 +45,10 @@ SEED = 20261124
 VISIBILITY_TIMEOUT = 5
 ALL_QUEUES = ["relations", "edit", "score"]
 # Long enough generations that a kill usually lands inside a task.
-KILL_ENV = {"EVALFLEET_MAX_NEW_TOKENS": "24", "EVALFLEET_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT)}
+# A prompt budget of 80 packs the sample's small images into shared tasks (4 tasks for 5
+# images): a task killed mid-way carries several images, and the rerun must still redo nothing.
+KILL_ENV = {"EVALFLEET_MAX_NEW_TOKENS": "24", "EVALFLEET_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
+            "EVALFLEET_TASK_PROMPTS": "80"}
 
 
 @functools.cache

@@ -85,6 +85,13 @@ def cli(monkeypatch, tmp_path, *args: str, **env: str) -> int:
     return main(list(args))
 
 
+def error_lines(capsys, caplog) -> list[str]:
+    """The command's ERROR messages: on the terminal once it has set up its own log handlers
+    (they replace pytest's), in pytest's log capture when it stops before that."""
+    terminal = [line for line in capsys.readouterr().err.splitlines() if " ERROR " in line]
+    return terminal or [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+
+
 @pytest.mark.parametrize("job, env, named", [
     ("editbench", {"EVALFLEET_PROMPTS_DIR": "/nonexistent/prompts"}, "EVALFLEET_PROMPTS_DIR"),
     ("relations", {"EVALFLEET_RELATIONS_MODEL": "/nonexistent/model"}, "EVALFLEET_RELATIONS_MODEL"),
@@ -95,17 +102,17 @@ def cli(monkeypatch, tmp_path, *args: str, **env: str) -> int:
     ("relations", {"EVALFLEET_BROKER_URL": "localhost:6379"}, "EVALFLEET_BROKER_URL"),
     ("relations", {"EVALFLEET_BROKER_URL": "not a url"}, "EVALFLEET_BROKER_URL"),
 ])
-def test_a_setting_that_would_fail_every_item_stops_the_run_at_start(monkeypatch, caplog, tmp_path, job,
+def test_a_setting_that_would_fail_every_item_stops_the_run_at_start(monkeypatch, capsys, caplog, tmp_path, job,
                                                                        env, named):
     assert cli(monkeypatch, tmp_path, "run", job, **env) == EXIT_USAGE
-    [message] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    [message] = error_lines(capsys, caplog)
     assert named in message and "\n" not in message
     assert not (tmp_path / "work" / "redis").exists()  # nothing started, nothing registered
 
 
 @pytest.mark.parametrize("case", ["output-is-a-directory", "output-parent-is-a-file",
                                   "work-dir-is-a-file", "work-dir-not-writable"])
-def test_an_unusable_path_stops_the_run_before_any_work(monkeypatch, caplog, tmp_path, case):
+def test_an_unusable_path_stops_the_run_before_any_work(monkeypatch, capsys, caplog, tmp_path, case):
     (tmp_path / "a-file").write_text("x")
     (tmp_path / "locked").mkdir(mode=0o500)
     args, env, named = {
@@ -121,6 +128,6 @@ def test_an_unusable_path_stops_the_run_before_any_work(monkeypatch, caplog, tmp
         assert cli(monkeypatch, tmp_path, "run", "relations", *args, **env) == EXIT_USAGE
     finally:
         (tmp_path / "locked").chmod(0o700)
-    [message] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    [message] = error_lines(capsys, caplog)
     assert named in message and "\n" not in message
     assert not (tmp_path / "work" / "redis").exists()
