@@ -17,6 +17,7 @@ from config import Settings
 from producer.dispatch import celery_client
 from producer.embedded import EmbeddedRedis, LocalFleet
 from producer.relations_sample import write_relations_sample
+from shared.relations_data import prepare_data_for_inference
 from shared.store import RunStore, connect
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,3 +157,13 @@ def pytest_terminal_summary(terminalreporter) -> None:
         terminalreporter.section("evalfleet figures")
         for line in FIGURE_LINES:
             terminalreporter.write_line(line)
+
+
+def relations_counts(stage1: Path, input_path: Path, *, without_image: str | None = None
+                     ) -> tuple[int, int, int]:
+    """(pairs, images, descriptions) a relations run of these files has at top-K 10, from the
+    inputs themselves; ``without_image`` leaves that image's pairs out."""
+    pairs = [p for p in prepare_data_for_inference(stage1, input_path, 10).pairs
+             if str(p["image_id"]) != without_image]
+    return (len(pairs), len({str(p["image_id"]) for p in pairs}),
+            sum(len(p["stage1_top_k"]) for p in pairs))

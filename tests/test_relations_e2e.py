@@ -7,8 +7,9 @@ import signal
 
 import psutil
 
-from conftest import FAST, read_json, run_producer, wait_until
+from conftest import FAST, read_json, relations_counts, run_producer, wait_until
 from producer.embedded import EmbeddedRedis
+from producer.relations_sample import ensure_relations_sample
 from shared.keys import relation_key
 from shared.relations_data import prepare_data_for_inference
 from shared.store import RunStore, connect
@@ -41,7 +42,8 @@ def test_sample_run_writes_the_spec_report(fleet, fleet_env, redis_client, sampl
     report = read_json(output)
     check_spec_format(report)
     summary = report["summary"]
-    assert (summary["total_pairs"], summary["total_images"]) == (13, 5)
+    pairs, images, _ = relations_counts(stage1, input_path)
+    assert (summary["total_pairs"], summary["total_images"]) == (pairs, images)
     assert summary["top_k_relations"] == 10 and summary["generation_max_tokens"] == 8
     assert summary["generation_temperature"] == 0.1
     assert report["failed"] == []
@@ -61,7 +63,7 @@ def test_rerun_generates_nothing_new(fleet, fleet_env, redis_client, sample, tmp
     first = run_producer(*args, "--output", str(tmp_path / "a.json"), env=fleet_env)
     assert first.returncode == 0, first.stderr
     stats = RunStore(redis_client, "resume").stats("relations")
-    assert stats["descriptions_generated"] == 47
+    assert stats["descriptions_generated"] == relations_counts(stage1, input_path)[2]
     second = run_producer(*args, "--output", str(tmp_path / "b.json"), env=fleet_env)
     assert second.returncode == 0, second.stderr
     assert RunStore(redis_client, "resume").stats("relations") == stats
@@ -100,6 +102,7 @@ def test_bad_records_fail_alone_and_are_reported(fleet, fleet_env, redis_client,
     cands["2343730"].append({"subject": "man", "object": "unicorn", "predicted_predicate": "riding",
                              "similarity": 0.9, "has_gt": False, "gt_predicates": []})
     cands["999"] = [{"subject": "a", "object": "b", "predicted_predicate": "on", "similarity": 0.5}]
+    usable_pairs = relations_counts(stage1, input_path, without_image="2343733")[0]
     stage1.write_text(json.dumps(data))
     images = json.loads(input_path.read_text())
     images[4]["image_path"] = "images/missing.png"  # 2343733: two pairs, the file is not there
@@ -113,7 +116,7 @@ def test_bad_records_fail_alone_and_are_reported(fleet, fleet_env, redis_client,
     assert "unicorn" in reasons["2343730|man|unicorn"] and str(input_path) in reasons["2343730|man|unicorn"]
     assert "999" in reasons["999|a|b"]
     assert "missing.png" in reasons["2343733|woman|bag"] and "does not exist" in reasons["2343733|woman|bag"]
-    assert report["summary"]["total_pairs"] == 11  # 13 - the two pairs of the missing image
+    assert report["summary"]["total_pairs"] == usable_pairs  # all but the missing image's pairs
     assert "unicorn" in proc.stdout
 
 
@@ -139,8 +142,9 @@ def test_one_command_mode_embeds_redis_and_workers_then_resumes(model_cache, tmp
     # The embedded Redis was stopped; its data survived for the rerun and for us.
     with EmbeddedRedis(tmp_path / "work" / "redis") as server:
         store = RunStore(connect(server.url), report_path.parent.name)
-        assert store.stats("relations")["descriptions_generated"] == 47
-        assert store.progress("relations").done == 13
+        pairs, _, descriptions = relations_counts(*ensure_relations_sample(tmp_path / "work" / "sample"))
+        assert store.stats("relations")["descriptions_generated"] == descriptions
+        assert store.progress("relations").done == pairs
 
 
 def worker_children(launcher_pid: int) -> list[psutil.Process]:
