@@ -20,23 +20,8 @@ from workers.relation_generator import RelationGenerator
 from workers.residency import ResidencyPool, model_bytes
 from workers.slot_decoder import SlotDecoder, kv_bytes_per_token, slot_shape
 
-PROMPTS = [
-    "Where is the cat relative to the table?",
-    "这是一张图，请给出物体的相对位置关系",
-    "hi",
-    "Describe the spatial relation between the red car and the tall building on its left side.",
-    "Is the person holding the cup?",
-]
-MAX_NEW_TOKENS = 12
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_cpu_thread():
-    # The tiny model's matmuls are microseconds; OpenMP's waits for a second thread cost more.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Prompts of different lengths (rows of different suffix lengths), one CPU thread.
+from test_image_prompt_decoder import MAX_NEW_TOKENS, PROMPTS, one_cpu_thread  # noqa: E402,F401
 
 
 @pytest.fixture(scope="module", params=["dense", "moe"])

@@ -40,8 +40,6 @@ LENGTH_STEP = 256
 EOS_CHECK_EVERY = 8
 # Attention implementations that apply a 4D additive mask as given (flash attention ignores it).
 _MASK_ATTENTION = ("sdpa", "eager")
-# Where shared_decoder() keeps a model's decoder, so its graphs and cache outlive one task.
-_MODEL_ATTRIBUTE = "_evalfleet_image_prompt_decoder"
 
 
 def split_after_image(text: str) -> tuple[str, str]:
@@ -66,6 +64,58 @@ def weight_pointers(model: PreTrainedModel) -> tuple[int, ...]:
     """The addresses of a model's weights: captured graphs are valid only while these hold."""
     tensors = itertools.chain(model.parameters(), model.buffers())
     return tuple(tensor.data_ptr() for tensor in tensors)
+
+
+def check_graph_rope(model: PreTrainedModel, use_cuda_graph: bool) -> None:
+    """Refuse rotary types a CUDA graph cannot replay."""
+    rope_type = model.model.language_model.rotary_emb.rope_type
+    if use_cuda_graph and ("dynamic" in rope_type or rope_type == "longrope"):
+        # These recompute frequencies from max(position) in Python: a host sync per step.
+        raise ValueError(f"rope type {rope_type!r} cannot run in a CUDA graph")
+
+
+def eos_token_ids(model: PreTrainedModel) -> list[int]:
+    """The ids that end an answer, from the model's generation config."""
+    eos = model.generation_config.eos_token_id
+    return list(eos) if isinstance(eos, (list, tuple)) else [eos]
+
+
+def pad_token_id(model: PreTrainedModel, processor: ProcessorMixin) -> int:
+    pad = model.generation_config.pad_token_id
+    return pad if pad is not None else processor.tokenizer.pad_token_id
+
+
+def capture_graph(device: torch.device, run, pool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    """Record ``run()`` (a decode step reading and writing only static tensors) in a CUDA graph.
+
+    The two warm-up runs, on a side stream as capture requires, are real steps on the current
+    inputs: they write the same keys and values at the same columns as the replay that
+    follows, so they change nothing.
+    """
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            run()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        output = run()
+    return graph, output
+
+
+def new_kv_storage(model: PreTrainedModel, elements: int,
+                   storage: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Keys and values of every layer, ``elements`` each, as one (2 x layers, elements) tensor
+    on the model's device; None when ``storage`` already holds that much and can stay.
+
+    Zeros, not empty: masked slots are still multiplied by 0, and 0 * NaN garbage is NaN.
+    """
+    if (storage is not None and storage.shape[1] >= elements
+            and storage.device == model.device and storage.dtype == model.dtype):
+        return None
+    layers = model.config.text_config.num_hidden_layers
+    return torch.zeros(2 * layers, elements, dtype=model.dtype, device=model.device)
 
 
 def cut_after_eos(tokens: torch.Tensor, eos_ids: list[int]) -> list[list[int]]:
@@ -164,10 +214,7 @@ class ImagePromptDecoder:
         attention = model.model.language_model.config._attn_implementation
         if attention not in _MASK_ATTENTION:
             raise ValueError(f"attention {attention!r} ignores 4D masks; load the model with sdpa")
-        rope_type = model.model.language_model.rotary_emb.rope_type
-        if use_cuda_graph and ("dynamic" in rope_type or rope_type == "longrope"):
-            # These recompute frequencies from max(position) in Python: a host sync per step.
-            raise ValueError(f"rope type {rope_type!r} cannot run in a CUDA graph")
+        check_graph_rope(model, use_cuda_graph)
         self.processor = processor
         self.model = model
         self.use_cuda_graph = use_cuda_graph
@@ -343,25 +390,13 @@ class ImagePromptDecoder:
         return self._forward(bucket.input_ids, bucket.position_ids, bucket.mask, cache)
 
     def _capture(self, bucket: _Bucket) -> None:
-        """Record the bucket's decode step; it reads and writes only the bucket's static tensors.
-
-        The warm-up runs are real steps on the current inputs: they write the same keys and
-        values at the same column as the replay that follows, so they change nothing.
-        """
+        """Record the bucket's decode step (all graphs share one memory pool)."""
         started = time.perf_counter()
-        device = self.model.device
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                self._decode_forward(bucket)
-        torch.cuda.current_stream(device).wait_stream(side)
         if self._graph_pool is None:
             self._graph_pool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._graph_pool):
-            bucket.logits = self._decode_forward(bucket)
-        bucket.graph = graph
+        bucket.graph, bucket.logits = capture_graph(self.model.device,
+                                                    lambda: self._decode_forward(bucket),
+                                                    self._graph_pool)
         batch, _, length, _ = bucket.keys[0].shape
         logger.info("captured the decode step for batch %d, cache length %d in %.2fs",
                     batch, length, time.perf_counter() - started)
@@ -393,14 +428,10 @@ class ImagePromptDecoder:
         """Grow the storage to ``tokens`` cache slots per layer; growing moves it, so graphs go."""
         config = self.model.config.text_config
         elements = tokens * config.num_key_value_heads * config.head_dim
-        storage = self._storage
-        if (storage is not None and storage.shape[1] >= elements
-                and storage.device == self.model.device and storage.dtype == self.model.dtype):
+        if new_kv_storage(self.model, elements, self._storage) is None:
             return
         self.release()  # free the old storage before the new one takes its place
-        # Zeros, not empty: masked slots are still multiplied by 0, and 0 * NaN garbage is NaN.
-        self._storage = torch.zeros(2 * config.num_hidden_layers, elements,
-                                    dtype=self.model.dtype, device=self.model.device)
+        self._storage = new_kv_storage(self.model, elements)
         logger.info("static KV cache: %d slots per layer, %.2f GiB", tokens,
                     self._storage.numel() * self._storage.element_size() / 2**30)
 
@@ -437,30 +468,10 @@ class ImagePromptDecoder:
         )
 
     def _eos_ids(self) -> list[int]:
-        eos = self.model.generation_config.eos_token_id
-        return list(eos) if isinstance(eos, (list, tuple)) else [eos]
+        return eos_token_ids(self.model)
 
     def _pad_id(self) -> int:
-        pad = self.model.generation_config.pad_token_id
-        return pad if pad is not None else self.processor.tokenizer.pad_token_id
-
-
-def shared_decoder(
-    processor: ProcessorMixin, model: PreTrainedModel, *, use_cuda_graph: bool = True
-) -> ImagePromptDecoder:
-    """The model's decoder, made on first use and kept on the model object.
-
-    A RelationGenerator is made per task; keeping the decoder with the model lets its captured
-    graphs and static cache serve every later task of the process instead of being redone.
-    """
-    decoder = getattr(model, _MODEL_ATTRIBUTE, None)
-    if (decoder is None or decoder.processor is not processor
-            or decoder.use_cuda_graph != use_cuda_graph):
-        if decoder is not None:
-            decoder.release()
-        decoder = ImagePromptDecoder(processor, model, use_cuda_graph=use_cuda_graph)
-        setattr(model, _MODEL_ATTRIBUTE, decoder)
-    return decoder
+        return pad_token_id(self.model, self.processor)
 
 
 def main(argv: list[str] | None = None) -> None:

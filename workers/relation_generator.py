@@ -5,8 +5,8 @@ from __future__ import annotations
 from PIL import Image
 from transformers import PreTrainedModel, ProcessorMixin
 
-from workers.image_prompt_decoder import shared_decoder
-from workers.slot_decoder import shared_slot_decoder
+from workers.image_prompt_decoder import ImagePromptDecoder
+from workers.slot_decoder import SlotDecoder
 
 # The decoders a run can use (EVALFLEET_DECODER): "slots" shares each image's prefix and keeps
 # rows busy across images; "static" is the earlier one-image, one-batch-at-a-time decoder.
@@ -51,10 +51,8 @@ class RelationGenerator:
         self.temperature = temperature
         self.decoder_name = decoder
         # Kept with the model, so its CUDA graphs and caches serve later tasks too.
-        if decoder == "slots":
-            self.decoder = shared_slot_decoder(processor, model, use_cuda_graph=use_cuda_graph)
-        else:
-            self.decoder = shared_decoder(processor, model, use_cuda_graph=use_cuda_graph)
+        decoder_class = SlotDecoder if decoder == "slots" else ImagePromptDecoder
+        self.decoder = shared_decoder(decoder_class, processor, model, use_cuda_graph=use_cuda_graph)
         # Running total of tokens produced (eos included, padding not), for metrics.
         self.generated_tokens = 0
 
@@ -85,6 +83,24 @@ class RelationGenerator:
 
     def _render(self, prompt: str) -> str:
         return render_prompt(self.processor, prompt)
+
+
+def shared_decoder(decoder_class: type, processor: ProcessorMixin, model: PreTrainedModel, *,
+                   use_cuda_graph: bool = True):
+    """The model's decoder of this class, made on first use and kept on the model object.
+
+    A generator is made per task; keeping the decoder with the model lets its captured graphs
+    and caches serve every later task of the process instead of being redone.
+    """
+    attribute = f"_evalfleet_{decoder_class.__name__}"
+    decoder = getattr(model, attribute, None)
+    if (decoder is None or decoder.processor is not processor
+            or decoder.use_cuda_graph != use_cuda_graph):
+        if decoder is not None:
+            decoder.release()
+        decoder = decoder_class(processor, model, use_cuda_graph=use_cuda_graph)
+        setattr(model, attribute, decoder)
+    return decoder
 
 
 def render_prompt(processor: ProcessorMixin, prompt: str) -> str:

@@ -46,7 +46,12 @@ from workers.cascade_attention import (
 )
 from workers.decoder_layers import run_layers
 from workers.image_prompt_decoder import (
+    capture_graph,
+    check_graph_rope,
+    eos_token_ids,
     length_bucket,
+    new_kv_storage,
+    pad_token_id,
     pick_tokens,
     split_after_image,
     weight_pointers,
@@ -66,8 +71,6 @@ MIN_ROWS = 4
 PREFIX_BATCH = 8
 # Suffix tokens prefilled in one pass when rows start (bounds the pass's attention scores).
 PREFILL_TOKENS = 4096
-# Where shared_slot_decoder() keeps a model's decoder, so its graphs and cache outlive a task.
-_MODEL_ATTRIBUTE = "_evalfleet_slot_decoder"
 
 
 def power_of_two(n: int) -> int:
@@ -160,10 +163,7 @@ class SlotDecoder:
 
     def __init__(self, processor: ProcessorMixin, model: PreTrainedModel, *,
                  use_cuda_graph: bool = True, compile_layers: bool | None = None) -> None:
-        rope_type = model.model.language_model.rotary_emb.rope_type
-        if use_cuda_graph and ("dynamic" in rope_type or rope_type == "longrope"):
-            # These recompute frequencies from max(position) in Python: a host sync per step.
-            raise ValueError(f"rope type {rope_type!r} cannot run in a CUDA graph")
+        check_graph_rope(model, use_cuda_graph)
         self.processor = processor
         self.model = model
         self.use_cuda_graph = use_cuda_graph
@@ -343,29 +343,17 @@ class SlotDecoder:
         return self._logits(hidden[:, -1])
 
     def _capture(self, shape: _Shape, window: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-        """Record one decode step; it reads and writes only the layout's static tensors.
-
-        The warm-up runs are real steps on the current inputs: they write the same keys and
-        values at the same columns as the replay that follows, so they change nothing.
-        """
+        """Record one decode step of this layout and window (all graphs share one pool)."""
         started = time.perf_counter()
-        device = self.model.device
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                self._decode_forward(shape, window)
-        torch.cuda.current_stream(device).wait_stream(side)
         if self._graph_pool is None:
             self._graph_pool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._graph_pool):
-            logits = self._decode_forward(shape, window)
+        graph = capture_graph(self.model.device, lambda: self._decode_forward(shape, window),
+                              self._graph_pool)
         caches = shape.caches
         logger.info("captured the decode step for %d x %d rows, prefix %d, window %d in %.2fs",
                     caches.images, caches.rows, caches.prefix_length, window,
                     time.perf_counter() - started)
-        return graph, logits
+        return graph
 
     # --- the layers ----------------------------------------------------------------------
 
@@ -388,15 +376,10 @@ class SlotDecoder:
 
     def _reserve(self, elements: int) -> None:
         """Grow the storage to ``elements`` per layer for keys and values; growing drops graphs."""
-        config = self.model.config.text_config
-        storage = self._storage
-        if (storage is not None and storage.shape[1] >= elements
-                and storage.device == self.model.device and storage.dtype == self.model.dtype):
+        if new_kv_storage(self.model, elements, self._storage) is None:
             return
         self.release()  # free the old storage before the new one takes its place
-        # Zeros, not empty: masked slots are still multiplied by 0, and 0 * NaN garbage is NaN.
-        self._storage = torch.zeros(2 * config.num_hidden_layers, elements,
-                                    dtype=self.model.dtype, device=self.model.device)
+        self._storage = new_kv_storage(self.model, elements)
         logger.info("slot decoder cache: %.2f GiB", self.cache_bytes / 2**30)
 
     def _new_shape(self, images: int, rows: int, prefix_length: int, row_length: int) -> _Shape:
@@ -431,12 +414,10 @@ class SlotDecoder:
     # --- helpers -------------------------------------------------------------------------
 
     def eos_ids(self) -> list[int]:
-        eos = self.model.generation_config.eos_token_id
-        return list(eos) if isinstance(eos, (list, tuple)) else [eos]
+        return eos_token_ids(self.model)
 
     def _pad_id(self) -> int:
-        pad = self.model.generation_config.pad_token_id
-        return pad if pad is not None else self.processor.tokenizer.pad_token_id
+        return pad_token_id(self.model, self.processor)
 
 
 class _Scheduler:
@@ -578,19 +559,3 @@ def _prefill_chunks(joining: list[tuple[int, int, Request]]) -> list[list[tuple[
             widest = width
     return chunks
 
-
-def shared_slot_decoder(processor: ProcessorMixin, model: PreTrainedModel, *,
-                        use_cuda_graph: bool = True) -> SlotDecoder:
-    """The model's slot decoder, made on first use and kept on the model object.
-
-    A generator is made per task; keeping the decoder with the model lets its captured graphs
-    and caches serve every later task of the process instead of being redone.
-    """
-    decoder = getattr(model, _MODEL_ATTRIBUTE, None)
-    if (decoder is None or decoder.processor is not processor
-            or decoder.use_cuda_graph != use_cuda_graph):
-        if decoder is not None:
-            decoder.release()
-        decoder = SlotDecoder(processor, model, use_cuda_graph=use_cuda_graph)
-        setattr(model, _MODEL_ATTRIBUTE, decoder)
-    return decoder
