@@ -104,16 +104,18 @@ def capture_graph(device: torch.device, run, pool) -> tuple[torch.cuda.CUDAGraph
     return graph, output
 
 
-def new_kv_storage(model: PreTrainedModel, elements: int,
-                   storage: torch.Tensor | None = None) -> torch.Tensor | None:
+def kv_storage_fits(storage: torch.Tensor | None, model: PreTrainedModel, elements: int) -> bool:
+    """Whether ``storage`` already holds ``elements`` per layer on the model's device and dtype."""
+    return (storage is not None and storage.shape[1] >= elements
+            and storage.device == model.device and storage.dtype == model.dtype)
+
+
+def new_kv_storage(model: PreTrainedModel, elements: int) -> torch.Tensor:
     """Keys and values of every layer, ``elements`` each, as one (2 x layers, elements) tensor
-    on the model's device; None when ``storage`` already holds that much and can stay.
+    on the model's device.
 
     Zeros, not empty: masked slots are still multiplied by 0, and 0 * NaN garbage is NaN.
     """
-    if (storage is not None and storage.shape[1] >= elements
-            and storage.device == model.device and storage.dtype == model.dtype):
-        return None
     layers = model.config.text_config.num_hidden_layers
     return torch.zeros(2 * layers, elements, dtype=model.dtype, device=model.device)
 
@@ -428,7 +430,7 @@ class ImagePromptDecoder:
         """Grow the storage to ``tokens`` cache slots per layer; growing moves it, so graphs go."""
         config = self.model.config.text_config
         elements = tokens * config.num_key_value_heads * config.head_dim
-        if new_kv_storage(self.model, elements, self._storage) is None:
+        if kv_storage_fits(self._storage, self.model, elements):
             return
         self.release()  # free the old storage before the new one takes its place
         self._storage = new_kv_storage(self.model, elements)

@@ -49,6 +49,7 @@ from workers.image_prompt_decoder import (
     capture_graph,
     check_graph_rope,
     eos_token_ids,
+    kv_storage_fits,
     length_bucket,
     new_kv_storage,
     pad_token_id,
@@ -376,7 +377,7 @@ class SlotDecoder:
 
     def _reserve(self, elements: int) -> None:
         """Grow the storage to ``elements`` per layer for keys and values; growing drops graphs."""
-        if new_kv_storage(self.model, elements, self._storage) is None:
+        if kv_storage_fits(self._storage, self.model, elements):
             return
         self.release()  # free the old storage before the new one takes its place
         self._storage = new_kv_storage(self.model, elements)
