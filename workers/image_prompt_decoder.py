@@ -31,6 +31,8 @@ import torch
 from PIL import Image
 from transformers import PreTrainedModel, ProcessorMixin
 
+from workers.cascade_attention import additive
+
 logger = logging.getLogger(__name__)
 
 VISION_END = "<|vision_end|>"
@@ -333,12 +335,12 @@ class ImagePromptDecoder:
         positions = (prefix.next_position + offsets.clamp(min=0)).expand(3, -1, -1)
         columns = torch.arange(prefix.length, prefix.length + width, device=device)
         causal = torch.arange(length, device=device)[None, :] <= columns[:, None]  # (width, L)
-        mask = self._additive(visible[:, None, :] & causal[None])[:, None]  # (B, 1, width, L)
+        mask = additive(visible[:, None, :] & causal[None], self.model.dtype)[:, None]  # (B, 1, width, L)
         logits = self._forward(input_ids, positions, mask,
                                _CacheWriter(bucket.keys, bucket.values, columns))
 
         # The first generated token goes right after the suffixes, one position after each row's last.
-        bucket.mask.copy_(self._additive(visible)[:, None, None, :])
+        bucket.mask.copy_(additive(visible, self.model.dtype)[:, None, None, :])
         bucket.column.fill_(prefix.length + width)
         bucket.position_ids.copy_((prefix.next_position + lengths).view(1, batch, 1).expand(3, -1, -1))
         return logits
@@ -461,13 +463,6 @@ class ImagePromptDecoder:
             self._weight_pointers = pointers
 
     # --- helpers -------------------------------------------------------------------------
-
-    def _additive(self, visible: torch.Tensor) -> torch.Tensor:
-        """0 where ``visible``, the dtype's minimum elsewhere (what sdpa and eager attention add)."""
-        dtype = self.model.dtype
-        return torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill(
-            ~visible, torch.finfo(dtype).min
-        )
 
     def _eos_ids(self) -> list[int]:
         return eos_token_ids(self.model)

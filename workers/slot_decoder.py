@@ -14,8 +14,9 @@ not 256 times.
 
 Layout of one decode step (static shapes, so a CUDA graph can replay it)::
 
-    image slots  (I, kv_heads, P, head_dim) per layer     rows of image slot i: i*R .. i*R+R-1
-    rows         (B = I*R, kv_heads, S, head_dim) per layer, of which the first W columns are read
+    image slots  (I, P, kv_heads, head_dim) per layer     rows of image slot i: i*R .. i*R+R-1
+    rows         (B = I*R, S, kv_heads, head_dim) per layer; a step reads the first W columns
+                 of each row (flash: only the columns the row has used)
 
 Rows are *continuous*: when one ends (eos or its token budget), the next waiting prompt of its
 image takes the slot at the next check (every CHECK_EVERY steps); when an image has no prompts
