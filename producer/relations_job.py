@@ -95,9 +95,10 @@ def pack_tasks(keys: list[str], items: dict[str, dict], budget: int) -> list[lis
     by_image: dict[str, list[str]] = {}
     for key in keys:
         by_image.setdefault(normalize_image_id(items[key]["image_id"]), []).append(key)
+    prompts_of = {key: max(1, len(items[key]["stage1_top_k"])) for key in keys}
 
     def prompts(chunk: list[str]) -> int:
-        return sum(max(1, len(items[k]["stage1_top_k"])) for k in chunk)
+        return sum(prompts_of[k] for k in chunk)
 
     alone: list[list[str]] = []
     small: list[list[str]] = []
@@ -105,18 +106,23 @@ def pack_tasks(keys: list[str], items: dict[str, dict], budget: int) -> list[lis
         if prompts(image_keys) < max(1, budget // BIG_IMAGE_SHARE):
             small.append(image_keys)
             continue
-        piece: list[str] = []
+        piece, size = [], 0
         for key in image_keys:
-            if piece and prompts(piece) + prompts([key]) > budget:
+            if piece and size + prompts_of[key] > budget:
                 alone.append(piece)
-                piece = []
+                piece, size = [], 0
             piece.append(key)
+            size += prompts_of[key]
         alone.append(piece)
     shared: list[list[str]] = []
+    sizes: list[int] = []  # prompts of each shared task, kept as it fills
     for image_keys in sorted(small, key=lambda p: -prompts(p)):
-        home = next((t for t in shared if prompts(t) + prompts(image_keys) <= budget), None)
+        size = prompts(image_keys)
+        home = next((i for i, used in enumerate(sizes) if used + size <= budget), None)
         if home is None:
             shared.append(list(image_keys))
+            sizes.append(size)
         else:
-            home.extend(image_keys)
+            shared[home].extend(image_keys)
+            sizes[home] += size
     return sorted(alone + shared, key=lambda task: -prompts(task))
