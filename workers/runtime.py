@@ -199,8 +199,8 @@ def relation_generator(store: RunStore, meta: dict[str, Any]):
 
     processor, model = vlm(store, meta, meta["relations_model"], RELATIONS_MODEL_SETTING)
     pool = residency()
-    name = _model_name("vlm", meta["relations_model"], meta.get("model_revision", ""),
-                       run_dtype(store, meta))
+    # The pool's name of the model vlm() just made resident (its dtype is on the model).
+    name = _model_name("vlm", meta["relations_model"], meta.get("model_revision", ""), model.dtype)
     # The decoder's cache may take what the weights leave of the budget, less room for the
     # step's activations and logits; the pool counts it and frees it when the model leaves.
     cache_bytes = int(pool.room_for_working(name) * DECODER_CACHE_FRACTION)
