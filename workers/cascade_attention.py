@@ -20,12 +20,16 @@ bf16/fp16: no score tensors in memory, and the row part reads only the columns i
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 
 import torch
 
 logger = logging.getLogger(__name__)
+
+# At most this many key ranges per prefix in the decode step (see FlashDecode).
+MAX_PREFIX_SPLITS = 8
 
 
 @dataclass
@@ -117,35 +121,83 @@ class MatmulDecode:
 
 
 class FlashDecode:
-    """The decode step on flash attention: image slots are sequences of R queries over their
-    prefix, rows sequences of one query over their own used columns; merged by log-sum-exp."""
+    """The decode step on flash attention, merged by log-sum-exp.
 
-    def __init__(self, caches: CascadeCaches, window: int):
-        self.caches = caches
+    Prefix part: image slot i's R rows (all their query heads) are one sequence of queries over
+    the slot's prefix, so a prefix is read once per image. At small batches that is too few
+    blocks of work to fill the GPU, so the prefix can be cut into ``splits`` key ranges, each a
+    sequence of its own (flash-decoding's split-KV), merged like any other part.
+
+    Row part: a row's own columns are read once per kv head, not once per query head: the
+    ``group`` query heads that share a kv head go in as ``group`` queries of the row's sequence
+    (at batch 1024 the rows' keys/values no longer fit the L2 cache, and reading them once per
+    query head took 4x the memory traffic).
+    """
+
+    def __init__(self, caches: CascadeCaches, window: int, splits: int = 1):
+        self.caches, self.splits = caches, splits
         device, i32 = caches.columns.device, torch.int32
         images, rows, batch = caches.images, caches.rows, caches.batch
         self.per_row = torch.arange(batch + 1, device=device, dtype=i32)
-        self.per_image = torch.arange(images + 1, device=device, dtype=i32) * rows
-        self.prefix_starts = torch.arange(images + 1, device=device, dtype=i32) * caches.prefix_length
         self.row_starts = self.per_row * caches.row_length
-        self.prefix_used = caches.prefix_filled.to(i32)
         self.write_at = caches.columns.clamp(max=caches.row_length - 1)
         self.row_used = (self.write_at + 1).to(i32)
         self.row_index = torch.arange(batch, device=device)
+        # Prefix sequences ordered (split, image slot); split j of slot i covers its filled
+        # columns [j*chunk, (j+1)*chunk). Computed from device tensors, so a graph replays it.
+        filled = caches.prefix_filled.to(i32)[None, :]  # (1, I)
+        chunk = (filled + splits - 1) // splits
+        part = torch.arange(splits, device=device, dtype=i32)[:, None]  # (c, 1)
+        slot = torch.arange(images, device=device, dtype=i32)[None, :]
+        starts = (slot * caches.prefix_length + part * chunk).reshape(-1)
+        self.prefix_starts = torch.cat([starts, starts[-1:] + caches.prefix_length])
+        self.prefix_used = (filled - part * chunk).clamp(min=0).minimum(chunk).reshape(-1)
+        self.prefix_queries = torch.arange(splits * images + 1, device=device, dtype=i32) * rows
+        self.prefix_most_keys = -(-caches.prefix_length // splits)
 
     def __call__(self, layer: int, query, key, value) -> torch.Tensor:
         caches = self.caches
         caches.row_keys[layer][self.row_index, self.write_at] = key[:, :, 0]
         caches.row_values[layer][self.row_index, self.write_at] = value[:, :, 0]
+        batch, heads, _, dim = query.shape
+        kv_heads = key.shape[1]
+        group = heads // kv_heads
         queries = query[:, :, 0]  # (B, H, D)
-        kv_heads, dim = key.shape[1], key.shape[3]
-        prefix = _flash(queries, caches.prefix_keys[layer].view(-1, kv_heads, dim),
-                        caches.prefix_values[layer].view(-1, kv_heads, dim), self.per_image,
-                        self.prefix_starts, caches.rows, caches.prefix_length, self.prefix_used)
-        own = _flash(queries, caches.row_keys[layer].view(-1, kv_heads, dim),
-                     caches.row_values[layer].view(-1, kv_heads, dim), self.per_row,
-                     self.row_starts, 1, caches.row_length, self.row_used)
-        return merge(prefix, own)[:, None]
+        by_split = queries.repeat(self.splits, 1, 1) if self.splits > 1 else queries
+        prefix = _flash(by_split, caches.prefix_keys[layer].view(-1, kv_heads, dim),
+                        caches.prefix_values[layer].view(-1, kv_heads, dim), self.prefix_queries,
+                        self.prefix_starts, caches.rows, self.prefix_most_keys, self.prefix_used)
+        # (B, H, D) -> (B*g, kv, D): query head h = kv*g + j is query j of the row's sequence.
+        packed = queries.view(batch, kv_heads, group, dim).transpose(1, 2).reshape(-1, kv_heads, dim)
+        own = _flash(packed, caches.row_keys[layer].view(-1, kv_heads, dim),
+                     caches.row_values[layer].view(-1, kv_heads, dim), self.per_row * group,
+                     self.row_starts, group, caches.row_length, self.row_used)
+        return _decode_merge()(*prefix, *own, self.splits, group)[:, None]
+
+
+def decode_merge(prefix_output, prefix_lse, own_output, own_lse, splits: int,
+                 group: int) -> torch.Tensor:
+    """FlashDecode's parts into (B, H, D): the prefix parts (splits*B, H, ...) split-major,
+    the row part packed (B*g, kv, ...)."""
+    kv_heads, dim = own_output.shape[1], own_output.shape[2]
+    batch = own_output.shape[0] // group
+    own_output = own_output.view(batch, group, kv_heads, dim).transpose(1, 2).reshape(batch, -1, dim)
+    own_lse = own_lse.view(batch, group, kv_heads).transpose(1, 2).reshape(batch, -1)
+    parts = list(zip(prefix_output.chunk(splits), prefix_lse.chunk(splits)))
+    return merge(*parts, (own_output, own_lse))
+
+
+@functools.cache
+def _decode_merge():
+    # One fused kernel instead of ~10 small ones per layer; FlashDecode only runs on CUDA.
+    return torch.compile(decode_merge, dynamic=True, fullgraph=True)
+
+
+def prefix_splits(caches: CascadeCaches, heads: int, processors: int) -> int:
+    """Key ranges to cut each prefix into so the prefix part has ~2 blocks of work per
+    streaming multiprocessor (flash runs a block per 128 queries, sequence and head)."""
+    blocks = caches.images * -(-caches.rows // 128) * heads
+    return max(1, min(MAX_PREFIX_SPLITS, 2 * processors // blocks))
 
 
 # --- prefill of rows that start ------------------------------------------------------------
@@ -274,6 +326,8 @@ def _flash(queries, keys, values, query_starts, key_starts, most_queries: int, m
 def merge(*parts: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """Outputs of attention over disjoint key sets, combined into attention over their union."""
     lses = torch.stack([lse for _, lse in parts])  # (parts, total_q, H)
+    # Flash gives an empty key range (a split past a short prefix) a log-sum-exp of +inf.
+    lses = lses.masked_fill(lses == float("inf"), float("-inf"))
     weights = (lses - lses.amax(dim=0, keepdim=True)).exp()
     weights = (weights / weights.sum(dim=0, keepdim=True))[..., None]
     combined = sum(output.float() * weight for (output, _), weight in zip(parts, weights))

@@ -44,6 +44,7 @@ from workers.cascade_attention import (
     MatmulDecode,
     MatmulPrefill,
     flash_available,
+    prefix_splits,
 )
 from workers.decoder_layers import run_layers
 from workers.image_prompt_decoder import (
@@ -340,7 +341,13 @@ class SlotDecoder:
         return logits
 
     def _decode_forward(self, shape: _Shape, window: int) -> torch.Tensor:
-        attention = (FlashDecode if self.flash else MatmulDecode)(shape.caches, window)
+        if self.flash:
+            heads = self.model.config.text_config.num_attention_heads
+            processors = torch.cuda.get_device_properties(self.model.device).multi_processor_count
+            attention = FlashDecode(shape.caches, window,
+                                    prefix_splits(shape.caches, heads, processors))
+        else:
+            attention = MatmulDecode(shape.caches, window)
         hidden = self._layers(shape.input_ids, shape.positions[:, None], attention)
         return self._logits(hidden[:, -1])
 
