@@ -305,10 +305,10 @@ def profile_step(name: str, step, directory: Path) -> dict:
 
 def _kernel_group(name: str) -> str:
     lowered = name.lower()
-    for group, marks in (("gemm", ("gemm", "nvjet", "cutlass", "sm90", "cublas", "matmul", "mm")),
+    for group, marks in (("attention", ("flash", "attention", "fmha", "efficient")),
+                         ("gemm", ("gemm", "nvjet", "cutlass", "sm90", "cublas", "matmul", "mm")),
                          ("softmax/exp", ("softmax", "exp")), ("reduce", ("reduce", "amax", "sum")),
-                         ("copy/index", ("copy", "index", "scatter", "gather", "cat")),
-                         ("sdpa", ("flash", "attention", "fmha", "efficient"))):
+                         ("copy/index", ("copy", "index", "scatter", "gather", "cat"))):
         if any(mark in lowered for mark in marks):
             return group
     return "elementwise/other"

@@ -11,7 +11,7 @@ import torch
 from workers.cascade_attention import CascadeCaches, FlashDecode, MatmulDecode, flash_available
 
 pytestmark = pytest.mark.skipif(
-    not torch.cuda.is_available() or not flash_available(torch.device("cuda"), torch.bfloat16),
+    not torch.cuda.is_available() or not flash_available(torch.device("cuda"), torch.bfloat16, 64),
     reason="needs CUDA with flash attention")
 
 IMAGES, ROWS, PREFIX, ROW_LENGTH, KV_HEADS, HEADS, DIM, LAYERS = 3, 5, 40, 24, 2, 8, 64, 2

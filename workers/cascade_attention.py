@@ -14,8 +14,9 @@ Rows of image slot i are rows i*R .. i*R+R-1. Queries arrive pre-scaled, (n, hea
 every call returns (n, L, heads, dim).
 
 Backends: ``matmul`` (plain torch products, exact, any device: the CPU and the tests) and
-``flash`` (torch's flash-attention varlen kernel with per-sequence key counts, on CUDA in
-bf16/fp16: no score tensors in memory, and the row part reads only the columns in use).
+``flash`` (on CUDA in bf16/fp16: torch's flash-attention varlen kernel with per-sequence key
+counts for the prefixes, a Triton kernel for the rows' own columns; no score tensors in
+memory, and the row part reads only the columns in use).
 """
 
 from __future__ import annotations
@@ -52,9 +53,18 @@ class CascadeCaches:
         return self.images * self.rows
 
 
-def flash_available(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether torch's flash varlen kernel runs here with per-sequence key counts."""
+def flash_available(device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
+    """Whether the GPU kernels run here: torch's flash varlen kernel with per-sequence key
+    counts, and Triton for the rows' own columns (head_dim a power of two)."""
     if device.type != "cuda" or dtype not in (torch.bfloat16, torch.float16):
+        return False
+    if head_dim < 16 or head_dim & (head_dim - 1):
+        logger.warning("head_dim %d is not a power of two; the decoder uses plain products", head_dim)
+        return False
+    try:
+        import workers.row_attention  # noqa: F401  (needs Triton)
+    except ImportError as exc:
+        logger.warning("Triton unavailable (%s); the decoder uses plain products", exc)
         return False
     try:
         q = torch.zeros(2, 2, 64, dtype=dtype, device=device)
@@ -121,25 +131,21 @@ class MatmulDecode:
 
 
 class FlashDecode:
-    """The decode step on flash attention, merged by log-sum-exp.
+    """The decode step on GPU kernels, merged by log-sum-exp.
 
-    Prefix part: image slot i's R rows (all their query heads) are one sequence of queries over
-    the slot's prefix, so a prefix is read once per image. At small batches that is too few
-    blocks of work to fill the GPU, so the prefix can be cut into ``splits`` key ranges, each a
-    sequence of its own (flash-decoding's split-KV), merged like any other part.
+    Prefix part (flash attention): image slot i's R rows (all their query heads) are one
+    sequence of queries over the slot's prefix, so a prefix is read once per image. At small
+    batches that is too few blocks of work to fill the GPU, so the prefix can be cut into
+    ``splits`` key ranges, each a sequence of its own (flash-decoding's split-KV).
 
-    Row part: a row's own columns are read once per kv head, not once per query head: the
-    ``group`` query heads that share a kv head go in as ``group`` queries of the row's sequence
-    (at batch 1024 the rows' keys/values no longer fit the L2 cache, and reading them once per
-    query head took 4x the memory traffic).
+    Row part (``workers.row_attention``, a Triton kernel): each row's used columns, read once
+    per kv head for the query heads that share it.
     """
 
     def __init__(self, caches: CascadeCaches, window: int, splits: int = 1):
         self.caches, self.splits = caches, splits
         device, i32 = caches.columns.device, torch.int32
         images, rows, batch = caches.images, caches.rows, caches.batch
-        self.per_row = torch.arange(batch + 1, device=device, dtype=i32)
-        self.row_starts = self.per_row * caches.row_length
         self.write_at = caches.columns.clamp(max=caches.row_length - 1)
         self.row_used = (self.write_at + 1).to(i32)
         self.row_index = torch.arange(batch, device=device)
@@ -156,33 +162,23 @@ class FlashDecode:
         self.prefix_most_keys = -(-caches.prefix_length // splits)
 
     def __call__(self, layer: int, query, key, value) -> torch.Tensor:
+        from workers.row_attention import row_attention  # Triton: imported where a GPU runs it
+
         caches = self.caches
         caches.row_keys[layer][self.row_index, self.write_at] = key[:, :, 0]
         caches.row_values[layer][self.row_index, self.write_at] = value[:, :, 0]
-        batch, heads, _, dim = query.shape
-        kv_heads = key.shape[1]
-        group = heads // kv_heads
+        kv_heads, dim = key.shape[1], key.shape[3]
         queries = query[:, :, 0]  # (B, H, D)
         by_split = queries.repeat(self.splits, 1, 1) if self.splits > 1 else queries
         prefix = _flash(by_split, caches.prefix_keys[layer].view(-1, kv_heads, dim),
                         caches.prefix_values[layer].view(-1, kv_heads, dim), self.prefix_queries,
                         self.prefix_starts, caches.rows, self.prefix_most_keys, self.prefix_used)
-        # (B, H, D) -> (B*g, kv, D): query head h = kv*g + j is query j of the row's sequence.
-        packed = queries.view(batch, kv_heads, group, dim).transpose(1, 2).reshape(-1, kv_heads, dim)
-        own = _flash(packed, caches.row_keys[layer].view(-1, kv_heads, dim),
-                     caches.row_values[layer].view(-1, kv_heads, dim), self.per_row * group,
-                     self.row_starts, group, caches.row_length, self.row_used)
-        return _decode_merge()(*prefix, *own, self.splits, group)[:, None]
+        own = row_attention(queries, caches.row_keys[layer], caches.row_values[layer], self.row_used)
+        return _decode_merge()(*prefix, *own, self.splits)[:, None]
 
 
-def decode_merge(prefix_output, prefix_lse, own_output, own_lse, splits: int,
-                 group: int) -> torch.Tensor:
-    """FlashDecode's parts into (B, H, D): the prefix parts (splits*B, H, ...) split-major,
-    the row part packed (B*g, kv, ...)."""
-    kv_heads, dim = own_output.shape[1], own_output.shape[2]
-    batch = own_output.shape[0] // group
-    own_output = own_output.view(batch, group, kv_heads, dim).transpose(1, 2).reshape(batch, -1, dim)
-    own_lse = own_lse.view(batch, group, kv_heads).transpose(1, 2).reshape(batch, -1)
+def decode_merge(prefix_output, prefix_lse, own_output, own_lse, splits: int) -> torch.Tensor:
+    """FlashDecode's parts into (B, H, D); the prefix parts come split-major (splits*B, H, ...)."""
     parts = list(zip(prefix_output.chunk(splits), prefix_lse.chunk(splits)))
     return merge(*parts, (own_output, own_lse))
 

@@ -176,7 +176,7 @@ class SlotDecoder:
         self._weights: tuple[int, ...] = ()
         self._graph_pool = None
         # Flash attention where it runs (CUDA, bf16/fp16); plain products elsewhere.
-        self.flash = flash_available(model.device, model.dtype)
+        self.flash = flash_available(model.device, model.dtype, model.config.text_config.head_dim)
         # The layers' elementwise work fused by torch.compile: on CUDA unless told otherwise.
         self.compile_layers = (model.device.type == "cuda" if compile_layers is None
                                else compile_layers)
