@@ -128,10 +128,10 @@ def prepare_models(args: argparse.Namespace, work: Path) -> Models:
 
 
 def _tiny_models(work: Path) -> Models:
-    from workers.models.loading import QWEN3_VL, QWEN_IMAGE_EDIT, resolve_model_path
+    from workers.models.loading import QWEN3_VL, EDITOR, resolve_model_path
 
     start = time.perf_counter()
-    editor_dir = Path(resolve_model_path("tiny", work / "models", kind=QWEN_IMAGE_EDIT))
+    editor_dir = Path(resolve_model_path("tiny", work / "models", kind=EDITOR))
     judge_dir = Path(resolve_model_path("tiny", work / "models", kind=QWEN3_VL))
     description = _describe(editor_dir, judge_dir, time.perf_counter() - start)
     description["editor"]["config"] = "the project's tiny Qwen-Image-Edit (workers/models/tiny.py)"
