@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import redis
 
-from config import Settings, SettingsError, load_settings, to_environ
+from config import LORA_SEPARATOR, Settings, SettingsError, load_settings, to_environ
 from producer.dispatch import celery_client
 from producer.editbench_job import PHASE_SCOPES, PhaseController, register_editbench
 from producer.editbench_report import write_editbench_report
@@ -81,6 +81,11 @@ def _apply_flags(args: argparse.Namespace, settings: Settings) -> Settings:
     changes = {name: getattr(args, name) for name in ("top_k", "batch_size", "relations_model",
                                                       "workers_per_gpu")
                if getattr(args, name, None) is not None}
+    if getattr(args, "lora", None):
+        if any(LORA_SEPARATOR in lora for lora in args.lora):
+            raise SettingsError(f"--lora {args.lora}: a LoRA path cannot contain {LORA_SEPARATOR!r}")
+        # The flags replace EVALFLEET_EDITOR_LORAS.
+        changes["editor_loras"] = LORA_SEPARATOR.join(args.lora)
     return settings.replace(**changes)
 
 
@@ -286,6 +291,10 @@ def _add_editbench_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--phase-scope", choices=PHASE_SCOPES, default="run",
                    help="drain all edits of the run before scoring (run), or edit then score "
                         "one category at a time like the seed design (category)")
+    p.add_argument("--lora", action="append", metavar="PATH[:SCALE]",
+                   help="a LoRA on top of the editor (.safetensors file or a directory holding "
+                        "one), scale 1 by default; repeat for several (replaces "
+                        "EVALFLEET_EDITOR_LORAS)")
 
 
 def redact(text: str, settings: Settings) -> str:

@@ -24,7 +24,7 @@ from producer.progress import stall_watch, wait_for_stage
 from producer.run_identity import claim_run
 from shared.artifacts import ArtifactStore
 from shared.editbench_data import prepare_benchmark
-from shared.keys import derive_run_id, inputs_digest
+from shared.keys import content_digest, derive_run_id, inputs_digest
 from shared.messages import EDIT_STAGE, EDIT_TASK, SCORE_STAGE, SCORE_TASK
 from shared.prompt_manager import PromptTemplateError, read_templates
 from shared.store import RunStore
@@ -58,13 +58,25 @@ def run_templates(settings: Settings) -> dict[str, str]:
 
 
 def result_settings(settings: Settings, templates: dict[str, str]) -> dict[str, Any]:
-    """The settings that change edited images or scores: part of the run id and identity."""
-    return {"editor_model": settings.editor_model, "judge_model": settings.judge_model,
+    """The settings that change edited images or scores: part of the run id and identity.
+
+    Edit settings are the ones asked for (0: the editor family's default, which the
+    workers apply; the report shows the values the edits were made with).
+    """
+    return {"editor_model": settings.editor_model, "editor_loras": lora_records(settings),
+            "judge_model": settings.judge_model,
             "model_revision": settings.model_revision, "dtype": settings.dtype,
-            "edit_steps": settings.effective_edit_steps, "edit_size": settings.effective_edit_size,
-            "edit_true_cfg_scale": settings.edit_true_cfg_scale,
+            "edit_steps": settings.edit_steps, "edit_size": settings.edit_size,
+            "edit_guidance": settings.edit_guidance,
             "edit_negative_prompt": settings.edit_negative_prompt, "seed": settings.seed,
             "prompts": prompts_digest(templates)}
+
+
+def lora_records(settings: Settings) -> list[dict[str, Any]]:
+    """Each LoRA by absolute path, scale and content digest: a LoRA changed on disk makes
+    another run, like another model would."""
+    return [{"path": str(Path(path).resolve()), "scale": scale, "digest": content_digest(Path(path))}
+            for path, scale in settings.loras]
 
 
 # What an editbench run is: a run name with other values of these is another run.

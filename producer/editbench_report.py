@@ -51,7 +51,8 @@ def editbench_report(store: RunStore) -> dict[str, Any]:
                    failed=sum(f["category"] == name for f in failures), **_stats(scores))
     all_scores = [r["score"] for c in categories.values() for r in c["results"]]
     return {
-        "run": {k: v for k, v in meta.items() if k not in ("categories",)},
+        "run": {**{k: v for k, v in meta.items() if k not in ("categories",)},
+                "edit_settings": _edit_settings(edited)},
         "categories": categories,
         "overall": {"n": len(all_scores), **{k: v for k, v in _stats(all_scores).items()
                                             if k in ("mean", "std")},
@@ -60,6 +61,16 @@ def editbench_report(store: RunStore) -> dict[str, Any]:
         "swaps": store.swaps(),
         "phases": _phase_seconds(store),
     }
+
+
+def _edit_settings(edited: dict[str, dict]) -> dict[str, Any] | list[dict[str, Any]] | None:
+    """The settings the run's edits were made with (family, steps, size, guidance, negative
+    prompt): one record, or every distinct one if workers differed; None before any edit."""
+    distinct: list[dict[str, Any]] = []
+    for record in edited.values():
+        if "edit_settings" in record and record["edit_settings"] not in distinct:
+            distinct.append(record["edit_settings"])
+    return distinct[0] if len(distinct) == 1 else (distinct or None)
 
 
 def _failures(store: RunStore, items: dict[str, dict]) -> list[dict[str, Any]]:
