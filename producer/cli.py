@@ -34,6 +34,8 @@ from producer.progress import stall_watch, wait_for_stage
 from producer.relations_job import enqueue_relations
 from producer.relations_report import write_relations_report
 from producer.relations_sample import ensure_relations_sample, write_relations_sample
+from producer.run_comparison import (compare_runs, comparison_files, comparison_markdown, load_run,
+                                     write_comparison)
 from producer.run_identity import RESTART_FLAG, RunMismatchError
 from producer.status import build_status, format_status
 from shared.editbench_data import SHAPES, prepare_benchmark
@@ -144,8 +146,9 @@ def _print_editbench(report: dict, output: Path) -> None:
         mean = f"{cat['mean']:.3f}" if cat["mean"] is not None else "-"
         print(f"  {name:<14}{cat['pairs']:>6}{cat['scored']:>7}{cat['failed']:>7}{mean:>8}")
     overall = report["overall"]
-    print(f"  overall: n={overall['n']} mean={overall['mean']} std={overall['std']}; "
-          f"swaps: {len(report['swaps'])}")
+    figures = (f"mean={overall['mean']:.3f} std={overall['std']:.3f}" if overall["mean"] is not None
+             else "mean=- std=-")
+    print(f"  overall: n={overall['n']} {figures}; swaps: {len(report['swaps'])}")
     for failure in report["failures"]:
         print(f"  failed {failure['key']} ({failure['stage']}): {failure['reason']}")
     print(f"report: {output}\nchart: {report['chart']}")
@@ -216,6 +219,20 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_USAGE if prepared.failures else EXIT_OK
 
 
+def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
+    """Compare runs from their reports; needs no Redis. Exit 2 when a report is unusable."""
+    if args.output:
+        check_output_path(Path(args.output))
+        comparison_files(Path(args.output))
+    comparison = compare_runs([load_run(Path(run)) for run in args.runs])
+    if args.output:
+        markdown, chart = write_comparison(comparison, Path(args.output))
+        print(f"comparison: {args.output}\ntable: {markdown}\nchart: {chart}")
+    else:
+        print(comparison_markdown(comparison), end="")
+    return EXIT_OK
+
+
 def _log_enqueued(enq) -> None:
     log.info("run %s: %d items, %d already done, %d invalid; sent %d pairs in %d tasks",
              enq.run_id, enq.total, enq.already_done, enq.invalid, enq.pairs_sent, enq.tasks_sent)
@@ -283,6 +300,15 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("job", choices=("editbench",))
     validate.add_argument("file")
     validate.set_defaults(func=cmd_validate)
+
+    compare = sub.add_parser("compare", help="compare editbench runs: means with 95%% bootstrap "
+                                             "intervals, paired differences against the first run")
+    compare.add_argument("runs", nargs="+", metavar="RUN",
+                         help="a run's editbench_report.json, or the run directory holding it; "
+                              "the first is the baseline")
+    compare.add_argument("--output", help="write FILE.json, and FILE.md and FILE.png beside it "
+                                          "(default: print the Markdown table)")
+    compare.set_defaults(func=cmd_compare)
     return parser
 
 
