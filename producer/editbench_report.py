@@ -153,7 +153,7 @@ def render_chart(report: dict[str, Any]) -> bytes:
                         ha="center", va="bottom", fontsize=8)
         ax.set_xticks(range(len(names)), labels, fontfamily=font or "sans-serif")
         ax.set_ylim(0, 11)
-        ax.set_ylabel("mean score (0-10)")
+        ax.set_ylabel("mean score (0-10), 95% interval")
         overall = report["overall"]["mean"]
         ax.set_title(f"{report['run']['run_id']}: overall mean "
                      f"{overall:.2f}" if overall is not None else report["run"]["run_id"], fontsize=9)
