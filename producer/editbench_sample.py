@@ -18,7 +18,7 @@ BENCHMARK_NAME = "editbench_sample.json"
 SAMPLE_NAMES = {"category-map": BENCHMARK_NAME, "categories-key": "editbench_sample.categories.json",
                 "category-list": "editbench_sample.list.json", "json-lines": "editbench_sample.jsonl"}
 
-# category -> [(description, instruction, shape, colour)]
+# category -> [(description, instruction, figure drawn, colour)]
 SAMPLE = {
     "物理": [("一个红色的球放在桌子上", "让球从桌子边缘滚落", "ellipse", "red"),
              ("A glass of ice water in the sun", "Show the glass an hour later", "rectangle", "lightblue"),
@@ -38,10 +38,10 @@ SAMPLE = {
 }
 
 
-def _image_b64(shape: str, colour: str, index: int) -> str:
+def _image_b64(figure: str, colour: str, index: int) -> str:
     img = Image.new("RGB", (96 + 16 * index, 96), "beige")
     draw = ImageDraw.Draw(img)
-    getattr(draw, shape)((20, 20, 76, 76), fill=colour, outline="black", width=2)
+    getattr(draw, figure)((20, 20, 76, 76), fill=colour, outline="black", width=2)
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode("ascii")
@@ -55,9 +55,10 @@ def write_editbench_sample(directory: Path, shape: str = "category-map", image_f
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     benchmark = {
-        category: [{"pair_id": f"{category}-{i + 1}", **_image_field(directory, category, i, shape_, colour, image_files),
+        category: [{"pair_id": f"{category}-{i + 1}",
+                    **_image_field(directory, category, i, figure, colour, image_files),
                     "original_description": description, "edit_instruction": instruction}
-                   for i, (description, instruction, shape_, colour) in enumerate(pairs)]
+                   for i, (description, instruction, figure, colour) in enumerate(pairs)]
         for category, pairs in SAMPLE.items()
     }
     path = directory / SAMPLE_NAMES[shape]
@@ -65,9 +66,9 @@ def write_editbench_sample(directory: Path, shape: str = "category-map", image_f
     return path
 
 
-def _image_field(directory: Path, category: str, index: int, shape: str, colour: str,
+def _image_field(directory: Path, category: str, index: int, figure: str, colour: str,
                  image_files: bool) -> dict[str, str]:
-    encoded = _image_b64(shape, colour, index)
+    encoded = _image_b64(figure, colour, index)
     if not image_files:
         return {"original_image_b64": encoded}
     relative = Path("images") / f"{category}-{index + 1}.png"
