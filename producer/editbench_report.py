@@ -6,6 +6,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from producer.score_statistics import mean_summary
 from shared.artifacts import write_atomic
 from shared.jsonio import write_json_atomic
 from shared.keys import KEY_SEP
@@ -20,10 +21,11 @@ CJK_FONTS = ["Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "WenQuanY
 
 
 def _stats(scores: list[float]) -> dict[str, Any]:
+    """Full precision (rounded only where shown), with the mean's 95% bootstrap interval."""
     if not scores:
-        return {"mean": None, "std": None, "min": None, "max": None}
-    return {"mean": round(statistics.fmean(scores), 4), "std": round(statistics.pstdev(scores), 4),
-            "min": round(min(scores), 4), "max": round(max(scores), 4)}
+        return {"mean": None, "std": None, "min": None, "max": None, "ci95": None}
+    return {"mean": statistics.fmean(scores), "std": statistics.pstdev(scores),
+            "min": min(scores), "max": max(scores), "ci95": mean_summary(scores)["ci95"]}
 
 
 def editbench_report(store: RunStore) -> dict[str, Any]:
@@ -55,7 +57,7 @@ def editbench_report(store: RunStore) -> dict[str, Any]:
                 "edit_settings": _edit_settings(edited)},
         "categories": categories,
         "overall": {"n": len(all_scores), **{k: v for k, v in _stats(all_scores).items()
-                                            if k in ("mean", "std")},
+                                            if k in ("mean", "std", "ci95")},
                     "pairs": sum(c["pairs"] for c in categories.values()), "failed": len(failed_keys)},
         "failures": failures,
         "swaps": store.swaps(),
@@ -118,15 +120,27 @@ def _cjk_font() -> str | None:
     return None
 
 
-def _labels(names: list[str]) -> tuple[list[str], str | None]:
+def chart_labels(names: list[str]) -> tuple[list[str], str | None]:
     font = _cjk_font()
     if font or all(name.isascii() for name in names):
         return names, font
     return [GLOSSES.get(n, n if n.isascii() else f"category {i + 1}") for i, n in enumerate(names)], None
 
 
+def error_bars(summaries: list[dict[str, Any]]) -> list[list[float]]:
+    """Matplotlib's ``yerr`` (distances below and above each mean) from each ``ci95``; none where
+    the interval is undefined (fewer than two scores)."""
+    below, above = [], []
+    for s in summaries:
+        ci, mean = s.get("ci95"), s.get("mean")
+        # max(0, ...): the interval and the mean are computed apart (last-bit differences).
+        below.append(max(0.0, mean - ci[0]) if ci else 0.0)
+        above.append(max(0.0, ci[1] - mean) if ci else 0.0)
+    return [below, above]
+
+
 def render_chart(report: dict[str, Any]) -> bytes:
-    """PNG bytes of a bar chart: mean score per category, with n on each bar."""
+    """PNG bytes of a bar chart: mean score per category with its 95% interval, and n on each bar."""
     import io
 
     import matplotlib
@@ -135,19 +149,22 @@ def render_chart(report: dict[str, Any]) -> bytes:
     import matplotlib.pyplot as plt
 
     names = list(report["categories"])
-    labels, font = _labels(names)
+    labels, font = chart_labels(names)
     means = [report["categories"][n]["mean"] or 0.0 for n in names]
     fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * len(names) + 1), 3.6), dpi=100)
     try:
-        bars = ax.bar(range(len(names)), means, color="#4c72b0")
+        bars = ax.bar(range(len(names)), means, color="#4c72b0",
+                      yerr=error_bars([report["categories"][n] for n in names]), capsize=4,
+                      error_kw={"elinewidth": 1, "ecolor": "#333333"})
         for bar, name in zip(bars, names):
             cat = report["categories"][name]
+            top = (cat.get("ci95") or [0, bar.get_height()])[1]
             ax.annotate(f"{cat['mean']:.2f}\nn={cat['count']}" if cat["mean"] is not None else "n=0",
-                        (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        (bar.get_x() + bar.get_width() / 2, top),
                         ha="center", va="bottom", fontsize=8)
         ax.set_xticks(range(len(names)), labels, fontfamily=font or "sans-serif")
         ax.set_ylim(0, 11)
-        ax.set_ylabel("mean score (0-10)")
+        ax.set_ylabel("mean score (0-10), 95% interval")
         overall = report["overall"]["mean"]
         ax.set_title(f"{report['run']['run_id']}: overall mean "
                      f"{overall:.2f}" if overall is not None else report["run"]["run_id"], fontsize=9)

@@ -65,13 +65,21 @@ def test_sample_run_reports_scores_with_one_swap_and_the_barrier_holds(one_model
     for name, cat in report["categories"].items():
         stored = [scores[f"{name}|{r['pair_id']}"]["score"] for r in cat["results"]]
         assert (cat["pairs"], cat["scored"], cat["failed"]) == (3, 3, 0)
-        assert cat["mean"] == pytest.approx(statistics.fmean(stored), abs=1e-4)
-        assert 0 <= cat["min"] <= cat["mean"] <= cat["max"] <= 10
+        assert cat["mean"] == statistics.fmean(stored)  # full precision: rounded only where shown
+        assert 0 <= cat["min"] <= cat["ci95"][0] <= cat["mean"] <= cat["ci95"][1] <= cat["max"] <= 10
         for result in cat["results"]:
             assert Image.open(result["edited_image"]).format == "PNG"
             assert sum(result["probabilities"].values()) == pytest.approx(1, abs=1e-4)
     assert report["overall"]["n"] == 15 and report["failures"] == []
     assert Image.open(report["chart"]).format == "PNG"
+    assert report["run"]["benchmark_shape"] == "category-map"
+
+    # The report is what compare reads: the run against itself ties every pair.
+    compared = run_producer("compare", str(output), str(output), "--output", str(tmp_path / "cmp.json"), env=env)
+    assert compared.returncode == 0, compared.stderr
+    [comparison] = read_json(tmp_path / "cmp.json")["comparisons"]
+    overall = comparison["overall"]
+    assert (overall["n"], overall["tied"], overall["mean_difference"], overall["ci95"]) == (15, 15, 0.0, [0.0, 0.0])
 
     # The barrier: no score task started before the last edit finished (worker-side clocks).
     edits = store.done(EDIT_STAGE)
