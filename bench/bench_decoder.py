@@ -271,7 +271,7 @@ def memory(model, weight_bytes: int) -> dict:
         images, rows = slot_shape([100] * 64, 4096, bytes_per_image=prefix_bytes,
                                   bytes_per_row=slot_row, cache_bytes=int(room))
         out[card] = {"cache_room_gib": round(room / 2**30, 1), "static_max_batch": static_batch,
-                     "slots_max_batch": images * rows, "slots_layout": [images, rows]}
+                     "slots_max_batch": rows, "slots_layout": [images, rows]}
     print("memory", out, flush=True)
     return out
 

@@ -1,9 +1,12 @@
 """The flash decode step equals the plain-products one (CUDA only: flash needs a GPU).
 
-Several image slots with prefixes of different lengths, rows at different columns, grouped
-query heads, and the prefix cut into key ranges (including more ranges than a short prefix
-has columns, which leaves some ranges empty).
+Several image slots with prefixes of different lengths, rows of the slots interleaved (a row
+pool) and one slot with no rows, rows at different columns, grouped query heads, and the prefix
+cut into key ranges (including more ranges than a short prefix has columns, which leaves some
+ranges empty).
 """
+
+import dataclasses
 
 import pytest
 import torch
@@ -14,39 +17,40 @@ pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available() or not flash_available(torch.device("cuda"), torch.bfloat16, 64),
     reason="needs CUDA with flash attention")
 
-IMAGES, ROWS, PREFIX, ROW_LENGTH, KV_HEADS, HEADS, DIM, LAYERS = 3, 5, 40, 24, 2, 8, 64, 2
+IMAGES, BATCH, PREFIX, ROW_LENGTH, KV_HEADS, HEADS, DIM, LAYERS = 4, 15, 40, 24, 2, 8, 64, 2
 
 
 def _caches(generator: torch.Generator) -> CascadeCaches:
     def random(*shape):
         return torch.randn(*shape, generator=generator, device="cuda").to(torch.bfloat16)
 
-    batch = IMAGES * ROWS
-    return CascadeCaches(
-        images=IMAGES, rows=ROWS, prefix_length=PREFIX, row_length=ROW_LENGTH,
+    caches = CascadeCaches(
+        images=IMAGES, batch=BATCH, prefix_length=PREFIX, row_length=ROW_LENGTH,
         prefix_keys=[random(IMAGES, PREFIX, KV_HEADS, DIM) for _ in range(LAYERS)],
         prefix_values=[random(IMAGES, PREFIX, KV_HEADS, DIM) for _ in range(LAYERS)],
-        row_keys=[random(batch, ROW_LENGTH, KV_HEADS, DIM) for _ in range(LAYERS)],
-        row_values=[random(batch, ROW_LENGTH, KV_HEADS, DIM) for _ in range(LAYERS)],
-        prefix_filled=torch.tensor([40, 17, 3], device="cuda"),
-        columns=torch.randint(0, ROW_LENGTH - 1, (batch,), generator=generator, device="cuda"))
+        row_keys=[random(BATCH, ROW_LENGTH, KV_HEADS, DIM) for _ in range(LAYERS)],
+        row_values=[random(BATCH, ROW_LENGTH, KV_HEADS, DIM) for _ in range(LAYERS)],
+        prefix_filled=torch.tensor([40, 17, 3, 9], device="cuda"),
+        columns=torch.randint(0, ROW_LENGTH - 1, (BATCH,), generator=generator, device="cuda"),
+        row_slot=torch.zeros(BATCH, dtype=torch.long, device="cuda"),
+        by_slot=torch.zeros(BATCH, dtype=torch.long, device="cuda"),
+        slot_starts=torch.zeros(IMAGES + 1, dtype=torch.int32, device="cuda"))
+    caches.assign([2, 0, 1, 0, 2, 2, 1, 0, 0, 2, 1, 2, 0, 0, 1])  # slot 3 has no rows
+    return caches
 
 
 def _copy(caches: CascadeCaches) -> CascadeCaches:
-    return CascadeCaches(
-        images=caches.images, rows=caches.rows, prefix_length=caches.prefix_length,
-        row_length=caches.row_length,
-        prefix_keys=[t.clone() for t in caches.prefix_keys],
+    return dataclasses.replace(
+        caches, prefix_keys=[t.clone() for t in caches.prefix_keys],
         prefix_values=[t.clone() for t in caches.prefix_values],
-        row_keys=[t.clone() for t in caches.row_keys], row_values=[t.clone() for t in caches.row_values],
-        prefix_filled=caches.prefix_filled.clone(), columns=caches.columns.clone())
+        row_keys=[t.clone() for t in caches.row_keys], row_values=[t.clone() for t in caches.row_values])
 
 
 @pytest.mark.parametrize("splits", [1, 3, 8])
 def test_flash_decode_matches_plain_products(splits):
     generator = torch.Generator(device="cuda").manual_seed(splits)
     caches = _caches(generator)
-    batch = IMAGES * ROWS
+    batch = BATCH
     query = (torch.randn(batch, HEADS, 1, DIM, generator=generator, device="cuda") / DIM**0.5
              ).to(torch.bfloat16)
     key = torch.randn(batch, KV_HEADS, 1, DIM, generator=generator, device="cuda").to(torch.bfloat16)

@@ -35,10 +35,16 @@ MAX_PREFIX_SPLITS = 8
 
 @dataclass
 class CascadeCaches:
-    """The static tensors the attention reads and writes (views of one storage)."""
+    """The static tensors the attention reads and writes (views of one storage).
+
+    Rows are a pool: any row may hold a prompt of any image slot. ``row_slot`` says whose
+    prefix each row reads; ``by_slot`` lists the rows sorted by image slot and ``slot_starts``
+    where each slot's rows begin in it, so the flash prefix part reads each prefix once, with
+    all of its rows as one sequence of queries. The scheduler rewrites the three between steps.
+    """
 
     images: int  # I
-    rows: int  # R per image slot
+    batch: int  # B
     prefix_length: int  # P
     row_length: int  # S
     prefix_keys: list[torch.Tensor]  # per layer (I, P, kv_heads, head_dim)
@@ -47,10 +53,19 @@ class CascadeCaches:
     row_values: list[torch.Tensor]
     prefix_filled: torch.Tensor  # (I,): prefix columns in use per image slot
     columns: torch.Tensor  # (B,): the row column a decode step writes
+    row_slot: torch.Tensor  # (B,) long: the image slot each row reads
+    by_slot: torch.Tensor  # (B,) long: rows sorted by image slot
+    slot_starts: torch.Tensor  # (I + 1,) int32: slot i's rows are by_slot[starts[i]:starts[i+1]]
 
-    @property
-    def batch(self) -> int:
-        return self.images * self.rows
+    def assign(self, row_slots: list[int]) -> None:
+        """Point each row at an image slot (``row_slots[b]`` for row b)."""
+        device = self.row_slot.device
+        slots = torch.tensor(row_slots, dtype=torch.long)
+        counts = torch.bincount(slots, minlength=self.images)
+        self.row_slot.copy_(slots.to(device))
+        self.by_slot.copy_(torch.sort(slots, stable=True).indices.to(device))
+        self.slot_starts.copy_(torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+                               .to(device=device, dtype=torch.int32))
 
 
 def flash_available(device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
@@ -82,25 +97,25 @@ def flash_available(device: torch.device, dtype: torch.dtype, head_dim: int) -> 
 # --- the decode step -------------------------------------------------------------------------
 
 class MatmulDecode:
-    """One new token per row: the prefix part is one product per (image slot, kv head) with
-    the slot's R rows (x query heads per kv head) as queries, so a prefix is read once per
-    image, never copied per row; the row part reads the first ``window`` columns."""
+    """One new token per row, in plain products: each row's prefix part reads its image slot's
+    prefix (gathered per row: memory grows with rows x prefix, so this is the exact reference
+    and the fallback where the GPU kernels do not run); the row part reads the first
+    ``window`` columns."""
 
     def __init__(self, caches: CascadeCaches, window: int):
         self.caches, self.window = caches, window
         device, dtype = caches.columns.device, caches.prefix_keys[0].dtype
         prefix_columns = torch.arange(caches.prefix_length, device=device)
         row_columns = torch.arange(window, device=device)
-        # (I, 1, 1, P) and (B, 1, 1, W): built once per step, shared by every layer.
-        self.prefix_mask = additive(prefix_columns[None, :] < caches.prefix_filled[:, None],
-                                    dtype)[:, None, None]
+        # (B, 1, 1, P) and (B, 1, 1, W): built once per step, shared by every layer.
+        filled = caches.prefix_filled[caches.row_slot]
+        self.prefix_mask = additive(prefix_columns[None, :] < filled[:, None], dtype)[:, None, None]
         self.row_mask = additive(row_columns[None, :] <= caches.columns[:, None], dtype)[:, None, None]
         self.row_index = torch.arange(caches.batch, device=device)
         self.write_at = caches.columns.clamp(max=caches.row_length - 1)
 
     def __call__(self, layer: int, query, key, value) -> torch.Tensor:
         caches = self.caches
-        images, rows = caches.images, caches.rows
         batch, heads, _, dim = query.shape  # (B, H, 1, D)
         kv_heads = key.shape[1]
         group = heads // kv_heads
@@ -108,35 +123,25 @@ class MatmulDecode:
         caches.row_values[layer][self.row_index, self.write_at] = value[:, :, 0]
         row_keys = caches.row_keys[layer][:, : self.window].transpose(1, 2)  # (B, kv, W, D)
         row_values = caches.row_values[layer][:, : self.window].transpose(1, 2)
-        prefix_keys = caches.prefix_keys[layer].transpose(1, 2)  # (I, kv, P, D)
-        prefix_values = caches.prefix_values[layer].transpose(1, 2)
+        prefix_keys = caches.prefix_keys[layer][caches.row_slot].transpose(1, 2)  # (B, kv, P, D)
+        prefix_values = caches.prefix_values[layer][caches.row_slot].transpose(1, 2)
 
-        # (I, kv, R*g, D): an image slot's rows and query heads as one block of queries.
-        by_image = (query.view(images, rows, kv_heads, group, dim)
-                    .transpose(1, 2).reshape(images, kv_heads, rows * group, dim))
-        prefix_scores = (torch.matmul(by_image, prefix_keys.transpose(-1, -2))
-                         + self.prefix_mask).view(images, kv_heads, rows, group, -1)
-        row_scores = torch.matmul(query.view(batch, kv_heads, group, dim),
-                                  row_keys.transpose(-1, -2)) + self.row_mask  # (B, kv, g, W)
-        row_scores = row_scores.view(images, rows, kv_heads, group, -1).transpose(1, 2)
+        queries = query.view(batch, kv_heads, group, dim)
+        prefix_scores = torch.matmul(queries, prefix_keys.transpose(-1, -2)) + self.prefix_mask
+        row_scores = torch.matmul(queries, row_keys.transpose(-1, -2)) + self.row_mask
         prefix_weights, row_weights = joint_weights(prefix_scores, row_scores)
-
-        from_prefix = torch.matmul(prefix_weights.view(images, kv_heads, rows * group, -1),
-                                   prefix_values)  # (I, kv, R*g, D)
-        from_row = torch.matmul(row_weights.transpose(1, 2).reshape(batch, kv_heads, group, -1),
-                                row_values)  # (B, kv, g, D)
-        from_prefix = from_prefix.view(images, kv_heads, rows, group, dim).transpose(1, 2)
-        output = from_prefix.reshape(batch, heads, dim) + from_row.view(batch, heads, dim)
-        return output[:, None]
+        output = torch.matmul(prefix_weights, prefix_values) + torch.matmul(row_weights, row_values)
+        return output.view(batch, heads, dim)[:, None]
 
 
 class FlashDecode:
     """The decode step on GPU kernels, merged by log-sum-exp.
 
-    Prefix part (flash attention): image slot i's R rows (all their query heads) are one
-    sequence of queries over the slot's prefix, so a prefix is read once per image. At small
-    batches that is too few blocks of work to fill the GPU, so the prefix can be cut into
-    ``splits`` key ranges, each a sequence of its own (flash-decoding's split-KV).
+    Prefix part (flash attention): the queries are gathered in image-slot order, so each slot's
+    rows (all their query heads) are one sequence of queries over the slot's prefix and a
+    prefix is read once per image. At small batches that is too few blocks of work to fill the
+    GPU, so the prefix can be cut into ``splits`` key ranges, each a sequence of its own
+    (flash-decoding's split-KV).
 
     Row part (``workers.row_attention``, a Triton kernel): each row's used columns, read once
     per kv head for the query heads that share it.
@@ -145,10 +150,11 @@ class FlashDecode:
     def __init__(self, caches: CascadeCaches, window: int, splits: int = 1):
         self.caches, self.splits = caches, splits
         device, i32 = caches.columns.device, torch.int32
-        images, rows, batch = caches.images, caches.rows, caches.batch
+        images, batch = caches.images, caches.batch
         self.write_at = caches.columns.clamp(max=caches.row_length - 1)
         self.row_used = (self.write_at + 1).to(i32)
         self.row_index = torch.arange(batch, device=device)
+        self.unsort = torch.argsort(caches.by_slot)  # sorted position of each row
         # Prefix sequences ordered (split, image slot); split j of slot i covers its filled
         # columns [j*chunk, (j+1)*chunk). Computed from device tensors, so a graph replays it.
         filled = caches.prefix_filled.to(i32)[None, :]  # (1, I)
@@ -158,7 +164,9 @@ class FlashDecode:
         starts = (slot * caches.prefix_length + part * chunk).reshape(-1)
         self.prefix_starts = torch.cat([starts, starts[-1:] + caches.prefix_length])
         self.prefix_used = (filled - part * chunk).clamp(min=0).minimum(chunk).reshape(-1)
-        self.prefix_queries = torch.arange(splits * images + 1, device=device, dtype=i32) * rows
+        queries = part * batch + caches.slot_starts[None, :-1]  # (c, I)
+        self.prefix_queries = torch.cat([queries.reshape(-1).to(i32),
+                                         torch.tensor([splits * batch], device=device, dtype=i32)])
         self.prefix_most_keys = -(-caches.prefix_length // splits)
 
     def __call__(self, layer: int, query, key, value) -> torch.Tensor:
@@ -169,17 +177,24 @@ class FlashDecode:
         caches.row_values[layer][self.row_index, self.write_at] = value[:, :, 0]
         kv_heads, dim = key.shape[1], key.shape[3]
         queries = query[:, :, 0]  # (B, H, D)
-        by_split = queries.repeat(self.splits, 1, 1) if self.splits > 1 else queries
-        prefix = _flash(by_split, caches.prefix_keys[layer].view(-1, kv_heads, dim),
+        sorted_queries = queries[caches.by_slot]
+        if self.splits > 1:
+            sorted_queries = sorted_queries.repeat(self.splits, 1, 1)
+        prefix = _flash(sorted_queries, caches.prefix_keys[layer].view(-1, kv_heads, dim),
                         caches.prefix_values[layer].view(-1, kv_heads, dim), self.prefix_queries,
-                        self.prefix_starts, caches.rows, self.prefix_most_keys, self.prefix_used)
+                        self.prefix_starts, caches.batch, self.prefix_most_keys, self.prefix_used)
         own = row_attention(queries, caches.row_keys[layer], caches.row_values[layer], self.row_used)
-        return _decode_merge()(*prefix, *own, self.splits)[:, None]
+        return _decode_merge()(*prefix, *own, self.unsort, self.splits)[:, None]
 
 
-def decode_merge(prefix_output, prefix_lse, own_output, own_lse, splits: int) -> torch.Tensor:
-    """FlashDecode's parts into (B, H, D); the prefix parts come split-major (splits*B, H, ...)."""
-    parts = list(zip(prefix_output.chunk(splits), prefix_lse.chunk(splits)))
+def decode_merge(prefix_output, prefix_lse, own_output, own_lse, unsort: torch.Tensor,
+                 splits: int) -> torch.Tensor:
+    """FlashDecode's parts into (B, H, D): the prefix parts come split-major in image-slot
+    order (splits*B, H, ...) and go back to row order (``unsort``)."""
+    batch = own_output.shape[0]
+    prefix_output = prefix_output.view(splits, batch, *prefix_output.shape[1:])[:, unsort]
+    prefix_lse = prefix_lse.view(splits, batch, -1)[:, unsort]
+    parts = [(prefix_output[j], prefix_lse[j]) for j in range(splits)]
     return merge(*parts, (own_output, own_lse))
 
 
@@ -191,8 +206,9 @@ def _decode_merge():
 
 def prefix_splits(caches: CascadeCaches, heads: int, processors: int) -> int:
     """Key ranges to cut each prefix into so the prefix part has ~2 blocks of work per
-    streaming multiprocessor (flash runs a block per 128 queries, sequence and head)."""
-    blocks = caches.images * -(-caches.rows // 128) * heads
+    streaming multiprocessor (flash runs a block per 128 queries, sequence and head; a step's
+    rows usually belong to few images)."""
+    blocks = -(-caches.batch // 128) * heads
     return max(1, min(MAX_PREFIX_SPLITS, 2 * processors // blocks))
 
 
