@@ -30,7 +30,8 @@ def test_row_attention_matches_a_plain_softmax(tmp_path):
     values = torch.randn(batch, columns, kv_heads, dim, generator=generator)
     used = torch.tensor([1, 7, 64, 65, 150], dtype=torch.int32)
     torch.save((queries, keys, values, used), tmp_path / "inputs.pt")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
     done = subprocess.run([sys.executable, "-c", RUN, str(tmp_path / "inputs.pt"),
                            str(tmp_path / "outputs.pt")], env=env, capture_output=True, text=True,
                           timeout=300)

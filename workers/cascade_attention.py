@@ -165,8 +165,9 @@ class FlashDecode:
         self.prefix_starts = torch.cat([starts, starts[-1:] + caches.prefix_length])
         self.prefix_used = (filled - part * chunk).clamp(min=0).minimum(chunk).reshape(-1)
         queries = part * batch + caches.slot_starts[None, :-1]  # (c, I)
+        # (No host tensors here: this runs while a CUDA graph is captured.)
         self.prefix_queries = torch.cat([queries.reshape(-1).to(i32),
-                                         torch.tensor([splits * batch], device=device, dtype=i32)])
+                                         torch.full((1,), splits * batch, device=device, dtype=i32)])
         self.prefix_most_keys = -(-caches.prefix_length // splits)
 
     def __call__(self, layer: int, query, key, value) -> torch.Tensor:
