@@ -56,12 +56,16 @@ class CascadeCaches:
     row_slot: torch.Tensor  # (B,) long: the image slot each row reads
     by_slot: torch.Tensor  # (B,) long: rows sorted by image slot
     slot_starts: torch.Tensor  # (I + 1,) int32: slot i's rows are by_slot[starts[i]:starts[i+1]]
+    # The most rows one slot has, rounded up to a power of two: the flash prefix part launches
+    # work for this many queries per slot (a CUDA graph is captured per value).
+    most_rows: int = 1
 
     def assign(self, row_slots: list[int]) -> None:
         """Point each row at an image slot (``row_slots[b]`` for row b)."""
         device = self.row_slot.device
         slots = torch.tensor(row_slots, dtype=torch.long)
         counts = torch.bincount(slots, minlength=self.images)
+        self.most_rows = 1 << (max(int(counts.max()), 1) - 1).bit_length()
         self.row_slot.copy_(slots.to(device))
         self.by_slot.copy_(torch.sort(slots, stable=True).indices.to(device))
         self.slot_starts.copy_(torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
@@ -164,6 +168,8 @@ class FlashDecode:
         starts = (slot * caches.prefix_length + part * chunk).reshape(-1)
         self.prefix_starts = torch.cat([starts, starts[-1:] + caches.prefix_length])
         self.prefix_used = (filled - part * chunk).clamp(min=0).minimum(chunk).reshape(-1)
+        # At least 2: flash treats a call of single-query sequences as its own special case.
+        self.most_queries = min(max(2, caches.most_rows), batch)
         queries = part * batch + caches.slot_starts[None, :-1]  # (c, I)
         # (No host tensors here: this runs while a CUDA graph is captured.)
         self.prefix_queries = torch.cat([queries.reshape(-1).to(i32),
@@ -183,7 +189,8 @@ class FlashDecode:
             sorted_queries = sorted_queries.repeat(self.splits, 1, 1)
         prefix = _flash(sorted_queries, caches.prefix_keys[layer].view(-1, kv_heads, dim),
                         caches.prefix_values[layer].view(-1, kv_heads, dim), self.prefix_queries,
-                        self.prefix_starts, caches.batch, self.prefix_most_keys, self.prefix_used)
+                        self.prefix_starts, self.most_queries, self.prefix_most_keys,
+                        self.prefix_used)
         own = row_attention(queries, caches.row_keys[layer], caches.row_values[layer], self.row_used)
         return _decode_merge()(*prefix, *own, self.unsort, self.splits)[:, None]
 
@@ -207,9 +214,10 @@ def _decode_merge():
 
 def prefix_splits(caches: CascadeCaches, heads: int, processors: int) -> int:
     """Key ranges to cut each prefix into so the prefix part has ~2 blocks of work per
-    streaming multiprocessor (flash runs a block per 128 queries, sequence and head; a step's
-    rows usually belong to few images)."""
-    blocks = -(-caches.batch // 128) * heads
+    streaming multiprocessor (flash runs a block per 128 queries, sequence and head; the rows
+    fill at least batch / most_rows image slots)."""
+    most = min(caches.most_rows, caches.batch)
+    blocks = -(-caches.batch // most) * -(-most // 128) * heads
     return max(1, min(MAX_PREFIX_SPLITS, 2 * processors // blocks))
 
 

@@ -140,12 +140,14 @@ class DecodeStats:
 
 @dataclass
 class _Shape:
-    """Static state of one (I, B, P, S) layout; graphs are keyed on its window too."""
+    """Static state of one (I, B, P, S) layout; graphs are keyed on its window and most rows
+    per image slot too."""
 
     caches: CascadeCaches
     input_ids: torch.Tensor  # (B, 1): the token fed at this step
     positions: torch.Tensor  # (B,): its text position (all three mrope axes)
-    graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = field(default_factory=dict)
+    graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = field(
+        default_factory=dict)
 
     @property
     def batch(self) -> int:
@@ -325,9 +327,10 @@ class SlotDecoder:
     def step(self, shape: _Shape, window: int) -> torch.Tensor:
         """Feed ``shape.input_ids`` at each row's column; logits (B, vocab) for the next token."""
         if self.model.device.type == "cuda" and self.use_cuda_graph:
-            graph = shape.graphs.get(window)
+            key = (window, shape.caches.most_rows)
+            graph = shape.graphs.get(key)
             if graph is None:
-                graph = shape.graphs[window] = self._capture(shape, window)
+                graph = shape.graphs[key] = self._capture(shape, window)
             graph[0].replay()
             logits = graph[1]
         else:
