@@ -79,7 +79,7 @@ def _inputs(args: argparse.Namespace, settings: Settings) -> tuple[Path, Path]:
 
 def _apply_flags(args: argparse.Namespace, settings: Settings) -> Settings:
     changes = {name: getattr(args, name) for name in ("top_k", "batch_size", "relations_model",
-                                                      "workers_per_gpu")
+                                                      "workers_per_gpu", "judge_rubric")
                if getattr(args, name, None) is not None}
     return settings.replace(**changes)
 
@@ -143,6 +143,9 @@ def _print_editbench(report: dict, output: Path) -> None:
     overall = report["overall"]
     print(f"  overall: n={overall['n']} mean={overall['mean']} std={overall['std']}; "
           f"swaps: {len(report['swaps'])}")
+    if len(report["criteria"]) > 1:
+        for name, crit in report["criteria"].items():
+            print(f"  {name}: n={crit['n']} mean={crit['mean']} std={crit['std']} failed={crit['failed']}")
     for failure in report["failures"]:
         print(f"  failed {failure['key']} ({failure['stage']}): {failure['reason']}")
     print(f"report: {output}\nchart: {report['chart']}")
@@ -286,6 +289,9 @@ def _add_editbench_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--phase-scope", choices=PHASE_SCOPES, default="run",
                    help="drain all edits of the run before scoring (run), or edit then score "
                         "one category at a time like the seed design (category)")
+    p.add_argument("--rubric", dest="judge_rubric",
+                   help="the judge's rubric: default, viescore, kris, or a folder under "
+                        "<prompts dir>/rubrics/ (EVALFLEET_JUDGE_RUBRIC)")
 
 
 def redact(text: str, settings: Settings) -> str:
