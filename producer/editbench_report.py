@@ -174,7 +174,7 @@ def render_chart(report: dict[str, Any]) -> bytes:
     means = [report["categories"][n]["mean"] or 0.0 for n in names]
     criteria = report["rubric"]["criteria"]
     low, high = report["rubric"]["scale"]
-    width = 1.3 if len(criteria) == 1 else 0.9 * len(criteria) + 0.6
+    width = 1.3 if len(criteria) == 1 else 0.35 * (len(criteria) + 1) + 0.5
     fig, ax = plt.subplots(figsize=(max(4.0, width * len(names) + 1), 3.6), dpi=100)
     try:
         if len(criteria) > 1:
