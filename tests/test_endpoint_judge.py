@@ -140,6 +140,13 @@ def test_an_answer_without_a_score_fails_with_its_text(server, tiny_judge) -> No
         assert "answer: '" in result.reason
 
 
+def test_reasoning_mode_asks_for_its_budget_and_fails_an_answer_without_a_score(server, tiny_judge) -> None:
+    judge = _judge(server, tiny_judge, reasoning_tokens=24, values=(1, 2, 3, 4, 5))
+    assert judge.request(_row())["max_tokens"] == 24
+    [result] = judge.score([_row()])
+    assert isinstance(result, JudgeFailure) and "states no score from 1 to 5" in result.reason
+
+
 def test_an_image_the_server_refuses_fails_alone_after_the_retries(server, tiny_judge) -> None:
     # The server's processor refuses a 4000x1 image (aspect ratio): HTTP 500, retried, then failed.
     good, refused = _judge(server, tiny_judge, max_retries=1).score([_row(), _row(Image.new("RGB", (4000, 1)))])
