@@ -23,6 +23,7 @@ them, greedy. Random weights never emit eos: lengths are token budgets.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import math
@@ -157,7 +158,8 @@ def variable_lengths(processor, slots: SlotDecoder, batch: int, count: int = 102
         return steps
 
     static_s, static_steps = timed(static_batches)
-    continuous_s, _ = timed(lambda: run_slots(slots, images, texts, batch, budgets))
+    with prefill_timers(slots) as prefill:
+        continuous_s, _ = timed(lambda: run_slots(slots, images, texts, batch, budgets))
     occupancy, continuous_steps = slots.stats.occupancy, slots.stats.steps
     slots.release()
     empty_cache()
@@ -167,8 +169,63 @@ def variable_lengths(processor, slots: SlotDecoder, batch: int, count: int = 102
            "static_batches_s": round(static_s, 3), "continuous_s": round(continuous_s, 3),
            "static_tok_s": round(tokens / static_s), "continuous_tok_s": round(tokens / continuous_s),
            "gain": round(static_s / continuous_s, 2), "continuous_occupancy": round(occupancy, 3),
-           "static_steps": static_steps, "continuous_steps": continuous_steps}
+           "static_steps": static_steps, "continuous_steps": continuous_steps,
+           "continuous_prefill": prefill}
     print("variable lengths", out, flush=True)
+    return out
+
+
+@contextlib.contextmanager
+def prefill_timers(slots: SlotDecoder):
+    """Seconds (synchronized) and calls of the decoder's prefix and row prefills while inside."""
+    times: dict[str, float] = {}
+    originals = {name: getattr(slots, name) for name in ("prefill_prefixes", "prefill_rows")}
+
+    def timer(name, original):
+        def run(*args, **kwargs):
+            synchronize()
+            start = time.perf_counter()
+            out = original(*args, **kwargs)
+            synchronize()
+            times[f"{name}_s"] = round(times.get(f"{name}_s", 0) + time.perf_counter() - start, 3)
+            times[f"{name}_calls"] = times.get(f"{name}_calls", 0) + 1
+            return out
+        return run
+
+    for name, original in originals.items():
+        setattr(slots, name, timer(name, original))
+    try:
+        yield times
+    finally:
+        for name in originals:
+            delattr(slots, name)  # back to the class's methods
+
+
+def image_inputs(processor, slots: SlotDecoder, count: int) -> dict:
+    """What an image's prefix costs before decoding: the processor on the CPU (and on the GPU
+    where the image processor takes a device), and the prefix prefill, 8 images a pass."""
+    images = [image(i) for i in range(count)]
+    texts = [rendered(processor, prompts(1, seed=i)) for i in range(count)]
+    prefix = texts[0][0][: texts[0][0].index("<|vision_end|>") + len("<|vision_end|>")]
+    out = {"images": count, "threads": torch.get_num_threads()}
+    seconds, _ = timed(lambda: [processor(text=[prefix], images=[img], return_tensors="pt")
+                                for img in images])
+    out["processor_cpu_ms_per_image"] = round(seconds / count * 1000, 1)
+    if torch.cuda.is_available():
+        try:
+            seconds, _ = timed(lambda: [processor(text=[prefix], images=[img], return_tensors="pt",
+                                                  device="cuda") for img in images])
+            out["processor_gpu_ms_per_image"] = round(seconds / count * 1000, 1)
+        except (TypeError, ValueError) as exc:
+            out["processor_gpu_ms_per_image"] = f"not supported: {exc}"
+    run_slots(slots, images[:2], texts[:2], 64, 1)  # warm up
+    with prefill_timers(slots) as prefill:
+        seconds, _ = timed(lambda: run_slots(slots, images, texts, 64, 1))
+    out["one_token_per_image_s"] = round(seconds, 3)
+    out["prefill"] = prefill
+    slots.release()
+    empty_cache()
+    print("image inputs", out, flush=True)
     return out
 
 
@@ -214,7 +271,7 @@ def memory(model, weight_bytes: int) -> dict:
         images, rows = slot_shape([100] * 64, 4096, bytes_per_image=prefix_bytes,
                                   bytes_per_row=slot_row, cache_bytes=int(room))
         out[card] = {"cache_room_gib": round(room / 2**30, 1), "static_max_batch": static_batch,
-                     "slots_max_batch": images * rows, "slots_layout": [images, rows]}
+                     "slots_max_batch": rows, "slots_layout": [images, rows]}
     print("memory", out, flush=True)
     return out
 
@@ -248,10 +305,10 @@ def profile_step(name: str, step, directory: Path) -> dict:
 
 def _kernel_group(name: str) -> str:
     lowered = name.lower()
-    for group, marks in (("gemm", ("gemm", "nvjet", "cutlass", "sm90", "cublas", "matmul", "mm")),
+    for group, marks in (("attention", ("flash", "attention", "fmha", "efficient")),
+                         ("gemm", ("gemm", "nvjet", "cutlass", "sm90", "cublas", "matmul", "mm")),
                          ("softmax/exp", ("softmax", "exp")), ("reduce", ("reduce", "amax", "sum")),
-                         ("copy/index", ("copy", "index", "scatter", "gather", "cat")),
-                         ("sdpa", ("flash", "attention", "fmha", "efficient"))):
+                         ("copy/index", ("copy", "index", "scatter", "gather", "cat"))):
         if any(mark in lowered for mark in marks):
             return group
     return "elementwise/other"
@@ -310,27 +367,34 @@ def bench_model(kind: str, args, directory: Path) -> dict:
     slots = SlotDecoder(processor, model)
     result["flash"], result["compiled_layers"] = slots.flash, slots.compile_layers
     tiny = kind == "tiny"
-    if args.profile_batches:
-        batches = [int(b) for b in args.profile_batches.split(",")]
-        result["profile"] = slot_profiles(processor, slots, Path(args.profile_dir or "."), batches)
-        return result
+    sections = set(args.sections.split(","))
     with torch.inference_mode():
         if kind in ("8b", "tiny"):
-            result["step"] = (
-                step_table("static", static, run_static, [4] if tiny else [64, 256], processor,
-                           bound_per_row)
-                + step_table("slots", slots, run_slots, [4, 8] if tiny else [64, 256, 512, 1024],
-                             processor, bound_per_row))
-            result["across_images"] = across_images(processor, static, slots, 4 if tiny else 32)
-            result["variable_lengths"] = (variable_lengths(processor, slots, 32, 64, 16) if tiny
-                                          else variable_lengths(processor, slots, 256))
-            result["memory"] = memory(model, weight_bytes)
-            result["agreement"] = agreement(processor, model, static, slots)
+            if "step" in sections:
+                result["step"] = (
+                    step_table("static", static, run_static, [4] if tiny else [64, 256], processor,
+                               bound_per_row)
+                    + step_table("slots", slots, run_slots, [4, 8] if tiny else [64, 256, 512, 1024],
+                                 processor, bound_per_row))
+            if "across" in sections:
+                result["across_images"] = across_images(processor, static, slots, 4 if tiny else 32)
+            if "lengths" in sections:
+                result["variable_lengths"] = (variable_lengths(processor, slots, 32, 64, 16) if tiny
+                                              else variable_lengths(processor, slots, 256))
+            if "memory" in sections:
+                result["memory"] = memory(model, weight_bytes)
+            if "agreement" in sections:
+                result["agreement"] = agreement(processor, model, static, slots)
+            if "images" in sections:
+                result["image_inputs"] = image_inputs(processor, slots, 4 if tiny else 16)
         else:
             result["step"] = (step_table("static", static, run_static, [64], processor, bound_per_row)
                               + step_table("slots", slots, run_slots, [64, 256, 512], processor,
                                            bound_per_row))
-    if kind != "30b-a3b" and args.profile_dir:
+    if args.profile_batches:
+        batches = [int(b) for b in args.profile_batches.split(",")]
+        result["profile"] = slot_profiles(processor, slots, Path(args.profile_dir or "."), batches)
+    elif kind != "30b-a3b" and args.profile_dir:
         result["profile"] = profiles(processor, model, static, slots, Path(args.profile_dir),
                                      16 if tiny else 256)
     del static, slots, model
@@ -345,8 +409,10 @@ def main() -> None:
     parser.add_argument("--dense", choices=["yes", "no"], default="yes")
     parser.add_argument("--tiny", action="store_true", help="the tiny model on the CPU: a smoke test")
     parser.add_argument("--profile-batches", default="",
-                        help="only profile the slot decoder's step at these batches, e.g. 64,1024")
+                        help="profile the slot decoder's step at these batches, e.g. 64,1024")
     parser.add_argument("--profile-dir", default="")
+    parser.add_argument("--sections", default="step,across,lengths,memory,agreement,images",
+                        help="the 8B's sections to run (comma-separated)")
     args = parser.parse_args()
     import logging
     logging.basicConfig(level=logging.WARNING)

@@ -128,10 +128,10 @@ def prepare_models(args: argparse.Namespace, work: Path) -> Models:
 
 
 def _tiny_models(work: Path) -> Models:
-    from workers.models.loading import QWEN3_VL, QWEN_IMAGE_EDIT, resolve_model_path
+    from workers.models.loading import QWEN3_VL, EDITOR, resolve_model_path
 
     start = time.perf_counter()
-    editor_dir = Path(resolve_model_path("tiny", work / "models", kind=QWEN_IMAGE_EDIT))
+    editor_dir = Path(resolve_model_path("tiny", work / "models", kind=EDITOR))
     judge_dir = Path(resolve_model_path("tiny", work / "models", kind=QWEN3_VL))
     description = _describe(editor_dir, judge_dir, time.perf_counter() - start)
     description["editor"]["config"] = "the project's tiny Qwen-Image-Edit (workers/models/tiny.py)"
@@ -240,7 +240,7 @@ def wait_for_worker(settings: Settings, fleet: LocalFleet, timeout: float = 180)
 
 def fleet_settings(args: argparse.Namespace, models: Models, work: Path, budget: float) -> Settings:
     return Settings(work_dir=work, editor_model=str(models.editor_dir), judge_model=str(models.judge_dir),
-                    edit_steps=args.steps, edit_size=args.size, edit_true_cfg_scale=args.true_cfg_scale,
+                    edit_steps=args.steps, edit_size=args.size, edit_guidance=args.true_cfg_scale,
                     judge_batch_size=args.judge_batch_size, memory_budget_gb=budget,
                     device="cpu" if args.tiny else "auto", poll_interval_seconds=0.05)
 

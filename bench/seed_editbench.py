@@ -115,8 +115,9 @@ def run_seed_editbench(benchmark: Path, editor_dir: str, judge_dir: str, s: Seed
     start = time.perf_counter()
     pairs = prepare_benchmark(benchmark).pairs
     pipeline, processor, model, loads = load_models(editor_dir, judge_dir, s)
-    editor = Editor(pipeline, steps=s.steps, size=s.size, true_cfg_scale=s.true_cfg_scale,
-                    negative_prompt=s.negative_prompt)
+    editor = Editor(pipeline, Editor.family_of(pipeline).settings(
+        steps=s.steps, size=s.size, guidance=s.true_cfg_scale, negative_prompt=s.negative_prompt,
+        tiny=False))
     judge = Judge(processor, model, batch_size=s.judge_batch_size)
     prompts = PromptManager(s.prompts_dir)
     moves = Moves(s.device)

@@ -2,11 +2,15 @@
 
 from config.settings import (
     ENV_PREFIX,
+    LORA_SEPARATOR,
+    TINY_EDITORS,
     TINY_MODEL,
     Settings,
     SettingsError,
     load_settings,
+    parse_lora,
     to_environ,
 )
 
-__all__ = ["ENV_PREFIX", "TINY_MODEL", "Settings", "SettingsError", "load_settings", "to_environ"]
+__all__ = ["ENV_PREFIX", "LORA_SEPARATOR", "TINY_EDITORS", "TINY_MODEL", "Settings", "SettingsError",
+           "load_settings", "parse_lora", "to_environ"]

@@ -21,6 +21,14 @@ ENV_PREFIX = "EVALFLEET_"
 
 # The model name that means "build (once) and use the tiny random model".
 TINY_MODEL = "tiny"
+# Editor names that build (once) and use a tiny random edit pipeline, and its diffusers class.
+TINY_EDITORS = {
+    TINY_MODEL: "QwenImageEditPipeline",
+    "tiny-qwen-image-edit-plus": "QwenImageEditPlusPipeline",
+    "tiny-flux-kontext": "FluxKontextPipeline",
+}
+# Separates the LoRAs of EVALFLEET_EDITOR_LORAS; each is PATH or PATH:SCALE.
+LORA_SEPARATOR = ","
 
 # What a worker uses when no broker URL is configured: the usual single-host Redis.
 DEFAULT_BROKER_URL = "redis://localhost:6379/0"
@@ -74,15 +82,21 @@ class Settings:
     device: str = "auto"
 
     # --- editbench job -----------------------------------------------------------
-    # Qwen-Image-Edit: a hub id (Qwen/Qwen-Image-Edit), a local directory, or "tiny".
+    # A diffusers edit pipeline of a supported family (shared/editor_families.py): a hub id
+    # (Qwen/Qwen-Image-Edit-2509), a local directory, or a tiny one (TINY_EDITORS).
     editor_model: str = TINY_MODEL
+    # LoRAs applied on top of the editor: PATH[:SCALE] (scale 1 by default), separated by
+    # LORA_SEPARATOR; each a local .safetensors file or a directory holding one.
+    editor_loras: str = ""
     # The judge, a Qwen3-VL: a hub id (Qwen/Qwen3-VL-30B-A3B-Instruct), a local directory, or "tiny".
     judge_model: str = TINY_MODEL
-    # 0 means the model's default: 50 steps and a 1024x1024-pixel area for a real
-    # editor, 2 steps and 128x128 for the tiny one (so the laptop demo is quick).
+    # 0 means the editor family's default: its steps (Qwen-Image-Edit 50, -Plus 40, FLUX.1
+    # Kontext 28) and guidance (true CFG 4.0 for the Qwen families, guidance 2.5 for Kontext),
+    # a 1024x1024-pixel area; a tiny editor takes 2 steps at 128x128 (the laptop demo is quick).
     edit_steps: int = 0
     edit_size: int = 0
-    edit_true_cfg_scale: float = 4.0
+    edit_guidance: float = 0.0
+    # Used by the families with true classifier-free guidance (the Qwen ones) when guidance > 1.
     edit_negative_prompt: str = " "
     # Pairs scored in one judge batch.
     judge_batch_size: int = 4
@@ -169,16 +183,10 @@ class Settings:
         return Path(self.prompts_dir) if self.prompts_dir else Path(__file__).parent / "prompts"
 
     @property
-    def effective_edit_steps(self) -> int:
-        if self.edit_steps:
-            return self.edit_steps
-        return 2 if self.editor_model == TINY_MODEL else 50
-
-    @property
-    def effective_edit_size(self) -> int:
-        if self.edit_size:
-            return self.edit_size
-        return 128 if self.editor_model == TINY_MODEL else 1024
+    def loras(self) -> tuple[tuple[str, float], ...]:
+        """(path, scale) of each LoRA of ``editor_loras``, in order."""
+        return tuple(parse_lora(text.strip()) for text in self.editor_loras.split(LORA_SEPARATOR)
+                     if text.strip())
 
     @property
     def broker(self) -> str:
@@ -190,6 +198,20 @@ class Settings:
 
     def replace(self, **changes: object) -> "Settings":
         return dataclasses.replace(self, **changes)
+
+
+def parse_lora(text: str) -> tuple[str, float]:
+    """``PATH`` or ``PATH:SCALE`` -> (path, scale); the scale defaults to 1."""
+    path, colon, scale = text.rpartition(":")
+    if not colon:
+        return text, 1.0
+    try:
+        value = float(scale)
+    except ValueError:
+        return text, 1.0  # a colon inside the path, no scale
+    if not path or not math.isfinite(value):
+        raise SettingsError(f"LoRA {text!r}: give PATH or PATH:SCALE with a finite SCALE")
+    return path, value
 
 
 def _convert(name: str, raw: str, target: type) -> object:
@@ -241,10 +263,15 @@ def _validate(s: Settings) -> None:
     for name in positive:
         if getattr(s, name) < 1:
             raise SettingsError(f"{ENV_PREFIX}{name.upper()} must be at least 1")
-    if s.edit_steps < 0 or s.edit_size < 0 or s.memory_budget_gb < 0:
+    if s.edit_steps < 0 or s.edit_size < 0 or s.edit_guidance < 0 or s.memory_budget_gb < 0:
         raise SettingsError(
-            f"{ENV_PREFIX}EDIT_STEPS, EDIT_SIZE and MEMORY_BUDGET_GB must be >= 0 (0: default)"
+            f"{ENV_PREFIX}EDIT_STEPS, EDIT_SIZE, EDIT_GUIDANCE and MEMORY_BUDGET_GB must be >= 0 "
+            "(0: default)"
         )
+    try:
+        s.loras
+    except SettingsError as exc:
+        raise SettingsError(f"{ENV_PREFIX}EDITOR_LORAS={s.editor_loras!r}: {exc}") from None
     if not 0 <= s.temperature <= 100:
         raise SettingsError(f"{ENV_PREFIX}TEMPERATURE must be between 0 and 100")
     if s.task_max_retries < 0 or s.poll_interval_seconds <= 0 or s.stall_seconds <= 0:
@@ -279,4 +306,5 @@ def _validate_judge(s: Settings) -> None:
                             f"{ENV_PREFIX}JUDGE_ENDPOINT_MAX_RETRIES >= 0")
 
 
-__all__ = ["Settings", "SettingsError", "load_settings", "to_environ", "TINY_MODEL", "ENV_PREFIX"]
+__all__ = ["Settings", "SettingsError", "load_settings", "to_environ", "parse_lora", "TINY_MODEL",
+           "TINY_EDITORS", "LORA_SEPARATOR", "ENV_PREFIX"]

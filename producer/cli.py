@@ -1,5 +1,6 @@
-"""``python -m producer {run,enqueue,report,sample} {relations,editbench} ...`` and
-``python -m producer status [--run NAME] [--json]``.
+"""``python -m producer {run,enqueue,report,sample} {relations,editbench} ...``,
+``python -m producer status [--run NAME] [--json]``, ``python -m producer validate editbench FILE``
+and ``python -m producer compare REPORT [REPORT ...] [--output FILE]``.
 
 Exit codes: 0 every item done; 1 the run finished but some items failed (the report
 lists them); 2 bad usage, an unusable input file, a run name taken by other settings,
@@ -21,19 +22,23 @@ from urllib.parse import urlsplit
 
 import redis
 
-from config import Settings, SettingsError, load_settings, to_environ
+from config import LORA_SEPARATOR, Settings, SettingsError, load_settings, to_environ
 from producer.dispatch import celery_client
 from producer.editbench_job import PHASE_SCOPES, PhaseController, register_editbench
 from producer.editbench_report import write_editbench_report
 from producer.editbench_sample import ensure_editbench_sample, write_editbench_sample
+from producer.editbench_validate import format_validation
 from producer.embedded import EmbeddedRedis, InfrastructureError, LocalFleet
 from producer.preflight import check_output_path, check_run_settings, check_writable_dir
 from producer.progress import stall_watch, wait_for_stage
 from producer.relations_job import enqueue_relations
 from producer.relations_report import write_relations_report
 from producer.relations_sample import ensure_relations_sample, write_relations_sample
+from producer.run_comparison import (compare_runs, comparison_files, comparison_markdown, load_run,
+                                     write_comparison)
 from producer.run_identity import RESTART_FLAG, RunMismatchError
 from producer.status import build_status, format_status
+from shared.editbench_data import SHAPES, prepare_benchmark
 from shared.errors import InputFileError
 from shared.keys import check_run_name
 from shared.messages import RELATIONS_STAGE, RELATIONS_TASK
@@ -81,6 +86,11 @@ def _apply_flags(args: argparse.Namespace, settings: Settings) -> Settings:
     changes = {name: getattr(args, name) for name in ("top_k", "batch_size", "relations_model",
                                                       "workers_per_gpu", "judge_rubric")
                if getattr(args, name, None) is not None}
+    if getattr(args, "lora", None):
+        if any(LORA_SEPARATOR in lora for lora in args.lora):
+            raise SettingsError(f"--lora {args.lora}: a LoRA path cannot contain {LORA_SEPARATOR!r}")
+        # The flags replace EVALFLEET_EDITOR_LORAS.
+        changes["editor_loras"] = LORA_SEPARATOR.join(args.lora)
     return settings.replace(**changes)
 
 
@@ -141,8 +151,9 @@ def _print_editbench(report: dict, output: Path) -> None:
         mean = f"{cat['mean']:.3f}" if cat["mean"] is not None else "-"
         print(f"  {name:<14}{cat['pairs']:>6}{cat['scored']:>7}{cat['failed']:>7}{mean:>8}")
     overall = report["overall"]
-    print(f"  overall: n={overall['n']} mean={overall['mean']} std={overall['std']}; "
-          f"swaps: {len(report['swaps'])}")
+    figures = (f"mean={overall['mean']:.3f} std={overall['std']:.3f}" if overall["mean"] is not None
+             else "mean=- std=-")
+    print(f"  overall: n={overall['n']} {figures}; swaps: {len(report['swaps'])}")
     if len(report["criteria"]) > 1:
         for name, crit in report["criteria"].items():
             print(f"  {name}: n={crit['n']} mean={crit['mean']} std={crit['std']} failed={crit['failed']}")
@@ -199,10 +210,34 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_sample(args: argparse.Namespace, settings: Settings) -> int:
     if args.job == "relations":
+        if args.shape or args.image_files:
+            raise SystemExit("--shape and --image-files are for the editbench sample")
         stage1, input_path = write_relations_sample(Path(args.directory))
         print(f"--stage1 {stage1} --input {input_path}")
     else:
-        print(f"--benchmark {write_editbench_sample(Path(args.directory))}")
+        benchmark = write_editbench_sample(Path(args.directory), args.shape or "category-map", args.image_files)
+        print(f"--benchmark {benchmark}")
+    return EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
+    """Read the file as a run would; register nothing. Exit 0 when clean, 2 with problems."""
+    prepared = prepare_benchmark(Path(args.file), settings.data_root)
+    print(format_validation(Path(args.file), prepared))
+    return EXIT_USAGE if prepared.failures else EXIT_OK
+
+
+def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
+    """Compare runs from their reports; needs no Redis. Exit 2 when a report is unusable."""
+    if args.output:
+        check_output_path(Path(args.output))
+        comparison_files(Path(args.output))
+    comparison = compare_runs([load_run(Path(run)) for run in args.runs])
+    if args.output:
+        markdown, chart = write_comparison(comparison, Path(args.output))
+        print(f"comparison: {args.output}\ntable: {markdown}\nchart: {chart}")
+    else:
+        print(comparison_markdown(comparison), end="")
     return EXIT_OK
 
 
@@ -262,7 +297,26 @@ def build_parser() -> argparse.ArgumentParser:
     sample = sub.add_parser("sample", help="write the built-in sample inputs into a directory")
     sample.add_argument("job", choices=("relations", "editbench"))
     sample.add_argument("directory")
+    sample.add_argument("--shape", choices=list(SHAPES),
+                        help="editbench: the benchmark file's shape (default: category-map)")
+    sample.add_argument("--image-files", action="store_true",
+                        help="editbench: images as PNG files named by original_image_path")
     sample.set_defaults(func=cmd_sample)
+
+    validate = sub.add_parser("validate", help="read an input file as a run would and list every "
+                                               "problem; registers nothing (exit 0 clean, 2 problems)")
+    validate.add_argument("job", choices=("editbench",))
+    validate.add_argument("file")
+    validate.set_defaults(func=cmd_validate)
+
+    compare = sub.add_parser("compare", help="compare editbench runs: means with 95%% bootstrap "
+                                             "intervals, paired differences against the first run")
+    compare.add_argument("runs", nargs="+", metavar="RUN",
+                         help="a run's editbench_report.json, or the run directory holding it; "
+                              "the first is the baseline")
+    compare.add_argument("--output", help="write FILE.json, and FILE.md and FILE.png beside it "
+                                          "(default: print the Markdown table)")
+    compare.set_defaults(func=cmd_compare)
     return parser
 
 
@@ -292,6 +346,10 @@ def _add_editbench_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rubric", dest="judge_rubric",
                    help="the judge's rubric: default, viescore, kris, or a folder under "
                         "<prompts dir>/rubrics/ (EVALFLEET_JUDGE_RUBRIC)")
+    p.add_argument("--lora", action="append", metavar="PATH[:SCALE]",
+                   help="a LoRA on top of the editor (.safetensors file or a directory holding "
+                        "one), scale 1 by default; repeat for several (replaces "
+                        "EVALFLEET_EDITOR_LORAS)")
 
 
 def redact(text: str, settings: Settings) -> str:

@@ -24,7 +24,7 @@ from producer.progress import stall_watch, wait_for_stage
 from producer.run_identity import claim_run
 from shared.artifacts import ArtifactStore
 from shared.editbench_data import prepare_benchmark
-from shared.keys import derive_run_id, inputs_digest
+from shared.keys import content_digest, derive_run_id, inputs_digest
 from shared.messages import EDIT_STAGE, EDIT_TASK, SCORE_STAGE, SCORE_TASK
 from shared.prompt_manager import PromptTemplateError
 from shared.rubric import RubricError, read_rubric_templates
@@ -60,11 +60,16 @@ def run_templates(settings: Settings) -> dict[str, str]:
 
 
 def result_settings(settings: Settings, templates: dict[str, str]) -> dict[str, Any]:
-    """The settings that change edited images or scores: part of the run id and identity."""
-    return {"editor_model": settings.editor_model, "judge_model": settings.judge_model,
+    """The settings that change edited images or scores: part of the run id and identity.
+
+    Edit settings are the ones asked for (0: the editor family's default, which the
+    workers apply; the report shows the values the edits were made with).
+    """
+    return {"editor_model": settings.editor_model, "editor_loras": lora_records(settings),
+            "judge_model": settings.judge_model,
             "model_revision": settings.model_revision, "dtype": settings.dtype,
-            "edit_steps": settings.effective_edit_steps, "edit_size": settings.effective_edit_size,
-            "edit_true_cfg_scale": settings.edit_true_cfg_scale,
+            "edit_steps": settings.edit_steps, "edit_size": settings.edit_size,
+            "edit_guidance": settings.edit_guidance,
             "edit_negative_prompt": settings.edit_negative_prompt, "seed": settings.seed,
             "judge_rubric": settings.judge_rubric, "prompts": prompts_digest(templates),
             "judge_mode": settings.judge_mode, "judge_reasoning_tokens": _reasoning_tokens(settings),
@@ -84,6 +89,13 @@ def _endpoint_identity(settings: Settings) -> dict[str, Any]:
             "judge_endpoint_logprobs": settings.judge_endpoint_logprobs}
 
 
+def lora_records(settings: Settings) -> list[dict[str, Any]]:
+    """Each LoRA by absolute path, scale and content digest: a LoRA changed on disk makes
+    another run, like another model would."""
+    return [{"path": str(Path(path).resolve()), "scale": scale, "digest": content_digest(Path(path))}
+            for path, scale in settings.loras]
+
+
 # What an editbench run is: a run name with other values of these is another run.
 IDENTITY = ("inputs", *result_settings(Settings(), {}))
 
@@ -95,13 +107,16 @@ def register_editbench(settings: Settings, store_client, benchmark: Path,
     Raises InputFileError before anything is registered if the file is unusable, and
     RunMismatchError if ``run_name`` is a run of another benchmark or other settings.
     """
-    prepared = prepare_benchmark(benchmark)
+    prepared = prepare_benchmark(benchmark, settings.data_root)
+    # Images given by path are content of the benchmark too: another image is another run.
+    inputs = [benchmark, *prepared.image_files]
     templates = run_templates(settings)
-    run_id = run_name or derive_run_id("editbench", [benchmark], result_settings(settings, templates))
+    run_id = run_name or derive_run_id("editbench", inputs, result_settings(settings, templates))
     store = RunStore(store_client, run_id)
     artifacts = ArtifactStore(settings.artifacts, run_id)
     claim_run(store, {"job": "editbench", "run_id": run_id, "created": time.time(),
-                      "benchmark": str(benchmark), "inputs": inputs_digest([benchmark]),
+                      "benchmark": str(benchmark), "benchmark_shape": prepared.shape,
+                      "inputs": inputs_digest(inputs),
                       "categories": prepared.categories,
                       "judge_batch_size": settings.judge_batch_size,
                       "workers_per_gpu": settings.workers_per_gpu,

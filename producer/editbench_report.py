@@ -7,6 +7,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from producer.score_statistics import mean_summary
 from shared.artifacts import write_atomic
 from shared.jsonio import write_json_atomic
 from shared.keys import KEY_SEP
@@ -22,10 +23,11 @@ CJK_FONTS = ["Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "WenQuanY
 
 
 def _stats(scores: list[float]) -> dict[str, Any]:
+    """Full precision (rounded only where shown), with the mean's 95% bootstrap interval."""
     if not scores:
-        return {"mean": None, "std": None, "min": None, "max": None}
-    return {"mean": round(statistics.fmean(scores), 4), "std": round(statistics.pstdev(scores), 4),
-            "min": round(min(scores), 4), "max": round(max(scores), 4)}
+        return {"mean": None, "std": None, "min": None, "max": None, "ci95": None}
+    return {"mean": statistics.fmean(scores), "std": statistics.pstdev(scores),
+            "min": min(scores), "max": max(scores), "ci95": mean_summary(scores)["ci95"]}
 
 
 def editbench_report(store: RunStore) -> dict[str, Any]:
@@ -54,13 +56,14 @@ def editbench_report(store: RunStore) -> dict[str, Any]:
     all_scores = [r["score"] for c in categories.values() for r in c["results"]]
     all_results = [r for c in categories.values() for r in c["results"]]
     return {
-        "run": {k: v for k, v in meta.items() if k not in ("categories",)},
+        "run": {**{k: v for k, v in meta.items() if k not in ("categories",)},
+                "edit_settings": _edit_settings(edited)},
         "rubric": _rubric(meta),
         "categories": categories,
         "criteria": _criteria_stats(criteria, all_results, sum(c["pairs"] for c in categories.values())),
         "scoring": _sources(all_results),
         "overall": {"n": len(all_scores), **{k: v for k, v in _stats(all_scores).items()
-                                            if k in ("mean", "std")},
+                                            if k in ("mean", "std", "ci95")},
                     "pairs": sum(c["pairs"] for c in categories.values()), "failed": len(failed_keys)},
         "failures": failures,
         "swaps": store.swaps(),
@@ -90,12 +93,13 @@ def _criteria_names(meta: dict[str, Any]) -> list[str]:
 
 
 def _criteria_stats(names: list[str], results: list[dict[str, Any]], pairs: int) -> dict[str, Any]:
-    """Per criterion: n, mean, std, and failed (pairs without a score for it)."""
+    """Per criterion: n, mean, std (with the mean's 95% interval), and failed (pairs without a score for it)."""
     out = {}
     for name in names:
         scores = [r["criteria"][name]["score"] for r in results if name in r.get("criteria", {})]
         stats = _stats(scores)
-        out[name] = {"n": len(scores), "mean": stats["mean"], "std": stats["std"], "failed": pairs - len(scores)}
+        out[name] = {"n": len(scores), "mean": stats["mean"], "std": stats["std"], "ci95": stats["ci95"],
+                     "failed": pairs - len(scores)}
     return out
 
 
@@ -106,6 +110,16 @@ def _sources(results: list[dict[str, Any]]) -> dict[str, int]:
         for criterion in result.get("criteria", {}).values():
             counts[criterion["source"]] = counts.get(criterion["source"], 0) + 1
     return dict(sorted(counts.items()))
+
+
+def _edit_settings(edited: dict[str, dict]) -> dict[str, Any] | list[dict[str, Any]] | None:
+    """The settings the run's edits were made with (family, steps, size, guidance, negative
+    prompt): one record, or every distinct one if workers differed; None before any edit."""
+    distinct: list[dict[str, Any]] = []
+    for record in edited.values():
+        if "edit_settings" in record and record["edit_settings"] not in distinct:
+            distinct.append(record["edit_settings"])
+    return distinct[0] if len(distinct) == 1 else (distinct or None)
 
 
 def _failures(store: RunStore, items: dict[str, dict]) -> list[dict[str, Any]]:
@@ -153,15 +167,27 @@ def _cjk_font() -> str | None:
     return None
 
 
-def _labels(names: list[str]) -> tuple[list[str], str | None]:
+def chart_labels(names: list[str]) -> tuple[list[str], str | None]:
     font = _cjk_font()
     if font or all(name.isascii() for name in names):
         return names, font
     return [GLOSSES.get(n, n if n.isascii() else f"category {i + 1}") for i, n in enumerate(names)], None
 
 
+def error_bars(summaries: list[dict[str, Any]]) -> list[list[float]]:
+    """Matplotlib's ``yerr`` (distances below and above each mean) from each ``ci95``; none where
+    the interval is undefined (fewer than two scores)."""
+    below, above = [], []
+    for s in summaries:
+        ci, mean = s.get("ci95"), s.get("mean")
+        # max(0, ...): the interval and the mean are computed apart (last-bit differences).
+        below.append(max(0.0, mean - ci[0]) if ci else 0.0)
+        above.append(max(0.0, ci[1] - mean) if ci else 0.0)
+    return [below, above]
+
+
 def render_chart(report: dict[str, Any]) -> bytes:
-    """PNG bytes of a bar chart: mean score per category, with n on each bar."""
+    """PNG bytes of a bar chart: mean score per category with its 95% interval, and n on each bar."""
     import io
 
     import matplotlib
@@ -170,7 +196,7 @@ def render_chart(report: dict[str, Any]) -> bytes:
     import matplotlib.pyplot as plt
 
     names = list(report["categories"])
-    labels, font = _labels(names)
+    labels, font = chart_labels(names)
     means = [report["categories"][n]["mean"] or 0.0 for n in names]
     criteria = report["rubric"]["criteria"]
     low, high = report["rubric"]["scale"]
@@ -180,15 +206,18 @@ def render_chart(report: dict[str, Any]) -> bytes:
         if len(criteria) > 1:
             _criteria_bars(ax, report, names, criteria)
         else:
-            bars = ax.bar(range(len(names)), means, color="#4c72b0")
+            bars = ax.bar(range(len(names)), means, color="#4c72b0",
+                          yerr=error_bars([report["categories"][n] for n in names]), capsize=4,
+                          error_kw={"elinewidth": 1, "ecolor": "#333333"})
             for bar, name in zip(bars, names):
                 cat = report["categories"][name]
+                top = (cat.get("ci95") or [0, bar.get_height()])[1]
                 ax.annotate(f"{cat['mean']:.2f}\nn={cat['count']}" if cat["mean"] is not None else "n=0",
-                            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                            (bar.get_x() + bar.get_width() / 2, top),
                             ha="center", va="bottom", fontsize=8)
         ax.set_xticks(range(len(names)), labels, fontfamily=font or "sans-serif")
         ax.set_ylim(0, high * (1.1 if len(criteria) == 1 else 1.35))
-        ax.set_ylabel(f"mean score ({low}-{high})")
+        ax.set_ylabel(f"mean score ({low}-{high})" + (", 95% interval" if len(criteria) == 1 else ""))
         overall = report["overall"]["mean"]
         ax.set_title(f"{report['run']['run_id']}: overall mean "
                      f"{overall:.2f}" if overall is not None else report["run"]["run_id"], fontsize=9)

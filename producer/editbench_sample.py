@@ -12,9 +12,13 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-BENCHMARK_NAME = "editbench_sample.json"
+from shared.editbench_data import SHAPES
 
-# category -> [(description, instruction, shape, colour)]
+BENCHMARK_NAME = "editbench_sample.json"
+SAMPLE_NAMES = {"category-map": BENCHMARK_NAME, "categories-key": "editbench_sample.categories.json",
+                "category-list": "editbench_sample.list.json", "json-lines": "editbench_sample.jsonl"}
+
+# category -> [(description, instruction, figure drawn, colour)]
 SAMPLE = {
     "物理": [("一个红色的球放在桌子上", "让球从桌子边缘滚落", "ellipse", "red"),
              ("A glass of ice water in the sun", "Show the glass an hour later", "rectangle", "lightblue"),
@@ -34,27 +38,55 @@ SAMPLE = {
 }
 
 
-def _image_b64(shape: str, colour: str, index: int) -> str:
+def _image_b64(figure: str, colour: str, index: int) -> str:
     img = Image.new("RGB", (96 + 16 * index, 96), "beige")
     draw = ImageDraw.Draw(img)
-    getattr(draw, shape)((20, 20, 76, 76), fill=colour, outline="black", width=2)
+    getattr(draw, figure)((20, 20, 76, 76), fill=colour, outline="black", width=2)
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def write_editbench_sample(directory: Path) -> Path:
+def write_editbench_sample(directory: Path, shape: str = "category-map", image_files: bool = False) -> Path:
+    """Write the sample benchmark in one of the reader's SHAPES; with ``image_files`` the images
+    are PNG files under ``images/``, named by ``original_image_path`` (relative to the benchmark)."""
+    if shape not in SHAPES:
+        raise ValueError(f"unknown benchmark shape {shape!r}: use one of {', '.join(SHAPES)}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     benchmark = {
-        category: [{"pair_id": f"{category}-{i + 1}", "original_image_b64": _image_b64(shape, colour, i),
+        category: [{"pair_id": f"{category}-{i + 1}",
+                    **_image_field(directory, category, i, figure, colour, image_files),
                     "original_description": description, "edit_instruction": instruction}
-                   for i, (description, instruction, shape, colour) in enumerate(pairs)]
+                   for i, (description, instruction, figure, colour) in enumerate(pairs)]
         for category, pairs in SAMPLE.items()
     }
-    path = directory / BENCHMARK_NAME
-    path.write_text(json.dumps(benchmark, ensure_ascii=False, indent=1), encoding="utf-8")
+    path = directory / SAMPLE_NAMES[shape]
+    path.write_text(_in_shape(benchmark, shape), encoding="utf-8")
     return path
+
+
+def _image_field(directory: Path, category: str, index: int, figure: str, colour: str,
+                 image_files: bool) -> dict[str, str]:
+    encoded = _image_b64(figure, colour, index)
+    if not image_files:
+        return {"original_image_b64": encoded}
+    relative = Path("images") / f"{category}-{index + 1}.png"
+    (directory / relative).parent.mkdir(exist_ok=True)
+    (directory / relative).write_bytes(base64.b64decode(encoded))
+    return {"original_image_path": relative.as_posix()}
+
+
+def _in_shape(benchmark: dict[str, list[dict]], shape: str) -> str:
+    if shape == "json-lines":
+        return "".join(json.dumps({"category": category, **pair}, ensure_ascii=False) + "\n"
+                       for category, pairs in benchmark.items() for pair in pairs)
+    data: object = {
+        "category-map": benchmark,
+        "categories-key": {"name": "evalfleet sample", "version": 1, "categories": benchmark},
+        "category-list": [{"category_name": c, "data_pairs": pairs} for c, pairs in benchmark.items()],
+    }[shape]
+    return json.dumps(data, ensure_ascii=False, indent=1)
 
 
 def ensure_editbench_sample(directory: Path) -> Path:

@@ -9,6 +9,11 @@ from typing import IO
 
 from PIL import Image, UnidentifiedImageError
 
+from shared.errors import InputFileError, RecordError, shown
+
+# Longest image path accepted in an input record.
+PATH_MAX = 4096
+
 
 class ImageFileError(ValueError):
     """An image file is missing, unreadable, truncated or too large."""
@@ -69,3 +74,34 @@ def resolve_inside(path: str | Path, root: str | Path) -> str:
             f"{path} resolves to {real}, outside the data root {real_root} (EVALFLEET_DATA_ROOT)"
         )
     return real
+
+
+def checked_input_path(value: object, path: Path, record: str, field: str, root: str | Path) -> str:
+    """An input record's image path: relative ones are relative to the input file ``path``,
+    wherever the command runs; with a data root, it must resolve inside it.
+
+    Raises RecordError naming the file, the record and the field.
+    """
+    if not isinstance(value, str) or not value.strip():
+        raise RecordError(path, record, field, f"expected a non-empty string, got {shown(value)}")
+    if len(value) > PATH_MAX or "\0" in value:
+        raise RecordError(path, record, field,
+                          f"expected a path of at most {PATH_MAX} characters without NUL, got {shown(value)}")
+    resolved = Path(value)
+    if not resolved.is_absolute():
+        resolved = Path(path).resolve().parent / resolved
+    if not root:
+        return str(resolved)
+    try:
+        return resolve_inside(resolved, root)
+    except PathOutsideRoot as exc:
+        raise RecordError(path, record, field, f"refused: {exc}") from None
+
+
+def checked_data_root(data_root: str | Path) -> str:
+    """The data root (EVALFLEET_DATA_ROOT) resolved, or "" when none is set."""
+    if not data_root:
+        return ""
+    if not os.path.isdir(data_root):
+        raise InputFileError(data_root, "the data root (EVALFLEET_DATA_ROOT) is not a directory")
+    return os.path.realpath(data_root)

@@ -56,8 +56,12 @@ def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
-def read_json(path: Path) -> Any:
-    """Load a JSON file, turning every way it can be unusable into an InputFileError."""
+class JsonProblem(ValueError):
+    """A text that is not usable JSON; the message says why and where, without the file's name."""
+
+
+def read_text(path: Path) -> str:
+    """A file's text: UTF-8 (a byte-order mark is fine) and not empty, else an InputFileError."""
     try:
         raw = Path(path).read_bytes()
     except OSError as exc:
@@ -69,27 +73,38 @@ def read_json(path: Path) -> Any:
         raise InputFileError(path, f"not UTF-8 text (bad byte at offset {exc.start})") from None
     if not text.strip():
         raise InputFileError(path, "the file is empty")
+    return text
+
+
+def parse_json(text: str) -> Any:
+    """One JSON value, refusing what json.loads lets through silently; raises JsonProblem."""
     try:
         data = json.loads(text, parse_constant=InvalidNumber, parse_float=_parse_float,
                           parse_int=_parse_int, object_pairs_hook=_unique_pairs)
     except DuplicateKey as exc:
-        raise InputFileError(path, f"the key {shown(exc.args[0])} appears twice in one JSON object "
-                                   f"(only one can be used; remove or rename the other)") from None
+        raise JsonProblem(f"the key {shown(exc.args[0])} appears twice in one JSON object "
+                          f"(only one can be used; remove or rename the other)") from None
     except json.JSONDecodeError as exc:
-        raise InputFileError(
-            path, f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
-        ) from None
+        raise JsonProblem(f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
     except RecursionError:
-        raise InputFileError(path, "not usable JSON: nested too deeply") from None
+        raise JsonProblem("not usable JSON: nested too deeply") from None
     except ValueError as exc:  # e.g. an integer literal of thousands of digits
-        raise InputFileError(path, f"not usable JSON: {exc}") from None
+        raise JsonProblem(f"not usable JSON: {exc}") from None
     bad = lone_surrogate_at(data, "")
     if bad is not None:
         # "\ud800" escapes parse, but such a string is not text: Redis, files and
         # the models would refuse it later, after the run was registered.
-        raise InputFileError(path, f"{bad or 'the document'}: a lone surrogate (an escape "
-                                   f"such as \\ud800 without its pair) is not text")
+        raise JsonProblem(f"{bad or 'the document'}: a lone surrogate (an escape "
+                          f"such as \\ud800 without its pair) is not text")
     return data
+
+
+def read_json(path: Path) -> Any:
+    """Load a JSON file, turning every way it can be unusable into an InputFileError."""
+    try:
+        return parse_json(read_text(path))
+    except JsonProblem as exc:
+        raise InputFileError(path, str(exc)) from None
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

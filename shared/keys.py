@@ -56,6 +56,18 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def content_digest(path: Path) -> str:
+    """The digest of a file's contents, or of every file under a directory (their paths
+    relative to it, and contents): a LoRA given as either is part of a run's identity."""
+    path = Path(path)
+    if not path.is_dir():
+        return file_digest(path)
+    h = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(file.relative_to(path).as_posix().encode() + b"\0" + file_digest(file).encode())
+    return h.hexdigest()
+
+
 def inputs_digest(inputs: list[Path]) -> str:
     """One digest of the input files' contents, in order: part of a run's identity."""
     h = hashlib.sha256()

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from shared.errors import InputFileError, RecordError, shown
-from shared.images import PathOutsideRoot, resolve_inside
+from shared.images import checked_data_root, checked_input_path
 from shared.jsonio import invalid_number_at, read_json
 from shared.keys import (KEY_SEP, NAME_MAX, is_key_part, normalize_image_id, relation_key,
                          separate_failure_keys)
@@ -36,7 +35,6 @@ log = logging.getLogger(__name__)
 
 CANDIDATES_KEY = "per_image_top100_candidates"
 NO_RELATION = "no relation"
-PATH_MAX = 4096
 
 
 @dataclass
@@ -73,7 +71,7 @@ def prepare_data_for_inference(
     stage1_path: Path, input_path: Path, top_k: int, data_root: str | Path = ""
 ) -> PreparedRelations:
     """The pairs of SPEC.md's ``pair_data``; ``data_root`` (if set) confines image paths."""
-    root = _checked_root(data_root)
+    root = checked_data_root(data_root)
     candidates_by_image, images = load_relations_inputs(stage1_path, input_path)
     prepared = PreparedRelations()
     records = _index_images(images, input_path, root, prepared.failures)
@@ -107,14 +105,6 @@ def prepare_data_for_inference(
     valid = {relation_key(p["image_id"], p["subject"], p["object"]) for p in prepared.pairs}
     separate_failure_keys(prepared.failures, valid, KEY_SEP)
     return prepared
-
-
-def _checked_root(data_root: str | Path) -> str:
-    if not data_root:
-        return ""
-    if not os.path.isdir(data_root):
-        raise InputFileError(data_root, "the data root (EVALFLEET_DATA_ROOT) is not a directory")
-    return os.path.realpath(data_root)
 
 
 def _image_failure_key(raw_id: object) -> str:
@@ -189,7 +179,7 @@ def _input_image_id(record: object, path: Path, name: str) -> str:
 
 
 def _checked_image_record(record: dict, path: Path, name: str, root: str) -> dict:
-    image_path = _checked_image_path(record.get("image_path"), path, name, root)
+    image_path = checked_input_path(record.get("image_path"), path, name, "image_path", root)
     objects = record.get("objects")
     if not isinstance(objects, list):
         raise RecordError(path, name, "objects", f"expected a list of objects, got {shown(objects)}")
@@ -203,25 +193,6 @@ def _checked_image_record(record: dict, path: Path, name: str, root: str) -> dic
             ObjectEntry(j, obj, _object_error(obj, path, name, where)))
     return {"image_id": record["image_id"], "image_path": image_path, "objects": by_name,
             "record": name}
-
-
-def _checked_image_path(image_path: object, path: Path, name: str, root: str) -> str:
-    if not isinstance(image_path, str) or not image_path.strip():
-        raise RecordError(path, name, "image_path", f"expected a non-empty string, got {shown(image_path)}")
-    if len(image_path) > PATH_MAX or "\0" in image_path:
-        raise RecordError(path, name, "image_path",
-                          f"expected a path of at most {PATH_MAX} characters without NUL, "
-                          f"got {shown(image_path)}")
-    resolved = Path(image_path)
-    if not resolved.is_absolute():
-        # Relative paths are relative to the input file, wherever the command runs.
-        resolved = Path(path).resolve().parent / resolved
-    if not root:
-        return str(resolved)
-    try:
-        return resolve_inside(resolved, root)
-    except PathOutsideRoot as exc:
-        raise RecordError(path, name, "image_path", f"refused: {exc}") from None
 
 
 def _object_error(obj: dict, path: Path, name: str, where: str) -> RecordError | None:

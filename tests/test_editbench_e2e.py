@@ -65,13 +65,21 @@ def test_sample_run_reports_scores_with_one_swap_and_the_barrier_holds(one_model
     for name, cat in report["categories"].items():
         stored = [scores[f"{name}|{r['pair_id']}"]["score"] for r in cat["results"]]
         assert (cat["pairs"], cat["scored"], cat["failed"]) == (3, 3, 0)
-        assert cat["mean"] == pytest.approx(statistics.fmean(stored), abs=1e-4)
-        assert 0 <= cat["min"] <= cat["mean"] <= cat["max"] <= 10
+        assert cat["mean"] == statistics.fmean(stored)  # full precision: rounded only where shown
+        assert 0 <= cat["min"] <= cat["ci95"][0] <= cat["mean"] <= cat["ci95"][1] <= cat["max"] <= 10
         for result in cat["results"]:
             assert Image.open(result["edited_image"]).format == "PNG"
             assert sum(result["probabilities"].values()) == pytest.approx(1, abs=1e-4)
     assert report["overall"]["n"] == 15 and report["failures"] == []
     assert Image.open(report["chart"]).format == "PNG"
+    assert report["run"]["benchmark_shape"] == "category-map"
+
+    # The report is what compare reads: the run against itself ties every pair.
+    compared = run_producer("compare", str(output), str(output), "--output", str(tmp_path / "cmp.json"), env=env)
+    assert compared.returncode == 0, compared.stderr
+    [comparison] = read_json(tmp_path / "cmp.json")["comparisons"]
+    overall = comparison["overall"]
+    assert (overall["n"], overall["tied"], overall["mean_difference"], overall["ci95"]) == (15, 15, 0.0, [0.0, 0.0])
 
     # The barrier: no score task started before the last edit finished (worker-side clocks).
     edits = store.done(EDIT_STAGE)
@@ -195,7 +203,8 @@ def test_a_rubric_of_several_criteria_reports_each(editbench_fleet, fleet_env, r
         sc, pq = result["criteria"]["SC"]["score"], result["criteria"]["PQ"]["score"]
         assert result["score"] == pytest.approx((sc * pq) ** 0.5)
         assert sum(result["criteria"]["PQ"]["probabilities"].values()) == pytest.approx(1, abs=1e-4)
-        assert cat["criteria"]["SC"] == {"n": 1, "mean": round(sc, 4), "std": 0.0, "failed": 0}
+        assert {k: cat["criteria"]["SC"][k] for k in ("n", "mean", "std", "failed")} == {
+            "n": 1, "mean": sc, "std": 0.0, "failed": 0}
     sc_all = [c["results"][0]["criteria"]["SC"]["score"] for c in report["categories"].values()]
     assert report["criteria"]["SC"]["mean"] == pytest.approx(statistics.fmean(sc_all), abs=1e-4)
     assert Image.open(report["chart"]).format == "PNG"
@@ -214,5 +223,5 @@ def test_reasoning_mode_fails_pairs_whose_answer_states_no_score(editbench_fleet
     for failure in report["failures"]:
         assert failure["stage"] == "score" and failure["attempts"] == 1
         assert failure["reason"].startswith("criterion score: the judge's answer states no score from 0 to 10")
-    assert report["criteria"]["score"] == {"n": 0, "mean": None, "std": None, "failed": 5}
+    assert report["criteria"]["score"] == {"n": 0, "mean": None, "std": None, "ci95": None, "failed": 5}
     assert report["rubric"]["mode"] == "reasoning"

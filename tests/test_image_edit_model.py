@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import workers.models.loading as loading
+from shared.editor_families import FAMILIES
 from workers.editor import Editor, seed_for
 from workers.models.loading import (
     ModelNotFoundError,
@@ -35,9 +37,14 @@ def pipeline(tiny_dir: Path):
     return load_image_edit_pipeline(str(tiny_dir), revision="", dtype=torch.float32, device=CPU)
 
 
+def _settings(steps: int = STEPS, size: int = SIZE):
+    return FAMILIES["QwenImageEditPipeline"].settings(steps=steps, size=size, guidance=4.0,
+                                                      negative_prompt=" ", tiny=False)
+
+
 @pytest.fixture(scope="module")
 def editor(pipeline) -> Editor:
-    return Editor(pipeline, steps=STEPS, size=SIZE, true_cfg_scale=4.0, negative_prompt=" ")
+    return Editor(pipeline, _settings())
 
 
 @pytest.fixture(scope="module")
@@ -83,21 +90,15 @@ def test_same_seed_same_pixels_other_seed_other_pixels(editor, image) -> None:
     assert not np.array_equal(first, other)
 
 
-def test_output_size_keeps_aspect_and_multiples() -> None:
-    class _Pipeline:  # output_size needs only the VAE factor and the progress-bar switch
-        vae_scale_factor = 8
-
-        def set_progress_bar_config(self, **_: object) -> None:
-            pass
-
-    real = Editor(_Pipeline(), steps=50, size=1024, true_cfg_scale=4.0, negative_prompt=" ")
+def test_output_size_keeps_aspect_and_multiples(pipeline) -> None:
+    real = Editor(pipeline, _settings(steps=50, size=1024))
     assert real.output_size(1024, 1024) == (1024, 1024)
     width, height = real.output_size(1920, 1080)
     assert width % 32 == 0 and height % 32 == 0
     assert abs(width / height - 16 / 9) < 0.05
     assert abs(width * height - 1024 * 1024) / (1024 * 1024) < 0.05
     with pytest.raises(ValueError, match="EVALFLEET_EDIT_STEPS"):
-        Editor(_Pipeline(), steps=0, size=1024, true_cfg_scale=4.0, negative_prompt=" ")
+        Editor(pipeline, dataclasses.replace(_settings(size=1024), steps=0))
 
 
 def test_modules_are_the_three_weighted_components(editor, pipeline) -> None:
@@ -140,8 +141,8 @@ def test_resolve_model_path_builds_the_tiny_editor_once(tmp_path: Path, monkeypa
         return build_tiny_qwen_image_edit(out_dir, seed)
 
     monkeypatch.setattr(loading, "build_tiny_qwen_image_edit", counting_build)
-    first = resolve_model_path("tiny", tmp_path, kind="qwen-image-edit")
-    second = resolve_model_path("tiny", tmp_path, kind="qwen-image-edit")
+    first = resolve_model_path("tiny", tmp_path, kind="editor")
+    second = resolve_model_path("tiny", tmp_path, kind="editor")
 
     assert first == second == str(tmp_path / "tiny-qwen-image-edit")
     assert len(builds) == 1
@@ -154,8 +155,8 @@ def test_resolve_model_path_builds_the_tiny_editor_once(tmp_path: Path, monkeypa
         "tiny-qwen-image-edit.lock",
     ]
     hub_id = "Qwen/Qwen-Image-Edit"
-    assert resolve_model_path(hub_id, tmp_path, kind="qwen-image-edit") == hub_id
-    with pytest.raises(ValueError, match="qwen-image-edit"):
+    assert resolve_model_path(hub_id, tmp_path, kind="editor") == hub_id
+    with pytest.raises(ValueError, match="editor"):
         resolve_model_path("tiny", tmp_path, kind="qwen-image")
 
 

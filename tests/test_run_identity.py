@@ -107,7 +107,7 @@ def test_editbench_run_with_another_judge_or_prompts_is_refused(server, tmp_path
         (prompts / name).write_text("Score it. {edit_instruction}")
     with pytest.raises(RunMismatchError, match="prompts: stored"):
         register_editbench(settings.replace(prompts_dir=str(prompts)), client, benchmark, "eb")
-    with pytest.raises(RunMismatchError, match="edit_steps: stored 2, now 3"):
+    with pytest.raises(RunMismatchError, match="edit_steps: stored 0, now 3"):
         register_editbench(settings.replace(edit_steps=3), client, benchmark, "eb")
     assert snapshot(client) == before
     assert sorted((settings.artifacts / "eb").rglob("*")) == originals

@@ -1,6 +1,6 @@
 """The slot decoder on tiny Qwen3-VLs (dense and Mixture-of-Experts), float32 on the CPU.
 
-Whatever the layout (image slots x rows), the refills and the ends of rows, every row's tokens
+Whatever the layout (image slots, rows), the refills and the ends of rows, every row's tokens
 must be those of ``model.generate`` on its whole prompt.
 """
 
@@ -78,8 +78,8 @@ def _greedy(decoder, images, texts, max_batch: int, budgets=MAX_NEW_TOKENS):
 @pytest.mark.parametrize("max_batch", [64, 4, 2, 1])
 def test_every_row_equals_generate_whatever_the_layout(vlm, decoder, images, texts,
                                                        max_batch) -> None:
-    # 64: all three images at once (4 image slots x 8 rows); 4 and 2: rows are refilled and
-    # image slots take new images mid-call; 1: one row at a time.
+    # 64: all three images at once (4 image slots, 16 rows); 4 and 2: rows are refilled with
+    # prompts of any image and image slots take new images mid-call; 1: one row at a time.
     expected = _reference(vlm, images, texts)
     assert _greedy(decoder, images, texts, max_batch) == expected
     assert decoder.stats.prefills == len(images)  # one prefix pass per image, whatever the rows
@@ -132,13 +132,14 @@ def test_the_generator_answers_each_image_in_order(vlm, images) -> None:
 
 def test_the_layout_shrinks_to_the_memory_left(vlm) -> None:
     per_token = kv_bytes_per_token(vlm[1])
-    assert slot_shape([10, 10, 10], 512) == (4, 16)  # small images decode together
+    assert slot_shape([10, 10, 10], 512) == (4, 32)  # small images decode together
     assert slot_shape([300], 256) == (1, 256)  # a big image takes the whole batch
-    assert slot_shape([3] * 40, 64) == (16, 4)
-    # Room for two image slots of 4 rows only: images are dropped before rows.
-    room = 2 * (256 + 4 * 512) * per_token
+    assert slot_shape([3] * 40, 64) == (64, 64)  # rows for 64 prompts, from any image
+    assert slot_shape([500, 20], 4096) == (2, 576)  # rows in multiples of 64
+    # Room for four image slots and four rows only: rows (and slots with them) are halved.
+    room = (4 * 256 + 4 * 512) * per_token
     assert slot_shape([4] * 8, 64, bytes_per_image=256 * per_token,
-                      bytes_per_row=512 * per_token, cache_bytes=room) == (2, 4)
+                      bytes_per_row=512 * per_token, cache_bytes=room) == (4, 4)
     with pytest.raises(MemoryError, match="MAX_NEW_TOKENS"):
         slot_shape([4], 64, bytes_per_image=256 * per_token, bytes_per_row=512 * per_token,
                    cache_bytes=100 * per_token)

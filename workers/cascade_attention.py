@@ -14,12 +14,14 @@ Rows of image slot i are rows i*R .. i*R+R-1. Queries arrive pre-scaled, (n, hea
 every call returns (n, L, heads, dim).
 
 Backends: ``matmul`` (plain torch products, exact, any device: the CPU and the tests) and
-``flash`` (torch's flash-attention varlen kernel with per-sequence key counts, on CUDA in
-bf16/fp16: no score tensors in memory, and the row part reads only the columns in use).
+``flash`` (on CUDA in bf16/fp16: torch's flash-attention varlen kernel with per-sequence key
+counts for the prefixes, a Triton kernel for the rows' own columns; no score tensors in
+memory, and the row part reads only the columns in use).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -27,13 +29,22 @@ import torch
 
 logger = logging.getLogger(__name__)
 
+# At most this many key ranges per prefix in the decode step (see FlashDecode).
+MAX_PREFIX_SPLITS = 8
+
 
 @dataclass
 class CascadeCaches:
-    """The static tensors the attention reads and writes (views of one storage)."""
+    """The static tensors the attention reads and writes (views of one storage).
+
+    Rows are a pool: any row may hold a prompt of any image slot. ``row_slot`` says whose
+    prefix each row reads; ``by_slot`` lists the rows sorted by image slot and ``slot_starts``
+    where each slot's rows begin in it, so the flash prefix part reads each prefix once, with
+    all of its rows as one sequence of queries. The scheduler rewrites the three between steps.
+    """
 
     images: int  # I
-    rows: int  # R per image slot
+    batch: int  # B
     prefix_length: int  # P
     row_length: int  # S
     prefix_keys: list[torch.Tensor]  # per layer (I, P, kv_heads, head_dim)
@@ -42,15 +53,33 @@ class CascadeCaches:
     row_values: list[torch.Tensor]
     prefix_filled: torch.Tensor  # (I,): prefix columns in use per image slot
     columns: torch.Tensor  # (B,): the row column a decode step writes
+    row_slot: torch.Tensor  # (B,) long: the image slot each row reads
+    by_slot: torch.Tensor  # (B,) long: rows sorted by image slot
+    slot_starts: torch.Tensor  # (I + 1,) int32: slot i's rows are by_slot[starts[i]:starts[i+1]]
 
-    @property
-    def batch(self) -> int:
-        return self.images * self.rows
+    def assign(self, row_slots: list[int]) -> None:
+        """Point each row at an image slot (``row_slots[b]`` for row b)."""
+        device = self.row_slot.device
+        slots = torch.tensor(row_slots, dtype=torch.long)
+        counts = torch.bincount(slots, minlength=self.images)
+        self.row_slot.copy_(slots.to(device))
+        self.by_slot.copy_(torch.sort(slots, stable=True).indices.to(device))
+        self.slot_starts.copy_(torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+                               .to(device=device, dtype=torch.int32))
 
 
-def flash_available(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether torch's flash varlen kernel runs here with per-sequence key counts."""
+def flash_available(device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
+    """Whether the GPU kernels run here: torch's flash varlen kernel with per-sequence key
+    counts, and Triton for the rows' own columns (head_dim a power of two)."""
     if device.type != "cuda" or dtype not in (torch.bfloat16, torch.float16):
+        return False
+    if head_dim < 16 or head_dim & (head_dim - 1):
+        logger.warning("head_dim %d is not a power of two; the decoder uses plain products", head_dim)
+        return False
+    try:
+        import workers.row_attention  # noqa: F401  (needs Triton)
+    except ImportError as exc:
+        logger.warning("Triton unavailable (%s); the decoder uses plain products", exc)
         return False
     try:
         q = torch.zeros(2, 2, 64, dtype=dtype, device=device)
@@ -68,25 +97,25 @@ def flash_available(device: torch.device, dtype: torch.dtype) -> bool:
 # --- the decode step -------------------------------------------------------------------------
 
 class MatmulDecode:
-    """One new token per row: the prefix part is one product per (image slot, kv head) with
-    the slot's R rows (x query heads per kv head) as queries, so a prefix is read once per
-    image, never copied per row; the row part reads the first ``window`` columns."""
+    """One new token per row, in plain products: each row's prefix part reads its image slot's
+    prefix (gathered per row: memory grows with rows x prefix, so this is the exact reference
+    and the fallback where the GPU kernels do not run); the row part reads the first
+    ``window`` columns."""
 
     def __init__(self, caches: CascadeCaches, window: int):
         self.caches, self.window = caches, window
         device, dtype = caches.columns.device, caches.prefix_keys[0].dtype
         prefix_columns = torch.arange(caches.prefix_length, device=device)
         row_columns = torch.arange(window, device=device)
-        # (I, 1, 1, P) and (B, 1, 1, W): built once per step, shared by every layer.
-        self.prefix_mask = additive(prefix_columns[None, :] < caches.prefix_filled[:, None],
-                                    dtype)[:, None, None]
+        # (B, 1, 1, P) and (B, 1, 1, W): built once per step, shared by every layer.
+        filled = caches.prefix_filled[caches.row_slot]
+        self.prefix_mask = additive(prefix_columns[None, :] < filled[:, None], dtype)[:, None, None]
         self.row_mask = additive(row_columns[None, :] <= caches.columns[:, None], dtype)[:, None, None]
         self.row_index = torch.arange(caches.batch, device=device)
         self.write_at = caches.columns.clamp(max=caches.row_length - 1)
 
     def __call__(self, layer: int, query, key, value) -> torch.Tensor:
         caches = self.caches
-        images, rows = caches.images, caches.rows
         batch, heads, _, dim = query.shape  # (B, H, 1, D)
         kv_heads = key.shape[1]
         group = heads // kv_heads
@@ -94,58 +123,93 @@ class MatmulDecode:
         caches.row_values[layer][self.row_index, self.write_at] = value[:, :, 0]
         row_keys = caches.row_keys[layer][:, : self.window].transpose(1, 2)  # (B, kv, W, D)
         row_values = caches.row_values[layer][:, : self.window].transpose(1, 2)
-        prefix_keys = caches.prefix_keys[layer].transpose(1, 2)  # (I, kv, P, D)
-        prefix_values = caches.prefix_values[layer].transpose(1, 2)
+        prefix_keys = caches.prefix_keys[layer][caches.row_slot].transpose(1, 2)  # (B, kv, P, D)
+        prefix_values = caches.prefix_values[layer][caches.row_slot].transpose(1, 2)
 
-        # (I, kv, R*g, D): an image slot's rows and query heads as one block of queries.
-        by_image = (query.view(images, rows, kv_heads, group, dim)
-                    .transpose(1, 2).reshape(images, kv_heads, rows * group, dim))
-        prefix_scores = (torch.matmul(by_image, prefix_keys.transpose(-1, -2))
-                         + self.prefix_mask).view(images, kv_heads, rows, group, -1)
-        row_scores = torch.matmul(query.view(batch, kv_heads, group, dim),
-                                  row_keys.transpose(-1, -2)) + self.row_mask  # (B, kv, g, W)
-        row_scores = row_scores.view(images, rows, kv_heads, group, -1).transpose(1, 2)
+        queries = query.view(batch, kv_heads, group, dim)
+        prefix_scores = torch.matmul(queries, prefix_keys.transpose(-1, -2)) + self.prefix_mask
+        row_scores = torch.matmul(queries, row_keys.transpose(-1, -2)) + self.row_mask
         prefix_weights, row_weights = joint_weights(prefix_scores, row_scores)
-
-        from_prefix = torch.matmul(prefix_weights.view(images, kv_heads, rows * group, -1),
-                                   prefix_values)  # (I, kv, R*g, D)
-        from_row = torch.matmul(row_weights.transpose(1, 2).reshape(batch, kv_heads, group, -1),
-                                row_values)  # (B, kv, g, D)
-        from_prefix = from_prefix.view(images, kv_heads, rows, group, dim).transpose(1, 2)
-        output = from_prefix.reshape(batch, heads, dim) + from_row.view(batch, heads, dim)
-        return output[:, None]
+        output = torch.matmul(prefix_weights, prefix_values) + torch.matmul(row_weights, row_values)
+        return output.view(batch, heads, dim)[:, None]
 
 
 class FlashDecode:
-    """The decode step on flash attention: image slots are sequences of R queries over their
-    prefix, rows sequences of one query over their own used columns; merged by log-sum-exp."""
+    """The decode step on GPU kernels, merged by log-sum-exp.
 
-    def __init__(self, caches: CascadeCaches, window: int):
-        self.caches = caches
+    Prefix part (flash attention): the queries are gathered in image-slot order, so each slot's
+    rows (all their query heads) are one sequence of queries over the slot's prefix and a
+    prefix is read once per image. At small batches that is too few blocks of work to fill the
+    GPU, so the prefix can be cut into ``splits`` key ranges, each a sequence of its own
+    (flash-decoding's split-KV).
+
+    Row part (``workers.row_attention``, a Triton kernel): each row's used columns, read once
+    per kv head for the query heads that share it.
+    """
+
+    def __init__(self, caches: CascadeCaches, window: int, splits: int = 1):
+        self.caches, self.splits = caches, splits
         device, i32 = caches.columns.device, torch.int32
-        images, rows, batch = caches.images, caches.rows, caches.batch
-        self.per_row = torch.arange(batch + 1, device=device, dtype=i32)
-        self.per_image = torch.arange(images + 1, device=device, dtype=i32) * rows
-        self.prefix_starts = torch.arange(images + 1, device=device, dtype=i32) * caches.prefix_length
-        self.row_starts = self.per_row * caches.row_length
-        self.prefix_used = caches.prefix_filled.to(i32)
+        images, batch = caches.images, caches.batch
         self.write_at = caches.columns.clamp(max=caches.row_length - 1)
         self.row_used = (self.write_at + 1).to(i32)
         self.row_index = torch.arange(batch, device=device)
+        self.unsort = torch.argsort(caches.by_slot)  # sorted position of each row
+        # Prefix sequences ordered (split, image slot); split j of slot i covers its filled
+        # columns [j*chunk, (j+1)*chunk). Computed from device tensors, so a graph replays it.
+        filled = caches.prefix_filled.to(i32)[None, :]  # (1, I)
+        chunk = (filled + splits - 1) // splits
+        part = torch.arange(splits, device=device, dtype=i32)[:, None]  # (c, 1)
+        slot = torch.arange(images, device=device, dtype=i32)[None, :]
+        starts = (slot * caches.prefix_length + part * chunk).reshape(-1)
+        self.prefix_starts = torch.cat([starts, starts[-1:] + caches.prefix_length])
+        self.prefix_used = (filled - part * chunk).clamp(min=0).minimum(chunk).reshape(-1)
+        queries = part * batch + caches.slot_starts[None, :-1]  # (c, I)
+        self.prefix_queries = torch.cat([queries.reshape(-1).to(i32),
+                                         torch.tensor([splits * batch], device=device, dtype=i32)])
+        self.prefix_most_keys = -(-caches.prefix_length // splits)
 
     def __call__(self, layer: int, query, key, value) -> torch.Tensor:
+        from workers.row_attention import row_attention  # Triton: imported where a GPU runs it
+
         caches = self.caches
         caches.row_keys[layer][self.row_index, self.write_at] = key[:, :, 0]
         caches.row_values[layer][self.row_index, self.write_at] = value[:, :, 0]
-        queries = query[:, :, 0]  # (B, H, D)
         kv_heads, dim = key.shape[1], key.shape[3]
-        prefix = _flash(queries, caches.prefix_keys[layer].view(-1, kv_heads, dim),
-                        caches.prefix_values[layer].view(-1, kv_heads, dim), self.per_image,
-                        self.prefix_starts, caches.rows, caches.prefix_length, self.prefix_used)
-        own = _flash(queries, caches.row_keys[layer].view(-1, kv_heads, dim),
-                     caches.row_values[layer].view(-1, kv_heads, dim), self.per_row,
-                     self.row_starts, 1, caches.row_length, self.row_used)
-        return merge(prefix, own)[:, None]
+        queries = query[:, :, 0]  # (B, H, D)
+        sorted_queries = queries[caches.by_slot]
+        if self.splits > 1:
+            sorted_queries = sorted_queries.repeat(self.splits, 1, 1)
+        prefix = _flash(sorted_queries, caches.prefix_keys[layer].view(-1, kv_heads, dim),
+                        caches.prefix_values[layer].view(-1, kv_heads, dim), self.prefix_queries,
+                        self.prefix_starts, caches.batch, self.prefix_most_keys, self.prefix_used)
+        own = row_attention(queries, caches.row_keys[layer], caches.row_values[layer], self.row_used)
+        return _decode_merge()(*prefix, *own, self.unsort, self.splits)[:, None]
+
+
+def decode_merge(prefix_output, prefix_lse, own_output, own_lse, unsort: torch.Tensor,
+                 splits: int) -> torch.Tensor:
+    """FlashDecode's parts into (B, H, D): the prefix parts come split-major in image-slot
+    order (splits*B, H, ...) and go back to row order (``unsort``)."""
+    batch = own_output.shape[0]
+    prefix_output = prefix_output.view(splits, batch, *prefix_output.shape[1:])[:, unsort]
+    prefix_lse = prefix_lse.view(splits, batch, -1)[:, unsort]
+    parts = [(prefix_output[j], prefix_lse[j]) for j in range(splits)]
+    return merge(*parts, (own_output, own_lse))
+
+
+@functools.cache
+def _decode_merge():
+    # One fused kernel instead of ~10 small ones per layer; FlashDecode only runs on CUDA.
+    return torch.compile(decode_merge, dynamic=True, fullgraph=True)
+
+
+def prefix_splits(caches: CascadeCaches, heads: int, processors: int) -> int:
+    """Key ranges to cut each prefix into so the prefix part has ~2 blocks of work per
+    streaming multiprocessor (flash runs a block per 128 queries, sequence and head; a step's
+    rows usually belong to few images)."""
+    blocks = -(-caches.batch // 128) * heads
+    return max(1, min(MAX_PREFIX_SPLITS, 2 * processors // blocks))
 
 
 # --- prefill of rows that start ------------------------------------------------------------
@@ -274,6 +338,8 @@ def _flash(queries, keys, values, query_starts, key_starts, most_queries: int, m
 def merge(*parts: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """Outputs of attention over disjoint key sets, combined into attention over their union."""
     lses = torch.stack([lse for _, lse in parts])  # (parts, total_q, H)
+    # Flash gives an empty key range (a split past a short prefix) a log-sum-exp of +inf.
+    lses = lses.masked_fill(lses == float("inf"), float("-inf"))
     weights = (lses - lses.amax(dim=0, keepdim=True)).exp()
     weights = (weights / weights.sum(dim=0, keepdim=True))[..., None]
     combined = sum(output.float() * weight for (output, _), weight in zip(parts, weights))

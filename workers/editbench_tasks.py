@@ -43,7 +43,9 @@ def _edit_pending(store: RunStore, keys: list[str]) -> dict[str, int]:
         seed = editor.seed_for(f"{store.meta()['seed']}|{key}")
         image = editor.edit(original, item["edit_instruction"], seed=seed)
         path, digest = _save_png(image, Path(item["edited_path"]))
+        # The settings the image was made with (the family's defaults applied): the report's.
         store.mark_done(EDIT_STAGE, key, {"edited_path": str(path), "edited_digest": digest,
+                                          "edit_settings": editor.settings.as_record(),
                                           "seconds": round(time.time() - started, 4),
                                           "started_at": started, "finished_at": time.time(),
                                           "worker": worker_name()})

@@ -93,12 +93,25 @@ def _resident(store: RunStore, name: str, load: Callable[[], tuple[Any, dict]]) 
     return handle
 
 
+# Model name -> why it cannot be loaded, for the reasons that stay true (an editor of an
+# unsupported family, a LoRA that does not fit it): every later item fails with the same
+# reason at once instead of loading the base model again.
+_unloadable: dict[str, str] = {}
+
+
 def _acquire(pool: "ResidencyPool", name: str) -> Any:
+    from shared.editor_families import UnsupportedEditorError
+    from workers.editor_loras import LoraMismatchError
     from workers.models.loading import ModelNotFoundError
     from workers.residency import BudgetExceededError
 
+    if name in _unloadable:
+        raise PermanentError(_unloadable[name])
     try:
         return pool.acquire(name)
+    except (UnsupportedEditorError, LoraMismatchError) as exc:
+        _unloadable[name] = str(exc)
+        raise PermanentError(str(exc)) from exc
     except (ModelNotFoundError, BudgetExceededError) as exc:
         # A missing model stays missing and a too-large one never fits: retries only
         # delay the failure. The message names the setting to fix.
@@ -256,27 +269,35 @@ def _endpoint_judge(url: str, model: str, api_key_env: str, logprobs: bool, valu
 
 
 def editor_for(store: RunStore):
-    from workers.editor import Editor
-    from workers.models.loading import load_image_edit_pipeline
+    """An editor with the run's settings (its family's defaults for those left at 0) over
+    this process's copy of the run's edit pipeline and LoRAs."""
+    from config import TINY_EDITORS
+    from workers.editor import Editor, pipeline_modules
+    from workers.models.loading import EDITOR, load_image_edit_pipeline
 
     meta = store.meta()
     ref, revision, dtype = meta["editor_model"], meta.get("model_revision", ""), run_dtype(store, meta)
+    loras = run_setting(store, meta, "editor_loras")
 
     def load() -> tuple[Any, dict]:
-        kwargs = _load_kwargs(ref, "qwen-image-edit", dtype)
-        pipeline = load_image_edit_pipeline(kwargs.pop("ref"), revision=revision, **kwargs)
-        return pipeline, {"transformer": pipeline.transformer, "vae": pipeline.vae,
-                          "text_encoder": pipeline.text_encoder}
+        kwargs = _load_kwargs(ref, EDITOR, dtype)
+        pipeline = load_image_edit_pipeline(kwargs.pop("ref"), revision=revision, loras=loras, **kwargs)
+        return pipeline, pipeline_modules(pipeline)
 
     pipeline = _resident(store, editor_model_name(meta, dtype), load)
-    return Editor(pipeline, steps=int(meta["edit_steps"]), size=int(meta["edit_size"]),
-                  true_cfg_scale=float(meta["edit_true_cfg_scale"]),
-                  negative_prompt=meta["edit_negative_prompt"])
+    family = Editor.family_of(pipeline)
+    settings = family.settings(steps=int(meta["edit_steps"]), size=int(meta["edit_size"]),
+                               guidance=float(run_setting(store, meta, "edit_guidance")),
+                               negative_prompt=meta["edit_negative_prompt"],
+                               tiny=ref in TINY_EDITORS)
+    return Editor(pipeline, settings)
 
 
 def editor_model_name(meta: dict[str, Any], dtype: Any) -> str:
-    """The residency pool's name for the run's editor."""
-    return _model_name("editor", meta["editor_model"], meta.get("model_revision", ""), dtype)
+    """The residency pool's name for the run's editor: its LoRAs (by digest) are part of it,
+    since runs with other LoRAs over one base need other weights."""
+    loras = "".join(f" +lora {lora['digest'][:12]}x{lora['scale']:g}" for lora in meta.get("editor_loras", []))
+    return _model_name("editor", meta["editor_model"], meta.get("model_revision", ""), dtype) + loras
 
 
 @dataclass(frozen=True)

@@ -14,14 +14,14 @@ not 256 times.
 
 Layout of one decode step (static shapes, so a CUDA graph can replay it)::
 
-    image slots  (I, P, kv_heads, head_dim) per layer     rows of image slot i: i*R .. i*R+R-1
-    rows         (B = I*R, S, kv_heads, head_dim) per layer; a step reads the first W columns
-                 of each row (flash: only the columns the row has used)
+    image slots  (I, P, kv_heads, head_dim) per layer
+    rows         (B, S, kv_heads, head_dim) per layer; a step reads the first W columns of
+                 each row (flash: only the columns the row has used)
 
-Rows are *continuous*: when one ends (eos or its token budget), the next waiting prompt of its
-image takes the slot at the next check (every CHECK_EVERY steps); when an image has no prompts
-left and its rows are free, the slot loads the next image. Rows that end wait at most
-CHECK_EVERY - 1 steps, not for the whole batch.
+Rows are a pool, *continuous*: when one ends (eos or its token budget), the next waiting prompt
+takes it at the next check (every CHECK_EVERY steps), whatever its image; an image enters a
+free image slot when the prompts already loaded would leave rows idle, and leaves it when its
+last prompt has ended. Rows that end wait at most CHECK_EVERY - 1 steps, not for the batch.
 
 Positions follow Qwen3-VL's 3D mrope: the prefix gets the model's ``get_rope_index``; text after
 the image has the same value on all three axes, counting on from the prefix's largest + 1.
@@ -44,6 +44,7 @@ from workers.cascade_attention import (
     MatmulDecode,
     MatmulPrefill,
     flash_available,
+    prefix_splits,
 )
 from workers.decoder_layers import run_layers
 from workers.image_prompt_decoder import (
@@ -66,9 +67,8 @@ logger = logging.getLogger(__name__)
 CHECK_EVERY = 8
 # The row columns read by a step are rounded up to a multiple of this: one graph per window.
 WINDOW_STEP = 128
-# Prompts a row should serve in turn (see slot_shape), and the fewest rows an image slot has.
-ROW_ROUNDS = 4
-MIN_ROWS = 4
+# Batch rows come in multiples of this (one graph per layout), fewer for small calls.
+ROW_MULTIPLE = 64
 # Images whose prefixes run through the model in one pass.
 PREFIX_BATCH = 8
 # Suffix tokens prefilled in one pass when rows start (bounds the pass's attention scores).
@@ -89,29 +89,26 @@ def kv_bytes_per_token(model: PreTrainedModel) -> int:
 
 def slot_shape(prompt_counts: list[int], max_batch: int, *, bytes_per_image: int = 0,
                bytes_per_row: int = 0, cache_bytes: int | None = None) -> tuple[int, int]:
-    """(image slots I, rows per image slot R) for images with these prompt counts.
+    """(image slots I, rows B) for images with these prompt counts.
 
-    A row is bound to its image slot, so an image slot idles from the moment its image has no
-    prompts left until its longest row ends. Slots are therefore sized so each row serves
-    about ROW_ROUNDS prompts of its image (the idle tail is a small part of the slot's time),
-    with as many image slots as the batch holds; with few images, each gets more rows.
-    With ``cache_bytes``, the layout is halved (images first) until its cache fits.
+    Rows: enough for every prompt at once, up to ``max_batch`` (in multiples of ROW_MULTIPLE,
+    a power of two below it). Image slots: one per image, up to one per row (an image holds its
+    slot until its last prompt ends, so extra slots let the next images start meanwhile),
+    a power of two. With ``cache_bytes``, rows are halved (and image slots with them) until
+    the cache fits.
     """
-    most = 1 << (max(max_batch, 1).bit_length() - 1)  # the largest power of two <= max_batch
-    largest = max(prompt_counts)
-    rows = max(MIN_ROWS, power_of_two(-(-largest // ROW_ROUNDS)))
-    images = min(power_of_two(len(prompt_counts)), max(1, most // rows))
-    rows = min(most // images, power_of_two(largest))
-    while cache_bytes is not None and images * (bytes_per_image + rows * bytes_per_row) > cache_bytes:
-        if images == 1 and rows == 1:
+    total = sum(prompt_counts)
+    step = min(ROW_MULTIPLE, power_of_two(total))
+    rows = max(1, min(max_batch, -(-total // step) * step))
+    images = min(power_of_two(len(prompt_counts)), power_of_two(rows))
+    while cache_bytes is not None and images * bytes_per_image + rows * bytes_per_row > cache_bytes:
+        if rows == 1:
             raise MemoryError(
                 f"the decoder cache for one prompt needs {(bytes_per_image + bytes_per_row) / 2**30:.2f}"
                 f" GiB but {cache_bytes / 2**30:.2f} GiB are left after the weights; lower "
                 "EVALFLEET_MAX_NEW_TOKENS or raise EVALFLEET_MEMORY_BUDGET_GB")
-        if images > 1:
-            images //= 2
-        else:
-            rows //= 2
+        rows = -(-rows // 2)
+        images = min(images, power_of_two(rows))
     return images, rows
 
 
@@ -130,7 +127,7 @@ class DecodeStats:
     """What the last ``generate`` did, for logs and benchmarks."""
 
     steps: int = 0
-    rows: int = 0  # batch rows (I x R)
+    rows: int = 0  # batch rows (B)
     live_row_steps: int = 0  # steps that produced a kept token
     prefills: int = 0
     seconds: float = 0.0
@@ -143,7 +140,7 @@ class DecodeStats:
 
 @dataclass
 class _Shape:
-    """Static state of one (I, R, P, S) layout; graphs are keyed on its window too."""
+    """Static state of one (I, B, P, S) layout; graphs are keyed on its window too."""
 
     caches: CascadeCaches
     input_ids: torch.Tensor  # (B, 1): the token fed at this step
@@ -175,7 +172,7 @@ class SlotDecoder:
         self._weights: tuple[int, ...] = ()
         self._graph_pool = None
         # Flash attention where it runs (CUDA, bf16/fp16); plain products elsewhere.
-        self.flash = flash_available(model.device, model.dtype)
+        self.flash = flash_available(model.device, model.dtype, model.config.text_config.head_dim)
         # The layers' elementwise work fused by torch.compile: on CUDA unless told otherwise.
         self.compile_layers = (model.device.type == "cuda" if compile_layers is None
                                else compile_layers)
@@ -340,7 +337,13 @@ class SlotDecoder:
         return logits
 
     def _decode_forward(self, shape: _Shape, window: int) -> torch.Tensor:
-        attention = (FlashDecode if self.flash else MatmulDecode)(shape.caches, window)
+        if self.flash:
+            heads = self.model.config.text_config.num_attention_heads
+            processors = torch.cuda.get_device_properties(self.model.device).multi_processor_count
+            attention = FlashDecode(shape.caches, window,
+                                    prefix_splits(shape.caches, heads, processors))
+        else:
+            attention = MatmulDecode(shape.caches, window)
         hidden = self._layers(shape.input_ids, shape.positions[:, None], attention)
         return self._logits(hidden[:, -1])
 
@@ -352,8 +355,8 @@ class SlotDecoder:
         graph = capture_graph(self.model.device, lambda: self._decode_forward(shape, window),
                               self._graph_pool)
         caches = shape.caches
-        logger.info("captured the decode step for %d x %d rows, prefix %d, window %d in %.2fs",
-                    caches.images, caches.rows, caches.prefix_length, window,
+        logger.info("captured the decode step for %d image slots, %d rows, prefix %d, window %d "
+                    "in %.2fs", caches.images, caches.batch, caches.prefix_length, window,
                     time.perf_counter() - started)
         return graph
 
@@ -367,12 +370,12 @@ class SlotDecoder:
 
     # --- static memory -------------------------------------------------------------------
 
-    def _shape(self, images: int, rows: int, prefix_length: int, row_length: int) -> _Shape:
-        key = (images, rows, prefix_length, row_length)
+    def _shape(self, images: int, batch: int, prefix_length: int, row_length: int) -> _Shape:
+        key = (images, batch, prefix_length, row_length)
         if key not in self._shapes:
             config = self.model.config.text_config
             per_token = config.num_key_value_heads * config.head_dim
-            self._reserve((images * prefix_length + images * rows * row_length) * per_token)
+            self._reserve((images * prefix_length + batch * row_length) * per_token)
             self._shapes[key] = self._new_shape(*key)
         return self._shapes[key]
 
@@ -384,23 +387,26 @@ class SlotDecoder:
         self._storage = new_kv_storage(self.model, elements)
         logger.info("slot decoder cache: %.2f GiB", self.cache_bytes / 2**30)
 
-    def _new_shape(self, images: int, rows: int, prefix_length: int, row_length: int) -> _Shape:
+    def _new_shape(self, images: int, batch: int, prefix_length: int, row_length: int) -> _Shape:
         config = self.model.config.text_config
         heads, dim = config.num_key_value_heads, config.head_dim
         prefix = (images, prefix_length, heads, dim)
-        private = (images * rows, row_length, heads, dim)
+        private = (batch, row_length, heads, dim)
         split = images * prefix_length * heads * dim
-        end = split + images * rows * row_length * heads * dim
+        end = split + batch * row_length * heads * dim
         layers = self._storage.shape[0]
         prefix_views = [self._storage[i, :split].view(prefix) for i in range(layers)]
         row_views = [self._storage[i, split:end].view(private) for i in range(layers)]
-        device, batch = self.model.device, images * rows
+        device = self.model.device
         caches = CascadeCaches(
-            images=images, rows=rows, prefix_length=prefix_length, row_length=row_length,
+            images=images, batch=batch, prefix_length=prefix_length, row_length=row_length,
             prefix_keys=prefix_views[0::2], prefix_values=prefix_views[1::2],
             row_keys=row_views[0::2], row_values=row_views[1::2],
             prefix_filled=torch.ones(images, dtype=torch.long, device=device),
-            columns=torch.zeros(batch, dtype=torch.long, device=device))
+            columns=torch.zeros(batch, dtype=torch.long, device=device),
+            row_slot=torch.zeros(batch, dtype=torch.long, device=device),
+            by_slot=torch.arange(batch, device=device),
+            slot_starts=torch.tensor([0] + [batch] * images, dtype=torch.int32, device=device))
         return _Shape(caches=caches,
                       input_ids=torch.zeros(batch, 1, dtype=torch.long, device=device),
                       positions=torch.zeros(batch, dtype=torch.long, device=device))
@@ -436,6 +442,7 @@ class _Scheduler:
         self.slot_image: list[int | None] = [None] * shape.caches.images
         self.next_position: dict[int, int] = {}
         self.row_request: list[Request | None] = [None] * shape.batch
+        self.row_slot: list[int] = [0] * shape.batch  # a free row keeps its last slot
         self.eos = set(decoder.eos_ids())
         config = decoder.model.generation_config
         generator = None
@@ -498,34 +505,51 @@ class _Scheduler:
             self.shape.caches.columns[index] = 0
 
     def _fill(self, logits: torch.Tensor) -> None:
-        """Give free rows the next prompts of their image; give empty image slots new images."""
-        rows_per_slot = self.shape.caches.rows
-        new_slots: list[int] = []
-        for slot in range(self.shape.caches.images):
-            rows = range(slot * rows_per_slot, (slot + 1) * rows_per_slot)
-            image = self.slot_image[slot]
-            busy = any(self.row_request[r] is not None for r in rows)
-            if (image is None or not self.waiting.get(image)) and not busy and self.images_left:
+        """Free the image slots whose image is done, load the next images while rows would
+        otherwise idle, and give free rows the waiting prompts, images in order."""
+        self._free_finished_slots()
+        free_rows = [r for r, request in enumerate(self.row_request) if request is None]
+        new_slots = self._load_images(len(free_rows))
+        joining: list[tuple[int, int, Request]] = []
+        for slot, image in enumerate(self.slot_image):
+            queue = self.waiting.get(image, []) if image is not None else []
+            while queue and free_rows:
+                row = free_rows.pop(0)
+                self.row_request[row], self.row_slot[row] = queue.pop(0), slot
+                joining.append((row, slot, self.row_request[row]))
+        if joining or new_slots:
+            self.shape.caches.assign(self.row_slot)
+        for chunk in _prefill_chunks(joining):  # sorted by image slot, as the prefill needs
+            rows, slots, requests = zip(*chunk)
+            new_logits = self.decoder.prefill_rows(
+                self.shape, list(rows), list(slots), [r.suffix for r in requests],
+                [self.next_position[r.image] for r in requests])
+            logits[torch.tensor(rows, device=logits.device)] = new_logits.to(logits.dtype)
+
+    def _free_finished_slots(self) -> None:
+        live_slots = {self.row_slot[r] for r, request in enumerate(self.row_request) if request}
+        for slot, image in enumerate(self.slot_image):
+            if image is not None and not self.waiting.get(image) and slot not in live_slots:
+                self.slot_image[slot] = None
+
+    def _load_images(self, free_rows: int) -> list[int]:
+        """Prefill the next images into free slots while fewer prompts wait than rows are free."""
+        waiting = sum(len(self.waiting.get(image, [])) for image in self.slot_image
+                      if image is not None)
+        new_slots = []
+        for slot, image in enumerate(self.slot_image):
+            if not self.images_left or waiting >= free_rows:
+                break
+            if image is None:
                 self.slot_image[slot] = self.images_left.pop(0)
+                waiting += len(self.waiting[self.slot_image[slot]])
                 new_slots.append(slot)
         if new_slots:
             images = [self.slot_image[slot] for slot in new_slots]
             positions = self.decoder.prefill_prefixes(
                 self.shape, new_slots, [self.prefix_inputs.pop(image) for image in images])
             self.next_position.update(zip(images, positions))
-        joining: list[tuple[int, int, Request]] = []
-        for slot, image in enumerate(self.slot_image):
-            queue = self.waiting.get(image, []) if image is not None else []
-            for row in range(slot * rows_per_slot, (slot + 1) * rows_per_slot):
-                if queue and self.row_request[row] is None:
-                    self.row_request[row] = queue.pop(0)
-                    joining.append((row, slot, self.row_request[row]))
-        for chunk in _prefill_chunks(joining):
-            rows, slots, requests = zip(*chunk)
-            new_logits = self.decoder.prefill_rows(
-                self.shape, list(rows), list(slots), [r.suffix for r in requests],
-                [self.next_position[r.image] for r in requests])
-            logits[torch.tensor(rows, device=logits.device)] = new_logits.to(logits.dtype)
+        return new_slots
 
 
 def _left_padded(inputs: list[dict], pad_id: int) -> dict:

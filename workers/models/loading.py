@@ -1,10 +1,11 @@
 """Find, build and load the models a worker runs.
 
 ``EVALFLEET_RELATIONS_MODEL`` (and ``EVALFLEET_JUDGE_MODEL``) name a Qwen3-VL,
-``EVALFLEET_EDITOR_MODEL`` a Qwen-Image-Edit pipeline: a hub id such as
-``Qwen/Qwen3-VL-8B-Instruct`` or ``Qwen/Qwen-Image-Edit``, a local directory, or
-``tiny`` for a random model built once under the work directory. All three load
-through the same ``from_pretrained`` calls.
+``EVALFLEET_EDITOR_MODEL`` a diffusers edit pipeline of a supported family: a hub id
+such as ``Qwen/Qwen3-VL-8B-Instruct`` or ``Qwen/Qwen-Image-Edit-2509``, a local
+directory, or ``tiny`` (``tiny-qwen-image-edit-plus``, ``tiny-flux-kontext`` for the
+other editor families) for a random model built once under the work directory. All
+load through the same ``from_pretrained`` calls.
 """
 
 from __future__ import annotations
@@ -15,24 +16,37 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Sequence
 
+import diffusers
 import torch
-from diffusers import QwenImageEditPipeline
+from diffusers import DiffusionPipeline
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
 
-from config import ENV_PREFIX, TINY_MODEL
-from workers.models.tiny import build_tiny_qwen3_vl, build_tiny_qwen_image_edit
+from config import ENV_PREFIX, TINY_EDITORS, TINY_MODEL
+from shared.editor_families import family_for
+from workers.editor_loras import apply_loras
+from workers.models.tiny import (
+    build_tiny_flux_kontext,
+    build_tiny_qwen3_vl,
+    build_tiny_qwen_image_edit,
+    build_tiny_qwen_image_edit_plus,
+)
 
 logger = logging.getLogger(__name__)
 
-# The kinds of model resolve_model_path() knows, and where each one's tiny model is built.
+# The kinds of model resolve_model_path() knows: the tiny names each accepts, and the
+# directory each one's tiny model is built in.
 QWEN3_VL = "qwen3-vl"
-QWEN_IMAGE_EDIT = "qwen-image-edit"
-TINY_DIR_NAMES = {QWEN3_VL: "tiny-qwen3-vl", QWEN_IMAGE_EDIT: "tiny-qwen-image-edit"}
-TINY_DIR_NAME = TINY_DIR_NAMES[QWEN3_VL]
+EDITOR = "editor"
+TINY_DIR_NAMES = {
+    QWEN3_VL: {TINY_MODEL: "tiny-qwen3-vl"},
+    EDITOR: {TINY_MODEL: "tiny-qwen-image-edit", "tiny-qwen-image-edit-plus": "tiny-qwen-image-edit-plus",
+             "tiny-flux-kontext": "tiny-flux-kontext"},
+}
+TINY_DIR_NAME = TINY_DIR_NAMES[QWEN3_VL][TINY_MODEL]
 
 # The settings that name each model: error messages say which one to fix.
 RELATIONS_MODEL_SETTING = f"{ENV_PREFIX}RELATIONS_MODEL"
@@ -49,21 +63,27 @@ class ModelNotFoundError(RuntimeError):
 def resolve_model_path(ref: str, models_dir: Path, kind: str = QWEN3_VL) -> str:
     """Turn a model setting into what ``from_pretrained`` takes; builds the tiny model on first use.
 
-    ``kind`` says which tiny model ``tiny`` means: ``qwen3-vl`` or ``qwen-image-edit``.
+    ``kind`` says which tiny models the tiny names mean: ``qwen3-vl`` (``tiny``) or
+    ``editor`` (``tiny`` and the other names of TINY_EDITORS).
     """
     if kind not in TINY_DIR_NAMES:
         raise ValueError(f"unknown model kind {kind!r}: use one of {', '.join(TINY_DIR_NAMES)}")
-    if ref != TINY_MODEL:
+    if ref not in TINY_DIR_NAMES[kind]:
         return ref
-    target = Path(models_dir) / TINY_DIR_NAMES[kind]
+    target = Path(models_dir) / TINY_DIR_NAMES[kind][ref]
     if not target.is_dir():
-        _build_tiny_once(target, _tiny_builder(kind))
+        _build_tiny_once(target, _tiny_builder(kind, ref))
     return str(target)
 
 
-def _tiny_builder(kind: str) -> Callable[[Path], Path]:
-    # Looked up when called, not kept in a table, so tests can monkeypatch the builders.
-    return build_tiny_qwen_image_edit if kind == QWEN_IMAGE_EDIT else build_tiny_qwen3_vl
+def _tiny_builder(kind: str, ref: str) -> Callable[[Path], Path]:
+    # Looked up when called, not kept in a module-level table, so tests can monkeypatch
+    # the builders.
+    if kind == QWEN3_VL:
+        return build_tiny_qwen3_vl
+    return {"QwenImageEditPipeline": build_tiny_qwen_image_edit,
+            "QwenImageEditPlusPipeline": build_tiny_qwen_image_edit_plus,
+            "FluxKontextPipeline": build_tiny_flux_kontext}[TINY_EDITORS[ref]]
 
 
 def _build_tiny_once(target: Path, build: Callable[[Path], Path]) -> None:
@@ -156,33 +176,47 @@ def load_vlm(
 
 
 def load_image_edit_pipeline(
-    ref: str, *, revision: str, dtype: torch.dtype, device: torch.device
-) -> QwenImageEditPipeline:
-    """Load a Qwen-Image-Edit pipeline (all components in ``dtype``) onto ``device``.
+    ref: str, *, revision: str, dtype: torch.dtype, device: torch.device,
+    loras: Sequence[dict[str, Any]] = (),
+) -> DiffusionPipeline:
+    """Load an edit pipeline of a supported family (all components in ``dtype``) onto
+    ``device``, with ``loras`` (``{"path", "scale", "digest"}`` each) applied.
 
-    ``ref`` is a hub id such as ``Qwen/Qwen-Image-Edit`` or a local pipeline
-    directory (resolve ``tiny`` first with :func:`resolve_model_path` and kind
-    ``qwen-image-edit``); an empty ``revision`` means the default branch.
+    ``ref`` is a hub id such as ``Qwen/Qwen-Image-Edit`` or a local pipeline directory
+    (resolve the tiny names first with :func:`resolve_model_path` and kind ``editor``);
+    an empty ``revision`` means the default branch. The pipeline class is read from
+    ``model_index.json`` before any weight is loaded: an unsupported one raises
+    UnsupportedEditorError, a LoRA that does not fit LoraMismatchError.
     """
-    if ref == TINY_MODEL:
+    if ref in TINY_EDITORS:
         raise ValueError(
             f"{ref!r} is not loadable as is; pass it through "
-            f"resolve_model_path(ref, models_dir, kind={QWEN_IMAGE_EDIT!r}) first"
+            f"resolve_model_path(ref, models_dir, kind={EDITOR!r}) first"
         )
     try:
         _check_path_or_repo_id(ref)
+        class_name = editor_class_name(ref, revision)
+        family_for(class_name, ref)
+        pipeline_class = getattr(diffusers, class_name)
         # diffusers 0.42 deprecates torch_dtype in favour of dtype (same meaning).
-        pipeline = QwenImageEditPipeline.from_pretrained(
-            ref, revision=revision or None, dtype=dtype
-        )
+        pipeline = pipeline_class.from_pretrained(ref, revision=revision or None, dtype=dtype)
     except (OSError, HFValidationError) as err:
         raise ModelNotFoundError(
             _not_found_message(ref, revision, err, setting=EDITOR_MODEL_SETTING,
-                               what="a local Qwen-Image-Edit pipeline directory")
+                               what="a local edit pipeline directory")
         ) from err
+    apply_loras(pipeline, loras, ref)
     pipeline.to(device)
-    logger.info("loaded %s (revision %s) on %s as %s", ref, revision or "default", device, dtype)
+    logger.info("loaded %s (%s, revision %s) on %s as %s", ref, class_name, revision or "default",
+                device, dtype)
     return pipeline
+
+
+def editor_class_name(ref: str, revision: str) -> str:
+    """The pipeline class of an editor checkpoint: ``_class_name`` of its model_index.json
+    (read from the directory, the Hugging Face cache or the hub)."""
+    config = DiffusionPipeline.load_config(ref, revision=revision or None)
+    return str(config.get("_class_name", ""))
 
 
 def _check_path_or_repo_id(ref: str) -> None:

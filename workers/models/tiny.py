@@ -1,7 +1,8 @@
-"""Build tiny random-weight checkpoints on disk: Qwen3-VL and Qwen-Image-Edit.
+"""Build tiny random-weight checkpoints on disk: Qwen3-VL and the edit pipelines
+(Qwen-Image-Edit, Qwen-Image-Edit-Plus, FLUX.1 Kontext).
 
 Each checkpoint has the real layout (config.json, safetensors, tokenizer and
-processor files; for the editor, diffusers' model_index.json and one folder per
+processor files; for an editor, diffusers' model_index.json and one folder per
 component), so it is loaded by the same ``from_pretrained`` code as
 ``Qwen/Qwen3-VL-8B-Instruct`` or ``Qwen/Qwen-Image-Edit``. Their outputs are
 gibberish; they exist so the fleet, its tests and the one-command mode run end
@@ -14,14 +15,23 @@ import logging
 from pathlib import Path
 from typing import Callable, TypeVar
 
+import diffusers
 import torch
 from diffusers import (
+    AutoencoderKL,
     AutoencoderKLQwenImage,
+    DiffusionPipeline,
     FlowMatchEulerDiscreteScheduler,
+    FluxKontextPipeline,
+    FluxTransformer2DModel,
     QwenImageEditPipeline,
+    QwenImageEditPlusPipeline,
     QwenImageTransformer2DModel,
 )
 from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTokenizer,
     GenerationConfig,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
@@ -34,9 +44,13 @@ from transformers import (
     Qwen3VLMoeForConditionalGeneration,
     Qwen3VLProcessor,
     Qwen3VLVideoProcessor,
+    T5Config,
+    T5EncoderModel,
+    T5Tokenizer,
 )
+from tokenizers import pre_tokenizers
 
-from workers.models.tokenizer import build_tiny_tokenizer
+from workers.models.tokenizer import CORPUS, build_tiny_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -295,10 +309,20 @@ QWEN_IMAGE_SCHEDULER_CONFIG = {
 
 def build_tiny_qwen_image_edit(out_dir: Path, seed: int = 0) -> Path:
     """Build a tiny random ``QwenImageEditPipeline`` with fixed seeds; save it into ``out_dir``."""
+    return _build_tiny_qwen_edit(out_dir, seed, QwenImageEditPipeline)
+
+
+def build_tiny_qwen_image_edit_plus(out_dir: Path, seed: int = 0) -> Path:
+    """Build a tiny random ``QwenImageEditPlusPipeline`` (the class of Qwen-Image-Edit-2509
+    and -2511: the same components, a list of images per call); save it into ``out_dir``."""
+    return _build_tiny_qwen_edit(out_dir, seed, QwenImageEditPlusPipeline)
+
+
+def _build_tiny_qwen_edit(out_dir: Path, seed: int, pipeline_class: type[DiffusionPipeline]) -> Path:
     out_dir = Path(out_dir)
     processor = _build_edit_processor()
     tokenizer = processor.tokenizer
-    pipeline = QwenImageEditPipeline(
+    pipeline = pipeline_class(
         scheduler=FlowMatchEulerDiscreteScheduler(**QWEN_IMAGE_SCHEDULER_CONFIG),
         vae=_seeded(seed, _build_edit_vae),
         text_encoder=_seeded(seed, lambda: _build_edit_text_encoder(tokenizer)),
@@ -306,11 +330,15 @@ def build_tiny_qwen_image_edit(out_dir: Path, seed: int = 0) -> Path:
         processor=processor,
         transformer=_seeded(seed, _build_edit_transformer),
     )
+    return _save_pipeline(pipeline, out_dir)
+
+
+def _save_pipeline(pipeline: DiffusionPipeline, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     pipeline.save_pretrained(out_dir)
-    modules = (pipeline.transformer, pipeline.vae, pipeline.text_encoder)
-    n_params = sum(p.numel() for module in modules for p in module.parameters())
-    logger.info("built tiny Qwen-Image-Edit (%d parameters) in %s", n_params, out_dir)
+    n_params = sum(p.numel() for module in pipeline.components.values()
+                   if isinstance(module, torch.nn.Module) for p in module.parameters())
+    logger.info("built a tiny %s (%d parameters) in %s", type(pipeline).__name__, n_params, out_dir)
     return out_dir
 
 
@@ -421,3 +449,162 @@ def _build_edit_transformer() -> QwenImageTransformer2DModel:
         guidance_embeds=False,
         axes_dims_rope=EDIT_AXES_DIMS_ROPE,
     )
+
+
+# --- FLUX.1 Kontext ------------------------------------------------------------------
+
+# FLUX.1-Kontext-dev's components at toy sizes: CLIP-L (pooled prompt), T5-XXL (prompt
+# tokens), a 16-channel VAE and a guidance-distilled MMDiT. The transformer reads the T5
+# hidden states (joint_attention_dim) and CLIP's pooled output (pooled_projection_dim).
+KONTEXT_CLIP_HIDDEN_SIZE = 32
+KONTEXT_T5_HIDDEN_SIZE = 32
+# CLIP's context: the pipeline pads and cuts prompts to the tokenizer's model_max_length.
+_CLIP_MAX_LENGTH = 77
+# Like the tiny Qwen VAE, 16x downsampling (the real one: 8x): the pipeline resizes the
+# input image to about one megapixel, which 8x would make 4096 image tokens.
+_KONTEXT_VAE_LEVELS = 5
+# FLUX.1's scheduler_config.json.
+FLUX_SCHEDULER_CONFIG = {
+    "num_train_timesteps": 1000,
+    "shift": 3.0,
+    "use_dynamic_shifting": True,
+    "base_shift": 0.5,
+    "max_shift": 1.15,
+    "base_image_seq_len": 256,
+    "max_image_seq_len": 4096,
+}
+
+
+def build_tiny_flux_kontext(out_dir: Path, seed: int = 0) -> Path:
+    """Build a tiny random ``FluxKontextPipeline`` with fixed seeds; save it into ``out_dir``."""
+    clip_tokenizer, t5_tokenizer = _build_clip_tokenizer(), _build_t5_tokenizer()
+    pipeline = FluxKontextPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER_CONFIG),
+        vae=_seeded(seed, _build_kontext_vae),
+        text_encoder=_seeded(seed, lambda: _build_clip_text_encoder(clip_tokenizer)),
+        tokenizer=clip_tokenizer,
+        text_encoder_2=_seeded(seed, lambda: _build_t5_encoder(t5_tokenizer)),
+        tokenizer_2=t5_tokenizer,
+        transformer=_seeded(seed, _build_kontext_transformer),
+    )
+    return _save_pipeline(pipeline, Path(out_dir))
+
+
+def _build_clip_tokenizer() -> CLIPTokenizer:
+    """CLIP's byte-level BPE over the 256 byte symbols, each also as a word end, no merges:
+    every text is encodable, one token per byte."""
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tokens = [*alphabet, *(symbol + "</w>" for symbol in alphabet), "<|startoftext|>", "<|endoftext|>"]
+    return CLIPTokenizer(vocab={token: i for i, token in enumerate(tokens)}, merges=[],
+                         model_max_length=_CLIP_MAX_LENGTH)
+
+
+def _build_t5_tokenizer() -> T5Tokenizer:
+    """T5's unigram model over the project corpus: its words and characters."""
+    words = sorted({word for text in CORPUS for word in text.split()})
+    characters = sorted({char for text in CORPUS for char in text if not char.isspace()})
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    vocab += [("\u2581" + word, -5.0) for word in words]
+    vocab += [(char, -10.0) for char in characters]
+    return T5Tokenizer(vocab=vocab, extra_ids=0)
+
+
+def _build_clip_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=KONTEXT_CLIP_HIDDEN_SIZE,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=_CLIP_MAX_LENGTH,
+        projection_dim=KONTEXT_CLIP_HIDDEN_SIZE,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return CLIPTextModel(config)
+
+
+def _build_t5_encoder(tokenizer: T5Tokenizer) -> T5EncoderModel:
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=KONTEXT_T5_HIDDEN_SIZE,
+        d_kv=8,
+        d_ff=37,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        feed_forward_proj="gated-gelu",
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )
+    return T5EncoderModel(config)
+
+
+def _build_kontext_vae() -> AutoencoderKL:
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * _KONTEXT_VAE_LEVELS,
+        up_block_types=("UpDecoderBlock2D",) * _KONTEXT_VAE_LEVELS,
+        block_out_channels=(4,) * _KONTEXT_VAE_LEVELS,
+        layers_per_block=1,
+        latent_channels=EDIT_LATENT_CHANNELS,
+        norm_num_groups=1,
+        # FLUX.1's VAE has no quant convs; its latent statistics (shift, scale) are kept.
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.1159,
+        scaling_factor=0.3611,
+    )
+
+
+def _build_kontext_transformer() -> FluxTransformer2DModel:
+    return FluxTransformer2DModel(
+        patch_size=1,
+        # Latents are packed in 2x2 patches, as in the Qwen pipelines.
+        in_channels=4 * EDIT_LATENT_CHANNELS,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=sum(EDIT_AXES_DIMS_ROPE),
+        num_attention_heads=2,
+        joint_attention_dim=KONTEXT_T5_HIDDEN_SIZE,
+        pooled_projection_dim=KONTEXT_CLIP_HIDDEN_SIZE,
+        # FLUX.1-Kontext-dev is guidance-distilled: guidance_scale is an input of the model.
+        guidance_embeds=True,
+        axes_dims_rope=EDIT_AXES_DIMS_ROPE,
+    )
+
+
+# --- LoRA ------------------------------------------------------------------------------
+
+# The attention projections of both transformer families: what LoRAs for editors adapt.
+LORA_TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+def build_tiny_lora(editor_dir: Path, out_dir: Path, seed: int = 0, rank: int = 4) -> Path:
+    """A random LoRA for the transformer of the edit pipeline saved in ``editor_dir``, saved
+    into ``out_dir`` with the pipeline class's ``save_lora_weights`` (the file a trainer
+    writes: ``pytorch_lora_weights.safetensors``). Both LoRA matrices are random, so it
+    changes the edits."""
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    editor_dir, out_dir = Path(editor_dir), Path(out_dir)
+    pipeline_class = getattr(diffusers, DiffusionPipeline.load_config(editor_dir)["_class_name"])
+    transformer_class = getattr(diffusers, _component_class(editor_dir, "transformer"))
+    transformer = transformer_class.from_pretrained(editor_dir, subfolder="transformer")
+    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGET_MODULES,
+                        init_lora_weights=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer.add_adapter(config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pipeline_class.save_lora_weights(out_dir, transformer_lora_layers=get_peft_model_state_dict(transformer))
+    logger.info("built a tiny random LoRA (rank %d) for %s in %s", rank, editor_dir, out_dir)
+    return out_dir
+
+
+def _component_class(pipeline_dir: Path, component: str) -> str:
+    # model_index.json maps each component to [library, class name].
+    return DiffusionPipeline.load_config(pipeline_dir)[component][1]

@@ -55,9 +55,10 @@ QWEN_PLAIN_ADDED_TOKENS: tuple[str, ...] = (
     "</think>",
 )
 
-# Byte-level BPE covers any input; the corpus only decides which merges exist.
+# Byte-level BPE covers any input; the corpus only decides which merges exist (and the
+# tiny FLUX.1 Kontext tokenizers take their vocabulary from it).
 # It leans on the words the relations and edit prompts use, in English and Chinese.
-_CORPUS: tuple[str, ...] = (
+CORPUS: tuple[str, ...] = (
     "这是一张图，物体和在位置，位于，请给出细节的相对关系 is roughly on near under holding",
     "这是一张图片。图中有一只猫和一张桌子，猫位于桌子上面。请给出两个物体之间的相对位置关系。",
     "请描述图中物体的位置、颜色、大小和形状，并说明它们之间的空间关系。",
@@ -115,7 +116,7 @@ def _train_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    bpe.train_from_iterator(_CORPUS, trainer=trainer)
+    bpe.train_from_iterator(CORPUS, trainer=trainer)
     # The Python BPE model exposes no getter for merges; its JSON state has them.
     state = json.loads(bpe.to_str())["model"]
     return state["vocab"], [tuple(pair) for pair in state["merges"]]
