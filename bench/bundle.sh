@@ -17,5 +17,8 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
     flower==2.2.0 tornado humanize pytz prometheus_client \
     matplotlib==3.11.2 contourpy==1.3.3 cycler==0.12.1 fonttools==4.68.0 kiwisolver==1.5.1 \
     pyparsing==3.3.2 python-dateutil==2.9.0.post0 six==1.17.0 \
+    openai==3.57.0 httpx2==2.16.2 httpcore2==2.16.2 h11==0.16.0 truststore==0.10.5 jiter==0.19.0 \
+    anyio==4.16.0 sniffio==1.3.1 idna==3.20 pydantic==2.13.4 pydantic_core==2.46.4 \
+    annotated-types==0.7.0 typing-inspection==0.4.2 \
     scipy==1.17.1
 echo "bundle in $dir: $(ls "$dir" | wc -l) wheels, $(du -sh "$dir" | cut -f1)"

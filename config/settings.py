@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Mapping
@@ -34,6 +35,9 @@ DEFAULT_BROKER_URL = "redis://localhost:6379/0"
 
 # Seconds between a task's soft time limit (it fails its items) and its hard one (killed).
 TIME_LIMIT_GRACE_SECONDS = 30
+
+JUDGE_MODES = ("score", "reasoning")
+JUDGE_BACKENDS = ("local", "endpoint")
 
 # URL schemes a broker or result URL may have.
 REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -101,6 +105,29 @@ class Settings:
     memory_budget_gb: float = 0.0
     # Per-category judge prompt templates; empty means config/prompts.
     prompts_dir: str = ""
+    # The judge's rubric: "default" (one 0-10 score), or a folder <prompts_dir>/rubrics/<name>/
+    # ("viescore", "kris" ship with evalfleet).
+    judge_rubric: str = "default"
+    # "score": read each criterion's score from the first answer token; "reasoning": the
+    # judge writes a rationale first (at most judge_reasoning_tokens tokens), then "Score: N".
+    judge_mode: str = "score"
+    judge_reasoning_tokens: int = 256
+    # "local": the Qwen3-VL of judge_model in the worker; "endpoint": an OpenAI-compatible
+    # chat-completions server (vLLM, SGLang, a hosted model): no GPU and no judge model in the worker.
+    judge_backend: str = "local"
+    judge_endpoint_url: str = ""  # e.g. http://vllm-host:8000/v1
+    judge_endpoint_model: str = ""  # the served model's name, e.g. Qwen/Qwen2.5-VL-72B-Instruct
+    # The NAME of the environment variable that holds the API key (the key itself is never
+    # stored, logged or printed); empty: no key (a local server).
+    judge_endpoint_api_key_env: str = ""
+    # Ask for logprobs/top_logprobs: the score is then the expectation over the scale's tokens.
+    judge_endpoint_logprobs: bool = True
+    # Requests one worker process has in flight at once.
+    judge_endpoint_concurrency: int = 4
+    judge_endpoint_timeout_seconds: float = 120.0
+    # Retries of a request on 408/409/429/5xx and lost connections (the openai client's own,
+    # with exponential back-off that honours Retry-After); then the item fails.
+    judge_endpoint_max_retries: int = 4
 
     # --- relations job (SPEC.md defaults) -------------------------------------
     top_k: int = 10
@@ -232,7 +259,7 @@ def _validate(s: Settings) -> None:
                                 f"redis://[:password@]host:port/db (scheme {urlsplit(url).scheme!r})")
     positive = ("top_k", "batch_size", "max_batch", "max_new_tokens", "task_prompts",
                 "workers_per_gpu", "judge_batch_size", "task_time_limit", "retry_backoff_seconds",
-                "visibility_timeout")
+                "visibility_timeout", "judge_reasoning_tokens", "judge_endpoint_concurrency")
     for name in positive:
         if getattr(s, name) < 1:
             raise SettingsError(f"{ENV_PREFIX}{name.upper()} must be at least 1")
@@ -250,12 +277,33 @@ def _validate(s: Settings) -> None:
     if s.task_max_retries < 0 or s.poll_interval_seconds <= 0 or s.stall_seconds <= 0:
         raise SettingsError(f"{ENV_PREFIX}TASK_MAX_RETRIES must be >= 0, POLL_INTERVAL_SECONDS "
                             f"and STALL_SECONDS > 0")
+    _validate_judge(s)
     if s.decoder not in ("slots", "static"):
         raise SettingsError(f"{ENV_PREFIX}DECODER={s.decoder!r}: use slots or static")
     if s.dtype not in ("auto", "bfloat16", "float16", "float32"):
         raise SettingsError(
             f"{ENV_PREFIX}DTYPE={s.dtype!r}: use auto, bfloat16, float16 or float32"
         )
+
+
+def _validate_judge(s: Settings) -> None:
+    if s.judge_mode not in JUDGE_MODES:
+        raise SettingsError(f"{ENV_PREFIX}JUDGE_MODE={s.judge_mode!r}: use {' or '.join(JUDGE_MODES)}")
+    if s.judge_backend not in JUDGE_BACKENDS:
+        raise SettingsError(f"{ENV_PREFIX}JUDGE_BACKEND={s.judge_backend!r}: use {' or '.join(JUDGE_BACKENDS)}")
+    if not re.fullmatch(r"[\w-]{1,64}", s.judge_rubric):
+        raise SettingsError(f"{ENV_PREFIX}JUDGE_RUBRIC={s.judge_rubric!r}: a rubric folder's name "
+                            "(letters, digits, _ or -)")
+    if s.judge_backend == "endpoint":
+        if urlsplit(s.judge_endpoint_url).scheme not in ("http", "https") or not s.judge_endpoint_model:
+            raise SettingsError(f"the endpoint judge needs {ENV_PREFIX}JUDGE_ENDPOINT_URL (http[s]://host:port/v1) "
+                                f"and {ENV_PREFIX}JUDGE_ENDPOINT_MODEL (the served model's name)")
+    if s.judge_endpoint_api_key_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", s.judge_endpoint_api_key_env):
+        raise SettingsError(f"{ENV_PREFIX}JUDGE_ENDPOINT_API_KEY_ENV names the environment variable that "
+                            "holds the key (e.g. OPENAI_API_KEY), not the key")
+    if s.judge_endpoint_timeout_seconds <= 0 or s.judge_endpoint_max_retries < 0:
+        raise SettingsError(f"{ENV_PREFIX}JUDGE_ENDPOINT_TIMEOUT_SECONDS must be > 0 and "
+                            f"{ENV_PREFIX}JUDGE_ENDPOINT_MAX_RETRIES >= 0")
 
 
 __all__ = ["Settings", "SettingsError", "load_settings", "to_environ", "parse_lora", "TINY_MODEL",

@@ -84,7 +84,7 @@ def _inputs(args: argparse.Namespace, settings: Settings) -> tuple[Path, Path]:
 
 def _apply_flags(args: argparse.Namespace, settings: Settings) -> Settings:
     changes = {name: getattr(args, name) for name in ("top_k", "batch_size", "relations_model",
-                                                      "workers_per_gpu")
+                                                      "workers_per_gpu", "judge_rubric")
                if getattr(args, name, None) is not None}
     if getattr(args, "lora", None):
         if any(LORA_SEPARATOR in lora for lora in args.lora):
@@ -154,6 +154,9 @@ def _print_editbench(report: dict, output: Path) -> None:
     figures = (f"mean={overall['mean']:.3f} std={overall['std']:.3f}" if overall["mean"] is not None
              else "mean=- std=-")
     print(f"  overall: n={overall['n']} {figures}; swaps: {len(report['swaps'])}")
+    if len(report["criteria"]) > 1:
+        for name, crit in report["criteria"].items():
+            print(f"  {name}: n={crit['n']} mean={crit['mean']} std={crit['std']} failed={crit['failed']}")
     for failure in report["failures"]:
         print(f"  failed {failure['key']} ({failure['stage']}): {failure['reason']}")
     print(f"report: {output}\nchart: {report['chart']}")
@@ -340,6 +343,9 @@ def _add_editbench_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--phase-scope", choices=PHASE_SCOPES, default="run",
                    help="drain all edits of the run before scoring (run), or edit then score "
                         "one category at a time like the seed design (category)")
+    p.add_argument("--rubric", dest="judge_rubric",
+                   help="the judge's rubric: default, viescore, kris, or a folder under "
+                        "<prompts dir>/rubrics/ (EVALFLEET_JUDGE_RUBRIC)")
     p.add_argument("--lora", action="append", metavar="PATH[:SCALE]",
                    help="a LoRA on top of the editor (.safetensors file or a directory holding "
                         "one), scale 1 by default; repeat for several (replaces "

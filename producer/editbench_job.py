@@ -26,7 +26,8 @@ from shared.artifacts import ArtifactStore
 from shared.editbench_data import prepare_benchmark
 from shared.keys import content_digest, derive_run_id, inputs_digest
 from shared.messages import EDIT_STAGE, EDIT_TASK, SCORE_STAGE, SCORE_TASK
-from shared.prompt_manager import PromptTemplateError, read_templates
+from shared.prompt_manager import PromptTemplateError
+from shared.rubric import RubricError, read_rubric_templates
 from shared.store import RunStore
 
 log = logging.getLogger(__name__)
@@ -50,10 +51,11 @@ def prompts_digest(templates: dict[str, str]) -> str:
 
 
 def run_templates(settings: Settings) -> dict[str, str]:
-    """The judge templates the run is registered with: the producer's prompts directory."""
+    """The files of the judge's rubric the run is registered with: the producer's prompts directory."""
     try:
-        return read_templates(settings.prompts)
-    except (PromptTemplateError, FileNotFoundError) as exc:
+        return read_rubric_templates(settings.prompts, settings.judge_rubric,
+                                     reasoning=settings.judge_mode == "reasoning")
+    except (PromptTemplateError, RubricError, FileNotFoundError) as exc:
         raise SettingsError(str(exc)) from None
 
 
@@ -69,7 +71,22 @@ def result_settings(settings: Settings, templates: dict[str, str]) -> dict[str, 
             "edit_steps": settings.edit_steps, "edit_size": settings.edit_size,
             "edit_guidance": settings.edit_guidance,
             "edit_negative_prompt": settings.edit_negative_prompt, "seed": settings.seed,
-            "prompts": prompts_digest(templates)}
+            "judge_rubric": settings.judge_rubric, "prompts": prompts_digest(templates),
+            "judge_mode": settings.judge_mode, "judge_reasoning_tokens": _reasoning_tokens(settings),
+            "judge_backend": settings.judge_backend, **_endpoint_identity(settings)}
+
+
+def _reasoning_tokens(settings: Settings) -> int:
+    return settings.judge_reasoning_tokens if settings.judge_mode == "reasoning" else 0
+
+
+def _endpoint_identity(settings: Settings) -> dict[str, Any]:
+    """The served model and whether its logprobs are asked for change scores; where it is served
+    (the URL) and the key's variable do not: they are stored with the run, the latest command's."""
+    if settings.judge_backend != "endpoint":
+        return {"judge_endpoint_model": "", "judge_endpoint_logprobs": False}
+    return {"judge_endpoint_model": settings.judge_endpoint_model,
+            "judge_endpoint_logprobs": settings.judge_endpoint_logprobs}
 
 
 def lora_records(settings: Settings) -> list[dict[str, Any]]:
@@ -104,6 +121,8 @@ def register_editbench(settings: Settings, store_client, benchmark: Path,
                       "judge_batch_size": settings.judge_batch_size,
                       "workers_per_gpu": settings.workers_per_gpu,
                       "prompts_dir": str(settings.prompts), "prompt_templates": templates,
+                      "judge_endpoint_url": settings.judge_endpoint_url,
+                      "judge_endpoint_api_key_env": settings.judge_endpoint_api_key_env,
                       **result_settings(settings, templates)},
               IDENTITY, restart, artifacts.dir)
     items: dict[str, dict[str, Any]] = {}

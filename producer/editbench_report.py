@@ -1,4 +1,5 @@
-"""The editbench report: JSON (written atomically) and a PNG bar chart of per-category means."""
+"""The editbench report: JSON (written atomically) and a PNG bar chart of per-category means
+(with a rubric of several criteria: each criterion's mean, side by side)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from shared.artifacts import write_atomic
 from shared.jsonio import write_json_atomic
 from shared.keys import KEY_SEP
 from shared.messages import EDIT_STAGE, SCORE_STAGE
+from shared.rubric import DEFAULT_RUBRIC, rubric_from_templates
 from shared.store import RunStore
 
 # English names for the reference categories, for charts drawn without a CJK font.
@@ -44,18 +46,22 @@ def editbench_report(store: RunStore) -> dict[str, Any]:
         cat = categories.setdefault(item.get("category", category), {"pairs": 0, "results": []})
         cat["pairs"] += 1
         if key in scored:
-            cat["results"].append({"pair_id": item["pair_id"], "score": scored[key]["score"],
-                                   "edited_image": edited[key]["edited_path"],
-                                   "probabilities": scored[key]["probabilities"]})
+            cat["results"].append(_result(item, scored[key], edited[key]))
+    criteria = _criteria_names(meta)
     for name, cat in categories.items():
         scores = [r["score"] for r in cat["results"]]
         cat.update(scored=len(scores), count=len(scores), scores=scores,
                    failed=sum(f["category"] == name for f in failures), **_stats(scores))
+        cat["criteria"] = _criteria_stats(criteria, cat["results"], cat["pairs"])
     all_scores = [r["score"] for c in categories.values() for r in c["results"]]
+    all_results = [r for c in categories.values() for r in c["results"]]
     return {
         "run": {**{k: v for k, v in meta.items() if k not in ("categories",)},
                 "edit_settings": _edit_settings(edited)},
+        "rubric": _rubric(meta),
         "categories": categories,
+        "criteria": _criteria_stats(criteria, all_results, sum(c["pairs"] for c in categories.values())),
+        "scoring": _sources(all_results),
         "overall": {"n": len(all_scores), **{k: v for k, v in _stats(all_scores).items()
                                             if k in ("mean", "std", "ci95")},
                     "pairs": sum(c["pairs"] for c in categories.values()), "failed": len(failed_keys)},
@@ -63,6 +69,47 @@ def editbench_report(store: RunStore) -> dict[str, Any]:
         "swaps": store.swaps(),
         "phases": _phase_seconds(store),
     }
+
+
+def _result(item: dict[str, Any], scored: dict[str, Any], edited: dict[str, Any]) -> dict[str, Any]:
+    """One pair's line: the overall score, each criterion's (how it was read, the rationale in
+    the reasoning mode) and, for a one-criterion rubric, its probabilities as before."""
+    result = {"pair_id": item["pair_id"], "score": scored["score"], "edited_image": edited["edited_path"],
+              "criteria": scored.get("criteria", {})}
+    if "probabilities" in scored:
+        result["probabilities"] = scored["probabilities"]
+    return result
+
+
+def _rubric(meta: dict[str, Any]) -> dict[str, Any]:
+    templates = meta.get("prompt_templates", {})
+    rubric = rubric_from_templates(meta.get("judge_rubric", DEFAULT_RUBRIC), templates)
+    return {**rubric.describe(), "mode": meta.get("judge_mode", "score"),
+            "backend": meta.get("judge_backend", "local")}
+
+
+def _criteria_names(meta: dict[str, Any]) -> list[str]:
+    return _rubric(meta)["criteria"]
+
+
+def _criteria_stats(names: list[str], results: list[dict[str, Any]], pairs: int) -> dict[str, Any]:
+    """Per criterion: n, mean, std (with the mean's 95% interval), and failed (pairs without a score for it)."""
+    out = {}
+    for name in names:
+        scores = [r["criteria"][name]["score"] for r in results if name in r.get("criteria", {})]
+        stats = _stats(scores)
+        out[name] = {"n": len(scores), "mean": stats["mean"], "std": stats["std"], "ci95": stats["ci95"],
+                     "failed": pairs - len(scores)}
+    return out
+
+
+def _sources(results: list[dict[str, Any]]) -> dict[str, int]:
+    """How many criterion scores were read from what: logits, logprobs, or the stated answer."""
+    counts: dict[str, int] = {}
+    for result in results:
+        for criterion in result.get("criteria", {}).values():
+            counts[criterion["source"]] = counts.get(criterion["source"], 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def _edit_settings(edited: dict[str, dict]) -> dict[str, Any] | list[dict[str, Any]] | None:
@@ -151,20 +198,26 @@ def render_chart(report: dict[str, Any]) -> bytes:
     names = list(report["categories"])
     labels, font = chart_labels(names)
     means = [report["categories"][n]["mean"] or 0.0 for n in names]
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * len(names) + 1), 3.6), dpi=100)
+    criteria = report["rubric"]["criteria"]
+    low, high = report["rubric"]["scale"]
+    width = 1.3 if len(criteria) == 1 else 0.35 * (len(criteria) + 1) + 0.5
+    fig, ax = plt.subplots(figsize=(max(4.0, width * len(names) + 1), 3.6), dpi=100)
     try:
-        bars = ax.bar(range(len(names)), means, color="#4c72b0",
-                      yerr=error_bars([report["categories"][n] for n in names]), capsize=4,
-                      error_kw={"elinewidth": 1, "ecolor": "#333333"})
-        for bar, name in zip(bars, names):
-            cat = report["categories"][name]
-            top = (cat.get("ci95") or [0, bar.get_height()])[1]
-            ax.annotate(f"{cat['mean']:.2f}\nn={cat['count']}" if cat["mean"] is not None else "n=0",
-                        (bar.get_x() + bar.get_width() / 2, top),
-                        ha="center", va="bottom", fontsize=8)
+        if len(criteria) > 1:
+            _criteria_bars(ax, report, names, criteria)
+        else:
+            bars = ax.bar(range(len(names)), means, color="#4c72b0",
+                          yerr=error_bars([report["categories"][n] for n in names]), capsize=4,
+                          error_kw={"elinewidth": 1, "ecolor": "#333333"})
+            for bar, name in zip(bars, names):
+                cat = report["categories"][name]
+                top = (cat.get("ci95") or [0, bar.get_height()])[1]
+                ax.annotate(f"{cat['mean']:.2f}\nn={cat['count']}" if cat["mean"] is not None else "n=0",
+                            (bar.get_x() + bar.get_width() / 2, top),
+                            ha="center", va="bottom", fontsize=8)
         ax.set_xticks(range(len(names)), labels, fontfamily=font or "sans-serif")
-        ax.set_ylim(0, 11)
-        ax.set_ylabel("mean score (0-10), 95% interval")
+        ax.set_ylim(0, high * (1.1 if len(criteria) == 1 else 1.35))
+        ax.set_ylabel(f"mean score ({low}-{high})" + (", 95% interval" if len(criteria) == 1 else ""))
         overall = report["overall"]["mean"]
         ax.set_title(f"{report['run']['run_id']}: overall mean "
                      f"{overall:.2f}" if overall is not None else report["run"]["run_id"], fontsize=9)
@@ -174,3 +227,23 @@ def render_chart(report: dict[str, Any]) -> bytes:
         return buf.getvalue()
     finally:
         plt.close(fig)
+
+
+def _criteria_bars(ax, report: dict[str, Any], names: list[str], criteria: list[str]) -> None:
+    """One bar per criterion in each category's group, and the overall score last."""
+    series = [*criteria, "overall"]
+    step = 0.8 / len(series)
+    for i, series_name in enumerate(series):
+        means, counts = [], []
+        for name in names:
+            cat = report["categories"][name]
+            stats = cat if series_name == "overall" else cat["criteria"][series_name]
+            means.append(stats["mean"] or 0.0)
+            counts.append(stats["count"] if series_name == "overall" else stats["n"])
+        offsets = [x - 0.4 + step * (i + 0.5) for x in range(len(names))]
+        bars = ax.bar(offsets, means, width=step, label=series_name,
+                      color="#555555" if series_name == "overall" else None)
+        for bar, mean in zip(bars, means):
+            ax.annotate(f"{mean:.1f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        ha="center", va="bottom", fontsize=6)
+    ax.legend(fontsize=7, ncols=min(len(series), 5), loc="upper center")

@@ -22,6 +22,8 @@ MODEL_SETTINGS = {"relations": ("relations_model",), "editbench": ("editor_model
 def check_run_settings(settings: Settings, job: str) -> None:
     """The models the job needs can exist, and the judge's prompts are there."""
     for name in MODEL_SETTINGS[job]:
+        if name == "judge_model" and settings.judge_backend == "endpoint":
+            continue  # the endpoint serves the judge: no model here
         _check_model(name, getattr(settings, name))
     if job == "editbench":
         _check_editor_family(settings.editor_model, settings.model_revision)

@@ -189,3 +189,39 @@ def test_a_judge_batch_that_fails_is_narrowed_to_the_pairs_that_caused_it(model_
     assert len(report["failures"]) == per_category["环境"]
     # 4-pair batches in category order: the failing pairs shared batches with others.
     assert report["overall"]["n"] == sum(per_category.values()) - per_category["环境"]
+
+
+def test_a_rubric_of_several_criteria_reports_each(editbench_fleet, fleet_env, redis_client, tmp_path):
+    benchmark = one_pair_per_category(write_editbench_sample(tmp_path / "sample"))
+    proc, output = run_editbench(fleet_env, benchmark, tmp_path, "--rubric", "viescore")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = read_json(output)
+    assert report["rubric"]["criteria"] == ["SC", "PQ"] and report["rubric"]["overall"] == "viescore"
+    assert report["run"]["judge_rubric"] == "viescore" and report["scoring"] == {"logits": 10}
+    for cat in report["categories"].values():
+        [result] = cat["results"]
+        sc, pq = result["criteria"]["SC"]["score"], result["criteria"]["PQ"]["score"]
+        assert result["score"] == pytest.approx((sc * pq) ** 0.5)
+        assert sum(result["criteria"]["PQ"]["probabilities"].values()) == pytest.approx(1, abs=1e-4)
+        assert {k: cat["criteria"]["SC"][k] for k in ("n", "mean", "std", "failed")} == {
+            "n": 1, "mean": sc, "std": 0.0, "failed": 0}
+    sc_all = [c["results"][0]["criteria"]["SC"]["score"] for c in report["categories"].values()]
+    assert report["criteria"]["SC"]["mean"] == pytest.approx(statistics.fmean(sc_all), abs=1e-4)
+    assert Image.open(report["chart"]).format == "PNG"
+    assert "SC: n=5" in proc.stdout
+
+
+def test_reasoning_mode_fails_pairs_whose_answer_states_no_score(editbench_fleet, fleet_env, redis_client,
+                                                                 tmp_path):
+    benchmark = one_pair_per_category(write_editbench_sample(tmp_path / "sample"))
+    env = {**fleet_env, "EVALFLEET_JUDGE_MODE": "reasoning", "EVALFLEET_JUDGE_REASONING_TOKENS": "8"}
+    proc, output = run_editbench(env, benchmark, tmp_path)
+    # The tiny random judge writes no "Score: N": each pair fails with its answer, none scores 0.
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = read_json(output)
+    assert report["overall"]["n"] == 0 and len(report["failures"]) == 5
+    for failure in report["failures"]:
+        assert failure["stage"] == "score" and failure["attempts"] == 1
+        assert failure["reason"].startswith("criterion score: the judge's answer states no score from 0 to 10")
+    assert report["criteria"]["score"] == {"n": 0, "mean": None, "std": None, "ci95": None, "failed": 5}
+    assert report["rubric"]["mode"] == "reasoning"

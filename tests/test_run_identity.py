@@ -152,7 +152,7 @@ def test_the_dtype_is_part_of_the_run():
 
 def test_workers_score_with_the_run_s_prompts_not_their_own(server, tmp_path):
     from workers.celery_app import settings as worker_settings
-    from workers.runtime import run_prompts
+    from workers.runtime import run_rubric
 
     prompts = tmp_path / "producer-prompts"
     prompts.mkdir()
@@ -163,7 +163,7 @@ def test_workers_score_with_the_run_s_prompts_not_their_own(server, tmp_path):
     run = register_editbench(settings, connect(server.url), write_editbench_sample(tmp_path / "b"), "p")
     # The producer's folder may be gone or changed by the time a worker scores.
     (prompts / "default.user.txt").write_text("changed after registration")
-    prompt = run_prompts(run.store).get_full_prompt("物理", "desc", "make it red")
+    prompt = run_rubric(run.store).prompts["score"].get_full_prompt("物理", "desc", "make it red")
     assert prompt == {"system_prompt": "the producer's system prompt",
                       "user_prompt": "the producer's user prompt: make it red"}
 

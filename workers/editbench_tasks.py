@@ -13,10 +13,11 @@ from pathlib import Path
 
 from shared.artifacts import write_once
 from shared.images import ImageFileError, open_image
+from shared.judge_scores import JudgeFailure
 from shared.messages import EDIT_STAGE, EDIT_TASK, SCORE_STAGE, SCORE_TASK
 from shared.store import RunStore
 from workers.celery_app import app
-from workers.runtime import editor_for, judge_for, run_prompts, run_store, worker_name
+from workers.runtime import editor_for, judge_for, run_rubric, run_store, worker_name
 from workers.task_support import TASK_LEVEL_ERRORS, ItemTask, failure_message, pending_items
 
 log = logging.getLogger(__name__)
@@ -68,26 +69,47 @@ def score_pairs(self, run_id: str, keys: list[str]) -> dict[str, int]:
 def _score_pending(store: RunStore, keys: list[str]) -> dict[str, int]:
     started = time.time()
     pending = pending_items(store, SCORE_STAGE, keys)
-    # A run without templates raises PermanentError: its pairs fail at once, saying why.
-    batch = _judge_inputs(store, pending, run_prompts(store))
+    # A run without its rubric raises PermanentError: its pairs fail at once, saying why.
+    judging = run_rubric(store)
+    batch = _judge_inputs(store, pending, judging)
     if not batch:
         return {"scored": 0}
-    scores = _score_batch(store, batch)
+    results = _score_batch(store, batch)
     finished = time.time()
-    for key, result in scores.items():
-        store.mark_done(SCORE_STAGE, key, {"score": result.score, "probabilities": result.probabilities,
+    scored = 0
+    for key, rows in results.items():
+        failures = [f"criterion {name}: {r.reason}" for name, r in rows.items() if isinstance(r, JudgeFailure)]
+        if failures:
+            store.mark_failed(SCORE_STAGE, key, "; ".join(failures))
+            continue
+        store.mark_done(SCORE_STAGE, key, {**_score_record(judging.rubric, rows),
                                            "started_at": started, "finished_at": finished,
                                            "worker": worker_name()})
-    store.count(SCORE_STAGE, "scores_executed", len(scores))
-    return {"scored": len(scores)}
+        scored += 1
+    store.count(SCORE_STAGE, "scores_executed", scored)
+    return {"scored": scored}
 
 
-def _score_batch(store: RunStore, batch: dict) -> dict:
-    """key -> score. A batch that fails for a permanent reason is narrowed to the pair(s)
+def _score_record(rubric, rows: dict) -> dict:
+    """The pair's stored result: its overall score and each criterion's. A one-criterion
+    rubric keeps the earlier shape too (``probabilities`` of its one score)."""
+    criteria = {name: {"score": r.score, "probabilities": r.probabilities, "source": r.source,
+                       **({"rationale": r.rationale} if r.rationale is not None else {})}
+                for name, r in rows.items()}
+    record = {"score": rubric.overall({name: r.score for name, r in rows.items()}), "criteria": criteria}
+    if len(rows) == 1:
+        [only] = rows.values()
+        record["probabilities"] = only.probabilities
+    return record
+
+
+def _score_batch(store: RunStore, batch: dict[str, dict]) -> dict[str, dict]:
+    """key -> {criterion -> JudgeScore | JudgeFailure}. The criteria of the batch's pairs are
+    scored together. A batch that fails for a permanent reason is narrowed to the pair(s)
     that caused it: each is scored alone, and only those that fail alone fail."""
     judge = judge_for(store)
     try:
-        return dict(zip(batch, judge.score(list(batch.values()))))
+        return _scored_rows(judge, batch)
     except TASK_LEVEL_ERRORS:
         raise  # the whole task is retried
     except Exception as exc:
@@ -95,9 +117,9 @@ def _score_batch(store: RunStore, batch: dict) -> dict:
             raise
         log.warning("a judge batch of %d pairs failed (%r): scoring them one by one", len(batch), exc)
     scores = {}
-    for key, item in batch.items():
+    for key, rows in batch.items():
         try:
-            [scores[key]] = judge.score([item])
+            scores.update(_scored_rows(judge, {key: rows}))
         except TASK_LEVEL_ERRORS:
             raise
         except Exception as exc:
@@ -105,8 +127,17 @@ def _score_batch(store: RunStore, batch: dict) -> dict:
     return scores
 
 
-def _judge_inputs(store: RunStore, pending: dict[str, dict], prompts) -> dict:
-    """key -> JudgeItem; a pair whose images cannot be read fails alone."""
+def _scored_rows(judge, batch: dict[str, dict]) -> dict[str, dict]:
+    flat = [(key, name, row) for key, rows in batch.items() for name, row in rows.items()]
+    results = judge.score([row for _, _, row in flat])
+    out: dict[str, dict] = {key: {} for key in batch}
+    for (key, name, _), result in zip(flat, results, strict=True):
+        out[key][name] = result
+    return out
+
+
+def _judge_inputs(store: RunStore, pending: dict[str, dict], judging) -> dict[str, dict]:
+    """key -> {criterion -> JudgeItem}; a pair whose images cannot be read fails alone."""
     from workers.judge import JudgeItem
 
     batch = {}
@@ -116,8 +147,14 @@ def _judge_inputs(store: RunStore, pending: dict[str, dict], prompts) -> dict:
         except ImageFileError as exc:
             store.mark_failed(SCORE_STAGE, key, str(exc))
             continue
-        prompt = prompts.get_full_prompt(item["category"], item["original_description"],
-                                         item["edit_instruction"])
-        batch[key] = JudgeItem(original_image=original, edited_image=edited,
-                               system_prompt=prompt["system_prompt"], user_prompt=prompt["user_prompt"])
+        rows = {}
+        for name, prompts in judging.prompts.items():
+            prompt = prompts.get_full_prompt(item["category"], item["original_description"],
+                                             item["edit_instruction"])
+            user = prompt["user_prompt"]
+            if judging.reasoning_suffix is not None:
+                user = f"{user}\n\n{judging.reasoning_suffix}"
+            rows[name] = JudgeItem(original_image=original, edited_image=edited,
+                                   system_prompt=prompt["system_prompt"], user_prompt=user)
+        batch[key] = rows
     return batch

@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     import torch
 
     from shared.prompt_manager import PromptManager
+    from shared.rubric import Rubric
     from workers.residency import ResidencyPool
 
 log = logging.getLogger(__name__)
@@ -228,16 +230,42 @@ def relation_generator(store: RunStore, meta: dict[str, Any]):
 
 
 def judge_for(store: RunStore):
+    """The run's judge: one ``score(rows)`` per criterion row, JudgeScore or JudgeFailure each."""
     from workers.judge import Judge
     from workers.models.loading import JUDGE_MODEL_SETTING
 
     meta = store.meta()
+    rubric = run_rubric(store).rubric
+    reasoning_tokens = int(run_setting(store, meta, "judge_reasoning_tokens"))
+    if run_setting(store, meta, "judge_backend") == "endpoint":
+        # No model and no device: the score phase of an endpoint judge needs no GPU.
+        return _endpoint_judge(meta["judge_endpoint_url"], meta["judge_endpoint_model"],
+                               meta.get("judge_endpoint_api_key_env", ""),
+                               bool(meta["judge_endpoint_logprobs"]), rubric.values, reasoning_tokens)
     if store.stage_closed(EDIT_STAGE):
         # The phase controller says the run's last edit has finished: if the editor must
         # leave the device for the judge, drop it rather than pin a host copy of it.
         residency().retire(editor_model_name(meta, run_dtype(store, meta)))
     processor, model = vlm(store, meta, meta["judge_model"], JUDGE_MODEL_SETTING)
-    return Judge(processor, model, batch_size=int(meta["judge_batch_size"]))
+    # The criteria of a pair go in one forward pass: the batch is pairs x criteria rows.
+    return Judge(processor, model, batch_size=int(meta["judge_batch_size"]) * len(rubric.criteria),
+                 values=rubric.values, reasoning_tokens=reasoning_tokens)
+
+
+@functools.lru_cache(maxsize=4)
+def _endpoint_judge(url: str, model: str, api_key_env: str, logprobs: bool, values: tuple[int, ...],
+                    reasoning_tokens: int):
+    """One client per endpoint and process (its connection pool is reused across tasks)."""
+    from workers.endpoint_judge import EndpointJudge
+
+    try:
+        return EndpointJudge(url, model, api_key_env=api_key_env, logprobs=logprobs, values=values,
+                             reasoning_tokens=reasoning_tokens,
+                             concurrency=settings.judge_endpoint_concurrency,
+                             timeout_seconds=settings.judge_endpoint_timeout_seconds,
+                             max_retries=settings.judge_endpoint_max_retries)
+    except KeyError as exc:
+        raise PermanentError(str(exc.args[0])) from None
 
 
 def editor_for(store: RunStore):
@@ -272,18 +300,32 @@ def editor_model_name(meta: dict[str, Any], dtype: Any) -> str:
     return _model_name("editor", meta["editor_model"], meta.get("model_revision", ""), dtype) + loras
 
 
-def run_prompts(store: RunStore) -> "PromptManager":
-    """The judge templates stored with the run (the producer's), not this worker's files."""
+@dataclass(frozen=True)
+class RunRubric:
+    rubric: "Rubric"
+    prompts: dict[str, "PromptManager"]  # criterion -> its templates
+    reasoning_suffix: str | None  # appended to each user prompt in the reasoning mode
+
+
+def run_rubric(store: RunStore) -> RunRubric:
+    """The rubric and templates stored with the run (the producer's), not this worker's files."""
     meta = store.meta()
-    return _prompt_manager(store.run_id, meta.get("prompts_dir", ""),
-                           json.dumps(run_setting(store, meta, "prompt_templates"), sort_keys=True))
+    return _run_rubric(store.run_id, meta.get("prompts_dir", ""), run_setting(store, meta, "judge_rubric"),
+                       run_setting(store, meta, "judge_mode"),
+                       json.dumps(run_setting(store, meta, "prompt_templates"), sort_keys=True))
 
 
 @functools.lru_cache(maxsize=8)
-def _prompt_manager(run_id: str, prompts_dir: str, templates_json: str):
-    from shared.prompt_manager import PromptManager
+def _run_rubric(run_id: str, prompts_dir: str, name: str, mode: str, templates_json: str) -> RunRubric:
+    from shared.rubric import RubricError, criterion_prompts, reasoning_suffix, rubric_from_templates
 
-    return PromptManager(Path(prompts_dir), json.loads(templates_json))
+    templates = json.loads(templates_json)
+    try:
+        rubric = rubric_from_templates(name, templates)
+        suffix = reasoning_suffix(rubric, templates) if mode == "reasoning" else None
+    except RubricError as exc:
+        raise PermanentError(f"run {run_id!r}: {exc}") from None
+    return RunRubric(rubric, criterion_prompts(rubric, Path(prompts_dir), templates), suffix)
 
 
 @functools.cache

@@ -1,0 +1,178 @@
+"""The judge behind an OpenAI-compatible chat-completions endpoint (vLLM, SGLang, a hosted model).
+
+Each row (one criterion of one pair) is one request: the row's system prompt, then a user
+turn with the two images as PNG data URLs and the row's user prompt, greedy (temperature 0).
+The answer is read in the documented format (shared/judge_scores.py). When the endpoint
+returns ``logprobs`` with ``top_logprobs`` (vLLM, SGLang and OpenAI do when asked), the
+score is the expectation over the scale's tokens at the position where the answer states
+its score, as the local judge computes it; otherwise it is the stated integer, and the
+row's ``source`` says which. 10 is "1" then "0": its share of "1" needs P("0" | "1"), which
+the logprobs show only when the answer's digit there is "1"; when they cannot split 1 from 10
+the stated integer is used.
+
+No model and no device: a worker scoring through an endpoint needs no GPU. Requests run
+``concurrency`` at a time; the ``openai`` client retries 408, 409, 429, 5xx and lost
+connections ``max_retries`` times with exponential back-off, honouring ``Retry-After``;
+after the last retry the row fails with the endpoint's answer. The API key is read from the
+environment variable the run names and is never logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Sequence
+
+import openai
+from PIL import Image
+
+from shared.judge_scores import (FROM_ANSWER, FROM_LOGPROBS, JudgeFailure, JudgeScore, StatedScore,
+                                 expectation, find_stated_score, first_digits, scale_probabilities,
+                                 unreadable)
+from workers.judge import JudgeItem
+
+log = logging.getLogger(__name__)
+
+# Enough for the answer "10" and its end in the score mode.
+SCORE_MODE_TOKENS = 4
+# As many alternatives per position as OpenAI allows: the scale's 10 digits fit.
+TOP_LOGPROBS = 20
+# What a server without authentication is sent (the client requires some key).
+NO_KEY = "none"
+
+
+class EndpointJudge:
+    """Scores rows through ``base_url``'s chat completions with the served ``model``."""
+
+    def __init__(self, base_url: str, model: str, *, api_key_env: str, logprobs: bool,
+                 values: Sequence[int], reasoning_tokens: int, concurrency: int,
+                 timeout_seconds: float, max_retries: int) -> None:
+        self.base_url = base_url
+        self.model = model
+        self.logprobs = logprobs
+        self.values = tuple(values)
+        self.max_tokens = reasoning_tokens or SCORE_MODE_TOKENS
+        self.reasoning = bool(reasoning_tokens)
+        self.concurrency = concurrency
+        self.attempts = max_retries + 1
+        self.client = openai.OpenAI(base_url=base_url, api_key=_api_key(api_key_env),
+                                    timeout=timeout_seconds, max_retries=max_retries)
+
+    def score(self, items: list[JudgeItem]) -> list[JudgeScore | JudgeFailure]:
+        """One result per row, in order; a row that fails (after retries) fails alone."""
+        if not items:
+            return []
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(items))) as pool:
+            return list(pool.map(self._score_row, items))
+
+    def _score_row(self, item: JudgeItem) -> JudgeScore | JudgeFailure:
+        try:
+            response = self.client.chat.completions.create(**self.request(item))
+        except openai.APIError as exc:
+            return JudgeFailure(f"the judge endpoint {self.base_url} (model {self.model!r}) failed "
+                                f"after {self.attempts} attempt(s): {type(exc).__name__}: {exc}")
+        return score_from_response(response.model_dump(), self.values, reasoning=self.reasoning)
+
+    def request(self, item: JudgeItem) -> dict[str, Any]:
+        """The chat-completions request of one row."""
+        request: dict[str, Any] = {
+            "model": self.model, "temperature": 0, "max_tokens": self.max_tokens,
+            "messages": [
+                {"role": "system", "content": item.system_prompt},
+                {"role": "user", "content": [
+                    {"type": "image_url", "image_url": {"url": data_url(item.original_image)}},
+                    {"type": "image_url", "image_url": {"url": data_url(item.edited_image)}},
+                    {"type": "text", "text": item.user_prompt},
+                ]},
+            ],
+        }
+        if self.logprobs:
+            request.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
+        return request
+
+
+def score_from_response(response: dict[str, Any], values: Sequence[int], *, reasoning: bool
+                        ) -> JudgeScore | JudgeFailure:
+    """A row's result from a chat-completions response (as JSON): the logprobs' expectation
+    where the answer states its score, else the stated integer; a failure if none is stated."""
+    try:
+        choice = response["choices"][0]
+        answer = choice["message"]["content"] or ""
+    except (KeyError, IndexError, TypeError):
+        return JudgeFailure(f"the judge endpoint's response has no answer: {str(response)[:500]}")
+    stated = find_stated_score(answer, values)
+    if stated is None:
+        return JudgeFailure(unreadable(answer, values))
+    rationale = answer if reasoning else None
+    content = ((choice.get("logprobs") or {}).get("content")) or []
+    probabilities = _logprob_probabilities(content, stated, values)
+    if probabilities is None:
+        return JudgeScore(score=float(stated.value), source=FROM_ANSWER, rationale=rationale,
+                          probabilities={str(v): float(v == stated.value) for v in values})
+    return JudgeScore(score=expectation(probabilities, values), probabilities=probabilities,
+                      source=FROM_LOGPROBS, rationale=rationale)
+
+
+def _logprob_probabilities(content: list[dict[str, Any]], stated: StatedScore, values: Sequence[int]
+                           ) -> dict[str, float] | None:
+    """P(value) from the top_logprobs at the stated score's first digit; None when they do not tell."""
+    index = _token_at(content, stated.start)
+    if index is None:
+        return None
+    digits = first_digits(values)
+    first = _digit_probabilities(content[index], digits)
+    if not first:
+        return None
+    q = None
+    if 10 in values:
+        if content[index]["token"].strip() != "1" or index + 1 >= len(content):
+            if first.get("1", 0.0) > 0:
+                return None  # "1" may go on to "10": only the stated integer is known
+        else:
+            q = _digit_probabilities(content[index + 1], ("0",)).get("0", 0.0)
+    try:
+        return scale_probabilities(first, q if q is not None else 0.0, values)
+    except ValueError:
+        return None
+
+
+def _token_at(content: list[dict[str, Any]], offset: int) -> int | None:
+    """The index of the token whose text covers character ``offset`` of the answer."""
+    position = 0
+    for index, token in enumerate(content):
+        end = position + len(token["token"])
+        if position <= offset < end:
+            return index
+        position = end
+    return None
+
+
+def _digit_probabilities(token: dict[str, Any], digits: Sequence[str]) -> dict[str, float]:
+    """digit -> probability at this position, from its top_logprobs (absolute probabilities)."""
+    out: dict[str, float] = {}
+    for alternative in token.get("top_logprobs") or []:
+        text = alternative["token"].strip()
+        if text in digits and alternative["logprob"] is not None:
+            out[text] = out.get(text, 0.0) + math.exp(alternative["logprob"])
+    return out
+
+
+def data_url(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _api_key(variable: str) -> str:
+    if not variable:
+        return NO_KEY
+    key = os.environ.get(variable)
+    if not key:
+        # Names the variable, never a value.
+        raise KeyError(f"the endpoint judge's API key variable {variable} is not set in this "
+                       "worker's environment: set it where the workers run")
+    return key
