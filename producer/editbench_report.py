@@ -54,7 +54,9 @@ def editbench_report(store: RunStore) -> dict[str, Any]:
     all_scores = [r["score"] for c in categories.values() for r in c["results"]]
     return {
         "run": {**{k: v for k, v in meta.items() if k not in ("categories",)},
-                "edit_settings": _edit_settings(edited)},
+                "edit_settings": _edit_settings(edited),
+                # How the judge's workers ran its experts: grouped_mm, eager, or dense.
+                "judge_experts": store.judge_experts()},
         "categories": categories,
         "overall": {"n": len(all_scores), **{k: v for k, v in _stats(all_scores).items()
                                             if k in ("mean", "std", "ci95")},
