@@ -7,7 +7,7 @@ the seed's model moves, and the makespan model for the 270-pair benchmark.
     python3 -m bench.bench_realsize judge --out judge.json      # also the eager edit, both resident
     python3 -m bench.bench_realsize model --cold editor_cold.json --warm editor_warm.json \\
         --judge judge.json --out makespan.json
-    (add --tiny to the first four for a CPU smoke test with the tiny models; its figures mean nothing)
+    (add --tiny to the first three for a CPU smoke test with the tiny models; its figures mean nothing)
 
 Models are random bf16 weights built straight on the GPU, nothing saved: the full pipeline
 (60-layer transformer, 28-layer Qwen2.5-VL text encoder, VAE: 57.7 GB) and the judge
