@@ -2,8 +2,8 @@
 30B-A3B judge per item (grouped_mm against eager experts), both models resident on one GPU,
 the seed's model moves, and the makespan model for the 270-pair benchmark.
 
-    python3 -m bench.bench_realsize editor --compile on --cache /tmp/ind --out editor_cold.json
-    python3 -m bench.bench_realsize editor --compile on --cache /tmp/ind --edits 1 --out editor_warm.json
+    python3 -m bench.bench_realsize editor --compile on --cache /tmp/ind --steps-list 2,2,50 --out editor_cold.json
+    python3 -m bench.bench_realsize editor --compile on --cache /tmp/ind --steps-list 2,2 --out editor_warm.json
     python3 -m bench.bench_realsize judge --out judge.json      # also the eager edit, both resident
     python3 -m bench.bench_realsize model --cold editor_cold.json --warm editor_warm.json \\
         --judge judge.json --out makespan.json
@@ -99,34 +99,28 @@ def run_editor(args: argparse.Namespace) -> dict[str, Any]:
     settings = Settings(editor_compile=args.compile, inductor_cache_dir=args.cache or "")
     cache_files_before = _count_files(settings.inductor_cache) if args.compile == "on" else None
     compiled = compile_editor_transformer(pipeline, settings, device)
-    editor = Editor(pipeline, steps=args.steps, size=args.size, true_cfg_scale=4.0,
-                    negative_prompt=" ")
     image = _image(args.size)
-    warmup_s = None
-    if args.warmup_steps:
-        warm = Editor(pipeline, steps=args.warmup_steps, size=args.size, true_cfg_scale=4.0,
-                      negative_prompt=" ")
-        start = time.perf_counter()
-        warm.edit(image, INSTRUCTIONS[-1], seed=99)
-        warmup_s = time.perf_counter() - start
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    # Edits of the given step counts, one after the other: "2,2,50" times the first edit
+    # (with the compile), a second short one (without), and a full one.
+    steps_list = [int(n) for n in args.steps_list.split(",")] if args.steps_list else [args.steps] * 2
     edits = []
-    for i in range(args.edits):
+    for i, steps in enumerate(steps_list):
+        editor = Editor(pipeline, steps=steps, size=args.size, true_cfg_scale=4.0, negative_prompt=" ")
         start = time.perf_counter()
         editor.edit(image, INSTRUCTIONS[i % len(INSTRUCTIONS)], seed=i)
         _sync(device)
         edits.append(round(time.perf_counter() - start, 3))
-        print(f"edit {i}: {edits[-1]:.2f} s", flush=True)
+        print(f"edit {i} ({steps} steps): {edits[-1]:.2f} s", flush=True)
     result = {
         "part": "editor", "tiny": args.tiny, "compile": args.compile, "compiled": compiled,
         "inductor_cache": str(settings.inductor_cache) if compiled else None,
         "inductor_cache_files_before": cache_files_before,
         "inductor_cache_files_after": _count_files(settings.inductor_cache) if compiled else None,
-        "steps": args.steps, "size": args.size, "true_cfg_scale": 4.0,
+        "steps": steps_list, "size": args.size, "true_cfg_scale": 4.0,
         "editor_bytes": _bytes(Editor.modules(editor).values()),
-        "build_s": round(build_s, 2), "warmup_edit_s": warmup_s, "warmup_steps": args.warmup_steps,
-        "edit_s": edits, "dynamo_graphs": _dynamo_graphs(),
+        "build_s": round(build_s, 2), "edit_s": edits, "dynamo_graphs": _dynamo_graphs(),
         "peak_allocated_gb": _peak(device), **_device_info(),
     }
     return result
@@ -246,18 +240,21 @@ def run_judge(args: argparse.Namespace) -> dict[str, Any]:
                 "edit_steps": args.steps, "edit_size": args.size, "eager_edit_s": round(resident_edit_s, 2),
                 "peak": _peak(device), "swaps": 0}
     print(f"both resident: {resident}", flush=True)
-    judge = time_judge(processor, model, device, args.size, args.reps)
-    moves: dict[str, Any] = {}
+    result = {"part": "judge", "tiny": args.tiny, "resident": resident, "judge_image_size": args.size,
+              "moves": {}, **_device_info()}
+    write_json_atomic(Path(args.out), result)  # what is measured so far, should a limit stop us
+    result["judge"] = time_judge(processor, model, device, args.size, args.reps)
+    write_json_atomic(Path(args.out), result)
+    moves = result["moves"]
     if device.type == "cuda":
         moves["pinned_gbs"] = pinned_bandwidth_gbs()
         # The seed's moves, one model on the host at a time (host memory is 128 GiB).
-        moves["judge_to_cpu_s"] = _timed_move(model, "cpu", device)
-        moves["judge_to_cuda_s"] = _timed_move(model, "cuda", device)
-        moves["editor_to_cpu_s"] = _timed_move(pipeline, "cpu", device)
-        moves["editor_to_cuda_s"] = _timed_move(pipeline, "cuda", device)
+        for name, module in (("judge", model), ("editor", pipeline)):
+            for target in ("cpu", "cuda"):
+                moves[f"{name}_to_{target}_s"] = _timed_move(module, target, device)
+                write_json_atomic(Path(args.out), result)
         print(f"moves: {moves}", flush=True)
-    return {"part": "judge", "tiny": args.tiny, "resident": resident, "judge": judge,
-            "judge_image_size": args.size, "moves": moves, **_device_info()}
+    return result
 
 
 def makespan_model(args: argparse.Namespace) -> dict[str, Any]:
@@ -273,9 +270,8 @@ def makespan_model(args: argparse.Namespace) -> dict[str, Any]:
     # The eager edit: its own run if given, else the one made with both models resident.
     eager_edit = (min(json.loads(Path(args.eager).read_text())["edit_s"]) if args.eager
                   else judge["resident"]["eager_edit_s"])
-    compiled_edit = min(cold["edit_s"][1:])
-    compile_cold = cold["edit_s"][0] - compiled_edit
-    compile_warm = warm["edit_s"][0] - compiled_edit
+    compiled_edit = _full_edit(cold)
+    compile_cold, compile_warm = _compile_seconds(cold), _compile_seconds(warm)
     j, m = judge["judge"], judge["moves"]
     moves_per_category = (m["editor_to_cuda_s"] + m["editor_to_cpu_s"]
                           + m["judge_to_cuda_s"] + m["judge_to_cpu_s"])
@@ -299,14 +295,26 @@ def makespan_model(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _full_edit(run: dict[str, Any]) -> float:
+    """Seconds of the run's fastest edit with the most steps (a full edit, compiled already)."""
+    most = max(run["steps"])
+    return min(t for t, n in zip(run["edit_s"][1:], run["steps"][1:]) if n == most)
+
+
+def _compile_seconds(run: dict[str, Any]) -> float:
+    """The first edit less the second of the same steps: what compiling (or loading it) cost."""
+    assert run["steps"][0] == run["steps"][1], "the first two edits must have the same steps"
+    return run["edit_s"][0] - run["edit_s"][1]
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parts = parser.add_subparsers(dest="part", required=True)
     editor = parts.add_parser("editor", help="seconds per edit through the product's Editor")
     editor.add_argument("--compile", choices=("on", "off"), default="off")
     editor.add_argument("--cache", default="", help="inductor cache directory (EVALFLEET_INDUCTOR_CACHE_DIR)")
-    editor.add_argument("--edits", type=int, default=2)
-    editor.add_argument("--warmup-steps", type=int, default=0)
+    editor.add_argument("--steps-list", default="",
+                        help="steps of each edit, e.g. 2,2,50 (default: two edits of --steps)")
     judge = parts.add_parser("judge", help="both models resident, judge per item, seed moves")
     judge.add_argument("--reps", type=int, default=3)
     for sub in (editor, judge):
