@@ -88,6 +88,13 @@ def build_editor(tiny: bool, device: torch.device):
     return pipeline, time.perf_counter() - start
 
 
+def _editor(pipeline, steps: int, size: int) -> Editor:
+    """The product's Editor with ``steps``, ``size`` and true CFG 4.0 (Qwen-Image-Edit's own)."""
+    settings = Editor.family_of(pipeline).settings(steps=steps, size=size, guidance=4.0,
+                                                   negative_prompt=" ", tiny=False)
+    return Editor(pipeline, settings)
+
+
 def _bytes(modules) -> int:
     return sum(t.numel() * t.element_size() for m in modules
                for t in list(m.parameters()) + list(m.buffers()))
@@ -107,7 +114,7 @@ def run_editor(args: argparse.Namespace) -> dict[str, Any]:
     steps_list = [int(n) for n in args.steps_list.split(",")] if args.steps_list else [args.steps] * 2
     edits = []
     for i, steps in enumerate(steps_list):
-        editor = Editor(pipeline, steps=steps, size=args.size, true_cfg_scale=4.0, negative_prompt=" ")
+        editor = _editor(pipeline, steps, args.size)
         start = time.perf_counter()
         editor.edit(image, INSTRUCTIONS[i % len(INSTRUCTIONS)], seed=i)
         _sync(device)
@@ -225,11 +232,11 @@ def run_judge(args: argparse.Namespace) -> dict[str, Any]:
     editor_bytes = _bytes([pipeline.transformer, pipeline.vae, pipeline.text_encoder])
     judge_bytes = _bytes([model])
     # A short first edit takes the one-time CUDA initialisations out of the timed one.
-    Editor(pipeline, steps=2, size=args.size, true_cfg_scale=4.0, negative_prompt=" ").edit(
+    _editor(pipeline, 2, args.size).edit(
         _image(args.size), INSTRUCTIONS[-1], seed=99)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    editor = Editor(pipeline, steps=args.steps, size=args.size, true_cfg_scale=4.0, negative_prompt=" ")
+    editor = _editor(pipeline, args.steps, args.size)
     start = time.perf_counter()
     editor.edit(_image(args.size), INSTRUCTIONS[0], seed=0)
     _sync(device)
