@@ -212,33 +212,23 @@ def qwen_image_edit_processor():
     return processor
 
 
-def build_random_qwen_image_edit(out_dir: Path, editor_layers: int = EDITOR_LAYERS_DEFAULT,
-                                 text_encoder_layers: int = TEXT_ENCODER_LAYERS_DEFAULT,
-                                 seed: int = 0, device: str = "cuda") -> Path:
-    """Save a random-weight QwenImageEditPipeline (bf16, created on ``device``) into ``out_dir``.
+def random_qwen_image_edit(editor_layers: int = EDITOR_LAYERS_FULL,
+                           text_encoder_layers: int = TEXT_ENCODER_LAYERS_FULL,
+                           seed: int = 0, device: str = "cuda"):
+    """A random-weight QwenImageEditPipeline (bf16) built straight on ``device``, nothing saved.
 
     The real configuration except ``editor_layers`` transformer layers (60 in the real
-    model) and ``text_encoder_layers`` text-encoder layers (28). Built into a temporary
-    folder and renamed, so an interrupted build is never mistaken for a finished one.
+    model) and ``text_encoder_layers`` text-encoder layers (28).
     """
-    import gc
-    import shutil
-
     from diffusers import (AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler,
                            QwenImageEditPipeline, QwenImageTransformer2DModel)
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from workers.models.tiny import QWEN_IMAGE_SCHEDULER_CONFIG
 
-    out_dir = Path(out_dir)
-    if (out_dir / "model_index.json").exists():
-        return out_dir
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     processor = qwen_image_edit_processor()
     config = qwen2_5_vl_7b_config(processor.tokenizer, text_encoder_layers)
     torch.manual_seed(seed)
-    start = time.perf_counter()
     # diffusers models take no dtype argument: the default dtype makes them bf16 from the
     # start (the full transformer would need 82 GB in float32).
     previous = torch.get_default_dtype()
@@ -250,17 +240,38 @@ def build_random_qwen_image_edit(out_dir: Path, editor_layers: int = EDITOR_LAYE
             text_encoder = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
     finally:
         torch.set_default_dtype(previous)
-    pipeline = QwenImageEditPipeline(
+    return QwenImageEditPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(**QWEN_IMAGE_SCHEDULER_CONFIG), vae=vae,
         text_encoder=text_encoder, tokenizer=processor.tokenizer, processor=processor,
         transformer=transformer)
+
+
+def build_random_qwen_image_edit(out_dir: Path, editor_layers: int = EDITOR_LAYERS_DEFAULT,
+                                 text_encoder_layers: int = TEXT_ENCODER_LAYERS_DEFAULT,
+                                 seed: int = 0, device: str = "cuda") -> Path:
+    """Save a random-weight QwenImageEditPipeline (bf16, created on ``device``) into ``out_dir``.
+
+    See :func:`random_qwen_image_edit`. Built into a temporary folder and renamed, so an
+    interrupted build is never mistaken for a finished one.
+    """
+    import gc
+    import shutil
+
+    out_dir = Path(out_dir)
+    if (out_dir / "model_index.json").exists():
+        return out_dir
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    start = time.perf_counter()
+    pipeline = random_qwen_image_edit(editor_layers, text_encoder_layers, seed, device)
     pipeline.save_pretrained(tmp)
     tmp.rename(out_dir)
-    n = sum(p.numel() for m in (transformer, vae, text_encoder) for p in m.parameters())
+    n = sum(p.numel() for m in (pipeline.transformer, pipeline.vae, pipeline.text_encoder)
+            for p in m.parameters())
     print(f"built Qwen-Image-Edit ({editor_layers}/{EDITOR_LAYERS_FULL} transformer layers, "
           f"{text_encoder_layers}/{TEXT_ENCODER_LAYERS_FULL} text-encoder layers), "
           f"{n / 1e9:.2f}B parameters in {time.perf_counter() - start:.1f}s -> {out_dir}", flush=True)
-    del pipeline, transformer, vae, text_encoder
+    del pipeline
     gc.collect()  # so empty_cache below can hand the memory back before the fleet starts
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

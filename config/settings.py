@@ -128,6 +128,14 @@ class Settings:
     # Retries of a request on 408/409/429/5xx and lost connections (the openai client's own,
     # with exponential back-off that honours Retry-After); then the item fails.
     judge_endpoint_max_retries: int = 4
+    # Compile the editor's transformer (regional compilation, one block compiled and reused
+    # by all 60): "auto" on a CUDA device (pays back within the first edits, bench/RESULTS.md
+    # section 7), "on", "off". Speed only: a run's results do not depend on it beyond bf16
+    # rounding.
+    editor_compile: str = "auto"
+    # Inductor's compile cache, shared by the worker processes of a host so only the first
+    # one compiles; empty means <work_dir>/inductor-cache. Best on a local disk.
+    inductor_cache_dir: str = ""
 
     # --- relations job (SPEC.md defaults) -------------------------------------
     top_k: int = 10
@@ -177,6 +185,10 @@ class Settings:
     @property
     def models_dir(self) -> Path:
         return Path(self.model_cache) if self.model_cache else self.work_dir / "models"
+
+    @property
+    def inductor_cache(self) -> Path:
+        return Path(self.inductor_cache_dir) if self.inductor_cache_dir else self.work_dir / "inductor-cache"
 
     @property
     def prompts(self) -> Path:
@@ -280,6 +292,8 @@ def _validate(s: Settings) -> None:
     _validate_judge(s)
     if s.decoder not in ("slots", "static"):
         raise SettingsError(f"{ENV_PREFIX}DECODER={s.decoder!r}: use slots or static")
+    if s.editor_compile not in ("auto", "on", "off"):
+        raise SettingsError(f"{ENV_PREFIX}EDITOR_COMPILE={s.editor_compile!r}: use auto, on or off")
     if s.dtype not in ("auto", "bfloat16", "float16", "float32"):
         raise SettingsError(
             f"{ENV_PREFIX}DTYPE={s.dtype!r}: use auto, bfloat16, float16 or float32"

@@ -57,7 +57,9 @@ def editbench_report(store: RunStore) -> dict[str, Any]:
     all_results = [r for c in categories.values() for r in c["results"]]
     return {
         "run": {**{k: v for k, v in meta.items() if k not in ("categories",)},
-                "edit_settings": _edit_settings(edited)},
+                "edit_settings": _edit_settings(edited),
+                # How the judge's workers ran its experts: grouped_mm, eager, or dense.
+                "judge_experts": store.judge_experts()},
         "rubric": _rubric(meta),
         "categories": categories,
         "criteria": _criteria_stats(criteria, all_results, sum(c["pairs"] for c in categories.values())),

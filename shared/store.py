@@ -263,6 +263,13 @@ class RunStore:
     def devices(self) -> set[str]:
         return set(self.client.smembers(self._key("devices")))
 
+    def add_judge_experts(self, implementation: str) -> None:
+        """Remember how the judge ran its experts ("grouped_mm", "eager", "dense"); the report shows it."""
+        self.client.sadd(self._key("judge_experts"), implementation)
+
+    def judge_experts(self) -> list[str]:
+        return sorted(self.client.smembers(self._key("judge_experts")))
+
 
 def _load_all(raw: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     return {k: json.loads(v) for k, v in raw.items()}

@@ -232,7 +232,7 @@ def relation_generator(store: RunStore, meta: dict[str, Any]):
 def judge_for(store: RunStore):
     """The run's judge: one ``score(rows)`` per criterion row, JudgeScore or JudgeFailure each."""
     from workers.judge import Judge
-    from workers.models.loading import JUDGE_MODEL_SETTING
+    from workers.models.loading import JUDGE_MODEL_SETTING, experts_implementation
 
     meta = store.meta()
     rubric = run_rubric(store).rubric
@@ -247,6 +247,7 @@ def judge_for(store: RunStore):
         # leave the device for the judge, drop it rather than pin a host copy of it.
         residency().retire(editor_model_name(meta, run_dtype(store, meta)))
     processor, model = vlm(store, meta, meta["judge_model"], JUDGE_MODEL_SETTING)
+    store.add_judge_experts(experts_implementation(model))
     # The criteria of a pair go in one forward pass: the batch is pairs x criteria rows.
     return Judge(processor, model, batch_size=int(meta["judge_batch_size"]) * len(rubric.criteria),
                  values=rubric.values, reasoning_tokens=reasoning_tokens)
@@ -273,7 +274,8 @@ def editor_for(store: RunStore):
     this process's copy of the run's edit pipeline and LoRAs."""
     from config import TINY_EDITORS
     from workers.editor import Editor, pipeline_modules
-    from workers.models.loading import EDITOR, load_image_edit_pipeline
+    from workers.editor_compile import compile_editor_transformer
+    from workers.models.loading import EDITOR, load_image_edit_pipeline, pick_device
 
     meta = store.meta()
     ref, revision, dtype = meta["editor_model"], meta.get("model_revision", ""), run_dtype(store, meta)
@@ -282,15 +284,17 @@ def editor_for(store: RunStore):
     def load() -> tuple[Any, dict]:
         kwargs = _load_kwargs(ref, EDITOR, dtype)
         pipeline = load_image_edit_pipeline(kwargs.pop("ref"), revision=revision, loras=loras, **kwargs)
+        compile_editor_transformer(pipeline, settings, pick_device(settings.device))
         return pipeline, pipeline_modules(pipeline)
 
     pipeline = _resident(store, editor_model_name(meta, dtype), load)
     family = Editor.family_of(pipeline)
-    settings = family.settings(steps=int(meta["edit_steps"]), size=int(meta["edit_size"]),
-                               guidance=float(run_setting(store, meta, "edit_guidance")),
-                               negative_prompt=meta["edit_negative_prompt"],
-                               tiny=ref in TINY_EDITORS)
-    return Editor(pipeline, settings)
+    # Not named settings: load() above reads this worker's settings.
+    edit_settings = family.settings(steps=int(meta["edit_steps"]), size=int(meta["edit_size"]),
+                                    guidance=float(run_setting(store, meta, "edit_guidance")),
+                                    negative_prompt=meta["edit_negative_prompt"],
+                                    tiny=ref in TINY_EDITORS)
+    return Editor(pipeline, edit_settings)
 
 
 def editor_model_name(meta: dict[str, Any], dtype: Any) -> str:
