@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import statistics
 from pathlib import Path
 from typing import Any
@@ -188,10 +189,16 @@ def error_bars(summaries: list[dict[str, Any]]) -> list[list[float]]:
     return [below, above]
 
 
+def png_bytes(fig) -> bytes:
+    """A finished matplotlib figure as PNG bytes (laid out tight)."""
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
 def render_chart(report: dict[str, Any]) -> bytes:
     """PNG bytes of a bar chart: mean score per category with its 95% interval, and n on each bar."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -223,10 +230,7 @@ def render_chart(report: dict[str, Any]) -> bytes:
         overall = report["overall"]["mean"]
         ax.set_title(f"{report['run']['run_id']}: overall mean "
                      f"{overall:.2f}" if overall is not None else report["run"]["run_id"], fontsize=9)
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        return buf.getvalue()
+        return png_bytes(fig)
     finally:
         plt.close(fig)
 

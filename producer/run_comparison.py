@@ -9,13 +9,12 @@ statistics are in ``producer.score_statistics``.
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from producer.editbench_report import chart_labels, error_bars
+from producer.editbench_report import chart_labels, error_bars, png_bytes
 from producer.score_statistics import CONFIDENCE, RESAMPLES, SEED, TIE, mean_summary, paired_difference
 from shared.artifacts import write_atomic
 from shared.errors import InputFileError, shown
@@ -203,10 +202,7 @@ def render_comparison_chart(comparison: dict[str, Any]) -> bytes:
         ax.set_ylim(0, 11)
         ax.set_ylabel(f"mean score (0-10), {comparison['method']['confidence']:.0%} interval")
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        return buf.getvalue()
+        return png_bytes(fig)
     finally:
         plt.close(fig)
 
