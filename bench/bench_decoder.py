@@ -1,5 +1,8 @@
 """The relations decoders at real size, side by side in one process: static against slots.
 
+``static`` is the earlier decoder, kept as the baseline in bench/static_decoder.py; ``slots``
+is the product's (workers/slot_decoder.py).
+
     python3 -m bench.bench_decoder --out bench_decoder.json [--moe yes] [--profile-dir DIR]
 
 Qwen3-VL-8B architecture (and Qwen3-VL-30B-A3B with ``--moe yes``), random bf16 weights built
@@ -34,9 +37,10 @@ import torch
 from PIL import Image
 
 from bench.real_models import hbm_bandwidth_gbs, random_qwen3_vl
+from bench.static_decoder import ImagePromptDecoder
 from shared.jsonio import write_json_atomic
 from shared.relation_prompt import build_relation_prompt
-from workers.image_prompt_decoder import ImagePromptDecoder, length_bucket
+from workers.decoding import length_bucket
 from workers.relation_generator import render_prompt
 from workers.slot_decoder import SlotDecoder, kv_bytes_per_token, slot_shape
 

@@ -1,18 +1,19 @@
-"""The fleet end to end with each relations decoder, side by side in one call, on one GPU.
+"""The fleet end to end with the product's relations decoder (the slot decoder), on one GPU.
 
     python3 -m bench.bench_fleet_decoders --work /tmp/bench --out bench_fleet_decoders.json
 
 Qwen3-VL-8B architecture with random bf16 weights (saved once, loaded by the workers through
-the product's loading path), greedy, 32 new tokens, 1280x960 images. For each workload and
-decoder: a real Redis, one real Celery worker through the launcher (``--gpus 0``), a warm-up
-run (model load, compile and graph captures excluded), then the timed run.
+the product's loading path), greedy, 32 new tokens, 1280x960 images. For each workload: a real
+Redis, one real Celery worker through the launcher (``--gpus 0``), a warm-up run (model load,
+compile and graph captures excluded), then the timed run.
 
 - dense: 4 images x 8 pairs x top-10 (320 descriptions), as ``bench.bench_relations``;
 - skewed: 3 images x 20 pairs and 40 images x 1 pair, shuffled (1,000 descriptions), as
   ``bench.bench_scaling``'s workload.
 
-``static`` is the earlier decoder as the product ran it (batch 64, one image at a time);
-``slots`` the default (one prefix copy per image, rows across images, continuous refill).
+The product has only the slot decoder now. The earlier static decoder's fleet figures (and
+the speedup over it) are the recorded ones in bench/RESULTS.md section 6; its per-step speed
+can still be compared side by side with ``bench.bench_decoder``.
 """
 
 from __future__ import annotations
@@ -51,7 +52,6 @@ def main() -> None:
     parser.add_argument("--out", default="bench_fleet_decoders.json")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--workloads", default="dense,skewed")
-    parser.add_argument("--decoders", default="static,slots")
     parser.add_argument("--tiny", action="store_true", help="the tiny model on the CPU: a smoke test")
     args = parser.parse_args()
     work = Path(args.work)
@@ -61,22 +61,13 @@ def main() -> None:
     data = workloads(work / "fleet-decoders-data", args.tiny)
     for name in args.workloads.split(","):
         stage1, input_path, warm = data[name]
-        runs = {}
-        for decoder in args.decoders.split(","):
-            run_dir = work / f"fleet-{name}-{decoder}"
-            shutil.rmtree(run_dir, ignore_errors=True)  # a rerun on a warm machine would resume
-            settings = Settings(work_dir=run_dir, relations_model=str(model_dir),
-                                temperature=0.0, max_new_tokens=args.max_new_tokens, decoder=decoder,
-                                batch_size=64, poll_interval_seconds=0.05)
-            texts, seconds = run_fleet(settings, stage1, input_path, warm)
-            runs[decoder] = {"seconds": round(seconds, 2), "descriptions": len(texts),
-                             "descriptions_per_s": round(len(texts) / seconds, 2), "texts": texts}
-            print(name, decoder, runs[decoder]["seconds"], "s", flush=True)
-        result[name] = {decoder: {k: v for k, v in run.items() if k != "texts"} for decoder, run in runs.items()}
-        if len(runs) == 2:
-            result[name]["speedup"] = round(runs["static"]["seconds"] / runs["slots"]["seconds"], 2)
-            result[name]["identical_texts"] = sum(runs["slots"]["texts"].get(key) == text
-                                                  for key, text in runs["static"]["texts"].items())
+        run_dir = work / f"fleet-{name}-slots"
+        shutil.rmtree(run_dir, ignore_errors=True)  # a rerun on a warm machine would resume
+        settings = Settings(work_dir=run_dir, relations_model=str(model_dir), temperature=0.0,
+                            max_new_tokens=args.max_new_tokens, poll_interval_seconds=0.05)
+        texts, seconds = run_fleet(settings, stage1, input_path, warm)
+        result[name] = {"slots": {"seconds": round(seconds, 2), "descriptions": len(texts),
+                                  "descriptions_per_s": round(len(texts) / seconds, 2)}}
         print(name, result[name], flush=True)
         write_json_atomic(Path(args.out), result)
 

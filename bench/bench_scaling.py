@@ -473,8 +473,7 @@ def _decoder_runner(spec: dict, dtype, device: str):
     from workers.relation_generator import RelationGenerator
 
     processor, model = load_vlm(spec["model"], revision="", dtype=dtype, device=torch.device(device))
-    generator = RelationGenerator(processor, model, batch_size=spec["batch_size"],
-                                  max_new_tokens=spec["max_new_tokens"], temperature=0.0)
+    generator = RelationGenerator(processor, model, max_new_tokens=spec["max_new_tokens"], temperature=0.0)
     return lambda pairs: _decode_by_image(generator, pairs)
 
 

@@ -139,12 +139,10 @@ class Settings:
 
     # --- relations job (SPEC.md defaults) -------------------------------------
     top_k: int = 10
-    # "slots": one prefix copy per image, rows across images, continuous refill (fast);
-    # "static": the earlier decoder, one image and batch_size prompts at a time.
-    decoder: str = "slots"
-    # The static decoder's batch (SPEC's BATCH_SIZE).
+    # SPEC's BATCH_SIZE, accepted (and stored in the run's meta) for compatibility: the slot
+    # decoder's batch is max_batch, and nothing reads this.
     batch_size: int = 8
-    # The slots decoder's most rows at once; fewer when their KV cache would not fit the
+    # The slot decoder's most rows at once; fewer when their KV cache would not fit the
     # memory left after the weights (EVALFLEET_MEMORY_BUDGET_GB).
     max_batch: int = 512
     max_new_tokens: int = 512
@@ -290,8 +288,6 @@ def _validate(s: Settings) -> None:
         raise SettingsError(f"{ENV_PREFIX}TASK_MAX_RETRIES must be >= 0, POLL_INTERVAL_SECONDS "
                             f"and STALL_SECONDS > 0")
     _validate_judge(s)
-    if s.decoder not in ("slots", "static"):
-        raise SettingsError(f"{ENV_PREFIX}DECODER={s.decoder!r}: use slots or static")
     if s.editor_compile not in ("auto", "on", "off"):
         raise SettingsError(f"{ENV_PREFIX}EDITOR_COMPILE={s.editor_compile!r}: use auto, on or off")
     if s.dtype not in ("auto", "bfloat16", "float16", "float32"):

@@ -334,7 +334,8 @@ def _add_relations_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stage1", "--stage1_result", help="recall_results_*.json of stage 1")
     p.add_argument("--input", "--input_data", help="the input image records (test_2000_images.json)")
     p.add_argument("--top-k", "--top_k", type=_positive, dest="top_k")
-    p.add_argument("--batch-size", "--batch_size", type=_positive, dest="batch_size")
+    p.add_argument("--batch-size", "--batch_size", type=_positive, dest="batch_size",
+                   help="accepted for compatibility, unused: the decoder's batch is EVALFLEET_MAX_BATCH")
     p.add_argument("--model", "--model_path", dest="relations_model", help="hub id or local path")
 
 

@@ -61,7 +61,7 @@ def enqueue_relations(settings: Settings, app: Celery, store_client, stage1: Pat
                       "stage1": str(stage1), "input": str(input_path),
                       "inputs": inputs_digest([stage1, input_path]),
                       "batch_size": settings.batch_size, "max_batch": settings.max_batch,
-                      "decoder": settings.decoder, "workers_per_gpu": settings.workers_per_gpu,
+                      "workers_per_gpu": settings.workers_per_gpu,
                       **result_settings(settings)}, IDENTITY, restart)
     items = {relation_key(p["image_id"], p["subject"], p["object"]): p for p in prepared.pairs}
     store.add_items(RELATIONS_STAGE, items)

@@ -14,14 +14,14 @@ import torch
 from PIL import Image
 
 from producer.relations_job import pack_tasks
-from workers.image_prompt_decoder import cut_after_eos
+from workers.decoding import cut_after_eos
 from workers.models import build_tiny_qwen3_vl, build_tiny_qwen3_vl_moe, load_vlm
 from workers.relation_generator import RelationGenerator
 from workers.residency import ResidencyPool, model_bytes
 from workers.slot_decoder import SlotDecoder, kv_bytes_per_token, slot_shape
 
 # Prompts of different lengths (rows of different suffix lengths), one CPU thread.
-from test_image_prompt_decoder import MAX_NEW_TOKENS, PROMPTS, one_cpu_thread  # noqa: E402,F401
+from test_decoding import MAX_NEW_TOKENS, PROMPTS, one_cpu_thread  # noqa: E402,F401
 
 
 @pytest.fixture(scope="module", params=["dense", "moe"])
@@ -119,15 +119,21 @@ def test_sampling_is_seeded(decoder, images, texts) -> None:
     assert sample(2) != first
 
 
-def test_the_generator_answers_each_image_in_order(vlm, images) -> None:
-    slots = RelationGenerator(*vlm, batch_size=2, max_new_tokens=6, temperature=0.0)
-    static = RelationGenerator(*vlm, batch_size=2, max_new_tokens=6, temperature=0.0,
-                               decoder="static")
-    prompts = [PROMPTS, PROMPTS[:2], []]
-    answers = slots.generate_many(images, prompts, seed=0)
-    assert [len(group) for group in answers] == [5, 2, 0]
-    assert answers == static.generate_many(images, prompts, seed=0)
-    assert slots.generated_tokens == static.generated_tokens > 0
+def test_the_generator_answers_each_image_in_order(vlm, images, texts, monkeypatch) -> None:
+    # A token the first row emits at step 3 for the first time becomes the eos: answers end
+    # there, the others run to the budget.
+    eos = _reference(vlm, images[:1], texts[:1])[0][0][3]
+    monkeypatch.setattr(vlm[1].generation_config, "eos_token_id", [eos])
+    expected = _reference(vlm, images[:2], [texts[0], texts[0][:2]])
+    assert len(expected[0][0]) == 4 and max(len(row) for row in expected[0]) == MAX_NEW_TOKENS
+
+    generator = RelationGenerator(*vlm, max_batch=2, max_new_tokens=MAX_NEW_TOKENS, temperature=0.0)
+    answers = generator.generate_many(images, [PROMPTS, PROMPTS[:2], []], seed=0)
+    # Each answer is its row of model.generate, decoded without the eos; the count keeps it.
+    assert answers == [[vlm[0].decode(row, skip_special_tokens=True).strip() for row in group]
+                       for group in expected] + [[]]
+    assert generator.generated_tokens == sum(len(row) for group in expected for row in group)
+    assert generator.generate(images[0], [], seed=0) == []
 
 
 def test_the_layout_shrinks_to_the_memory_left(vlm) -> None:

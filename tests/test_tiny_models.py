@@ -110,7 +110,7 @@ def test_processor_expands_the_image_into_matching_vision_tokens(vlm, image) -> 
 
 
 def test_generator_answers_every_prompt(vlm, image) -> None:
-    generator = RelationGenerator(*vlm, batch_size=2, max_new_tokens=8, temperature=0.0)
+    generator = RelationGenerator(*vlm, max_batch=2, max_new_tokens=8, temperature=0.0)
     answers = generator.generate(image, PROMPTS, seed=0)
     assert len(answers) == len(PROMPTS)
     assert all(isinstance(a, str) and a for a in answers)
@@ -118,20 +118,20 @@ def test_generator_answers_every_prompt(vlm, image) -> None:
 
 
 def test_greedy_generation_is_deterministic(vlm, image) -> None:
-    generator = RelationGenerator(*vlm, batch_size=2, max_new_tokens=8, temperature=0.0)
+    generator = RelationGenerator(*vlm, max_batch=2, max_new_tokens=8, temperature=0.0)
     assert generator.generate(image, PROMPTS, seed=0) == generator.generate(image, PROMPTS, seed=1)
 
 
 def test_batching_does_not_change_greedy_answers(vlm, image) -> None:
     # Prompts of different lengths share a batch only if left padding and the
     # padded multimodal rope positions are right.
-    one_by_one = RelationGenerator(*vlm, batch_size=1, max_new_tokens=8, temperature=0.0)
-    all_at_once = RelationGenerator(*vlm, batch_size=3, max_new_tokens=8, temperature=0.0)
+    one_by_one = RelationGenerator(*vlm, max_batch=1, max_new_tokens=8, temperature=0.0)
+    all_at_once = RelationGenerator(*vlm, max_batch=3, max_new_tokens=8, temperature=0.0)
     assert one_by_one.generate(image, PROMPTS, seed=0) == all_at_once.generate(image, PROMPTS, seed=0)
 
 
 def test_sampling_is_reproducible_for_a_seed(vlm, image) -> None:
-    generator = RelationGenerator(*vlm, batch_size=2, max_new_tokens=8, temperature=1.0)
+    generator = RelationGenerator(*vlm, max_batch=2, max_new_tokens=8, temperature=1.0)
     first = generator.generate(image, PROMPTS, seed=7)
     assert generator.generate(image, PROMPTS, seed=7) == first
 

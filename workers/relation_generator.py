@@ -5,22 +5,19 @@ from __future__ import annotations
 from PIL import Image
 from transformers import PreTrainedModel, ProcessorMixin
 
-from workers.image_prompt_decoder import ImagePromptDecoder
 from workers.slot_decoder import SlotDecoder
 
-# The decoders a run can use (EVALFLEET_DECODER): "slots" shares each image's prefix and keeps
-# rows busy across images; "static" is the earlier one-image, one-batch-at-a-time decoder.
-DECODERS = ("slots", "static")
-
+# Where a model object keeps its decoder between tasks.
+_DECODER_ATTRIBUTE = "_evalfleet_SlotDecoder"
 
 class RelationGenerator:
     """Answers many prompts about several images.
 
-    Works the same for the tiny CPU model and the real Qwen3-VL-8B on CUDA in bf16. With the
-    ``slots`` decoder (workers/slot_decoder.py) each image's prefix is prefilled and stored once
-    and up to ``max_batch`` rows decode at once, across images; with ``static``
-    (workers/image_prompt_decoder.py) each image decodes alone, ``batch_size`` rows at a time.
-    On a GPU the decode step runs in a CUDA graph unless ``use_cuda_graph`` is False.
+    Works the same for the tiny CPU model and the real Qwen3-VL-8B on CUDA in bf16. The slot
+    decoder (workers/slot_decoder.py) prefills and stores each image's prefix once and decodes
+    up to ``max_batch`` rows at once, across images (fewer when their cache would not fit
+    ``cache_bytes``). On a GPU the decode step runs in a CUDA graph unless ``use_cuda_graph``
+    is False.
     """
 
     def __init__(
@@ -28,31 +25,24 @@ class RelationGenerator:
         processor: ProcessorMixin,
         model: PreTrainedModel,
         *,
-        batch_size: int,
         max_new_tokens: int,
         temperature: float,
-        decoder: str = "slots",
         max_batch: int = 512,
         cache_bytes: int | None = None,
         use_cuda_graph: bool = True,
     ) -> None:
-        if batch_size < 1 or max_new_tokens < 1 or max_batch < 1:
-            raise ValueError("batch_size, max_batch and max_new_tokens must be at least 1")
+        if max_new_tokens < 1 or max_batch < 1:
+            raise ValueError("max_batch and max_new_tokens must be at least 1")
         if temperature < 0:
             raise ValueError("temperature must be >= 0 (0 means greedy decoding)")
-        if decoder not in DECODERS:
-            raise ValueError(f"decoder {decoder!r}: use one of {', '.join(DECODERS)}")
         self.processor = processor
         self.model = model
-        self.batch_size = batch_size
         self.max_batch = max_batch
         self.cache_bytes = cache_bytes
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
-        self.decoder_name = decoder
         # Kept with the model, so its CUDA graphs and caches serve later tasks too.
-        decoder_class = SlotDecoder if decoder == "slots" else ImagePromptDecoder
-        self.decoder = shared_decoder(decoder_class, processor, model, use_cuda_graph=use_cuda_graph)
+        self.decoder = shared_decoder(processor, model, use_cuda_graph=use_cuda_graph)
         # Running total of tokens produced (eos included, padding not), for metrics.
         self.generated_tokens = 0
 
@@ -65,14 +55,9 @@ class RelationGenerator:
         """One answer per prompt of every image, in order. Greedy at temperature 0, else seeded
         sampling."""
         texts = [[self._render(prompt) for prompt in group] for group in prompts]
-        if self.decoder_name == "slots":
-            rows = self.decoder.generate(
-                images, texts, max_batch=self.max_batch, cache_bytes=self.cache_bytes,
-                max_new_tokens=self.max_new_tokens, temperature=self.temperature, seed=seed)
-        else:
-            rows = [self.decoder.generate(
-                image, group, batch_size=self.batch_size, max_new_tokens=self.max_new_tokens,
-                temperature=self.temperature, seed=seed) for image, group in zip(images, texts)]
+        rows = self.decoder.generate(
+            images, texts, max_batch=self.max_batch, cache_bytes=self.cache_bytes,
+            max_new_tokens=self.max_new_tokens, temperature=self.temperature, seed=seed)
         answers = []
         for group in rows:
             # Each row ends at its first eos, so its length is what was generated.
@@ -85,21 +70,20 @@ class RelationGenerator:
         return render_prompt(self.processor, prompt)
 
 
-def shared_decoder(decoder_class: type, processor: ProcessorMixin, model: PreTrainedModel, *,
-                   use_cuda_graph: bool = True):
-    """The model's decoder of this class, made on first use and kept on the model object.
+def shared_decoder(processor: ProcessorMixin, model: PreTrainedModel, *,
+                   use_cuda_graph: bool = True) -> SlotDecoder:
+    """The model's slot decoder, made on first use and kept on the model object.
 
     A generator is made per task; keeping the decoder with the model lets its captured graphs
     and caches serve every later task of the process instead of being redone.
     """
-    attribute = f"_evalfleet_{decoder_class.__name__}"
-    decoder = getattr(model, attribute, None)
+    decoder = getattr(model, _DECODER_ATTRIBUTE, None)
     if (decoder is None or decoder.processor is not processor
             or decoder.use_cuda_graph != use_cuda_graph):
         if decoder is not None:
             decoder.release()
-        decoder = decoder_class(processor, model, use_cuda_graph=use_cuda_graph)
-        setattr(model, attribute, decoder)
+        decoder = SlotDecoder(processor, model, use_cuda_graph=use_cuda_graph)
+        setattr(model, _DECODER_ATTRIBUTE, decoder)
     return decoder
 
 

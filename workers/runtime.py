@@ -219,10 +219,8 @@ def relation_generator(store: RunStore, meta: dict[str, Any]):
     # The decoder's cache may take what the weights leave of the budget, less room for the
     # step's activations and logits; the pool counts it and frees it when the model leaves.
     cache_bytes = int(pool.room_for_working(name) * DECODER_CACHE_FRACTION)
-    generator = RelationGenerator(processor, model, batch_size=int(meta["batch_size"]),
-                                  max_new_tokens=int(meta["max_new_tokens"]),
+    generator = RelationGenerator(processor, model, max_new_tokens=int(meta["max_new_tokens"]),
                                   temperature=float(meta["temperature"]),
-                                  decoder=meta.get("decoder", "static"),
                                   max_batch=int(meta.get("max_batch", 512)),
                                   cache_bytes=cache_bytes)
     pool.set_working_bytes(name, cache_bytes, release=generator.decoder.release)

@@ -47,7 +47,7 @@ from workers.cascade_attention import (
     prefix_splits,
 )
 from workers.decoder_layers import run_layers
-from workers.image_prompt_decoder import (
+from workers.decoding import (
     capture_graph,
     check_graph_rope,
     eos_token_ids,

@@ -1,4 +1,11 @@
-"""Many prompts about one image with a Qwen3-VL: the image is prefilled once, decoding is static.
+"""The earlier relations decoder, kept only as the benchmarks' side-by-side baseline.
+
+The product decodes with ``workers/slot_decoder.py``; this one (one image at a time, every
+batch row with its own copy of the image prefix) was removed from the product once the slot
+decoder won every benchmark (bench/RESULTS.md). ``bench/bench_decoder.py`` times the two side
+by side.
+
+How it decodes: many prompts about one image, the image prefilled once, decoding static.
 
 Every prompt renders as::
 
@@ -22,7 +29,6 @@ the prefix's largest position + 1; pads take no position, as in ``generate`` wit
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from dataclasses import dataclass
@@ -32,131 +38,32 @@ from PIL import Image
 from transformers import PreTrainedModel, ProcessorMixin
 
 from workers.cascade_attention import additive
+from workers.decoding import (
+    capture_graph,
+    check_graph_rope,
+    cut_after_eos,
+    eos_token_ids,
+    kv_storage_fits,
+    length_bucket,
+    new_kv_storage,
+    pad_token_id,
+    pick_tokens,
+    split_after_image,
+    weight_pointers,
+)
 
 logger = logging.getLogger(__name__)
 
-VISION_END = "<|vision_end|>"
-# Cache lengths are rounded up to a multiple of this, so batches of nearby lengths share a graph.
-LENGTH_STEP = 256
 # "Has every row produced an eos?" costs a host sync, so it is asked once every this many steps.
 EOS_CHECK_EVERY = 8
 # Attention implementations that apply a 4D additive mask as given (flash attention ignores it).
 _MASK_ATTENTION = ("sdpa", "eager")
 
 
-def split_after_image(text: str) -> tuple[str, str]:
-    """(the text up to and including ``<|vision_end|>``, the rest)."""
-    prefix, marker, suffix = text.partition(VISION_END)
-    if not marker:
-        raise ValueError(f"the prompt has no {VISION_END}: {text[:80]!r}")
-    return prefix + marker, suffix
-
-
 def batch_bucket(rows: int, batch_size: int) -> int:
     """Rows of the static batch: a power of two, at most ``batch_size``."""
     return min(1 << (rows - 1).bit_length(), batch_size)
 
-
-def length_bucket(tokens: int) -> int:
-    """Columns of the static cache: ``tokens`` rounded up to a multiple of LENGTH_STEP."""
-    return -(-tokens // LENGTH_STEP) * LENGTH_STEP
-
-
-def weight_pointers(model: PreTrainedModel) -> tuple[int, ...]:
-    """The addresses of a model's weights: captured graphs are valid only while these hold."""
-    tensors = itertools.chain(model.parameters(), model.buffers())
-    return tuple(tensor.data_ptr() for tensor in tensors)
-
-
-def check_graph_rope(model: PreTrainedModel, use_cuda_graph: bool) -> None:
-    """Refuse rotary types a CUDA graph cannot replay."""
-    rope_type = model.model.language_model.rotary_emb.rope_type
-    if use_cuda_graph and ("dynamic" in rope_type or rope_type == "longrope"):
-        # These recompute frequencies from max(position) in Python: a host sync per step.
-        raise ValueError(f"rope type {rope_type!r} cannot run in a CUDA graph")
-
-
-def eos_token_ids(model: PreTrainedModel) -> list[int]:
-    """The ids that end an answer, from the model's generation config."""
-    eos = model.generation_config.eos_token_id
-    return list(eos) if isinstance(eos, (list, tuple)) else [eos]
-
-
-def pad_token_id(model: PreTrainedModel, processor: ProcessorMixin) -> int:
-    pad = model.generation_config.pad_token_id
-    return pad if pad is not None else processor.tokenizer.pad_token_id
-
-
-def capture_graph(device: torch.device, run, pool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-    """Record ``run()`` (a decode step reading and writing only static tensors) in a CUDA graph.
-
-    The two warm-up runs, on a side stream as capture requires, are real steps on the current
-    inputs: they write the same keys and values at the same columns as the replay that
-    follows, so they change nothing.
-    """
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            run()
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool):
-        output = run()
-    return graph, output
-
-
-def kv_storage_fits(storage: torch.Tensor | None, model: PreTrainedModel, elements: int) -> bool:
-    """Whether ``storage`` already holds ``elements`` per layer on the model's device and dtype."""
-    return (storage is not None and storage.shape[1] >= elements
-            and storage.device == model.device and storage.dtype == model.dtype)
-
-
-def new_kv_storage(model: PreTrainedModel, elements: int) -> torch.Tensor:
-    """Keys and values of every layer, ``elements`` each, as one (2 x layers, elements) tensor
-    on the model's device.
-
-    Zeros, not empty: masked slots are still multiplied by 0, and 0 * NaN garbage is NaN.
-    """
-    layers = model.config.text_config.num_hidden_layers
-    return torch.zeros(2 * layers, elements, dtype=model.dtype, device=model.device)
-
-
-def cut_after_eos(tokens: torch.Tensor, eos_ids: list[int]) -> list[list[int]]:
-    """Each row of (rows, steps) up to and including its first eos; what follows is padding."""
-    rows = []
-    for row in tokens.tolist():
-        end = next((i + 1 for i, token in enumerate(row) if token in eos_ids), len(row))
-        rows.append(row[:end])
-    return rows
-
-
-def pick_tokens(
-    logits: torch.Tensor,
-    *,
-    temperature: float,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Next token per row of (rows, vocab) logits: argmax at temperature 0, else a seeded draw.
-
-    Sampling applies temperature, then top-k, then top-p, in the order ``generate`` does.
-    """
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    scores = logits.float() / temperature
-    if top_k:
-        kth_best = scores.topk(min(top_k, scores.shape[-1]), dim=-1).values[:, -1:]
-        scores = scores.masked_fill(scores < kth_best, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        ordered, order = scores.sort(dim=-1, descending=True)
-        probs = ordered.softmax(dim=-1)
-        # Keep a token while the better ones hold less than top_p; the best one always stays.
-        mass_before = probs.cumsum(dim=-1) - probs
-        ordered = ordered.masked_fill(mass_before > top_p, float("-inf"))
-        scores = scores.scatter(-1, order, ordered)
-    return torch.multinomial(scores.softmax(dim=-1), 1, generator=generator).squeeze(1)
 
 
 @dataclass
@@ -469,88 +376,3 @@ class ImagePromptDecoder:
 
     def _pad_id(self) -> int:
         return pad_token_id(self.model, self.processor)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Time model.generate, eager and CUDA-graph decoding on one image; count identical rows.
-
-    ``python -m workers.image_prompt_decoder --model Qwen/Qwen3-VL-8B-Instruct --prompts 64``
-    """
-    import argparse
-    import tempfile
-    from pathlib import Path
-
-    from workers.models.loading import load_vlm, pick_device, pick_dtype, resolve_model_path
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--model", default="tiny", help="hub id, local directory or tiny")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--prompts", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--image-size", type=int, default=1024, help="side of the square test image")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-
-    device = pick_device(args.device)
-    with tempfile.TemporaryDirectory() as models_dir:  # only used to build the tiny model
-        ref = resolve_model_path(args.model, Path(models_dir))
-        processor, model = load_vlm(ref, revision="", dtype=pick_dtype(args.dtype, device),
-                                    device=device)
-    image = Image.radial_gradient("L").resize((args.image_size, args.image_size)).convert("RGB")
-    texts = [_bench_text(processor, i) for i in range(args.prompts)]
-
-    def timed(name: str, run) -> list[list[int]]:
-        started = time.perf_counter()
-        rows = run()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - started
-        tokens = sum(len(row) for row in rows)
-        logger.info("%s: %.2fs, %d tokens, %.0f tokens/s", name, seconds, tokens, tokens / seconds)
-        return rows
-
-    baseline = timed("model.generate", lambda: _generate_rows(
-        processor, model, image, texts, args.batch_size, args.max_new_tokens))
-    for use_graph in (False, True):
-        name = "cuda graph" if use_graph and device.type == "cuda" else "eager"
-        decoder = ImagePromptDecoder(processor, model, use_cuda_graph=use_graph)
-        for run in ("first run", "second run"):  # the first one allocates and captures
-            rows = timed(f"{name}, {run}", lambda: decoder.generate(
-                image, texts, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                temperature=0.0, seed=0))
-        decoder.release()
-        same = sum(a == b for a, b in zip(rows, baseline))
-        logger.info("%s: %d of %d greedy rows identical to model.generate", name, same, len(texts))
-        # Where rows part: a late first difference is a rounding flip, an early one a real bug.
-        parted = [next(i for i, (x, y) in enumerate(itertools.zip_longest(a, b)) if x != y)
-                  for a, b in zip(rows, baseline) if a != b]
-        if parted:
-            logger.info("%s: differing rows part at token %s", name, sorted(parted))
-
-
-def _bench_text(processor: ProcessorMixin, index: int) -> str:
-    question = f"Question {index}: how does the centre relate to" + " the left edge" * (index % 4 + 1)
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-
-def _generate_rows(processor: ProcessorMixin, model: PreTrainedModel, image: Image.Image,
-                   texts: list[str], batch_size: int, max_new_tokens: int) -> list[list[int]]:
-    """The previous way: model.generate on whole prompts, every row re-encoding the image."""
-    eos = model.generation_config.eos_token_id
-    rows = []
-    for start in range(0, len(texts), batch_size):
-        batch = texts[start : start + batch_size]
-        inputs = processor(text=batch, images=[image] * len(batch), padding=True,
-                           return_tensors="pt").to(model.device)
-        with torch.inference_mode():
-            output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        new_tokens = output[:, inputs["input_ids"].shape[1] :].cpu()
-        rows.extend(cut_after_eos(new_tokens, list(eos) if isinstance(eos, list) else [eos]))
-    return rows
-
-
-if __name__ == "__main__":
-    main()
