@@ -7,6 +7,7 @@ must be those of ``model.generate`` on its whole prompt.
 from __future__ import annotations
 
 import gc
+import logging
 import weakref
 
 import pytest
@@ -119,7 +120,8 @@ def test_sampling_is_seeded(decoder, images, texts) -> None:
     assert sample(2) != first
 
 
-def test_the_generator_answers_each_image_in_order(vlm, images, texts, monkeypatch) -> None:
+def test_the_generator_answers_each_image_in_order(vlm, images, texts, monkeypatch,
+                                                   caplog) -> None:
     # A token the first row emits at step 3 for the first time becomes the eos: answers end
     # there, the others run to the budget.
     eos = _reference(vlm, images[:1], texts[:1])[0][0][3]
@@ -128,7 +130,11 @@ def test_the_generator_answers_each_image_in_order(vlm, images, texts, monkeypat
     assert len(expected[0][0]) == 4 and max(len(row) for row in expected[0]) == MAX_NEW_TOKENS
 
     generator = RelationGenerator(*vlm, max_batch=2, max_new_tokens=MAX_NEW_TOKENS, temperature=0.0)
-    answers = generator.generate_many(images, [PROMPTS, PROMPTS[:2], []], seed=0)
+    with caplog.at_level(logging.INFO, logger="workers.relation_generator"):
+        answers = generator.generate_many(images, [PROMPTS, PROMPTS[:2], []], seed=0)
+    # The worker log says how busy the rows were.
+    assert f"decoded {len(PROMPTS) + 2} prompts of 3 images" in caplog.text
+    assert "occupancy" in caplog.text
     # Each answer is its row of model.generate, decoded without the eos; the count keeps it.
     assert answers == [[vlm[0].decode(row, skip_special_tokens=True).strip() for row in group]
                        for group in expected] + [[]]

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+
 from PIL import Image
 from transformers import PreTrainedModel, ProcessorMixin
 
 from workers.slot_decoder import SlotDecoder
 
+logger = logging.getLogger(__name__)
+
 # Where a model object keeps its decoder between tasks.
 _DECODER_ATTRIBUTE = "_evalfleet_SlotDecoder"
+
 
 class RelationGenerator:
     """Answers many prompts about several images.
@@ -58,6 +63,10 @@ class RelationGenerator:
         rows = self.decoder.generate(
             images, texts, max_batch=self.max_batch, cache_bytes=self.cache_bytes,
             max_new_tokens=self.max_new_tokens, temperature=self.temperature, seed=seed)
+        stats = self.decoder.stats
+        logger.info("decoded %d prompts of %d images in %.2fs: %d rows, %d steps, occupancy %.2f, "
+                    "%d prefixes", sum(len(group) for group in prompts), len(images), stats.seconds,
+                    stats.rows, stats.steps, stats.occupancy, stats.prefills)
         answers = []
         for group in rows:
             # Each row ends at its first eos, so its length is what was generated.
