@@ -171,6 +171,24 @@ def test_a_1_to_5_scale_is_the_expectation_over_its_digits(vlm, kris_rows) -> No
     assert [a.score for a in alone] == pytest.approx([s.score for s in scores], abs=1e-4)
 
 
+def test_the_criteria_of_a_pair_encode_its_two_images_once(vlm, kris_rows) -> None:
+    encoded: list[int] = []
+    hook = vlm[1].model.visual.register_forward_hook(
+        lambda module, args, kwargs, output: encoded.append(len(kwargs["grid_thw"])),
+        with_kwargs=True)
+    try:
+        shared = Judge(*vlm, batch_size=4, values=(1, 2, 3, 4, 5)).score(kris_rows)
+    finally:
+        hook.remove()
+    assert encoded == [2]  # one pass over the pair's two images, not 4 x 2
+    # The same scores as rows that each encode their own copies of the images.
+    copies = [JudgeItem(original_image=row.original_image.copy(), edited_image=row.edited_image.copy(),
+                        system_prompt=row.system_prompt, user_prompt=row.user_prompt)
+              for row in kris_rows]
+    apart = Judge(*vlm, batch_size=4, values=(1, 2, 3, 4, 5)).score(copies)
+    assert [s.score for s in shared] == pytest.approx([s.score for s in apart], abs=1e-5)
+
+
 def test_reasoning_mode_fails_an_answer_without_a_score_with_its_text(vlm, kris_rows) -> None:
     # The tiny random model writes no "Score: N": every row fails, its answer attached, none scored.
     results = Judge(*vlm, batch_size=2, values=(1, 2, 3, 4, 5), reasoning_tokens=6).score(kris_rows[:2])

@@ -69,8 +69,11 @@ class Judge:
         # The digits a value of the scale starts with, as indices into digit_ids.
         self._first = torch.tensor([int(d) for d in first_digits(self.values)], dtype=torch.long)
         # Only the last two positions are read; skip projecting the rest onto the vocabulary.
-        keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
-        self._forward_kwargs = {"logits_to_keep": 2} if keeps_logits else {}
+        parameters = inspect.signature(model.forward).parameters
+        self._forward_kwargs = {"logits_to_keep": 2} if "logits_to_keep" in parameters else {}
+        # Qwen3-VL takes the vision tower's outputs in place of pixels (transformers >= 5.x).
+        self._takes_encoded_images = ("mm_encoder_outputs" in parameters
+                                      and hasattr(getattr(model, "model", None), "get_image_features"))
 
     def modules(self) -> dict[str, torch.nn.Module]:
         """The modules a residency manager may move between devices."""
@@ -146,9 +149,35 @@ class Judge:
         inputs = self._inputs(items, texts)
         self._check_forced_token(inputs["input_ids"])
         with torch.inference_mode():
+            inputs = self._images_encoded_once(items, inputs)
             output = self.model(**inputs, use_cache=False, **self._forward_kwargs)
         probabilities = self._score_probabilities(output.logits[:, -2:, :])
         return [self._to_score(row) for row in probabilities.cpu()]
+
+    def _images_encoded_once(self, items: list[JudgeItem], inputs) -> dict:
+        """``inputs`` with each distinct image of the batch through the vision tower once.
+
+        The criteria of a pair are rows showing the same two images; without this the vision
+        tower would encode them once per criterion. The encoder's outputs (embeddings and
+        deepstack features) go to the model in place of the pixels, one entry per placeholder.
+        """
+        images = [image for item in items for image in (item.original_image, item.edited_image)]
+        first: dict[int, int] = {}
+        sources = [first.setdefault(id(image), index) for index, image in enumerate(images)]
+        if len(first) == len(images) or not self._takes_encoded_images:
+            return inputs
+        grid = inputs["image_grid_thw"]
+        pixels = torch.split(inputs["pixel_values"], grid.prod(-1).tolist())
+        distinct = sorted(first.values())
+        encoded = self.model.model.get_image_features(
+            torch.cat([pixels[i] for i in distinct]), grid[distinct], return_dict=True)
+        picks = [distinct.index(source) for source in sources]
+        encoded.pooler_output = [encoded.pooler_output[p] for p in picks]
+        encoded.deepstack_features = [[layer[p] for p in picks]
+                                      for layer in encoded.deepstack_features]
+        shared = {key: value for key, value in inputs.items() if key != "pixel_values"}
+        shared["mm_encoder_outputs"] = {"image": encoded}
+        return shared
 
     def _check_forced_token(self, input_ids: torch.Tensor) -> None:
         # Right padding, or "1" merged into the template's last token, would make us read the wrong positions.
