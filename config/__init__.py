@@ -7,10 +7,11 @@ from config.settings import (
     TINY_MODEL,
     Settings,
     SettingsError,
+    ignored_variables,
     load_settings,
     parse_lora,
     to_environ,
 )
 
 __all__ = ["ENV_PREFIX", "LORA_SEPARATOR", "TINY_EDITORS", "TINY_MODEL", "Settings", "SettingsError",
-           "load_settings", "parse_lora", "to_environ"]
+           "ignored_variables", "load_settings", "parse_lora", "to_environ"]

@@ -9,6 +9,7 @@ project reads ``os.environ`` for its own settings.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 import re
@@ -249,6 +250,29 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     settings = Settings(**values)
     _validate(settings)
     return settings
+
+
+# EVALFLEET_ variables that are not settings on purpose: the container's user ids
+# (docker-compose.yml, Dockerfile).
+NOT_SETTINGS = frozenset({f"{ENV_PREFIX}UID", f"{ENV_PREFIX}GID"})
+
+
+def ignored_variables(settings: Settings, environ: Mapping[str, str] | None = None) -> list[str]:
+    """``EVALFLEET_*`` variables that name no setting (a typo, or a setting renamed or removed),
+    each as a line for the log, with the closest setting's name when one is close: they change
+    nothing, which a user should hear of."""
+    environ = os.environ if environ is None else environ
+    settings_names = [f.name.upper() for f in fields(Settings)]
+    known = {ENV_PREFIX + name for name in settings_names} | NOT_SETTINGS
+    if settings.judge_endpoint_api_key_env:
+        known.add(settings.judge_endpoint_api_key_env)  # the judge's API key may live here
+    out = []
+    for name in sorted(environ):
+        if name.startswith(ENV_PREFIX) and name not in known:
+            close = difflib.get_close_matches(name[len(ENV_PREFIX):], settings_names, n=1, cutoff=0.8)
+            hint = f" (did you mean {ENV_PREFIX}{close[0]}?)" if close else ""
+            out.append(f"{name} is not an evalfleet setting: ignored{hint}")
+    return out
 
 
 def to_environ(settings: Settings) -> dict[str, str]:

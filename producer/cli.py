@@ -22,7 +22,8 @@ from urllib.parse import urlsplit
 
 import redis
 
-from config import LORA_SEPARATOR, Settings, SettingsError, load_settings, to_environ
+from config import (LORA_SEPARATOR, Settings, SettingsError, ignored_variables, load_settings,
+                    to_environ)
 from producer.dispatch import celery_client
 from producer.editbench_job import PHASE_SCOPES, PhaseController, register_editbench
 from producer.editbench_report import write_editbench_report
@@ -415,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return EXIT_USAGE
     log_path = _setup_logging(settings)
+    for line in ignored_variables(settings):
+        log.warning("%s", line)
     try:
         if args.command == "enqueue" and not (args.stage1 and args.input):
             raise SystemExit("enqueue needs --stage1 and --input")

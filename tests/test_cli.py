@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from config import Settings
+from config import Settings, ignored_variables
 from conftest import private_env, run_producer
 from producer.editbench_job import register_editbench
 from producer.editbench_sample import write_editbench_sample
@@ -113,3 +113,21 @@ def test_an_unreachable_broker_is_an_infrastructure_error_and_not_printed(comman
     assert proc.returncode == EXIT_INFRA, output_of(proc)
     assert_no_password(proc, tmp_path)
     assert "Traceback" not in output_of(proc)
+
+
+def test_a_variable_that_names_no_setting_is_reported_not_silently_ignored(env, tmp_path):
+    # A removed setting and a typo: both change nothing, and the command says so.
+    proc = run_producer("report", "relations", "--run", "nope",
+                        env={**env, "EVALFLEET_DECODER": "static", "EVALFLEET_MAX_BATCHES": "8"})
+    assert "EVALFLEET_DECODER is not an evalfleet setting: ignored" in proc.stderr
+    assert ("EVALFLEET_MAX_BATCHES is not an evalfleet setting: ignored (did you mean "
+            "EVALFLEET_MAX_BATCH?)") in proc.stderr
+    assert proc.returncode == EXIT_USAGE  # the command itself goes on as before (unknown run)
+
+
+def test_the_judge_key_variable_and_the_container_ids_are_not_reported():
+    settings = Settings(judge_endpoint_api_key_env="EVALFLEET_JUDGE_KEY")
+    environ = {"EVALFLEET_JUDGE_KEY": "secret", "EVALFLEET_UID": "1000", "EVALFLEET_TOP_K": "3",
+               "EVALFLEET_TOPK": "3", "OTHER": "x"}
+    assert ignored_variables(settings, environ) == [
+        "EVALFLEET_TOPK is not an evalfleet setting: ignored (did you mean EVALFLEET_TOP_K?)"]

@@ -10,10 +10,12 @@ import logging
 
 from celery import Celery
 
-from config import load_settings
+from config import ignored_variables, load_settings
 from config.celery import celery_config
 
 settings = load_settings()
+for _line in ignored_variables(settings):
+    logging.getLogger(__name__).warning("%s", _line)
 
 app = Celery("evalfleet", include=["workers.relations_task", "workers.editbench_tasks"])
 app.conf.update(celery_config(settings))
