@@ -47,6 +47,18 @@ def test_flux_kontext_with_a_lora_edits_and_scores_the_sample(editbench_fleet, f
         assert edited.format == "PNG" and 96 * 96 <= edited.width * edited.height <= 160 * 160
 
 
+def test_qwen_image_edit_plus_edits_and_scores_the_sample(editbench_fleet, fleet_env, redis_client,
+                                                          tmp_path):
+    env = {**fleet_env, "EVALFLEET_EDITOR_MODEL": "tiny-qwen-image-edit-plus"}
+    proc, output = _run(env, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = read_json(output)
+    assert report["overall"]["n"] == 5 and report["failures"] == []
+    settings = report["run"]["edit_settings"]
+    assert settings["family"] == "QwenImageEditPlusPipeline"
+    assert settings["guidance_argument"] == "true_cfg_scale" and settings["steps"] == 2
+
+
 def test_a_lora_that_does_not_fit_the_editor_fails_every_edit_with_its_reason(
         editbench_fleet, fleet_env, redis_client, model_cache, tmp_path):
     qwen_lora = build_tiny_lora(Path(resolve_model_path("tiny", model_cache, kind=EDITOR)), tmp_path / "lora")
