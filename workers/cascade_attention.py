@@ -278,9 +278,6 @@ class FlashPrefill:
         device, i32 = rows.device, torch.int32
         slots = list(groups)
         counts = [len(groups[slot]) for slot in slots]
-        order = torch.cat([groups[slot] for slot in slots])
-        if not torch.equal(order.cpu(), torch.arange(len(order))):
-            raise ValueError("the rows of a prefill must come sorted by image slot")
         tokens = torch.tensor([0] + counts, device=device, dtype=i32).cumsum(0) * width
         self.per_slot_queries, self.most_queries = tokens.to(i32), max(counts) * width
         prefix = caches.prefix_length

@@ -311,6 +311,8 @@ class SlotDecoder:
         row_index = torch.tensor(rows, device=device)
         positions = (torch.tensor(starts, device=device)[:, None]
                      + torch.arange(width, device=device)[None, :])
+        if slots != sorted(slots):  # checked here, on the host: on the device it would sync
+            raise ValueError("the rows of a prefill must come sorted by image slot")
         groups = {slot: torch.tensor([n for n, s in enumerate(slots) if s == slot], device=device)
                   for slot in sorted(set(slots))}
         prefill = FlashPrefill if self.flash else MatmulPrefill
