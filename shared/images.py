@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 from typing import IO
 
+from billiard.exceptions import SoftTimeLimitExceeded  # celery's, raised inside a running task
 from PIL import Image, UnidentifiedImageError
 
 from shared.errors import InputFileError, RecordError, shown
@@ -62,6 +63,8 @@ def open_image(path: str | Path) -> Image.Image:
         raise ImageFileError(f"image file {path} is not an image Pillow can read") from None
     except MemoryError:
         raise ImageFileError(f"image file {path} does not fit in memory") from None
+    except SoftTimeLimitExceeded:
+        raise  # the task's time limit, not the file: the task's own handling reports it
     except Exception as exc:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError...
         raise ImageFileError(f"image file {path} cannot be decoded ({exc})") from None
 

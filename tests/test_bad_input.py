@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+from celery.exceptions import SoftTimeLimitExceeded
 from PIL import Image
 
 from conftest import private_env, read_json, run_producer, started_fleet
@@ -484,6 +485,20 @@ def test_open_image_refuses_unusable_files_naming_them(tmp_path, case, make, wor
     with pytest.raises(ImageFileError) as info:
         open_image(path)
     assert str(path) in str(info.value) and words in str(info.value)
+
+
+def test_a_time_limit_hit_while_decoding_is_not_blamed_on_the_image(tmp_path, monkeypatch):
+    # Celery raises the soft time limit inside whatever the task is doing: it must reach the
+    # task's handling (a time-limit failure), not become "image cannot be decoded".
+    path = tmp_path / "image.png"
+    path.write_bytes(png_bytes((64, 64)))
+
+    def out_of_time(_path):
+        raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr("shared.images.load_fully", out_of_time)
+    with pytest.raises(SoftTimeLimitExceeded):
+        open_image(path)
 
 
 # --- end to end: the CLI and real workers -----------------------------------------------------------
