@@ -58,7 +58,7 @@ def test_flash_decode_matches_plain_products(splits):
     plain_caches, flash_caches = _copy(caches), _copy(caches)
     for layer in range(LAYERS):
         expected = MatmulDecode(plain_caches, ROW_LENGTH)(layer, query, key, value)
-        got = FlashDecode(flash_caches, ROW_LENGTH, splits)(layer, query, key, value)
+        got = FlashDecode(flash_caches, splits)(layer, query, key, value)
         assert got.shape == expected.shape == (batch, 1, HEADS, DIM)
         assert torch.isfinite(got).all()
         torch.testing.assert_close(got.float(), expected.float(), atol=2e-2, rtol=2e-2)

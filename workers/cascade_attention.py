@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
+from workers.decoding import power_of_two
+
 logger = logging.getLogger(__name__)
 
 # At most this many key ranges per prefix in the decode step (see FlashDecode).
@@ -65,7 +67,7 @@ class CascadeCaches:
         device = self.row_slot.device
         slots = torch.tensor(row_slots, dtype=torch.long)
         counts = torch.bincount(slots, minlength=self.images)
-        self.most_rows = 1 << (max(int(counts.max()), 1) - 1).bit_length()
+        self.most_rows = power_of_two(int(counts.max()))
         self.row_slot.copy_(slots.to(device))
         self.by_slot.copy_(torch.sort(slots, stable=True).indices.to(device))
         self.slot_starts.copy_(torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
@@ -151,7 +153,7 @@ class FlashDecode:
     per kv head for the query heads that share it.
     """
 
-    def __init__(self, caches: CascadeCaches, window: int, splits: int = 1):
+    def __init__(self, caches: CascadeCaches, splits: int = 1):
         self.caches, self.splits = caches, splits
         device, i32 = caches.columns.device, torch.int32
         images, batch = caches.images, caches.batch

@@ -26,6 +26,11 @@ def split_after_image(text: str) -> tuple[str, str]:
     return prefix + marker, suffix
 
 
+def power_of_two(n: int) -> int:
+    """The smallest power of two >= n (n >= 1)."""
+    return 1 << (max(n, 1) - 1).bit_length()
+
+
 def length_bucket(tokens: int) -> int:
     """Columns of the static cache: ``tokens`` rounded up to a multiple of LENGTH_STEP."""
     return -(-tokens // LENGTH_STEP) * LENGTH_STEP

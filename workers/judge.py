@@ -168,10 +168,11 @@ class Judge:
             return inputs
         grid = inputs["image_grid_thw"]
         pixels = torch.split(inputs["pixel_values"], grid.prod(-1).tolist())
-        distinct = sorted(first.values())
+        distinct = list(first.values())  # first occurrences, in order
         encoded = self.model.model.get_image_features(
             torch.cat([pixels[i] for i in distinct]), grid[distinct], return_dict=True)
-        picks = [distinct.index(source) for source in sources]
+        position = {index: n for n, index in enumerate(distinct)}
+        picks = [position[source] for source in sources]
         encoded.pooler_output = [encoded.pooler_output[p] for p in picks]
         encoded.deepstack_features = [[layer[p] for p in picks]
                                       for layer in encoded.deepstack_features]

@@ -56,6 +56,7 @@ from workers.decoding import (
     new_kv_storage,
     pad_token_id,
     pick_tokens,
+    power_of_two,
     split_after_image,
     weight_pointers,
 )
@@ -73,11 +74,6 @@ ROW_MULTIPLE = 64
 PREFIX_BATCH = 8
 # Suffix tokens prefilled in one pass when rows start (bounds the pass's attention scores).
 PREFILL_TOKENS = 4096
-
-
-def power_of_two(n: int) -> int:
-    """The smallest power of two >= n (n >= 1)."""
-    return 1 << (max(n, 1) - 1).bit_length()
 
 
 def kv_bytes_per_token(model: PreTrainedModel) -> int:
@@ -345,8 +341,7 @@ class SlotDecoder:
         if self.flash:
             heads = self.model.config.text_config.num_attention_heads
             processors = torch.cuda.get_device_properties(self.model.device).multi_processor_count
-            attention = FlashDecode(shape.caches, window,
-                                    prefix_splits(shape.caches, heads, processors))
+            attention = FlashDecode(shape.caches, prefix_splits(shape.caches, heads, processors))
         else:
             attention = MatmulDecode(shape.caches, window)
         hidden = self._layers(shape.input_ids, shape.positions[:, None], attention)
