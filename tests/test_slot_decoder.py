@@ -135,6 +135,9 @@ def test_the_generator_answers_each_image_in_order(vlm, images, texts, monkeypat
     # The worker log says how busy the rows were.
     assert f"decoded {len(PROMPTS) + 2} prompts of 3 images" in caplog.text
     assert "occupancy" in caplog.text
+    # ...and where the call's time went.
+    assert set(generator.decoder.stats.phases) == {"images", "prefixes", "rows", "decode"}
+    assert sum(generator.decoder.stats.phases.values()) <= generator.decoder.stats.seconds
     # Each answer is its row of model.generate, decoded without the eos; the count keeps it.
     assert answers == [[vlm[0].decode(row, skip_special_tokens=True).strip() for row in group]
                        for group in expected] + [[]]

@@ -1,14 +1,16 @@
 """What the relations decoder needs besides its attention and layers.
 
 The prompt split at the image, cache lengths, the weights' addresses its CUDA graphs depend on,
-eos and pad ids, graph capture, the KV storage, cutting rows at their eos and picking the next
-token. ``workers/slot_decoder.py`` is the product's decoder; ``bench/static_decoder.py`` (the
-benchmarks' baseline) uses the same helpers.
+eos and pad ids, graph capture, the KV storage, cutting rows at their eos, picking the next
+token and a clock for the phases of a call. ``workers/slot_decoder.py`` is the product's
+decoder; ``bench/static_decoder.py`` (the benchmarks' baseline) uses the same helpers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import time
 
 import torch
 from transformers import PreTrainedModel, ProcessorMixin
@@ -132,3 +134,42 @@ def pick_tokens(
         ordered = ordered.masked_fill(mass_before > top_p, float("-inf"))
         scores = scores.scatter(-1, order, ordered)
     return torch.multinomial(scores.softmax(dim=-1), 1, generator=generator).squeeze(1)
+
+
+class PhaseClock:
+    """Seconds spent in named phases of a generate call, for its log line.
+
+    On CUDA a phase is timed by events on the stream (what the GPU saw between its start and
+    end, idle gaps included), read once at the end: timing adds no host sync. On the CPU it is
+    host time.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self._host: dict[str, float] = {}
+        self._events: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        if not self.cuda:
+            started = time.perf_counter()
+            yield
+            self._host[name] = self._host.get(name, 0.0) + time.perf_counter() - started
+            return
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        yield
+        end.record()
+        self._events.append((name, start, end))
+
+    def host(self, name: str, seconds: float) -> None:
+        """Add host seconds (work the GPU does not see, such as the image processor)."""
+        self._host[name] = self._host.get(name, 0.0) + seconds
+
+    def seconds(self) -> dict[str, float]:
+        totals = dict(self._host)
+        if self._events:
+            self._events[-1][2].synchronize()
+        for name, start, end in self._events:
+            totals[name] = totals.get(name, 0.0) + start.elapsed_time(end) / 1000
+        return totals

@@ -64,9 +64,11 @@ class RelationGenerator:
             images, texts, max_batch=self.max_batch, cache_bytes=self.cache_bytes,
             max_new_tokens=self.max_new_tokens, temperature=self.temperature, seed=seed)
         stats = self.decoder.stats
-        logger.info("decoded %d prompts of %d images in %.2fs: %d rows, %d steps, occupancy %.2f, "
-                    "%d prefixes", sum(len(group) for group in prompts), len(images), stats.seconds,
-                    stats.rows, stats.steps, stats.occupancy, stats.prefills)
+        phases = ", ".join(f"{name} {seconds:.2f}" for name, seconds in stats.phases.items())
+        logger.info("decoded %d prompts of %d images in %.2fs (%s): %d rows, %d steps, "
+                    "occupancy %.2f, %d prefixes", sum(len(group) for group in prompts),
+                    len(images), stats.seconds, phases, stats.rows, stats.steps, stats.occupancy,
+                    stats.prefills)
         answers = []
         for group in rows:
             # Each row ends at its first eos, so its length is what was generated.

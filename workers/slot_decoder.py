@@ -48,6 +48,7 @@ from workers.cascade_attention import (
 )
 from workers.decoder_layers import run_layers
 from workers.decoding import (
+    PhaseClock,
     capture_graph,
     check_graph_rope,
     eos_token_ids,
@@ -127,6 +128,9 @@ class DecodeStats:
     live_row_steps: int = 0  # steps that produced a kept token
     prefills: int = 0
     seconds: float = 0.0
+    # Seconds per phase: images (the processor, on the host), prefixes, rows (suffix
+    # prefills), decode (steps and picks); the rest of ``seconds`` is host bookkeeping.
+    phases: dict[str, float] = field(default_factory=dict)
 
     @property
     def occupancy(self) -> float:
@@ -165,6 +169,7 @@ class SlotDecoder:
         self.model = model
         self.use_cuda_graph = use_cuda_graph
         self.stats = DecodeStats()
+        self.clock = PhaseClock(model.device)
         self._storage: torch.Tensor | None = None
         self._shapes: dict[tuple[int, int, int, int], _Shape] = {}
         self._weights: tuple[int, ...] = ()
@@ -202,9 +207,11 @@ class SlotDecoder:
         started = time.perf_counter()
         requests, prefixes = self._requests(texts, max_new_tokens)
         self.stats = DecodeStats()
+        self.clock = PhaseClock(self.model.device)
         if requests:
             with torch.inference_mode():
                 self._run(images, prefixes, requests, max_batch, cache_bytes, temperature, seed)
+        self.stats.phases = self.clock.seconds()
         self.stats.seconds = time.perf_counter() - started
         result: list[list[list[int]]] = [[] for _ in texts]
         for request in requests:
@@ -242,7 +249,9 @@ class SlotDecoder:
     def _run(self, images, prefixes, requests, max_batch, cache_bytes, temperature, seed) -> None:
         counts = [sum(r.image == i for r in requests) for i in range(len(images))]
         wanted = [i for i, count in enumerate(counts) if count]
+        started = time.perf_counter()
         prefix_inputs = {i: self._prefix_inputs(images[i], prefixes[i]) for i in wanted}
+        self.clock.host("images", time.perf_counter() - started)
         prefix_length = length_bucket(max(x["input_ids"].shape[1] for x in prefix_inputs.values()))
         row_length = length_bucket(max(len(r.suffix) + r.max_new_tokens for r in requests)
                                    + CHECK_EVERY)
@@ -270,9 +279,10 @@ class SlotDecoder:
         so they are in the prefix keys/values; later passes are text only.
         """
         positions = []
-        for start in range(0, len(slots), PREFIX_BATCH):
-            positions += self._prefill_prefix_batch(shape, slots[start:start + PREFIX_BATCH],
-                                                    inputs[start:start + PREFIX_BATCH])
+        with self.clock.phase("prefixes"):
+            for start in range(0, len(slots), PREFIX_BATCH):
+                positions += self._prefill_prefix_batch(shape, slots[start:start + PREFIX_BATCH],
+                                                        inputs[start:start + PREFIX_BATCH])
         return positions
 
     def _prefill_prefix_batch(self, shape: _Shape, slots: list[int], inputs: list[dict]) -> list[int]:
@@ -461,7 +471,8 @@ class _Scheduler:
             live = [r for r, request in enumerate(self.row_request) if request is not None]
             if not live:
                 return
-            tokens = self._window(logits, live)
+            with self.decoder.clock.phase("decode"):
+                tokens = self._window(logits, live)
             self._collect(tokens)
 
     def _window(self, logits: torch.Tensor, live: list[int]) -> torch.Tensor:
@@ -519,12 +530,13 @@ class _Scheduler:
                 joining.append((row, slot, self.row_request[row]))
         if joining or new_slots:
             self.shape.caches.assign(self.row_slot)
-        for chunk in _prefill_chunks(joining):  # sorted by image slot, as the prefill needs
-            rows, slots, requests = zip(*chunk)
-            new_logits = self.decoder.prefill_rows(
-                self.shape, list(rows), list(slots), [r.suffix for r in requests],
-                [self.next_position[r.image] for r in requests])
-            logits[torch.tensor(rows, device=logits.device)] = new_logits.to(logits.dtype)
+        with self.decoder.clock.phase("rows"):
+            for chunk in _prefill_chunks(joining):  # sorted by image slot, as the prefill needs
+                rows, slots, requests = zip(*chunk)
+                new_logits = self.decoder.prefill_rows(
+                    self.shape, list(rows), list(slots), [r.suffix for r in requests],
+                    [self.next_position[r.image] for r in requests])
+                logits[torch.tensor(rows, device=logits.device)] = new_logits.to(logits.dtype)
 
     def _free_finished_slots(self) -> None:
         live_slots = {self.row_slot[r] for r, request in enumerate(self.row_request) if request}
