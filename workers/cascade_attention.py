@@ -194,24 +194,50 @@ class FlashDecode:
                         self.prefix_starts, self.most_queries, self.prefix_most_keys,
                         self.prefix_used)
         own = row_attention(queries, caches.row_keys[layer], caches.row_values[layer], self.row_used)
-        return _decode_merge()(*prefix, *own, self.unsort, self.splits)[:, None]
+        batch, heads = queries.shape[:2]
+        prefix_output = prefix[0].view(self.splits, batch, heads, dim)
+        prefix_lse = prefix[1].view(self.splits, batch, heads)
+        return _decode_merge(prefix_output, prefix_lse, *own, self.unsort)[:, None]
 
 
-def decode_merge(prefix_output, prefix_lse, own_output, own_lse, unsort: torch.Tensor,
-                 splits: int) -> torch.Tensor:
-    """FlashDecode's parts into (B, H, D): the prefix parts come split-major in image-slot
-    order (splits*B, H, ...) and go back to row order (``unsort``)."""
-    batch = own_output.shape[0]
-    prefix_output = prefix_output.view(splits, batch, *prefix_output.shape[1:])[:, unsort]
-    prefix_lse = prefix_lse.view(splits, batch, -1)[:, unsort]
-    parts = [(prefix_output[j], prefix_lse[j]) for j in range(splits)]
-    return merge(*parts, (own_output, own_lse))
+def decode_merge(prefix_output, prefix_lse, own_output, own_lse, unsort: torch.Tensor) -> torch.Tensor:
+    """FlashDecode's parts into (B, H, D): the prefix parts (splits, B, H, D) come in image-slot
+    order and go back to row order (``unsort``); the row part is (B, H, D)."""
+    lses = torch.cat([prefix_lse[:, unsort], own_lse[None]])  # (splits + 1, B, H)
+    # Flash gives an empty key range (a split past a short prefix) a log-sum-exp of +inf.
+    lses = lses.masked_fill(lses == float("inf"), float("-inf"))
+    weights = torch.softmax(lses, dim=0)[..., None]
+    combined = ((prefix_output[:, unsort].float() * weights[:-1]).sum(dim=0)
+                + own_output.float() * weights[-1])
+    return combined.to(own_output.dtype)
 
 
 @functools.cache
-def _decode_merge():
-    # One fused kernel instead of ~10 small ones per layer; FlashDecode only runs on CUDA.
-    return torch.compile(decode_merge, dynamic=True, fullgraph=True)
+def _compiled_decode_merge():
+    return torch.compile(decode_merge, fullgraph=True, dynamic=None)
+
+
+def _decode_merge(prefix_output, prefix_lse, own_output, own_lse, unsort) -> torch.Tensor:
+    """decode_merge as one fused kernel instead of ~10 small ones per layer (FlashDecode only
+    runs on CUDA), compiled once for every batch and split count.
+
+    Only the batch and the splits vary. The splits dim is marked unbacked, so one split is
+    not compiled apart (dims of size 1 are otherwise specialized); the model's dims stay
+    static (all-dynamic shapes tie a batch equal to the head count into a graph of its own).
+    """
+    for tensor in (prefix_output, prefix_lse):
+        _mark_unbacked(tensor, 0)
+        torch._dynamo.maybe_mark_dynamic(tensor, 1)
+    for tensor in (own_output, own_lse, unsort):
+        torch._dynamo.maybe_mark_dynamic(tensor, 0)
+    return _compiled_decode_merge()(prefix_output, prefix_lse, own_output, own_lse, unsort)
+
+
+def _mark_unbacked(tensor: torch.Tensor, dim: int) -> None:
+    mark = getattr(torch._dynamo, "mark_unbacked", None)
+    if mark is None:  # torch releases that keep it in decorators only
+        from torch._dynamo.decorators import mark_unbacked as mark
+    mark(tensor, dim)
 
 
 def prefix_splits(caches: CascadeCaches, heads: int, processors: int) -> int:

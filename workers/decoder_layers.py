@@ -3,8 +3,8 @@
 The projections, embeddings, rotary tables and MLP/experts are the model's own modules and
 weights; what is written out is the elementwise work between them (RMS norms, the rotary
 embedding, residual adds, SiLU), as pure functions of tensors. On CUDA they are compiled
-(``torch.compile``, dynamic shapes: one compile serves every layer, batch and length), which
-fuses ~40 small kernels per layer into a few; at batch 256 those small kernels alone were
+(``torch.compile``, dynamic in the batch and length: one compile serves every layer, batch
+and length), which fuses ~40 small kernels per layer into a few; at batch 256 those small kernels alone were
 ~4 ms of a ~25 ms step. Elsewhere they run as written, which is transformers' arithmetic.
 """
 
@@ -59,10 +59,30 @@ def silu_gate(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
+def _compiled(fn: Callable) -> Callable:
+    """``fn`` compiled once for every batch and length.
+
+    Only the leading (count, length) dims of its tensors vary; the model's dims (heads,
+    head_dim, hidden) stay static. With every dim dynamic, a batch that happens to equal a
+    model dim (32 rows and 32 heads) is compiled apart (sizes that are equal share a symbol),
+    and the next batch compiles again: seconds of a task's time.
+    """
+    compiled = torch.compile(fn, fullgraph=True, dynamic=None)
+
+    @functools.wraps(fn)
+    def run(*args):
+        for arg in args:
+            if isinstance(arg, torch.Tensor) and arg.dim() >= 3:
+                torch._dynamo.maybe_mark_dynamic(arg, 0)
+                torch._dynamo.maybe_mark_dynamic(arg, 1)
+        return compiled(*args)
+
+    return run
+
+
 class _Functions:
     def __init__(self, compiled: bool):
-        wrap = (functools.partial(torch.compile, dynamic=True, fullgraph=True) if compiled
-                else (lambda fn: fn))
+        wrap = _compiled if compiled else (lambda fn: fn)
         self.rms_norm = wrap(rms_norm)
         self.add_rms_norm = wrap(add_rms_norm)
         self.norm_and_rotate = wrap(norm_and_rotate)
