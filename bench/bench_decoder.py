@@ -31,6 +31,7 @@ import gc
 import json
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -215,6 +216,11 @@ def image_inputs(processor, slots: SlotDecoder, count: int) -> dict:
     seconds, _ = timed(lambda: [processor(text=[prefix], images=[img], return_tensors="pt")
                                 for img in images])
     out["processor_cpu_ms_per_image"] = round(seconds / count * 1000, 1)
+    for threads in (4, 8):
+        with ThreadPoolExecutor(threads) as pool:
+            seconds, _ = timed(lambda: list(pool.map(
+                lambda img: processor(text=[prefix], images=[img], return_tensors="pt"), images)))
+        out[f"processor_cpu_ms_per_image_{threads}_threads"] = round(seconds / count * 1000, 1)
     if torch.cuda.is_available():
         try:
             seconds, _ = timed(lambda: [processor(text=[prefix], images=[img], return_tensors="pt",
@@ -223,6 +229,7 @@ def image_inputs(processor, slots: SlotDecoder, count: int) -> dict:
         except (TypeError, ValueError) as exc:
             out["processor_gpu_ms_per_image"] = f"not supported: {exc}"
     run_slots(slots, images[:2], texts[:2], 64, 1)  # warm up
+    out["prefix_pass_8_images"] = prefix_pass(processor, slots, images[:8], prefix)
     with prefill_timers(slots) as prefill:
         seconds, _ = timed(lambda: run_slots(slots, images, texts, 64, 1))
     out["one_token_per_image_s"] = round(seconds, 3)
@@ -230,6 +237,32 @@ def image_inputs(processor, slots: SlotDecoder, count: int) -> dict:
     slots.release()
     empty_cache()
     print("image inputs", out, flush=True)
+    return out
+
+
+def prefix_pass(processor, slots: SlotDecoder, images: list, prefix: str) -> dict:
+    """One prefix pass of 8 images as the decoder runs it (the model's own forward), and the
+    vision tower alone on the same pixels: where an image's prefill time goes."""
+    from workers.slot_decoder import _left_padded
+
+    model = slots.model
+    inputs = [processor(text=[prefix], images=[img], return_tensors="pt") for img in images]
+    batch = _left_padded(inputs, slots._pad_id()).to(model.device)
+    positions, _ = model.model.get_rope_index(
+        batch["input_ids"], batch["mm_token_type_ids"], image_grid_thw=batch["image_grid_thw"],
+        attention_mask=batch["attention_mask"])
+
+    def whole():
+        model(**batch, position_ids=positions, use_cache=True, logits_to_keep=1)
+
+    def vision():
+        model.model.get_image_features(batch["pixel_values"], batch["image_grid_thw"])
+
+    out = {"tokens": int(batch["input_ids"].numel()), "patches": int(batch["pixel_values"].shape[0])}
+    for name, run in (("whole", whole), ("vision", vision)):
+        run()
+        seconds = min(timed(run)[0] for _ in range(3))
+        out[f"{name}_s"] = round(seconds, 3)
     return out
 
 

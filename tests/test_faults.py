@@ -476,7 +476,8 @@ def wait_for_embedded_redis(producer) -> int:
 # --- a poison item ---------------------------------------------------------------------------------------
 
 def test_poison_item_fails_at_once_and_the_run_completes(model_cache, tmp_path):
-    """An image the Qwen3-VL processor refuses (aspect ratio 4000:1): a bad input, not retried.
+    """An image the Qwen3-VL processor refuses (aspect ratio 4000:1): a bad input, not retried,
+    and it fails alone though it shares a task with every other image of the sample.
 
     Retries with back-off, for transient errors only: tests/test_task_failures.py.
     """
@@ -494,7 +495,7 @@ def test_poison_item_fails_at_once_and_the_run_completes(model_cache, tmp_path):
     output = tmp_path / "out.json"
     with EmbeddedRedis(tmp_path / "redis") as server:
         env = private_env(server, model_cache, tmp_path / "work", EVALFLEET_RETRY_BACKOFF_SECONDS="30",
-                          EVALFLEET_TASK_MAX_RETRIES="3")
+                          EVALFLEET_TASK_MAX_RETRIES="3", EVALFLEET_TASK_PROMPTS="1024")
         with started_fleet(env, ["relations"], tmp_path, name="poison"):
             started = time.monotonic()
             proc = run_producer("run", "relations", "--stage1", str(stage1), "--input", str(input_path),

@@ -6,6 +6,7 @@ must be those of ``model.generate`` on its whole prompt.
 
 from __future__ import annotations
 
+import copy
 import gc
 import logging
 import weakref
@@ -15,7 +16,8 @@ import torch
 from PIL import Image
 
 from producer.relations_job import pack_tasks
-from workers.decoding import cut_after_eos
+from workers.decoding import cut_after_eos, split_after_image
+from workers.image_inputs import prefix_tokens
 from workers.models import build_tiny_qwen3_vl, build_tiny_qwen3_vl_moe, load_vlm
 from workers.relation_generator import RelationGenerator
 from workers.residency import ResidencyPool, model_bytes
@@ -204,3 +206,27 @@ def test_small_images_share_tasks_and_big_ones_do_not() -> None:
     assert all(images(t) <= {f"s{i}" for i in range(30)} for t in shared)
     assert [len(images(t)) for t in shared] == [12, 12, 6]  # small images packed together
     assert [prompts(t) for t in tasks] == sorted((prompts(t) for t in tasks), reverse=True)
+
+
+@pytest.mark.parametrize("longest_edge", [None, 16384 * 32 * 32])  # the tiny's and Qwen3-VL's
+def test_a_prefix_is_counted_from_the_image_size_as_the_processor_expands_it(vlm, longest_edge) -> None:
+    # The decoder sizes its prefix cache from these counts before any image is processed.
+    processor = vlm[0]
+    if longest_edge:
+        processor = copy.deepcopy(processor)
+        processor.image_processor.size = {"longest_edge": longest_edge, "shortest_edge": 65536}
+    prefix = split_after_image(_render(processor, "where?"))[0]
+    for width, height in ((1280, 960), (97, 31), (4000, 30), (640, 2000), (28, 28)):
+        image = Image.new("RGB", (width, height))
+        processed = processor(text=[prefix], images=[image], return_tensors="pt")
+        assert prefix_tokens(processor, image, prefix) == processed["input_ids"].shape[1]
+
+
+def test_a_processor_that_cannot_count_decodes_the_same(vlm, decoder, images, texts,
+                                                        monkeypatch) -> None:
+    # Then every image is processed before the cache is sized.
+    expected = _greedy(decoder, images, texts, max_batch=4)
+    monkeypatch.setattr(type(vlm[0].image_processor), "get_number_of_image_patches", None,
+                        raising=False)
+    assert prefix_tokens(vlm[0], images[0], split_after_image(texts[0][0])[0]) is None
+    assert _greedy(decoder, images, texts, max_batch=4) == expected

@@ -7,6 +7,8 @@ import logging
 from PIL import Image
 from transformers import PreTrainedModel, ProcessorMixin
 
+from workers.decoding import split_after_image
+from workers.image_inputs import prefix_tokens
 from workers.slot_decoder import SlotDecoder
 
 logger = logging.getLogger(__name__)
@@ -76,6 +78,18 @@ class RelationGenerator:
             decoded = self.processor.batch_decode(group, skip_special_tokens=True) if group else []
             answers.append([text.strip() for text in decoded])
         return answers
+
+    def image_problem(self, image: Image.Image) -> str | None:
+        """Why the processor would refuse ``image`` (an aspect ratio beyond its limit...), or
+        None. Asked before generation, so a bad image fails its own pairs, not those of the
+        images it shares a task with."""
+        prefix = split_after_image(self._render(""))[0]
+        try:
+            if prefix_tokens(self.processor, image, prefix) is None:  # cannot tell from the size
+                self.processor(text=[prefix], images=[image], return_tensors="pt")
+        except ValueError as exc:
+            return f"the model's processor refuses the image: {exc}"
+        return None
 
     def _render(self, prompt: str) -> str:
         return render_prompt(self.processor, prompt)

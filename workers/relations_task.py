@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import zlib
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
@@ -16,6 +17,9 @@ from shared.store import RunStore
 from workers.celery_app import app, settings
 from workers.runtime import device_name, relation_generator, run_store, worker_name
 from workers.task_support import ItemTask, pending_items
+
+if TYPE_CHECKING:  # the model's modules load in the task, not when the worker starts
+    from workers.relation_generator import RelationGenerator
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +41,10 @@ def _generate_pending(store: RunStore, keys: list[str]) -> dict[str, int]:
     if not pending:
         return {"generated": 0}
     meta = store.meta()
+    generator = relation_generator(store, meta)
     images, jobs = [], []
     for image_pending in _by_image(pending):
-        image = _open_pair_image(store, image_pending)
+        image = _open_pair_image(store, image_pending, generator)
         image_jobs = _prompts(store, image_pending, image.width, image.height) if image else []
         if image_jobs:
             images.append(image)
@@ -47,7 +52,7 @@ def _generate_pending(store: RunStore, keys: list[str]) -> dict[str, int]:
     if not jobs:
         return {"generated": 0}
     prompts = [[prompt for _, _, prompt in image_jobs] for image_jobs in jobs]
-    texts, seconds = _generate(store, meta, images, prompts, keys[0])
+    texts, seconds = _generate(generator, meta, images, prompts, keys[0])
     flat_jobs = [job for image_jobs in jobs for job in image_jobs]
     flat_texts = [text for image_texts in texts for text in image_texts]
     _store_results(store, pending, flat_jobs, flat_texts, seconds)
@@ -70,18 +75,25 @@ def failure_reason(item: dict, field: str, message: str) -> str:
     return str(RecordError(source["file"], source["record"], field, message))
 
 
-def _open_pair_image(store: RunStore, pending: dict) -> Image.Image | None:
-    """The image the pending pairs share; if unusable, every one of them fails."""
+def _open_pair_image(store: RunStore, pending: dict, generator: RelationGenerator) -> Image.Image | None:
+    """The image the pending pairs share; if unusable (the file, or the model's processor
+    refuses it), every one of them fails, and only they."""
     image_path = next(iter(pending.values()))["image_path"]
     try:
         if settings.data_root:
             # Checked again here: the file may have been swapped for a link since preparation.
             image_path = resolve_inside(image_path, settings.data_root)
-        return open_image(image_path)
+        image = open_image(image_path)
     except (ImageFileError, PathOutsideRoot) as exc:
-        for key, item in pending.items():
-            store.mark_failed(RELATIONS_STAGE, key, failure_reason(item, "image_path", str(exc)))
-        return None
+        problem = str(exc)
+    else:
+        problem = generator.image_problem(image)
+        if problem is None:
+            return image
+        problem = f"image file {image_path}: {problem}"
+    for key, item in pending.items():
+        store.mark_failed(RELATIONS_STAGE, key, failure_reason(item, "image_path", problem))
+    return None
 
 
 def _box_problem(item: dict, width: int, height: int) -> str | None:
@@ -111,9 +123,8 @@ def _prompts(store: RunStore, pending: dict, width: int, height: int) -> list[tu
     return jobs
 
 
-def _generate(store: RunStore, meta: dict, images: list, prompts: list[list[str]],
+def _generate(generator: RelationGenerator, meta: dict, images: list, prompts: list[list[str]],
               first_key: str) -> tuple[list[list[str]], float]:
-    generator = relation_generator(store, meta)
     # Seeded per task, so a redelivered task samples the same text.
     seed = int(meta["seed"]) + zlib.crc32(first_key.encode())
     start = time.perf_counter()

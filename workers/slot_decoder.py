@@ -47,6 +47,7 @@ from workers.cascade_attention import (
     prefix_splits,
 )
 from workers.decoder_layers import run_layers
+from workers.image_inputs import ImageInputs, prefix_tokens
 from workers.decoding import (
     PhaseClock,
     capture_graph,
@@ -249,25 +250,24 @@ class SlotDecoder:
     def _run(self, images, prefixes, requests, max_batch, cache_bytes, temperature, seed) -> None:
         counts = [sum(r.image == i for r in requests) for i in range(len(images))]
         wanted = [i for i, count in enumerate(counts) if count]
-        started = time.perf_counter()
-        prefix_inputs = {i: self._prefix_inputs(images[i], prefixes[i]) for i in wanted}
-        self.clock.host("images", time.perf_counter() - started)
-        prefix_length = length_bucket(max(x["input_ids"].shape[1] for x in prefix_inputs.values()))
-        row_length = length_bucket(max(len(r.suffix) + r.max_new_tokens for r in requests)
-                                   + CHECK_EVERY)
-        per_token = kv_bytes_per_token(self.model)
-        image_slots, rows = slot_shape(
-            [counts[i] for i in wanted], max_batch, bytes_per_image=prefix_length * per_token,
-            bytes_per_row=row_length * per_token, cache_bytes=cache_bytes)
-        self._drop_graphs_if_weights_moved()
-        shape = self._shape(image_slots, rows, prefix_length, row_length)
-        _Scheduler(self, shape, prefix_inputs, requests, temperature, seed).run()
+        with ImageInputs(self.processor, {i: images[i] for i in wanted},
+                         {i: prefixes[i] for i in wanted}) as inputs:
+            lengths = [prefix_tokens(self.processor, images[i], prefixes[i]) for i in wanted]
+            if None in lengths:  # this processor cannot count without processing: wait for all
+                lengths = [inputs.tokens(i) for i in wanted]
+            prefix_length = length_bucket(max(lengths))
+            row_length = length_bucket(max(len(r.suffix) + r.max_new_tokens for r in requests)
+                                       + CHECK_EVERY)
+            per_token = kv_bytes_per_token(self.model)
+            image_slots, rows = slot_shape(
+                [counts[i] for i in wanted], max_batch, bytes_per_image=prefix_length * per_token,
+                bytes_per_row=row_length * per_token, cache_bytes=cache_bytes)
+            self._drop_graphs_if_weights_moved()
+            shape = self._shape(image_slots, rows, prefix_length, row_length)
+            _Scheduler(self, shape, inputs, requests, temperature, seed).run()
+        self.clock.host("images", inputs.waited)
 
     # --- prefill -------------------------------------------------------------------------
-
-    def _prefix_inputs(self, image: Image.Image, prefix_text: str) -> dict:
-        # Kept on the host until the image takes a slot: pixels of a whole task add up.
-        return self.processor(text=[prefix_text], images=[image], return_tensors="pt")
 
     def prefill_prefixes(self, shape: _Shape, slots: list[int], inputs: list[dict]) -> list[int]:
         """Images and the text before them into image slots, PREFIX_BATCH images per pass;
@@ -294,6 +294,9 @@ class SlotDecoder:
         caches = shape.caches
         for row, (slot, one) in enumerate(zip(slots, inputs)):
             length = one["input_ids"].shape[1]  # left padding: a prefix is its row's last columns
+            if length > caches.prefix_length:
+                raise RuntimeError(f"an image's prefix has {length} tokens, more than the "
+                                   f"{caches.prefix_length} counted from its size")
             for layer, cached in enumerate(output.cache.layers):
                 caches.prefix_keys[layer][slot, :length] = cached.keys[row, :, -length:].transpose(0, 1)
                 caches.prefix_values[layer][slot, :length] = cached.values[row, :, -length:].transpose(0, 1)
@@ -441,10 +444,10 @@ class SlotDecoder:
 class _Scheduler:
     """Host side of one generate call: which prompt holds which row, and when rows change."""
 
-    def __init__(self, decoder: SlotDecoder, shape: _Shape, prefix_inputs: dict[int, dict],
+    def __init__(self, decoder: SlotDecoder, shape: _Shape, inputs: ImageInputs,
                  requests: list[Request], temperature: float, seed: int):
         self.decoder, self.shape = decoder, shape
-        self.prefix_inputs = prefix_inputs
+        self.inputs = inputs
         self.waiting: dict[int, list[Request]] = {}
         for request in requests:
             self.waiting.setdefault(request.image, []).append(request)
@@ -556,10 +559,13 @@ class _Scheduler:
                 self.slot_image[slot] = self.images_left.pop(0)
                 waiting += len(self.waiting[self.slot_image[slot]])
                 new_slots.append(slot)
-        if new_slots:
-            images = [self.slot_image[slot] for slot in new_slots]
+        for start in range(0, len(new_slots), PREFIX_BATCH):
+            # A pass's images are taken just before it: the threads process the next ones
+            # while the GPU runs it.
+            slots = new_slots[start:start + PREFIX_BATCH]
+            images = [self.slot_image[slot] for slot in slots]
             positions = self.decoder.prefill_prefixes(
-                self.shape, new_slots, [self.prefix_inputs.pop(image) for image in images])
+                self.shape, slots, [self.inputs.take(image) for image in images])
             self.next_position.update(zip(images, positions))
         return new_slots
 
