@@ -1,10 +1,12 @@
-"""The processor's inputs for each image's prefix, prepared on host threads while the GPU works.
+"""The processor's inputs for each image's prefix, prepared on a host thread while the GPU works.
 
 The image processor (resize, normalize, cut into patches) costs 10-50 ms of CPU per real-size
 image. A task that packs 40 small images spent 0.5-2 s on it before its first prefill, the GPU
-idle. Here the images are processed by a few threads (the processor's tensor work and PIL let
-go of the GIL) in the order the decoder will prefill them, so the decoder waits only for those
-not ready when it needs them.
+idle. Here one thread processes the images (the processor's tensor work and PIL let go of the
+GIL) in the order the decoder will prefill them, so the decoder waits only for an image not
+ready when it needs it. One thread is enough: an image's prefix prefill (~60 ms on an H200)
+takes longer than processing it. One, not several, also because the processor's fast
+tokenizer must not be called from two threads at once (it can fail with "Already borrowed").
 
 The decoder sizes its prefix cache before any prefill, so it needs each prefix's token count
 up front: ``prefix_tokens`` gets it from the image's size (the image processor's own count of
@@ -18,11 +20,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from PIL import Image
 from transformers import ProcessorMixin
-
-# Threads that process images. Measured on a 16-core H200 host: 15.5 ms an image alone,
-# 9.1 ms with 4 threads, 9.9 ms with 8 (the processor's own tensor ops use several cores).
-IMAGE_THREADS = 4
-
 
 def prefix_tokens(processor: ProcessorMixin, image: Image.Image, prefix_text: str) -> int | None:
     """Tokens of ``prefix_text`` (one image placeholder) once the processor expands it for
@@ -42,14 +39,13 @@ def prefix_tokens(processor: ProcessorMixin, image: Image.Image, prefix_text: st
 
 
 class ImageInputs:
-    """The processor's outputs for a call's images, made on host threads as soon as the call
-    starts; ``take`` returns one (waiting if it is not ready). Use as a context manager: leaving
-    it drops the images not taken yet."""
+    """The processor's outputs for a call's images, made on a host thread as soon as the call
+    starts, in the given order; ``take`` returns one (waiting if it is not ready). Use as a
+    context manager: leaving it drops the images not processed yet."""
 
     def __init__(self, processor: ProcessorMixin, images: dict[int, Image.Image],
-                 prefixes: dict[int, str], threads: int = IMAGE_THREADS) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=max(1, min(threads, len(images))),
-                                        thread_name_prefix="image-inputs")
+                 prefixes: dict[int, str]) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="image-inputs")
         self._futures: dict[int, Future] = {
             index: self._pool.submit(_process, processor, image, prefixes[index])
             for index, image in images.items()}
@@ -69,7 +65,8 @@ class ImageInputs:
         return self
 
     def __exit__(self, *exc_info) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        # Waits for the image being processed, so no processor call outlives the decoder's.
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _process(processor: ProcessorMixin, image: Image.Image, prefix_text: str) -> dict:

@@ -88,7 +88,7 @@ class RelationGenerator:
             if prefix_tokens(self.processor, image, prefix) is None:  # cannot tell from the size
                 self.processor(text=[prefix], images=[image], return_tensors="pt")
         except ValueError as exc:
-            return f"the model's processor refuses the image: {exc}"
+            return f"the model's processor refuses it: {exc}"
         return None
 
     def _render(self, prompt: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from PIL import Image
@@ -22,6 +23,9 @@ if TYPE_CHECKING:  # the model's modules load in the task, not when the worker s
     from workers.relation_generator import RelationGenerator
 
 log = logging.getLogger(__name__)
+
+# Threads that open a task's images.
+OPEN_THREADS = 4
 
 # The fields of a result in stage2_generated_results.json (SPEC.md).
 RESULT_FIELDS = ("image_id", "subject", "object", "stage1_top_k", "has_gt", "gt_predicates")
@@ -42,13 +46,7 @@ def _generate_pending(store: RunStore, keys: list[str]) -> dict[str, int]:
         return {"generated": 0}
     meta = store.meta()
     generator = relation_generator(store, meta)
-    images, jobs = [], []
-    for image_pending in _by_image(pending):
-        image = _open_pair_image(store, image_pending, generator)
-        image_jobs = _prompts(store, image_pending, image.width, image.height) if image else []
-        if image_jobs:
-            images.append(image)
-            jobs.append(image_jobs)
+    images, jobs = _usable_images(store, generator, _by_image(pending))
     if not jobs:
         return {"generated": 0}
     prompts = [[prompt for _, _, prompt in image_jobs] for image_jobs in jobs]
@@ -67,6 +65,31 @@ def _by_image(pending: dict[str, dict]) -> list[dict[str, dict]]:
     return list(groups.values())
 
 
+def _usable_images(store: RunStore, generator: RelationGenerator,
+                   groups: list[dict[str, dict]]) -> tuple[list[Image.Image], list[list[tuple]]]:
+    """(images, their prompt jobs) for the groups of pending pairs (one group per image).
+
+    An image that cannot be used (the file, or the model's processor refuses it) fails its own
+    pairs, and only they; so does a pair with a bad box.
+    """
+    # Decoding a task's images (40 PNGs when small images share a task) lets go of the GIL.
+    with ThreadPoolExecutor(OPEN_THREADS) as pool:
+        opened = list(pool.map(_open_pair_image, groups))
+    images, jobs = [], []
+    for image_pending, (image, problem) in zip(groups, opened):
+        if image is not None and (refused := generator.image_problem(image)):
+            problem = f"image file {next(iter(image_pending.values()))['image_path']}: {refused}"
+        if problem is not None:
+            for key, item in image_pending.items():
+                store.mark_failed(RELATIONS_STAGE, key, failure_reason(item, "image_path", problem))
+            continue
+        image_jobs = _prompts(store, image_pending, image.width, image.height)
+        if image_jobs:
+            images.append(image)
+            jobs.append(image_jobs)
+    return images, jobs
+
+
 def failure_reason(item: dict, field: str, message: str) -> str:
     """A worker-side failure phrased like a preparation one: file, record, field."""
     source = item.get("source")
@@ -75,25 +98,16 @@ def failure_reason(item: dict, field: str, message: str) -> str:
     return str(RecordError(source["file"], source["record"], field, message))
 
 
-def _open_pair_image(store: RunStore, pending: dict, generator: RelationGenerator) -> Image.Image | None:
-    """The image the pending pairs share; if unusable (the file, or the model's processor
-    refuses it), every one of them fails, and only they."""
+def _open_pair_image(pending: dict) -> tuple[Image.Image | None, str | None]:
+    """(the image the pending pairs share, None), or (None, why it cannot be used)."""
     image_path = next(iter(pending.values()))["image_path"]
     try:
         if settings.data_root:
             # Checked again here: the file may have been swapped for a link since preparation.
             image_path = resolve_inside(image_path, settings.data_root)
-        image = open_image(image_path)
+        return open_image(image_path), None
     except (ImageFileError, PathOutsideRoot) as exc:
-        problem = str(exc)
-    else:
-        problem = generator.image_problem(image)
-        if problem is None:
-            return image
-        problem = f"image file {image_path}: {problem}"
-    for key, item in pending.items():
-        store.mark_failed(RELATIONS_STAGE, key, failure_reason(item, "image_path", problem))
-    return None
+        return None, str(exc)
 
 
 def _box_problem(item: dict, width: int, height: int) -> str | None:
