@@ -351,6 +351,24 @@ def _kernel_group(name: str) -> str:
     return "elementwise/other"
 
 
+def prefill_profile(processor, slots, directory: Path, count: int = 256) -> dict:
+    """``count`` prompts of one image to their first token: one prefix pass and the rows'
+    suffix prefills (chunks of PREFILL_TOKENS), no decode step. Kernel time by group against
+    the wall time of the call (the difference is the GPU waiting for the host)."""
+    texts = [rendered(processor, prompts(count))]
+    run = lambda: run_slots(slots, [image()], texts, count, 1)  # noqa: E731
+    run()
+    wall = min(timed(run)[0] for _ in range(3))
+    out = profile_step(f"slots_prefill_{count}", run, directory)
+    out["wall_ms"] = round(wall * 1000, 1)
+    out["phases"] = {name: round(seconds * 1000, 1) for name, seconds in slots.stats.phases.items()}
+    suffix_tokens = sum(len(processor.tokenizer(t)["input_ids"]) for t in texts[0]) - count * 1200
+    out["suffix_tokens_about"] = suffix_tokens
+    slots.release()
+    empty_cache()
+    return out
+
+
 def slot_profiles(processor, slots, directory: Path, batches: list[int]) -> dict:
     """The slot decoder's decode step at other batches (one image, flash window)."""
     out = {}
@@ -428,6 +446,9 @@ def bench_model(kind: str, args, directory: Path) -> dict:
             result["step"] = (step_table("static", static, run_static, [64], processor, bound_per_row)
                               + step_table("slots", slots, run_slots, [64, 256, 512], processor,
                                            bound_per_row))
+    if "prefill" in sections:
+        result["prefill_profile"] = prefill_profile(processor, slots, Path(args.profile_dir or "."),
+                                                    16 if tiny else 256)
     if args.profile_batches:
         batches = [int(b) for b in args.profile_batches.split(",")]
         result["profile"] = slot_profiles(processor, slots, Path(args.profile_dir or "."), batches)

@@ -20,6 +20,7 @@ from workers.decoding import cut_after_eos, split_after_image
 from workers.image_inputs import prefix_tokens
 from workers.models import build_tiny_qwen3_vl, build_tiny_qwen3_vl_moe, load_vlm
 from workers.relation_generator import RelationGenerator
+from workers import slot_decoder
 from workers.residency import ResidencyPool, model_bytes
 from workers.slot_decoder import SlotDecoder, kv_bytes_per_token, slot_shape
 
@@ -110,6 +111,10 @@ def test_rows_that_end_early_give_their_slot_to_the_next_prompt(vlm, decoder, im
     kept = sum(len(row) for group in got for row in group)
     assert decoder.stats.live_row_steps == kept
     assert decoder.stats.occupancy > 0.5
+    # Rows refilled in groups (here once half the batch is free): the same tokens.
+    monkeypatch.setattr(slot_decoder, "REFILL_SHARE", 2)
+    assert _greedy(decoder, images, texts, max_batch=4, budgets=budgets) == got
+    assert decoder.stats.live_row_steps == kept
 
 
 def test_sampling_is_seeded(decoder, images, texts) -> None:
