@@ -255,9 +255,10 @@ class SlotDecoder:
     def _run(self, images, prefixes, requests, max_batch, cache_bytes, temperature, seed) -> None:
         counts = [sum(r.image == i for r in requests) for i in range(len(images))]
         wanted = [i for i, count in enumerate(counts) if count]
+        # Counted here before the image thread starts: the two never share the tokenizer.
+        lengths = [prefix_tokens(self.processor, images[i], prefixes[i]) for i in wanted]
         with ImageInputs(self.processor, {i: images[i] for i in wanted},
                          {i: prefixes[i] for i in wanted}) as inputs:
-            lengths = [prefix_tokens(self.processor, images[i], prefixes[i]) for i in wanted]
             if None in lengths:  # this processor cannot count without processing: wait for all
                 lengths = [inputs.tokens(i) for i in wanted]
             prefix_length = length_bucket(max(lengths))
