@@ -235,3 +235,16 @@ def test_a_processor_that_cannot_count_decodes_the_same(vlm, decoder, images, te
                         raising=False)
     assert prefix_tokens(vlm[0], images[0], split_after_image(texts[0][0])[0]) is None
     assert _greedy(decoder, images, texts, max_batch=4) == expected
+
+
+def test_the_last_prompts_start_as_soon_as_rows_are_free_for_them(decoder, images, texts,
+                                                                  monkeypatch) -> None:
+    # Refills wait for a share of the batch to be free, but not when every prompt left fits:
+    # here rows are refilled only when the whole batch is free, except at the end.
+    monkeypatch.setattr(slot_decoder, "REFILL_SHARE", 1)
+    budgets = [[12, 1, 1, 1, 12]]
+    got = _greedy(decoder, images[:1], texts[:1], max_batch=4, budgets=budgets)
+    assert [len(row) for row in got[0]] == budgets[0]
+    # The fifth prompt took a row freed after the first check (8 steps), not after the first
+    # prompt's 12 tokens: 8 + 12 steps, not 16 + 12.
+    assert decoder.stats.steps == 20

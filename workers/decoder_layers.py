@@ -4,8 +4,8 @@ The projections, embeddings, rotary tables and MLP/experts are the model's own m
 weights; what is written out is the elementwise work between them (RMS norms, the rotary
 embedding, residual adds, SiLU), as pure functions of tensors. On CUDA they are compiled
 (``torch.compile``, dynamic in the batch and length: one compile serves every layer, batch
-and length), which fuses ~40 small kernels per layer into a few; at batch 256 those small kernels alone were
-~4 ms of a ~25 ms step. Elsewhere they run as written, which is transformers' arithmetic.
+and length), which fuses ~40 small kernels per layer into a few; at batch 256 those small
+kernels alone were ~4 ms of a ~25 ms step. Elsewhere they run as written, which is transformers' arithmetic.
 """
 
 from __future__ import annotations

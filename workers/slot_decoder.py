@@ -73,9 +73,9 @@ WINDOW_STEP = 128
 # Batch rows come in multiples of this (one graph per layout), fewer for small calls.
 ROW_MULTIPLE = 64
 # Rows that end are refilled together, once at least 1/REFILL_SHARE of the batch is free (or
-# no row is running): a refill prefill of a few rows is bound by launching its ~40 kernels a
-# layer, so 32 rows cost little more than 4 (a 15-row refill took ~115 ms on an H200 for ~30 ms
-# of arithmetic), while a row that ends idles only a few more steps.
+# every prompt left fits the free rows): a refill prefill of a few rows is bound by launching
+# its ~40 kernels a layer, so 32 rows cost little more than 4 (a 15-row refill took ~115 ms on
+# an H200 for ~30 ms of arithmetic), while a row that ends idles only a few more steps.
 REFILL_SHARE = 8
 # Images whose prefixes run through the model in one pass.
 PREFIX_BATCH = 8
@@ -529,8 +529,9 @@ class _Scheduler:
         otherwise idle, and give free rows the waiting prompts, images in order."""
         self._free_finished_slots()
         free_rows = [r for r, request in enumerate(self.row_request) if request is None]
-        if len(free_rows) < max(1, self.shape.batch // REFILL_SHARE) and len(free_rows) < self.shape.batch:
-            return  # rows are running: wait until more are free
+        waiting = sum(len(queue) for queue in self.waiting.values())
+        if len(free_rows) < min(max(1, self.shape.batch // REFILL_SHARE), waiting):
+            return  # wait until more rows are free, or all the prompts left fit
         new_slots = self._load_images(len(free_rows))
         joining: list[tuple[int, int, Request]] = []
         for slot, image in enumerate(self.slot_image):
