@@ -41,7 +41,7 @@ from bench.real_models import hbm_bandwidth_gbs, random_qwen3_vl
 from bench.static_decoder import ImagePromptDecoder
 from shared.jsonio import write_json_atomic
 from shared.relation_prompt import build_relation_prompt
-from workers.decoding import length_bucket
+from workers.decoding import length_bucket, split_after_image
 from workers.relation_generator import render_prompt
 from workers.slot_decoder import SlotDecoder, kv_bytes_per_token, slot_shape
 
@@ -362,8 +362,9 @@ def prefill_profile(processor, slots, directory: Path, count: int = 256) -> dict
     out = profile_step(f"slots_prefill_{count}", run, directory)
     out["wall_ms"] = round(wall * 1000, 1)
     out["phases"] = {name: round(seconds * 1000, 1) for name, seconds in slots.stats.phases.items()}
-    suffix_tokens = sum(len(processor.tokenizer(t)["input_ids"]) for t in texts[0]) - count * 1200
-    out["suffix_tokens_about"] = suffix_tokens
+    suffixes = [split_after_image(text)[1] for text in texts[0]]
+    out["suffix_tokens"] = sum(len(ids) for ids in processor.tokenizer(
+        suffixes, add_special_tokens=False)["input_ids"])
     slots.release()
     empty_cache()
     return out
