@@ -18,10 +18,11 @@ Layout of one decode step (static shapes, so a CUDA graph can replay it)::
     rows         (B, S, kv_heads, head_dim) per layer; a step reads the first W columns of
                  each row (flash: only the columns the row has used)
 
-Rows are a pool, *continuous*: when one ends (eos or its token budget), the next waiting prompt
-takes it at the next check (every CHECK_EVERY steps), whatever its image; an image enters a
-free image slot when the prompts already loaded would leave rows idle, and leaves it when its
-last prompt has ended. Rows that end wait at most CHECK_EVERY - 1 steps, not for the batch.
+Rows are a pool, *continuous*: when rows end (eos or their token budget), the next waiting
+prompts take them at a check (every CHECK_EVERY steps), whatever their image, once enough rows
+are free to be worth a refill prefill (REFILL_SHARE); an image enters a free image slot when the
+prompts already loaded would leave rows idle, and leaves it when its last prompt has ended.
+Rows that end wait for a few more to end, not for the batch.
 
 Positions follow Qwen3-VL's 3D mrope: the prefix gets the model's ``get_rope_index``; text after
 the image has the same value on all three axes, counting on from the prefix's largest + 1.
@@ -47,7 +48,6 @@ from workers.cascade_attention import (
     prefix_splits,
 )
 from workers.decoder_layers import run_layers
-from workers.image_inputs import ImageInputs, prefix_tokens
 from workers.decoding import (
     PhaseClock,
     capture_graph,
@@ -62,6 +62,7 @@ from workers.decoding import (
     split_after_image,
     weight_pointers,
 )
+from workers.image_inputs import ImageInputs, prefix_tokens
 
 logger = logging.getLogger(__name__)
 
