@@ -225,6 +225,14 @@ def test_a_prefix_is_counted_from_the_image_size_as_the_processor_expands_it(vlm
         image = Image.new("RGB", (width, height))
         processed = processor(text=[prefix], images=[image], return_tensors="pt")
         assert prefix_tokens(processor, image, prefix) == processed["input_ids"].shape[1]
+    # The count refuses what the processor refuses (the relations task asks it before
+    # generation, so such an image fails alone).
+    for width, height in ((1, 300), (201, 1), (5000, 20)):
+        image = Image.new("RGB", (width, height))
+        with pytest.raises(ValueError, match="aspect ratio"):
+            processor(text=[prefix], images=[image], return_tensors="pt")
+        with pytest.raises(ValueError, match="aspect ratio"):
+            prefix_tokens(processor, image, prefix)
 
 
 def test_a_processor_that_cannot_count_decodes_the_same(vlm, decoder, images, texts,
