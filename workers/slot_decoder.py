@@ -277,7 +277,7 @@ class SlotDecoder:
     # --- prefill -------------------------------------------------------------------------
 
     def prefill_prefixes(self, shape: _Shape, slots: list[int], inputs: list[dict]) -> list[int]:
-        """Images and the text before them into image slots, PREFIX_BATCH images per pass;
+        """Up to PREFIX_BATCH images and the text before them into image slots, in one pass;
         returns each one's next text position.
 
         One pass per several images: at batch 1 a prefix pass (~1200 tokens, 64 layers of the
@@ -285,14 +285,10 @@ class SlotDecoder:
         GPU. Deepstack features are added to the visual positions in the first layers here,
         so they are in the prefix keys/values; later passes are text only.
         """
-        positions = []
         with self.clock.phase("prefixes"):
-            for start in range(0, len(slots), PREFIX_BATCH):
-                positions += self._prefill_prefix_batch(shape, slots[start:start + PREFIX_BATCH],
-                                                        inputs[start:start + PREFIX_BATCH])
-        return positions
+            return self._prefill_prefix_pass(shape, slots, inputs)
 
-    def _prefill_prefix_batch(self, shape: _Shape, slots: list[int], inputs: list[dict]) -> list[int]:
+    def _prefill_prefix_pass(self, shape: _Shape, slots: list[int], inputs: list[dict]) -> list[int]:
         batch = _left_padded(inputs, self._pad_id()).to(self.model.device)
         positions, _ = self.model.model.get_rope_index(
             batch["input_ids"], batch["mm_token_type_ids"], image_grid_thw=batch["image_grid_thw"],
@@ -570,8 +566,8 @@ class _Scheduler:
                 waiting += len(self.waiting[self.slot_image[slot]])
                 new_slots.append(slot)
         for start in range(0, len(new_slots), PREFIX_BATCH):
-            # A pass's images are taken just before it: the threads process the next ones
-            # while the GPU runs it.
+            # A pass's images are taken just before it: the image thread processes the next
+            # ones while the GPU runs it.
             slots = new_slots[start:start + PREFIX_BATCH]
             images = [self.slot_image[slot] for slot in slots]
             positions = self.decoder.prefill_prefixes(
