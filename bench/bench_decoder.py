@@ -1,7 +1,7 @@
 """The relations decoders at real size, side by side in one process: static against slots.
 
 ``static`` is the earlier decoder, kept as the baseline in bench/static_decoder.py; ``slots``
-is the product's (workers/slot_decoder.py).
+is the product's (workers/relations/slot_decoder.py).
 
     python3 -m bench.bench_decoder --out bench_decoder.json [--moe yes] [--profile-dir DIR]
 
@@ -41,9 +41,9 @@ from bench.real_models import hbm_bandwidth_gbs, random_qwen3_vl
 from bench.static_decoder import ImagePromptDecoder
 from shared.jsonio import write_json_atomic
 from shared.relation_prompt import build_relation_prompt
-from workers.decoding import length_bucket, split_after_image
-from workers.relation_generator import render_prompt
-from workers.slot_decoder import SlotDecoder, kv_bytes_per_token, slot_shape
+from workers.relations.decoding import length_bucket, split_after_image
+from workers.relations.generator import render_prompt
+from workers.relations.slot_decoder import SlotDecoder, kv_bytes_per_token, slot_shape
 
 NAMES = ["man", "horse", "hat", "fence", "tree", "dog", "car", "kite", "bench", "cup"]
 PREDICATES = ["on", "near", "holding", "wearing", "behind", "in front of", "riding", "under"]
@@ -243,7 +243,7 @@ def image_inputs(processor, slots: SlotDecoder, count: int) -> dict:
 def prefix_pass(processor, slots: SlotDecoder, images: list, prefix: str) -> dict:
     """One prefix pass of 8 images as the decoder runs it (the model's own forward), and the
     vision tower alone on the same pixels: where an image's prefill time goes."""
-    from workers.slot_decoder import _left_padded
+    from workers.relations.slot_decoder import _left_padded
 
     model = slots.model
     inputs = [processor(text=[prefix], images=[img], return_tensors="pt") for img in images]

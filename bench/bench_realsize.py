@@ -12,9 +12,9 @@ the seed's model moves, and the makespan model for the 270-pair benchmark.
 Models are random bf16 weights built straight on the GPU, nothing saved: the full pipeline
 (60-layer transformer, 28-layer Qwen2.5-VL text encoder, VAE: 57.7 GB) and the judge
 (62 GB) do not both fit the GPU host's 64 GB disk. Edits go through the product's editor path:
-``workers.editor.Editor`` with ``workers.editor_compile.compile_editor_transformer`` and the
+``workers.editing.editor.Editor`` with ``workers.editing.compile.compile_editor_transformer`` and the
 settings ``EVALFLEET_EDITOR_COMPILE`` / ``EVALFLEET_INDUCTOR_CACHE_DIR``; scores through
-``workers.judge.Judge``.
+``workers.judging.judge.Judge``.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ from PIL import Image
 from config import Settings
 from shared.jsonio import write_json_atomic
 from shared.prompt_manager import PromptManager
-from workers.editor import Editor
-from workers.editor_compile import compile_editor_transformer
-from workers.judge import Judge, JudgeItem
+from workers.editing.editor import Editor
+from workers.editing.compile import compile_editor_transformer
+from workers.judging.judge import Judge, JudgeItem
 
 # Instructions of different lengths: each edit's prompt has another token count, as in a run.
 INSTRUCTIONS = [

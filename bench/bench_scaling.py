@@ -470,7 +470,7 @@ def _decoder_runner(spec: dict, dtype, device: str):
     import torch
 
     from workers.models.loading import load_vlm
-    from workers.relation_generator import RelationGenerator
+    from workers.relations.generator import RelationGenerator
 
     processor, model = load_vlm(spec["model"], revision="", dtype=dtype, device=torch.device(device))
     generator = RelationGenerator(processor, model, max_new_tokens=spec["max_new_tokens"], temperature=0.0)
@@ -486,7 +486,7 @@ def _image_chunks(pairs: list[dict]) -> list[list[dict]]:
 
 
 def _decode_by_image(generator, pairs: list[dict]) -> Texts:
-    """What a worker's task does (workers/relations_task.py): one image, all its prompts, batched."""
+    """What a worker's task does (workers/tasks/relations.py): one image, all its prompts, batched."""
     from shared.images import open_image
     from shared.relation_prompt import build_relation_prompt
 

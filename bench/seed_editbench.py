@@ -30,8 +30,8 @@ from PIL import Image
 
 from shared.editbench_data import BenchmarkPair, prepare_benchmark
 from shared.prompt_manager import PromptManager
-from workers.editor import Editor
-from workers.judge import Judge, JudgeItem
+from workers.editing.editor import Editor
+from workers.judging.judge import Judge, JudgeItem
 from workers.models.loading import load_image_edit_pipeline, load_vlm
 
 

@@ -1,6 +1,6 @@
 """The earlier relations decoder, kept only as the benchmarks' side-by-side baseline.
 
-The product decodes with ``workers/slot_decoder.py``; this one (one image at a time, every
+The product decodes with ``workers/relations/slot_decoder.py``; this one (one image at a time, every
 batch row with its own copy of the image prefix) was removed from the product once the slot
 decoder won every benchmark (bench/RESULTS.md). ``bench/bench_decoder.py`` times the two side
 by side.
@@ -37,8 +37,8 @@ import torch
 from PIL import Image
 from transformers import PreTrainedModel, ProcessorMixin
 
-from workers.cascade_attention import additive
-from workers.decoding import (
+from workers.relations.cascade_attention import additive
+from workers.relations.decoding import (
     capture_graph,
     check_graph_rope,
     cut_after_eos,

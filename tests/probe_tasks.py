@@ -12,7 +12,8 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from workers.celery_app import app
 from workers.runtime import run_store
-from workers.task_support import ItemTask, PermanentError, TransientError
+from workers.errors import PermanentError, TransientError
+from workers.tasks.base import ItemTask
 
 STAGE = "probe"
 

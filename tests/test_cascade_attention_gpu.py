@@ -11,7 +11,7 @@ import dataclasses
 import pytest
 import torch
 
-from workers.cascade_attention import CascadeCaches, FlashDecode, MatmulDecode, flash_available
+from workers.relations.cascade_attention import CascadeCaches, FlashDecode, MatmulDecode, flash_available
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available() or not flash_available(torch.device("cuda"), torch.bfloat16, 64),

@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from workers.cascade_attention import _decode_merge, merge
-from workers.decoder_layers import _functions
+from workers.relations.cascade_attention import _decode_merge, merge
+from workers.relations.layers import _functions
 
 # The 8B's attention shape: 32 query heads, 8 kv heads, head_dim 128. A batch of 32 rows (or 8)
 # equals a model dim, the case that used to compile apart.

@@ -10,7 +10,7 @@ import torch
 
 from config import Settings, load_settings
 from config.settings import SettingsError
-from workers.editor_compile import INDUCTOR_CACHE_VARIABLE, compile_editor_transformer, should_compile
+from workers.editing.compile import INDUCTOR_CACHE_VARIABLE, compile_editor_transformer, should_compile
 from workers.models.loading import load_image_edit_pipeline
 from workers.models.tiny import build_tiny_qwen_image_edit
 

@@ -20,8 +20,8 @@ from producer.editbench_job import result_settings
 from producer.preflight import check_run_settings
 from shared.editor_families import FAMILIES, UnsupportedEditorError
 from shared.keys import content_digest, derive_run_id
-from workers.editor import Editor
-from workers.editor_loras import LoraMismatchError
+from workers.editing.editor import Editor
+from workers.editing.loras import LoraMismatchError
 from workers.models.loading import EDITOR, load_image_edit_pipeline, resolve_model_path
 from workers.models.tiny import build_tiny_lora
 

@@ -22,8 +22,8 @@ from producer.editbench_sample import write_editbench_sample
 from producer.embedded import EmbeddedRedis
 from shared.judge_scores import JudgeFailure, JudgeScore
 from shared.store import WORKERS_KEY, connect
-from workers.endpoint_judge import EndpointJudge, score_from_response
-from workers.judge import JudgeItem
+from workers.judging.endpoint import EndpointJudge, score_from_response
+from workers.judging.judge import JudgeItem
 from workers.models import resolve_model_path
 
 DATA = Path(__file__).parent / "data"

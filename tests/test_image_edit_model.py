@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 import workers.models.loading as loading
 from shared.editor_families import FAMILIES
-from workers.editor import Editor, seed_for
+from workers.editing.editor import Editor, seed_for
 from workers.models.loading import (
     ModelNotFoundError,
     load_image_edit_pipeline,

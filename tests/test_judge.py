@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 
 from config import Settings
 from shared.prompt_manager import PromptManager
-from workers.judge import Judge, JudgeItem, JudgeScore
+from workers.judging.judge import Judge, JudgeItem, JudgeScore
 from workers.models import load_vlm, resolve_model_path
 
 CPU = torch.device("cpu")

@@ -11,7 +11,7 @@ from PIL import Image
 
 from config import Settings
 from shared.prompt_manager import PromptManager
-from workers.judge import Judge, JudgeItem
+from workers.judging.judge import Judge, JudgeItem
 from workers.models import load_vlm, resolve_model_path
 from workers.models import loading
 from workers.models.loading import experts_implementation

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 RUN = """
 import sys, torch
-from workers.row_attention import row_attention
+from workers.relations.row_attention import row_attention
 queries, keys, values, used = torch.load(sys.argv[1])
 torch.save(row_attention(queries, keys, values, used), sys.argv[2])
 """

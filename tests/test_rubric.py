@@ -16,7 +16,7 @@ from config import Settings
 from shared.judge_scores import JudgeFailure, JudgeScore, find_stated_score, scale_probabilities
 from shared.prompt_manager import read_templates
 from shared.rubric import (RubricError, criterion_prompts, read_rubric_templates, rubric_from_templates)
-from workers.judge import Judge, JudgeItem
+from workers.judging.judge import Judge, JudgeItem
 from workers.models import load_vlm, resolve_model_path
 
 SHIPPED = Settings().prompts

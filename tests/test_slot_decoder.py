@@ -16,13 +16,13 @@ import torch
 from PIL import Image
 
 from producer.relations_job import pack_tasks
-from workers.decoding import cut_after_eos, split_after_image
-from workers.image_inputs import prefix_tokens
+from workers.relations.decoding import cut_after_eos, split_after_image
+from workers.relations.image_inputs import prefix_tokens
 from workers.models import build_tiny_qwen3_vl, build_tiny_qwen3_vl_moe, load_vlm
-from workers.relation_generator import RelationGenerator
-from workers import slot_decoder
+from workers.relations.generator import RelationGenerator
+from workers.relations import slot_decoder
 from workers.residency import ResidencyPool, model_bytes
-from workers.slot_decoder import SlotDecoder, kv_bytes_per_token, slot_shape
+from workers.relations.slot_decoder import SlotDecoder, kv_bytes_per_token, slot_shape
 
 # Prompts of different lengths (rows of different suffix lengths), one CPU thread.
 from test_decoding import MAX_NEW_TOKENS, PROMPTS, one_cpu_thread  # noqa: E402,F401
@@ -137,7 +137,7 @@ def test_the_generator_answers_each_image_in_order(vlm, images, texts, monkeypat
     assert len(expected[0][0]) == 4 and max(len(row) for row in expected[0]) == MAX_NEW_TOKENS
 
     generator = RelationGenerator(*vlm, max_batch=2, max_new_tokens=MAX_NEW_TOKENS, temperature=0.0)
-    with caplog.at_level(logging.INFO, logger="workers.relation_generator"):
+    with caplog.at_level(logging.INFO, logger="workers.relations.generator"):
         answers = generator.generate_many(images, [PROMPTS, PROMPTS[:2], []], seed=0)
     # The worker log says how busy the rows were.
     assert f"decoded {len(PROMPTS) + 2} prompts of 3 images" in caplog.text

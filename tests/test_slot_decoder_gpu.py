@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from workers.models import build_tiny_qwen3_vl, build_tiny_qwen3_vl_moe, load_vlm
-from workers.relation_generator import render_prompt
-from workers.slot_decoder import SlotDecoder
+from workers.relations.generator import render_prompt
+from workers.relations.slot_decoder import SlotDecoder
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

@@ -19,7 +19,7 @@ from workers.models import (
     resolve_model_path,
 )
 from workers.models.tokenizer import QWEN_SPECIAL_TOKENS
-from workers.relation_generator import RelationGenerator
+from workers.relations.generator import RelationGenerator
 
 PROMPTS = [
     "Where is the cat relative to the table?",

@@ -17,7 +17,7 @@ settings = load_settings()
 for _line in ignored_variables(settings):
     logging.getLogger(__name__).warning("%s", _line)
 
-app = Celery("evalfleet", include=["workers.relations_task", "workers.editbench_tasks"])
+app = Celery("evalfleet", include=["workers.tasks.relations", "workers.tasks.editbench"])
 app.conf.update(celery_config(settings))
 
 if settings.visibility_timeout <= settings.task_hard_time_limit:

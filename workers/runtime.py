@@ -25,12 +25,11 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import redis
 from celery import current_task
-from celery.signals import task_postrun
 
 from shared.messages import EDIT_STAGE
 from shared.store import WORKER_OUTAGE_SECONDS, WORKERS_KEY, RunStore, connect
 from workers.celery_app import settings
-from workers.task_support import STAGE_OF_TASK, PermanentError
+from workers.errors import PermanentError
 
 if TYPE_CHECKING:
     import torch
@@ -101,7 +100,7 @@ _unloadable: dict[str, str] = {}
 
 def _acquire(pool: "ResidencyPool", name: str) -> Any:
     from shared.editor_families import UnsupportedEditorError
-    from workers.editor_loras import LoraMismatchError
+    from workers.editing.loras import LoraMismatchError
     from workers.models.loading import ModelNotFoundError
     from workers.residency import BudgetExceededError
 
@@ -127,18 +126,6 @@ def _heartbeat(pool: "ResidencyPool") -> None:
         _store_client().hset(WORKERS_KEY, worker_name(), json.dumps(record))
     except redis.RedisError as exc:
         log.warning("could not write the worker heartbeat: %s", exc)
-
-
-@task_postrun.connect
-def _sample_progress(sender=None, args=None, **_: Any) -> None:
-    """After each task, sample its stage's progress so status can show a rate and an ETA."""
-    stage = STAGE_OF_TASK.get(getattr(sender, "name", ""))
-    if stage is None or not args:
-        return
-    try:
-        run_store(str(args[0])).add_progress_sample(stage)
-    except redis.RedisError as exc:
-        log.warning("could not record a progress sample: %s", exc)
 
 
 def run_setting(store: RunStore, meta: dict[str, Any], name: str) -> Any:
@@ -210,7 +197,7 @@ def vlm(store: RunStore, meta: dict[str, Any], ref: str, setting: str) -> tuple[
 def relation_generator(store: RunStore, meta: dict[str, Any]):
     """A generator with the run's settings over this process's copy of the run's model."""
     from workers.models.loading import RELATIONS_MODEL_SETTING
-    from workers.relation_generator import RelationGenerator
+    from workers.relations.generator import RelationGenerator
 
     processor, model = vlm(store, meta, meta["relations_model"], RELATIONS_MODEL_SETTING)
     pool = residency()
@@ -229,7 +216,7 @@ def relation_generator(store: RunStore, meta: dict[str, Any]):
 
 def judge_for(store: RunStore):
     """The run's judge: one ``score(rows)`` per criterion row, JudgeScore or JudgeFailure each."""
-    from workers.judge import Judge
+    from workers.judging.judge import Judge
     from workers.models.loading import JUDGE_MODEL_SETTING, experts_implementation
 
     meta = store.meta()
@@ -255,7 +242,7 @@ def judge_for(store: RunStore):
 def _endpoint_judge(url: str, model: str, api_key_env: str, logprobs: bool, values: tuple[int, ...],
                     reasoning_tokens: int):
     """One client per endpoint and process (its connection pool is reused across tasks)."""
-    from workers.endpoint_judge import EndpointJudge
+    from workers.judging.endpoint import EndpointJudge
 
     try:
         return EndpointJudge(url, model, api_key_env=api_key_env, logprobs=logprobs, values=values,
@@ -271,8 +258,8 @@ def editor_for(store: RunStore):
     """An editor with the run's settings (its family's defaults for those left at 0) over
     this process's copy of the run's edit pipeline and LoRAs."""
     from config import TINY_EDITORS
-    from workers.editor import Editor, pipeline_modules
-    from workers.editor_compile import compile_editor_transformer
+    from workers.editing.editor import Editor, pipeline_modules
+    from workers.editing.compile import compile_editor_transformer
     from workers.models.loading import EDITOR, load_image_edit_pipeline, pick_device
 
     meta = store.meta()

@@ -28,7 +28,7 @@ from transformers import (AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
 from config import ENV_PREFIX, TINY_EDITORS, TINY_MODEL
 from shared.editor_families import family_for
-from workers.editor_loras import apply_loras
+from workers.editing.loras import apply_loras
 from workers.models.tiny import (
     build_tiny_flux_kontext,
     build_tiny_qwen3_vl,

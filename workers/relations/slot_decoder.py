@@ -38,7 +38,7 @@ import torch
 from PIL import Image
 from transformers import BatchFeature, PreTrainedModel, ProcessorMixin
 
-from workers.cascade_attention import (
+from workers.relations.cascade_attention import (
     CascadeCaches,
     FlashDecode,
     FlashPrefill,
@@ -47,8 +47,8 @@ from workers.cascade_attention import (
     flash_available,
     prefix_splits,
 )
-from workers.decoder_layers import run_layers
-from workers.decoding import (
+from workers.relations.layers import run_layers
+from workers.relations.decoding import (
     PhaseClock,
     capture_graph,
     check_graph_rope,
@@ -62,7 +62,7 @@ from workers.decoding import (
     split_after_image,
     weight_pointers,
 )
-from workers.image_inputs import ImageInputs, prefix_tokens
+from workers.relations.image_inputs import ImageInputs, prefix_tokens
 
 logger = logging.getLogger(__name__)
 

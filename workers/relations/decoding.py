@@ -2,7 +2,7 @@
 
 The prompt split at the image, cache lengths, the weights' addresses its CUDA graphs depend on,
 eos and pad ids, graph capture, the KV storage, cutting rows at their eos, picking the next
-token and a clock for the phases of a call. ``workers/slot_decoder.py`` is the product's
+token and a clock for the phases of a call. ``workers/relations/slot_decoder.py`` is the product's
 decoder; ``bench/static_decoder.py`` (the benchmarks' baseline) uses the same helpers.
 """
 

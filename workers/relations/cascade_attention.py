@@ -1,6 +1,6 @@
 """Attention over [an image's shared prefix | a row's own tokens], computed in two parts.
 
-The slot decoder (workers/slot_decoder.py) stores each image's prefix keys/values once and each
+The slot decoder (workers/relations/slot_decoder.py) stores each image's prefix keys/values once and each
 row's suffix and generated keys/values apart. A query attends to both; the two parts are
 merged exactly: one softmax over all keys, whether as one maximum and one denominator shared
 by the parts (the matmul backend) or by their log-sum-exps (the flash backend).
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from workers.decoding import power_of_two
+from workers.relations.decoding import power_of_two
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def flash_available(device: torch.device, dtype: torch.dtype, head_dim: int) -> 
         logger.warning("head_dim %d is not a power of two; the decoder uses plain products", head_dim)
         return False
     try:
-        import workers.row_attention  # noqa: F401  (needs Triton)
+        import workers.relations.row_attention  # noqa: F401  (needs Triton)
     except ImportError as exc:
         logger.warning("Triton unavailable (%s); the decoder uses plain products", exc)
         return False
@@ -149,7 +149,7 @@ class FlashDecode:
     GPU, so the prefix can be cut into ``splits`` key ranges, each a sequence of its own
     (flash-decoding's split-KV).
 
-    Row part (``workers.row_attention``, a Triton kernel): each row's used columns, read once
+    Row part (``workers.relations.row_attention``, a Triton kernel): each row's used columns, read once
     per kv head for the query heads that share it.
     """
 
@@ -179,7 +179,7 @@ class FlashDecode:
         self.prefix_most_keys = -(-caches.prefix_length // splits)
 
     def __call__(self, layer: int, query, key, value) -> torch.Tensor:
-        from workers.row_attention import row_attention  # Triton: imported where a GPU runs it
+        from workers.relations.row_attention import row_attention  # Triton: imported where a GPU runs it
 
         caches = self.caches
         caches.row_keys[layer][self.row_index, self.write_at] = key[:, :, 0]

@@ -7,9 +7,9 @@ import logging
 from PIL import Image
 from transformers import PreTrainedModel, ProcessorMixin
 
-from workers.decoding import split_after_image
-from workers.image_inputs import prefix_tokens
-from workers.slot_decoder import SlotDecoder
+from workers.relations.decoding import split_after_image
+from workers.relations.image_inputs import prefix_tokens
+from workers.relations.slot_decoder import SlotDecoder
 
 logger = logging.getLogger(__name__)
 
@@ -21,7 +21,7 @@ class RelationGenerator:
     """Answers many prompts about several images.
 
     Works the same for the tiny CPU model and the real Qwen3-VL-8B on CUDA in bf16. The slot
-    decoder (workers/slot_decoder.py) prefills and stores each image's prefix once and decodes
+    decoder (workers/relations/slot_decoder.py) prefills and stores each image's prefix once and decodes
     up to ``max_batch`` rows at once, across images (fewer when their cache would not fit
     ``cache_bytes``). On a GPU the decode step runs in a CUDA graph unless ``use_cuda_graph``
     is False.

@@ -17,10 +17,10 @@ from shared.relation_prompt import BoxOutsideImage, build_relation_prompt, norma
 from shared.store import RunStore
 from workers.celery_app import app, settings
 from workers.runtime import device_name, relation_generator, run_store, worker_name
-from workers.task_support import ItemTask, pending_items
+from workers.tasks.base import ItemTask, pending_items
 
 if TYPE_CHECKING:  # the model's modules load in the task, not when the worker starts
-    from workers.relation_generator import RelationGenerator
+    from workers.relations.generator import RelationGenerator
 
 log = logging.getLogger(__name__)
 

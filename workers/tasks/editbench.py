@@ -18,7 +18,7 @@ from shared.messages import EDIT_STAGE, EDIT_TASK, SCORE_STAGE, SCORE_TASK
 from shared.store import RunStore
 from workers.celery_app import app
 from workers.runtime import editor_for, judge_for, run_rubric, run_store, worker_name
-from workers.task_support import TASK_LEVEL_ERRORS, ItemTask, failure_message, pending_items
+from workers.tasks.base import TASK_LEVEL_ERRORS, ItemTask, failure_message, pending_items
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def _scored_rows(judge, batch: dict[str, dict]) -> dict[str, dict]:
 
 def _judge_inputs(store: RunStore, pending: dict[str, dict], judging) -> dict[str, dict]:
     """key -> {criterion -> JudgeItem}; a pair whose images cannot be read fails alone."""
-    from workers.judge import JudgeItem
+    from workers.judging.judge import JudgeItem
 
     batch = {}
     for key, item in pending.items():

@@ -21,28 +21,21 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.signals import task_postrun
 
 from shared.messages import (EDIT_STAGE, EDIT_TASK, RELATIONS_STAGE, RELATIONS_TASK, SCORE_STAGE,
                              SCORE_TASK)
 from shared.store import OUTAGE_ERRORS, RunStore
 from workers.celery_app import settings
+from workers.errors import PermanentError, TransientError
+from workers.runtime import run_store
 
 log = logging.getLogger(__name__)
 
 STAGE_OF_TASK = {RELATIONS_TASK: RELATIONS_STAGE, EDIT_TASK: EDIT_STAGE, SCORE_TASK: SCORE_STAGE}
-
-
-class PermanentError(Exception):
-    """Retrying cannot help (the model does not exist, it can never fit): fail the items at once.
-
-    The message is the failure reason the report shows, so it must say what to fix.
-    """
-
-
-class TransientError(Exception):
-    """Retrying may help (a resource was busy for a moment): the task is retried with back-off."""
 
 
 def _transient_errors() -> tuple[type[BaseException], ...]:
@@ -82,6 +75,18 @@ def failure_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+@task_postrun.connect
+def _sample_progress(sender=None, args=None, **_: Any) -> None:
+    """After each task, sample its stage's progress so status can show a rate and an ETA."""
+    stage = STAGE_OF_TASK.get(getattr(sender, "name", ""))
+    if stage is None or not args:
+        return
+    try:
+        run_store(str(args[0])).add_progress_sample(stage)
+    except redis.RedisError as exc:
+        log.warning("could not record a progress sample: %s", exc)
+
+
 class ItemTask(Task):
     """Base of every evalfleet task (``@app.task(base=ItemTask, stage=..., ...)``)."""
 
@@ -111,8 +116,6 @@ class ItemTask(Task):
         attempts = (self.request.retries or 0) + 1
         reason = failure_message(exc)
         log.error("%s task for %s failed after %d attempt(s): %s", stage, keys, attempts, reason)
-        from workers.runtime import run_store
-
         store = run_store(str(args[0]))
         try:
             for key in keys:

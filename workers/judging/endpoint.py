@@ -33,7 +33,7 @@ from PIL import Image
 from shared.judge_scores import (FROM_ANSWER, FROM_LOGPROBS, JudgeFailure, JudgeScore, StatedScore,
                                  expectation, find_stated_score, first_digits, scale_probabilities,
                                  unreadable)
-from workers.judge import JudgeItem
+from workers.judging.judge import JudgeItem
 
 log = logging.getLogger(__name__)
 

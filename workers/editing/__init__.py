@@ -1,0 +1,2 @@
+"""The image editor: a diffusers edit pipeline behind one call (``editor``), its compiled
+transformer (``compile``) and the LoRAs merged into it (``loras``)."""
