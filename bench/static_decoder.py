@@ -41,7 +41,6 @@ from workers.relations.cascade_attention import additive
 from workers.relations.decoding import (
     capture_graph,
     check_graph_rope,
-    cut_after_eos,
     eos_token_ids,
     kv_storage_fits,
     length_bucket,
@@ -53,6 +52,16 @@ from workers.relations.decoding import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+def cut_after_eos(tokens: torch.Tensor, eos_ids: list[int]) -> list[list[int]]:
+    """Each row of (rows, steps) up to and including its first eos; what follows is padding."""
+    rows = []
+    for row in tokens.tolist():
+        end = next((i + 1 for i, token in enumerate(row) if token in eos_ids), len(row))
+        rows.append(row[:end])
+    return rows
+
 
 # "Has every row produced an eos?" costs a host sync, so it is asked once every this many steps.
 EOS_CHECK_EVERY = 8

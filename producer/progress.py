@@ -11,7 +11,6 @@ queue that no worker takes are reported in the log.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Callable
@@ -21,7 +20,8 @@ from celery import Celery
 from tqdm import tqdm
 
 from config import Settings
-from producer.status import UNACKED_KEY, queue_depths
+from producer.kombu_redis import unacked_messages
+from producer.status import queue_depths
 from shared.store import OUTAGE_ERRORS, Progress, RunStore, connect
 
 log = logging.getLogger(__name__)
@@ -67,15 +67,8 @@ class StallWatch:
 
     def _unacked_task_ids(self) -> set[str]:
         """Ids of this queue's tasks delivered to a worker and not acknowledged."""
-        ids = set()
-        for raw in self.broker.hvals(UNACKED_KEY):
-            try:
-                message, _, routing_key = json.loads(raw)
-                if routing_key == self.queue:
-                    ids.add(message["headers"]["id"])
-            except (ValueError, KeyError, TypeError):
-                continue
-        return ids
+        return {message.get("headers", {}).get("id") for message, queue in unacked_messages(self.broker)
+                if queue == self.queue}
 
     def _held_task_ids(self) -> set[str]:
         """Ids of the tasks the workers that answer hold: running, reserved or waiting to retry."""

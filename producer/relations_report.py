@@ -1,4 +1,4 @@
-"""stage2_generated_results.json: the SPEC format (summary + results), plus what failed."""
+"""stage2_generated_results.json: the summary, the results (shared/relations_result.py) and what failed."""
 
 from __future__ import annotations
 
@@ -8,11 +8,8 @@ from typing import Any
 from shared.jsonio import write_json_atomic
 from shared.keys import normalize_image_id
 from shared.messages import RELATIONS_STAGE
+from shared.relations_result import report_record
 from shared.store import RunStore
-
-RESULT_FIELDS = ("image_id", "subject", "object", "stage1_top_k", "stage2_generated",
-                 "has_gt", "gt_predicates")
-
 
 def relations_report(store: RunStore) -> dict[str, Any]:
     meta = store.meta()
@@ -20,7 +17,7 @@ def relations_report(store: RunStore) -> dict[str, Any]:
     done = store.done(RELATIONS_STAGE)
     failed = store.failed(RELATIONS_STAGE)
     ordered = sorted((k for k in done if k in items), key=lambda k: items[k].get("order", 0))
-    results = [{f: done[k][f] for f in RESULT_FIELDS} for k in ordered]
+    results = [report_record(done[k]) for k in ordered]
     summary = {
         "total_pairs": len(results),
         "total_images": len({normalize_image_id(r["image_id"]) for r in results}),

@@ -2,10 +2,9 @@
 
 Three sources, each read as it is, nothing estimated that is not measured:
 
-- queue depths: the broker's Redis lists. kombu's Redis transport keeps one list per
-  priority step (``relations``, ``relations\\x06\\x163``, ...), so a queue's depth is the
-  sum over those; messages a worker has taken but not yet acknowledged (running or
-  prefetched) sit in kombu's ``unacked`` hash and are counted as ``reserved``;
+- queue depths: the broker's Redis lists (``producer/kombu_redis.py``): a queue's depth is the
+  sum over its priority steps' lists; messages a worker has taken but not yet acknowledged
+  (running or prefetched) are counted as ``reserved``;
 - run progress: the run store's done/failed/items hashes, and for the rate the samples
   the workers push after each task (``evalfleet:<run>:<stage>:samples``, Redis time);
 - workers: Celery's remote control (``inspect``), which only live workers answer, joined
@@ -21,17 +20,15 @@ from typing import Any
 
 import redis
 from celery import Celery
-from kombu.transport.redis import PRIORITY_STEPS, Channel
 from kombu.utils.url import maybe_sanitize_url
 
 from config import Settings
 from config.celery import celery_config
+from producer.kombu_redis import queue_list_names, unacked_messages
 from shared.messages import EDIT_STAGE, RELATIONS_STAGE, SCORE_STAGE
 from shared.store import RUNS_KEY, WORKERS_KEY, RunStore
 
 STAGES = (RELATIONS_STAGE, EDIT_STAGE, SCORE_STAGE)
-# kombu's Redis transport: the hash of delivered, not yet acknowledged messages.
-UNACKED_KEY = Channel.unacked_key
 
 # A heartbeat older than this, of a process no live worker lists, is ignored.
 STALE_SECONDS = 600.0
@@ -44,13 +41,6 @@ RATE_WINDOW_SECONDS = 600.0
 # --- queues ------------------------------------------------------------------------
 
 
-def queue_list_names(queue: str, transport_options: dict[str, Any]) -> list[str]:
-    """The Redis lists kombu uses for ``queue``: the plain name, then one per priority step."""
-    steps = transport_options.get("priority_steps", PRIORITY_STEPS)
-    sep = transport_options.get("sep", Channel.sep)
-    return [queue if step == 0 else f"{queue}{sep}{step}" for step in steps]
-
-
 def queue_depths(broker: redis.Redis, queues: list[str],
                  transport_options: dict[str, Any]) -> dict[str, dict[str, int]]:
     """Per queue: ``waiting`` (in the lists) and ``reserved`` (taken by a worker, not acked)."""
@@ -61,14 +51,9 @@ def queue_depths(broker: redis.Redis, queues: list[str],
     lengths = iter(pipe.execute())
     steps = len(queue_list_names("q", transport_options))
     depths = {q: {"waiting": sum(next(lengths) for _ in range(steps)), "reserved": 0} for q in queues}
-    # Each unacked entry is JSON [message, exchange, routing key]; the routing key is the queue.
-    for raw in broker.hvals(UNACKED_KEY):
-        try:
-            routing_key = json.loads(raw)[2]
-        except (ValueError, IndexError, TypeError):
-            continue
-        if routing_key in depths:
-            depths[routing_key]["reserved"] += 1
+    for _, queue in unacked_messages(broker):
+        if queue in depths:
+            depths[queue]["reserved"] += 1
     return depths
 
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from bench.static_decoder import ImagePromptDecoder
-from workers.relations.decoding import cut_after_eos, eos_token_ids, length_bucket, pick_tokens, split_after_image
+from bench.static_decoder import ImagePromptDecoder, cut_after_eos
+from workers.relations.decoding import eos_token_ids, length_bucket, pick_tokens, split_after_image
 from workers.models import build_tiny_qwen3_vl, load_vlm
 
 # Different lengths, so rows of a batch carry different numbers of left pads.

@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 
 from producer.relations_job import pack_tasks
-from workers.relations.decoding import cut_after_eos, split_after_image
+from bench.static_decoder import cut_after_eos
+from workers.relations.decoding import split_after_image
 from workers.relations.image_inputs import prefix_tokens
 from workers.models import build_tiny_qwen3_vl, build_tiny_qwen3_vl_moe, load_vlm
 from workers.relations.generator import RelationGenerator

@@ -177,8 +177,9 @@ def _load_kwargs(ref: str, kind: str, dtype: Any) -> dict[str, Any]:
             "dtype": dtype, "device": torch.device("cpu")}
 
 
-def vlm(store: RunStore, meta: dict[str, Any], ref: str, setting: str) -> tuple[Any, Any]:
-    """(processor, model) of a Qwen3-VL, shared by the relations generator and the judge.
+def vlm(store: RunStore, meta: dict[str, Any], ref: str, setting: str) -> tuple[Any, Any, str]:
+    """(processor, model, its residency pool name) of a Qwen3-VL, shared by the relations
+    generator and the judge.
 
     ``setting`` names the variable that chose ``ref``, for the error if it cannot be loaded.
     """
@@ -191,7 +192,9 @@ def vlm(store: RunStore, meta: dict[str, Any], ref: str, setting: str) -> tuple[
         processor, model = load_vlm(kwargs.pop("ref"), revision=revision, setting=setting, **kwargs)
         return (processor, model), {"model": model}
 
-    return _resident(store, _model_name("vlm", ref, revision, dtype), load)
+    name = _model_name("vlm", ref, revision, dtype)
+    processor, model = _resident(store, name, load)
+    return processor, model, name
 
 
 def relation_generator(store: RunStore, meta: dict[str, Any]):
@@ -199,10 +202,8 @@ def relation_generator(store: RunStore, meta: dict[str, Any]):
     from workers.models.loading import RELATIONS_MODEL_SETTING
     from workers.relations.generator import RelationGenerator
 
-    processor, model = vlm(store, meta, meta["relations_model"], RELATIONS_MODEL_SETTING)
+    processor, model, name = vlm(store, meta, meta["relations_model"], RELATIONS_MODEL_SETTING)
     pool = residency()
-    # The pool's name of the model vlm() just made resident (its dtype is on the model).
-    name = _model_name("vlm", meta["relations_model"], meta.get("model_revision", ""), model.dtype)
     # The decoder's cache may take what the weights leave of the budget, less room for the
     # step's activations and logits; the pool counts it and frees it when the model leaves.
     cache_bytes = int(pool.room_for_working(name) * DECODER_CACHE_FRACTION)
@@ -231,7 +232,7 @@ def judge_for(store: RunStore):
         # The phase controller says the run's last edit has finished: if the editor must
         # leave the device for the judge, drop it rather than pin a host copy of it.
         residency().retire(editor_model_name(meta, run_dtype(store, meta)))
-    processor, model = vlm(store, meta, meta["judge_model"], JUDGE_MODEL_SETTING)
+    processor, model, _ = vlm(store, meta, meta["judge_model"], JUDGE_MODEL_SETTING)
     store.add_judge_experts(experts_implementation(model))
     # The criteria of a pair go in one forward pass: the batch is pairs x criteria rows.
     return Judge(processor, model, batch_size=int(meta["judge_batch_size"]) * len(rubric.criteria),

@@ -57,7 +57,9 @@ class Editor:
     @staticmethod
     def family_of(pipeline: Any) -> EditFamily:
         """The adapter of the pipeline's family (UnsupportedEditorError for another class)."""
-        return family_for(type(pipeline).__name__, type(pipeline).__name__)
+        # The checkpoint's path or hub id names it in the error (a pipeline built in code has none).
+        class_name = type(pipeline).__name__
+        return family_for(class_name, getattr(pipeline, "name_or_path", None) or class_name)
 
     def output_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) of about ``size**2`` pixels in the aspect ratio of ``width/height``."""

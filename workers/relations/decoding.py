@@ -99,15 +99,6 @@ def new_kv_storage(model: PreTrainedModel, elements: int) -> torch.Tensor:
     return torch.zeros(2 * layers, elements, dtype=model.dtype, device=model.device)
 
 
-def cut_after_eos(tokens: torch.Tensor, eos_ids: list[int]) -> list[list[int]]:
-    """Each row of (rows, steps) up to and including its first eos; what follows is padding."""
-    rows = []
-    for row in tokens.tolist():
-        end = next((i + 1 for i, token in enumerate(row) if token in eos_ids), len(row))
-        rows.append(row[:end])
-    return rows
-
-
 def pick_tokens(
     logits: torch.Tensor,
     *,

@@ -31,6 +31,8 @@ def edit_pairs(self, run_id: str, keys: list[str]) -> dict[str, int]:
 
 def _edit_pending(store: RunStore, keys: list[str]) -> dict[str, int]:
     edited = 0
+    run_seed = store.meta()["seed"]
+    editor = None  # loaded at the first pair whose image opens
     for key, item in pending_items(store, EDIT_STAGE, keys).items():
         started = time.time()
         try:
@@ -38,9 +40,10 @@ def _edit_pending(store: RunStore, keys: list[str]) -> dict[str, int]:
         except ImageFileError as exc:
             store.mark_failed(EDIT_STAGE, key, str(exc))
             continue
-        editor = editor_for(store)
+        if editor is None:
+            editor = editor_for(store)
         # Seeded by the run's seed and the item key: a rerun reproduces the image.
-        seed = editor.seed_for(f"{store.meta()['seed']}|{key}")
+        seed = editor.seed_for(f"{run_seed}|{key}")
         image = editor.edit(original, item["edit_instruction"], seed=seed)
         path, digest = _save_png(image, Path(item["edited_path"]))
         # The settings the image was made with (the family's defaults applied): the report's.

@@ -14,6 +14,7 @@ from shared.errors import RecordError
 from shared.images import ImageFileError, PathOutsideRoot, open_image, resolve_inside
 from shared.messages import RELATIONS_STAGE, RELATIONS_TASK
 from shared.relation_prompt import BoxOutsideImage, build_relation_prompt, normalize_bbox
+from shared.relations_result import relation_result
 from shared.store import RunStore
 from workers.celery_app import app, settings
 from workers.runtime import device_name, relation_generator, run_store, worker_name
@@ -26,9 +27,6 @@ log = logging.getLogger(__name__)
 
 # Threads that open a task's images.
 OPEN_THREADS = 4
-
-# The fields of a result in stage2_generated_results.json (SPEC.md).
-RESULT_FIELDS = ("image_id", "subject", "object", "stage1_top_k", "has_gt", "gt_predicates")
 
 
 @app.task(bind=True, base=ItemTask, stage=RELATIONS_STAGE, name=RELATIONS_TASK)
@@ -156,8 +154,7 @@ def _store_results(store: RunStore, pending: dict, jobs: list, texts: list[str],
         })
     worker = worker_name()
     for key, descriptions in generated.items():
-        result = {field: pending[key][field] for field in RESULT_FIELDS}
-        result["stage2_generated"] = descriptions
+        result = relation_result(pending[key], descriptions)
         result["worker"] = worker
         result["seconds"] = round(seconds * len(descriptions) / len(texts), 4)
         store.mark_done(RELATIONS_STAGE, key, result)
