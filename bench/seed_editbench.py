@@ -1,4 +1,4 @@
-"""The seed design's editbench, re-implemented faithfully as a baseline (bench only, not the product).
+"""The original editbench script (README, Baselines), re-implemented faithfully as a baseline (bench only, not the product).
 
 The seed keeps both models in host memory and runs two phases per category, moving whole
 models with ``.to()``::
@@ -8,7 +8,7 @@ models with ``.to()``::
         judge.to('cuda');  score every pair;                                 judge.to('cpu')
 
 Five categories: 20 moves (each ``.to`` of a model), 9 swaps (the model on the GPU changes
-from one to the other; SPEC: "9 swaps in all"). Same computation as the fleet: the product's
+from one to the other). Same computation as the fleet: the product's
 ``Editor`` (steps, size, true CFG, negative prompt, per-pair seed) and ``Judge`` (prompt
 rendering and digit-probability scoring) are called as libraries, with the product's
 ``PromptManager``; only the orchestration is the seed's. The judge scores pair by pair

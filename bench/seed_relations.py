@@ -1,4 +1,4 @@
-"""The seed design's relation generation, re-implemented faithfully as a baseline (bench only).
+"""The original relation-generation script (README, Baselines), re-implemented faithfully as a baseline (bench only).
 
 Per pair, in batches of 8 predicates: the image is opened and processed again for every
 batch, the prompts of one pair only share a ``generate`` call. Greedy decoding.

@@ -138,9 +138,9 @@ class Settings:
     # one compiles; empty means <work_dir>/inductor-cache. Best on a local disk.
     inductor_cache_dir: str = ""
 
-    # --- relations job (SPEC.md defaults) -------------------------------------
+    # --- relations job (the original scripts' defaults) -----------------------
     top_k: int = 10
-    # SPEC's BATCH_SIZE, accepted (and stored in the run's meta) for compatibility: the slot
+    # The original scripts' BATCH_SIZE, accepted (and stored in the run's meta) for compatibility: the slot
     # decoder's batch is max_batch, and nothing reads this.
     batch_size: int = 8
     # The slot decoder's most rows at once; fewer when their KV cache would not fit the

@@ -1,11 +1,11 @@
-"""Job A on the producer side: register the run, then the phase controller.
+"""The editbench job on the producer side: register the run, then the phase controller.
 
 The controller enqueues every pending edit, waits until every edit item is done or
 failed (done + failed == total: a queue can read empty while a worker still holds a
 task), then enqueues the score items of the pairs whose edit succeeded, and waits
 again. Workers swap from the editor to the judge once, when their first score task
 arrives, so there is one swap per worker process per run (none where both fit).
-``phase_scope="category"`` reproduces the seed design's per-category order.
+``phase_scope="category"`` reproduces the original scripts' per-category order (README, Baselines).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Job B on the producer side: prepare the pairs, register the run, enqueue what is pending."""
+"""The relations job on the producer side: prepare the pairs, register the run, enqueue what is pending."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Job A's input: a benchmark file of categories, each a list of pairs, in one of four shapes.
+"""The editbench job's input: a benchmark file of categories, each a list of pairs, in one of four shapes.
 
 A pair is ``{"pair_id", "original_image_b64" or "original_image_path", "original_description",
 "edit_instruction"}``; a path is relative to the benchmark file's folder. The shapes (``SHAPES``):

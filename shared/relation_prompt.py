@@ -1,4 +1,4 @@
-"""The stage-2 relation prompt of SPEC.md, byte for byte, with normalized boxes."""
+"""The stage-2 relation prompt (README, Relations formats), byte for byte, with normalized boxes."""
 
 from __future__ import annotations
 

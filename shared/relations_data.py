@@ -1,4 +1,4 @@
-"""Job B's input preparation (SPEC.md, ``prepare_data_for_inference``).
+"""The relations job's input preparation (stage-1 candidates + input images -> pairs).
 
 Stage-1 candidates are matched to their input image by id (string or integer),
 grouped by (subject, object), stripped of "no relation", sorted by similarity and
@@ -12,7 +12,7 @@ the record and the field; the other records go on. What counts as bad:
   ``image_path`` (empty, too long, outside the data root), ``objects`` not a list,
   an object without a class name: all pairs of that image fail;
 - an object with a bad box (outside numbers, inverted, zero area), or a class name
-  that several objects share (SPEC maps objects by class name: with two "man" objects
+  that several objects share (objects are matched by class name: with two "man" objects
   the pair is ambiguous): only the pairs that use that class name fail.
 """
 
@@ -70,7 +70,7 @@ def load_relations_inputs(stage1_path: Path, input_path: Path) -> tuple[dict, li
 def prepare_data_for_inference(
     stage1_path: Path, input_path: Path, top_k: int, data_root: str | Path = ""
 ) -> PreparedRelations:
-    """The pairs of SPEC.md's ``pair_data``; ``data_root`` (if set) confines image paths."""
+    """The prepared pairs (``pair_data``: image, subject and object records, top K); ``data_root`` (if set) confines image paths."""
     root = checked_data_root(data_root)
     candidates_by_image, images = load_relations_inputs(stage1_path, input_path)
     prepared = PreparedRelations()

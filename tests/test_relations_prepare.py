@@ -1,4 +1,4 @@
-"""Job B preparation and prompt: SPEC.md's rules on small inputs (no processes needed)."""
+"""Relations preparation and prompt: the README's rules (Relations formats) on small inputs (no processes needed)."""
 
 from __future__ import annotations
 
