@@ -118,3 +118,13 @@ def test_the_producer_never_imports_torch():
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             wrong += [f"{path.name}: {n}" for n in names if n.split(".")[0] in heavy]
     assert not wrong, wrong
+
+
+def test_no_file_cites_a_document_the_repository_lacks():
+    """Docs and code stand alone: the design notes the project started from are not in it."""
+    cited = ("SPEC.md", "DESIGN.md", "../shared/")
+    tracked = [p for pattern in ("*.py", "*.md", "*.yml", "*.toml", "*.txt", "*.sh", "Procfile", "Dockerfile")
+               for p in ROOT.rglob(pattern) if ".git" not in p.parts and "evalfleet-work" not in p.parts]
+    wrong = sorted(f"{p.relative_to(ROOT)}: {name}" for p in tracked if p != Path(__file__).resolve()
+                   for name in cited if name in p.read_text(encoding="utf-8", errors="replace"))
+    assert not wrong, wrong
