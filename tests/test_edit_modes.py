@@ -16,6 +16,7 @@ from config.settings import SettingsError
 from producer.edit_speed import edit_speed, percentile
 from producer.editbench_job import IDENTITY, result_settings
 from producer.run_comparison import ApproximateComparisonError, compare_runs, load_run
+from producer.status import _speed_lines, run_status
 from shared.approximate import APPROXIMATE_KEYS, approximate_modes
 from shared.keys import derive_run_id
 from shared.messages import EDIT_STAGE
@@ -161,3 +162,11 @@ def test_edit_speed_from_the_workers_records(redis_client) -> None:
     assert speed["step_cache"] == {"passes": 400, "skipped_passes": 6}
     assert percentile([3.0], 95) == 3.0 and percentile(list(map(float, range(1, 21))), 95) == 19.0
     assert json.dumps(speed)  # JSON as it is
+    # status: the same figures, as a line per run and one per worker.
+    status = run_status(redis_client, "speed", now=150.0)
+    assert status["edit_speed"]["gpu_seconds"]["run"] == 100.0 and status["approximate"] == []
+    lines = _speed_lines([status])
+    assert lines[0] == ("speed: edit s/pair mean 15.75 p50 11.00 p95 30.00 (4 edits, exact); "
+                        "GPU-s 100 on 1 GPU(s), 25.0 per pair")
+    assert lines[1] == "  w1: editing 43%  compiling 20%  loading 7%  scoring 0%  idle 30%"
+    assert lines[2] == "  step cache: 6 of 400 transformer passes skipped"
