@@ -137,6 +137,16 @@ class Settings:
     # Inductor's compile cache, shared by the worker processes of a host so only the first
     # one compiles; empty means <work_dir>/inductor-cache. Best on a local disk.
     inductor_cache_dir: str = ""
+    # Approximate edit modes: faster, NOT the same images; off by default, part of the run's
+    # identity, named in the report; `compare` refuses to set such a run against an exact
+    # one unless given --allow-approximate. Their quality cost is not measured here.
+    # FP8 matrix products in the editor's transformer blocks (torchao; a GPU with float8
+    # tensor cores: Ada, Hopper or newer).
+    edit_fp8: bool = False
+    # A step cache (diffusers' First Block Cache): a pass whose first block's output moved by
+    # less than this (relative mean absolute change) skips the other blocks; 0 is off.
+    # Typical values 0.05 to 0.2: higher skips more.
+    edit_step_cache: float = 0.0
 
     # --- relations job (the original scripts' defaults) -----------------------
     top_k: int = 10
@@ -312,6 +322,9 @@ def _validate(s: Settings) -> None:
         raise SettingsError(f"{ENV_PREFIX}TASK_MAX_RETRIES must be >= 0, POLL_INTERVAL_SECONDS "
                             f"and STALL_SECONDS > 0")
     _validate_judge(s)
+    if not 0 <= s.edit_step_cache < 1:
+        raise SettingsError(f"{ENV_PREFIX}EDIT_STEP_CACHE={s.edit_step_cache!r}: 0 (off) or a "
+                            "threshold between 0 and 1 (e.g. 0.05)")
     if s.editor_compile not in ("auto", "on", "off"):
         raise SettingsError(f"{ENV_PREFIX}EDITOR_COMPILE={s.editor_compile!r}: use auto, on or off")
     if s.dtype not in ("auto", "bfloat16", "float16", "float32"):

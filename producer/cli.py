@@ -35,8 +35,8 @@ from producer.progress import stall_watch, wait_for_stage
 from producer.relations_job import enqueue_relations
 from producer.relations_report import write_relations_report
 from producer.relations_sample import ensure_relations_sample, write_relations_sample
-from producer.run_comparison import (compare_runs, comparison_files, comparison_markdown, load_run,
-                                     write_comparison)
+from producer.run_comparison import (ApproximateComparisonError, compare_runs, comparison_files,
+                                     comparison_markdown, load_run, write_comparison)
 from producer.run_identity import RESTART_FLAG, RunMismatchError
 from producer.status import build_status, format_status
 from shared.editbench_data import SHAPES, prepare_benchmark
@@ -233,7 +233,8 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
     if args.output:
         check_output_path(Path(args.output))
         comparison_files(Path(args.output))
-    comparison = compare_runs([load_run(Path(run)) for run in args.runs])
+    comparison = compare_runs([load_run(Path(run)) for run in args.runs],
+                              allow_approximate=args.allow_approximate)
     if args.output:
         markdown, chart = write_comparison(comparison, Path(args.output))
         print(f"comparison: {args.output}\ntable: {markdown}\nchart: {chart}")
@@ -317,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "the first is the baseline")
     compare.add_argument("--output", help="write FILE.json, and FILE.md and FILE.png beside it "
                                           "(default: print the Markdown table)")
+    compare.add_argument("--allow-approximate", action="store_true",
+                         help="compare runs edited with different approximate modes (FP8, step "
+                              "cache) too: refused by default")
     compare.set_defaults(func=cmd_compare)
     return parser
 
@@ -422,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "enqueue" and not (args.stage1 and args.input):
             raise SystemExit("enqueue needs --stage1 and --input")
         return args.func(args, settings)
-    except (InputFileError, SettingsError, RunMismatchError) as exc:
+    except (InputFileError, SettingsError, RunMismatchError, ApproximateComparisonError) as exc:
         log.error("%s", exc)
         return EXIT_USAGE
     except SystemExit as exc:

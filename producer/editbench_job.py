@@ -22,6 +22,7 @@ from celery import Celery
 from config import Settings, SettingsError
 from producer.progress import stall_watch, wait_for_stage
 from producer.run_identity import claim_run
+from shared.approximate import APPROXIMATE_KEYS, approximate_identity
 from shared.artifacts import ArtifactStore
 from shared.editbench_data import prepare_benchmark
 from shared.keys import content_digest, derive_run_id, inputs_digest
@@ -73,7 +74,9 @@ def result_settings(settings: Settings, templates: dict[str, str]) -> dict[str, 
             "edit_negative_prompt": settings.edit_negative_prompt, "seed": settings.seed,
             "judge_rubric": settings.judge_rubric, "prompts": prompts_digest(templates),
             "judge_mode": settings.judge_mode, "judge_reasoning_tokens": _reasoning_tokens(settings),
-            "judge_backend": settings.judge_backend, **_endpoint_identity(settings)}
+            "judge_backend": settings.judge_backend, **_endpoint_identity(settings),
+            # Only the approximate modes that are on: exact runs keep their run ids.
+            **approximate_identity(settings.edit_fp8, settings.edit_step_cache)}
 
 
 def _reasoning_tokens(settings: Settings) -> int:
@@ -97,7 +100,7 @@ def lora_records(settings: Settings) -> list[dict[str, Any]]:
 
 
 # What an editbench run is: a run name with other values of these is another run.
-IDENTITY = ("inputs", *result_settings(Settings(), {}))
+IDENTITY = ("inputs", *result_settings(Settings(), {}), *APPROXIMATE_KEYS)
 
 
 def register_editbench(settings: Settings, store_client, benchmark: Path,

@@ -8,7 +8,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from producer.edit_speed import edit_speed
 from producer.score_statistics import mean_summary
+from shared.approximate import approximate_modes
 from shared.artifacts import write_atomic
 from shared.jsonio import write_json_atomic
 from shared.keys import KEY_SEP
@@ -59,6 +61,8 @@ def editbench_report(store: RunStore) -> dict[str, Any]:
     return {
         "run": {**{k: v for k, v in meta.items() if k not in ("categories",)},
                 "edit_settings": _edit_settings(edited),
+                # The approximate edit modes the run was made with ([]: exact edits).
+                "approximate": approximate_modes(meta),
                 # How the judge's workers ran its experts: grouped_mm, eager, or dense.
                 "judge_experts": store.judge_experts()},
         "rubric": _rubric(meta),
@@ -71,6 +75,7 @@ def editbench_report(store: RunStore) -> dict[str, Any]:
         "failures": failures,
         "swaps": store.swaps(),
         "phases": _phase_seconds(store),
+        "edit_speed": edit_speed(store),
     }
 
 
@@ -81,6 +86,9 @@ def _result(item: dict[str, Any], scored: dict[str, Any], edited: dict[str, Any]
               "criteria": scored.get("criteria", {})}
     if "probabilities" in scored:
         result["probabilities"] = scored["probabilities"]
+    for name in ("edit_seconds", "step_cache"):  # step_cache: passes the cache skipped in this edit
+        if name in edited:
+            result[name] = edited[name]
     return result
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from producer.editbench_report import chart_labels, error_bars, png_bytes
 from producer.score_statistics import CONFIDENCE, RESAMPLES, SEED, TIE, mean_summary, paired_difference
+from shared.approximate import approximate_modes
 from shared.artifacts import write_atomic
 from shared.errors import InputFileError, shown
 from shared.jsonio import read_json, write_json_atomic
@@ -33,6 +34,11 @@ class RunScores:
     inputs: str | None  # the benchmark's content digest
     scores: dict[str, dict[str, float]]  # category -> pair id -> score, in report order
     failed: dict[str, int]  # category -> pairs failed
+    approximate: list[str]  # the approximate edit modes the run was made with; [] if exact
+
+
+class ApproximateComparisonError(ValueError):
+    """Runs made with different approximate edit modes were set side by side unasked."""
 
 
 def load_run(path: Path) -> RunScores:
@@ -55,7 +61,8 @@ def load_run(path: Path) -> RunScores:
         scores[name] = _category_scores(path, name, cat)
         failed[name] = cat.get("failed", 0) if isinstance(cat.get("failed"), int) else 0
     inputs = run.get("inputs")
-    return RunScores(run["run_id"], path, inputs if isinstance(inputs, str) else None, scores, failed)
+    return RunScores(run["run_id"], path, inputs if isinstance(inputs, str) else None, scores, failed,
+                     approximate_modes(run))
 
 
 def _category_scores(path: Path, name: str, cat: object) -> dict[str, float]:
@@ -74,8 +81,14 @@ def _category_scores(path: Path, name: str, cat: object) -> dict[str, float]:
     return scores
 
 
-def compare_runs(runs: list[RunScores]) -> dict[str, Any]:
-    """The comparison, as the JSON that ``compare --output`` writes."""
+def compare_runs(runs: list[RunScores], allow_approximate: bool = False) -> dict[str, Any]:
+    """The comparison, as the JSON that ``compare --output`` writes.
+
+    Raises ApproximateComparisonError if the runs were made with different approximate edit
+    modes (an FP8 run against an exact one, say), unless ``allow_approximate``: a score
+    difference would then mix the method's cost with the editor's.
+    """
+    check_approximate(runs, allow_approximate)
     _unique_labels(runs)
     categories = list(dict.fromkeys(name for run in runs for name in run.scores))
     baseline = runs[0]
@@ -88,8 +101,20 @@ def compare_runs(runs: list[RunScores]) -> dict[str, Any]:
         "categories": categories,
         "runs": [_run_summary(run, categories) for run in runs],
         "comparisons": [_comparison(baseline, run, categories) for run in runs[1:]],
-        "notes": notes,
+        "notes": notes + [f"{run.label} was edited with approximate modes: {', '.join(run.approximate)}"
+                          for run in runs if run.approximate],
     }
+
+
+def check_approximate(runs: list[RunScores], allow: bool) -> None:
+    modes = {run.label: run.approximate for run in runs}
+    if allow or len({tuple(m) for m in modes.values()}) <= 1:
+        return
+    listed = "; ".join(f"{label}: {', '.join(m) or 'exact'}" for label, m in modes.items())
+    raise ApproximateComparisonError(
+        f"these runs were edited with different approximate modes ({listed}): their score "
+        "differences would include what the approximation costs. Add --allow-approximate to "
+        "compare them anyway")
 
 
 def _unique_labels(runs: list[RunScores]) -> None:
@@ -101,13 +126,15 @@ def _unique_labels(runs: list[RunScores]) -> None:
 
 
 def _run_summary(run: RunScores, categories: list[str]) -> dict[str, Any]:
+    """One run's means per category and overall, with its approximate modes ([] if exact)."""
     per_category = {}
     for name in categories:
         summary = mean_summary(list(run.scores.get(name, {}).values()))
         per_category[name] = {"scored": summary["n"], "failed": run.failed.get(name, 0),
                               "mean": summary["mean"], "ci95": summary["ci95"], "in_report": name in run.scores}
     overall = mean_summary([s for scores in run.scores.values() for s in scores.values()])
-    return {"run": run.label, "report": str(run.report), "inputs": run.inputs, "categories": per_category,
+    return {"run": run.label, "report": str(run.report), "inputs": run.inputs,
+            "approximate": run.approximate, "categories": per_category,
             OVERALL: {"scored": overall["n"], "failed": sum(run.failed.values()), "mean": overall["mean"],
                       "ci95": overall["ci95"]}}
 

@@ -24,7 +24,9 @@ from kombu.utils.url import maybe_sanitize_url
 
 from config import Settings
 from config.celery import celery_config
+from producer.edit_speed import edit_speed
 from producer.kombu_redis import queue_list_names, unacked_messages
+from shared.approximate import approximate_modes
 from shared.messages import EDIT_STAGE, RELATIONS_STAGE, SCORE_STAGE
 from shared.store import RUNS_KEY, WORKERS_KEY, RunStore
 
@@ -95,7 +97,12 @@ def run_status(client: redis.Redis, run_id: str, now: float) -> dict[str, Any]:
         remaining = progress.total - progress.done - progress.failed
         stages.append({"stage": stage, "done": progress.done, "failed": progress.failed,
                        "total": progress.total, **rate_and_eta(samples, remaining, now)})
-    return {"run": run_id, "job": meta.get("job"), "created": meta.get("created"), "stages": stages}
+    status = {"run": run_id, "job": meta.get("job"), "created": meta.get("created"), "stages": stages}
+    if meta.get("job") == "editbench":
+        going = any(s["done"] + s["failed"] < s["total"] for s in stages)
+        status["edit_speed"] = edit_speed(store, now if going else None)
+        status["approximate"] = approximate_modes(meta)
+    return status
 
 
 def runs_status(client: redis.Redis, run: str | None, now: float) -> list[dict[str, Any]]:
@@ -226,7 +233,9 @@ def format_status(status: dict[str, Any]) -> str:
     lines = [f"broker {status['broker']}", "", f"{'queue':<12}{'waiting':>9}{'reserved':>10}"]
     for name, depth in status["queues"].items():
         lines.append(f"{name:<12}{depth['waiting']:>9}{depth['reserved']:>10}")
-    lines += ["", _runs_table(status["runs"]), "", *_workers_lines(status["workers"])]
+    speed = _speed_lines(status["runs"])
+    lines += ["", _runs_table(status["runs"]), *([""] + speed if speed else []), "",
+              *_workers_lines(status["workers"])]
     return "\n".join(lines)
 
 
@@ -245,6 +254,27 @@ def _runs_table(runs: list[dict[str, Any]]) -> str:
                          f"{_eta(stage):>10}"
                          f"{_duration(stage['last_progress_ago']):>10}")
     return "\n".join(lines)
+
+
+def _speed_lines(runs: list[dict[str, Any]]) -> list[str]:
+    """Per editbench run: edit seconds per pair, GPU-seconds, each worker's time by activity."""
+    lines = []
+    for run in runs:
+        speed = run.get("edit_speed")
+        if not speed or not speed["edit_seconds"]["n"]:
+            continue
+        e, g = speed["edit_seconds"], speed["gpu_seconds"]
+        modes = ", ".join(run.get("approximate") or []) or "exact"
+        lines.append(f"{run['run']}: edit s/pair mean {e['mean']:.2f} p50 {e['p50']:.2f} p95 {e['p95']:.2f} "
+                     f"({e['n']} edits, {modes}); GPU-s {g['run']:.0f} on {speed['gpus']} GPU(s), "
+                     f"{g['per_pair'] if g['per_pair'] is not None else '-'} per pair")
+        for worker, times in speed["workers"].items():
+            shares = "  ".join(f"{k} {v:.0%}" for k, v in times["share"].items() if v is not None)
+            lines.append(f"  {worker}: {shares}")
+        if "step_cache" in speed:
+            c = speed["step_cache"]
+            lines.append(f"  step cache: {c['skipped_passes']} of {c['passes']} transformer passes skipped")
+    return lines
 
 
 def _workers_lines(workers: list[dict[str, Any]]) -> list[str]:

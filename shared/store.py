@@ -263,6 +263,19 @@ class RunStore:
     def devices(self) -> set[str]:
         return set(self.client.smembers(self._key("devices")))
 
+    def add_worker_time(self, worker: str, activity: str, seconds: float) -> None:
+        """Add to a worker's seconds of one activity in this run (editing, compiling,
+        loading, scoring); the report counts the rest of the run's wall time as idle."""
+        self.client.hincrbyfloat(self._key("worker_time"), f"{activity}:{worker}", seconds)
+
+    def worker_times(self) -> dict[str, dict[str, float]]:
+        """worker -> activity -> seconds."""
+        out: dict[str, dict[str, float]] = {}
+        for field, seconds in self.client.hgetall(self._key("worker_time")).items():
+            activity, _, worker = field.partition(":")
+            out.setdefault(worker, {})[activity] = float(seconds)
+        return out
+
     def add_judge_experts(self, implementation: str) -> None:
         """Remember how the judge ran its experts ("grouped_mm", "eager", "dense"); the report shows it."""
         self.client.sadd(self._key("judge_experts"), implementation)

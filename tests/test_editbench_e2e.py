@@ -93,6 +93,15 @@ def test_sample_run_reports_scores_with_one_swap_and_the_barrier_holds(one_model
     assert set(report["phases"]) == {"edit", "score"}
     # The tiny judge is dense: no experts to choose an implementation for.
     assert report["run"]["judge_experts"] == ["dense"]
+    # What the edits cost, from the workers' records: exact edits, one worker (CPU: no GPU).
+    speed = report["edit_speed"]
+    assert report["run"]["approximate"] == [] and "step_cache" not in speed
+    assert speed["edit_seconds"]["n"] == 15 and speed["gpus"] == 0 and speed["gpu_seconds"]["run"] == 0
+    assert 0 < speed["edit_seconds"]["p50"] <= speed["edit_seconds"]["p95"]
+    [(worker, times)] = speed["workers"].items()
+    assert times["seconds"]["editing"] > 0 and times["seconds"]["scoring"] > 0
+    assert times["seconds"]["loading"] > 0  # the editor, then the judge
+    assert sum(times["share"].values()) == pytest.approx(1, abs=1e-3)
 
 
 def test_a_mixture_of_experts_judge_scores_with_grouped_mm_experts(model_cache, tmp_path):

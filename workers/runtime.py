@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import redis
 from celery import current_task
 
+from shared.approximate import approximate_modes
 from shared.messages import EDIT_STAGE
 from shared.store import WORKER_OUTAGE_SECONDS, WORKERS_KEY, RunStore, connect
 from workers.celery_app import settings
@@ -83,7 +84,11 @@ def _resident(store: RunStore, name: str, load: Callable[[], tuple[Any, dict]]) 
         pool.register(name, loader, handle=lambda: loaded["handle"])
     _loads[name] = load
     before = len(pool.swaps)
+    started = time.perf_counter()
     handle = _acquire(pool, name)
+    seconds = time.perf_counter() - started
+    if len(pool.swaps) > before or seconds > LOADING_SECONDS_COUNTED:
+        store.add_worker_time(worker_name(), "loading", seconds)
     for swap in pool.swaps[before:]:
         store.add_swap({"worker": worker_name(), "from": swap.evicted, "to": swap.loaded,
                         "dropped": swap.dropped, "bytes": swap.bytes_moved,
@@ -98,8 +103,14 @@ def _resident(store: RunStore, name: str, load: Callable[[], tuple[Any, dict]]) 
 _unloadable: dict[str, str] = {}
 
 
+# A model already resident is acquired in microseconds: only real loads and swaps count as
+# the worker's loading time.
+LOADING_SECONDS_COUNTED = 0.05
+
+
 def _acquire(pool: "ResidencyPool", name: str) -> Any:
     from shared.editor_families import UnsupportedEditorError
+    from workers.editing.approximate import ApproximateModeError
     from workers.editing.loras import LoraMismatchError
     from workers.models.loading import ModelNotFoundError
     from workers.residency import BudgetExceededError
@@ -108,7 +119,7 @@ def _acquire(pool: "ResidencyPool", name: str) -> Any:
         raise PermanentError(_unloadable[name])
     try:
         return pool.acquire(name)
-    except (UnsupportedEditorError, LoraMismatchError) as exc:
+    except (UnsupportedEditorError, LoraMismatchError, ApproximateModeError) as exc:
         _unloadable[name] = str(exc)
         raise PermanentError(str(exc)) from exc
     except (ModelNotFoundError, BudgetExceededError) as exc:
@@ -259,8 +270,10 @@ def editor_for(store: RunStore):
     """An editor with the run's settings (its family's defaults for those left at 0) over
     this process's copy of the run's edit pipeline and LoRAs."""
     from config import TINY_EDITORS
-    from workers.editing.editor import Editor, pipeline_modules
+    from workers.editing.approximate import apply_approximate_modes
     from workers.editing.compile import compile_editor_transformer
+    from workers.editing.editor import Editor, pipeline_modules
+    from workers.editing.speed import speed_up_editor
     from workers.models.loading import EDITOR, load_image_edit_pipeline, pick_device
 
     meta = store.meta()
@@ -269,8 +282,13 @@ def editor_for(store: RunStore):
 
     def load() -> tuple[Any, dict]:
         kwargs = _load_kwargs(ref, EDITOR, dtype)
+        device = pick_device(settings.device)
         pipeline = load_image_edit_pipeline(kwargs.pop("ref"), revision=revision, loras=loras, **kwargs)
-        compile_editor_transformer(pipeline, settings, pick_device(settings.device))
+        speed_up_editor(pipeline)
+        # The run's approximate modes (none unless its command asked), before the compile.
+        apply_approximate_modes(pipeline, bool(meta.get("edit_fp8", False)),
+                                float(meta.get("edit_step_cache", 0.0)), device)
+        compile_editor_transformer(pipeline, settings, device)
         return pipeline, pipeline_modules(pipeline)
 
     pipeline = _resident(store, editor_model_name(meta, dtype), load)
@@ -287,7 +305,9 @@ def editor_model_name(meta: dict[str, Any], dtype: Any) -> str:
     """The residency pool's name for the run's editor: its LoRAs (by digest) are part of it,
     since runs with other LoRAs over one base need other weights."""
     loras = "".join(f" +lora {lora['digest'][:12]}x{lora['scale']:g}" for lora in meta.get("editor_loras", []))
-    return _model_name("editor", meta["editor_model"], meta.get("model_revision", ""), dtype) + loras
+    # Approximate modes change the weights (FP8) or the hooks (step cache): another model.
+    modes = "".join(f" +{mode}" for mode in approximate_modes(meta))
+    return _model_name("editor", meta["editor_model"], meta.get("model_revision", ""), dtype) + loras + modes
 
 
 @dataclass(frozen=True)

@@ -63,3 +63,11 @@ def compile_editor_transformer(pipeline, settings: Settings, device: torch.devic
     logger.info("editor: %s blocks marked for compilation (inductor cache %s)",
                 ", ".join(transformer._repeated_blocks), cache)
     return True
+
+
+def compile_seconds() -> float:
+    """Seconds this process has spent compiling so far (dynamo and inductor, every graph):
+    the difference around an edit is the part of it that was compiling, not editing."""
+    from torch._dynamo.utils import compilation_time_metrics
+
+    return float(sum(compilation_time_metrics.get("_compile.compile_inner", ())))

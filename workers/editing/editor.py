@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from shared.editor_families import EditFamily, EditSettings, family_for
+from workers.editing.approximate import step_cache_of
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,8 @@ class Editor:
                              "(EVALFLEET_EDIT_SIZE)")
         self.pipeline = pipeline
         self.settings = settings
+        # What the last edit's step cache did (empty without one): the task stores it.
+        self.last_cache: dict[str, int] = {}
         # Per-step progress bars would flood the worker logs.
         pipeline.set_progress_bar_config(disable=True)
 
@@ -49,9 +52,13 @@ class Editor:
         width, height = self.output_size(image.width, image.height)
         generator = torch.Generator(device=self.pipeline.device).manual_seed(seed)
         arguments = self.family.call_arguments(image, instruction, self.settings, width, height)
+        cache = step_cache_of(self.pipeline)
+        if cache is not None:
+            cache.reset()
         with torch.inference_mode():
             result = self.pipeline(**arguments, num_inference_steps=self.settings.steps,
                                    generator=generator, output_type="pil")
+        self.last_cache = cache.counts() if cache is not None else {}
         return result.images[0]
 
     @staticmethod

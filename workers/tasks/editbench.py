@@ -17,6 +17,7 @@ from shared.judge_scores import JudgeFailure
 from shared.messages import EDIT_STAGE, EDIT_TASK, SCORE_STAGE, SCORE_TASK
 from shared.store import RunStore
 from workers.celery_app import app
+from workers.editing.compile import compile_seconds
 from workers.runtime import editor_for, judge_for, run_rubric, run_store, worker_name
 from workers.tasks.base import TASK_LEVEL_ERRORS, ItemTask, failure_message, pending_items
 
@@ -44,14 +45,24 @@ def _edit_pending(store: RunStore, keys: list[str]) -> dict[str, int]:
             editor = editor_for(store)
         # Seeded by the run's seed and the item key: a rerun reproduces the image.
         seed = editor.seed_for(f"{run_seed}|{key}")
+        compiled_before, edit_started = compile_seconds(), time.perf_counter()
         image = editor.edit(original, item["edit_instruction"], seed=seed)
+        edit_seconds = time.perf_counter() - edit_started
+        compiling = min(edit_seconds, compile_seconds() - compiled_before)
         path, digest = _save_png(image, Path(item["edited_path"]))
         # The settings the image was made with (the family's defaults applied): the report's.
-        store.mark_done(EDIT_STAGE, key, {"edited_path": str(path), "edited_digest": digest,
-                                          "edit_settings": editor.settings.as_record(),
-                                          "seconds": round(time.time() - started, 4),
-                                          "started_at": started, "finished_at": time.time(),
-                                          "worker": worker_name()})
+        record = {"edited_path": str(path), "edited_digest": digest,
+                  "edit_settings": editor.settings.as_record(),
+                  "seconds": round(time.time() - started, 4),
+                  # The editor's own time, and the part of it that was compiling.
+                  "edit_seconds": round(edit_seconds, 4), "compile_seconds": round(compiling, 4),
+                  "started_at": started, "finished_at": time.time(), "worker": worker_name()}
+        if editor.last_cache:
+            record["step_cache"] = editor.last_cache
+        store.mark_done(EDIT_STAGE, key, record)
+        store.add_worker_time(worker_name(), "editing", edit_seconds - compiling)
+        if compiling > 0:
+            store.add_worker_time(worker_name(), "compiling", compiling)
         store.count(EDIT_STAGE, "edits_executed")
         edited += 1
     return {"edited": edited}
@@ -77,7 +88,9 @@ def _score_pending(store: RunStore, keys: list[str]) -> dict[str, int]:
     batch = _judge_inputs(store, pending, judging)
     if not batch:
         return {"scored": 0}
-    results = _score_batch(store, batch)
+    judge = judge_for(store)  # loading it (if it must) is the worker's loading time, not scoring
+    scoring_started = time.time()
+    results = _score_batch(store, batch, judge)
     finished = time.time()
     scored = 0
     for key, rows in results.items():
@@ -90,6 +103,7 @@ def _score_pending(store: RunStore, keys: list[str]) -> dict[str, int]:
                                            "worker": worker_name()})
         scored += 1
     store.count(SCORE_STAGE, "scores_executed", scored)
+    store.add_worker_time(worker_name(), "scoring", finished - scoring_started)
     return {"scored": scored}
 
 
@@ -106,11 +120,10 @@ def _score_record(rubric, rows: dict) -> dict:
     return record
 
 
-def _score_batch(store: RunStore, batch: dict[str, dict]) -> dict[str, dict]:
+def _score_batch(store: RunStore, batch: dict[str, dict], judge) -> dict[str, dict]:
     """key -> {criterion -> JudgeScore | JudgeFailure}. The criteria of the batch's pairs are
     scored together. A batch that fails for a permanent reason is narrowed to the pair(s)
     that caused it: each is scored alone, and only those that fail alone fail."""
-    judge = judge_for(store)
     try:
         return _scored_rows(judge, batch)
     except TASK_LEVEL_ERRORS:
