@@ -27,7 +27,7 @@ from pathlib import Path
 
 from bench.harness import warm_then_timed
 from bench.real_models import build_random_qwen3_vl_8b
-from bench.relations_workload import skewed_pair_counts, write_workload
+from bench.relations_workload import image_size, skewed_pair_counts, write_workload
 from config import Settings
 from shared.jsonio import write_json_atomic
 
@@ -35,7 +35,7 @@ from shared.jsonio import write_json_atomic
 def workloads(directory: Path, tiny: bool) -> dict[str, tuple[Path, Path, Path]]:
     out = {}
     skewed = skewed_pair_counts(2, 6, 6) if tiny else skewed_pair_counts()
-    size = (320, 240) if tiny else (1280, 960)
+    size = image_size(tiny)
     for name, counts in (("dense", [4] * 2 if tiny else [8] * 4), ("skewed", skewed)):
         stage1, input_path = write_workload(directory / name, counts, size)
         # The warm-up: the first images' candidates, run under another name.

@@ -14,6 +14,12 @@ from PIL import Image, ImageDraw
 
 NAMES = ["man", "horse", "hat", "fence", "tree", "dog", "car", "kite", "bench", "cup", "lamp", "boat"]
 FULL_SIZE = (1280, 960)
+CHUNK_PAIRS = 16  # the product default: one task carries at most 16 pairs of one image
+
+
+def image_size(tiny: bool) -> tuple[int, int]:
+    # The tiny processor caps an image at 192x192 pixels anyway: small files keep a CPU run quick.
+    return (320, 240) if tiny else FULL_SIZE
 
 
 def write_workload(directory: Path, pair_counts: list[int], size: tuple[int, int] = FULL_SIZE,
