@@ -37,7 +37,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from bench.real_models import hbm_bandwidth_gbs, random_qwen3_vl
+from bench.harness import hbm_bandwidth_gbs
+from bench.real_models import random_qwen3_vl
 from bench.static_decoder import ImagePromptDecoder
 from shared.jsonio import write_json_atomic
 from shared.relation_prompt import build_relation_prompt
@@ -206,6 +207,52 @@ def prefill_timers(slots: SlotDecoder):
             delattr(slots, name)  # back to the class's methods
 
 
+@contextlib.contextmanager
+def decode_layouts(slots: SlotDecoder):
+    """The layouts (caches and step inputs) the decoder's generate calls decode in while inside,
+    as it hands each to its public ``prefill_prefixes``."""
+    layouts = []
+    original = slots.prefill_prefixes
+
+    def keep(layout, *args, **kwargs):
+        layouts.append(layout)
+        return original(layout, *args, **kwargs)
+
+    slots.prefill_prefixes = keep
+    try:
+        yield layouts
+    finally:
+        del slots.prefill_prefixes  # back to the class's method
+
+
+@contextlib.contextmanager
+def eager_steps(slots: SlotDecoder):
+    """Decode steps run eagerly, not as a graph replay, so the profiler sees their kernels (a
+    step's two increments of its columns and positions included)."""
+    graphs, slots.use_cuda_graph = slots.use_cuda_graph, False
+    try:
+        yield
+    finally:
+        slots.use_cuda_graph = graphs
+
+
+def profile_slot_step(name: str, processor, slots: SlotDecoder, batch: int, window: int | None,
+                      directory: Path) -> dict:
+    """One decode step of B prompts of one image, eager, its columns at PROFILE_COLUMNS (each
+    profiled step moves them on by one); ``window``: the rows' attention window, None for all."""
+    texts = [rendered(processor, prompts(batch))]
+    with decode_layouts(slots) as layouts:
+        slots.generate([image()], texts, max_batch=batch, max_new_tokens=2, temperature=0.0, seed=0)
+    layout = layouts[-1]
+    with torch.inference_mode(), eager_steps(slots):
+        layout.caches.columns.fill_(PROFILE_COLUMNS)
+        width = layout.caches.row_length if window is None else window
+        out = profile_step(name, lambda: slots.step(layout, width), directory)
+    slots.release()
+    empty_cache()
+    return out
+
+
 def image_inputs(processor, slots: SlotDecoder, count: int) -> dict:
     """What an image's prefix costs before decoding: the processor on the CPU (and on the GPU
     where the image processor takes a device), and the prefix prefill, 8 images a pass."""
@@ -242,12 +289,10 @@ def image_inputs(processor, slots: SlotDecoder, count: int) -> dict:
 
 def prefix_pass(processor, slots: SlotDecoder, images: list, prefix: str) -> dict:
     """One prefix pass of 8 images as the decoder runs it (the model's own forward), and the
-    vision tower alone on the same pixels: where an image's prefill time goes."""
-    from workers.relations.slot_decoder import _left_padded
-
+    vision tower alone on the same pixels: where an image's prefill time goes. The images are
+    of one size, so the prefixes are of one length and the processor's batch needs no padding."""
     model = slots.model
-    inputs = [processor(text=[prefix], images=[img], return_tensors="pt") for img in images]
-    batch = _left_padded(inputs, slots._pad_id()).to(model.device)
+    batch = processor(text=[prefix] * len(images), images=images, return_tensors="pt").to(model.device)
     positions, _ = model.model.get_rope_index(
         batch["input_ids"], batch["mm_token_type_ids"], image_grid_thw=batch["image_grid_thw"],
         attention_mask=batch["attention_mask"])
@@ -372,18 +417,8 @@ def prefill_profile(processor, slots, directory: Path, count: int = 256) -> dict
 
 def slot_profiles(processor, slots, directory: Path, batches: list[int]) -> dict:
     """The slot decoder's decode step at other batches (one image, flash window)."""
-    out = {}
-    for batch in batches:
-        texts = [rendered(processor, prompts(batch))]
-        slots.generate([image()], texts, max_batch=batch, max_new_tokens=2, temperature=0.0, seed=0)
-        shape = next(iter(slots._shapes.values()))
-        with torch.inference_mode():
-            shape.caches.columns.fill_(PROFILE_COLUMNS)
-            out[f"slots_{batch}"] = profile_step(f"slots_{batch}", lambda: slots._decode_forward(
-                shape, shape.caches.row_length), directory)
-        slots.release()
-        empty_cache()
-    return out
+    return {f"slots_{batch}": profile_slot_step(f"slots_{batch}", processor, slots, batch, None, directory)
+            for batch in batches}
 
 
 def profiles(processor, model, static, slots, directory: Path, batch: int) -> dict:
@@ -396,13 +431,7 @@ def profiles(processor, model, static, slots, directory: Path, batch: int) -> di
         out["static"] = profile_step("static", lambda: static._decode_forward(bucket), directory)
     static.release()
     empty_cache()
-    slots.generate([image()], texts, max_batch=batch, max_new_tokens=2, temperature=0.0, seed=0)
-    shape = next(iter(slots._shapes.values()))
-    with torch.inference_mode():
-        shape.caches.columns.fill_(PROFILE_COLUMNS)
-        out["slots"] = profile_step("slots", lambda: slots._decode_forward(shape, 128), directory)
-    slots.release()
-    empty_cache()
+    out["slots"] = profile_slot_step("slots", processor, slots, batch, 128, directory)
     return out
 
 

@@ -91,7 +91,7 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def forward_variants(pipeline, kwargs, args, device, result) -> None:
-    """Section 1: one forward per variant, against the eager one."""
+    """Part 1 (the module's docstring): one forward per variant, against the eager one."""
     t = pipeline.transformer
     settings = Settings(editor_compile="on", inductor_cache_dir=args.cache)
     no_mask = {**kwargs, "encoder_hidden_states_mask": None}
@@ -191,7 +191,7 @@ def timed_edit(pipeline, args, steps: int, seed: int = 0) -> tuple[float, np.nda
 
 
 def full_edits(pipeline, args, device, result) -> None:
-    """Section 2: 50-step edits, today's editor and each mode, warm (compiled) each."""
+    """Part 2 (the module's docstring): 50-step edits, today's editor and each mode, warm (compiled) each."""
     t = pipeline.transformer
     settings = Settings(editor_compile="on", inductor_cache_dir=args.cache)
     rows = result.setdefault("edits", {})

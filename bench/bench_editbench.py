@@ -26,10 +26,8 @@ the fleet is stopped (its GPU memory freed) and the seed runs in this process.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import logging
-import os
 import platform
 import shutil
 import threading
@@ -45,16 +43,15 @@ from PIL import Image
 from bench.real_models import (EDITOR_LAYERS_DEFAULT, EDITOR_LAYERS_FULL, TEXT_ENCODER_LAYERS_DEFAULT,
                                TEXT_ENCODER_LAYERS_FULL, build_random_qwen3_vl_8b,
                                build_random_qwen_image_edit, checkpoint_stats)
+from bench.harness import embedded_store, local_fleet, quiet_progress_bars, wait_for_workers
 from bench.seed_editbench import SeedSettings, pixel_digest, run_seed_editbench
-from config import Settings, to_environ
-from producer.dispatch import celery_client
+from config import Settings
 from producer.editbench_job import PhaseController, register_editbench
 from producer.editbench_report import write_editbench_report
 from producer.editbench_sample import SAMPLE
-from producer.embedded import EmbeddedRedis, LocalFleet
 from shared.jsonio import write_json_atomic
 from shared.messages import EDIT_STAGE, SCORE_STAGE
-from shared.store import RunStore, connect
+from shared.store import RunStore
 
 GIB = 1 << 30
 RUN_NAME = "bench-editbench"
@@ -228,16 +225,6 @@ class GpuMemorySampler:
             self._thread.join()
 
 
-def wait_for_worker(settings: Settings, fleet: LocalFleet, timeout: float = 180) -> float:
-    """Block until a worker answers a ping (booted, no model loaded yet); returns the seconds."""
-    app, start = celery_client(settings), time.perf_counter()
-    while time.perf_counter() - start < timeout:
-        fleet.check()
-        if app.control.ping(timeout=0.5):
-            return time.perf_counter() - start
-    raise TimeoutError(f"no worker answered within {timeout}s; see {fleet.log_path}")
-
-
 def fleet_settings(args: argparse.Namespace, models: Models, work: Path, budget: float) -> Settings:
     return Settings(work_dir=work, editor_model=str(models.editor_dir), judge_model=str(models.judge_dir),
                     edit_steps=args.steps, edit_size=args.size, edit_guidance=args.true_cfg_scale,
@@ -248,18 +235,17 @@ def fleet_settings(args: argparse.Namespace, models: Models, work: Path, budget:
 def run_fleet(settings: Settings, benchmark: Path, gpus: str, sample_gpu: bool) -> dict[str, Any]:
     """Enqueue -> phase controller -> report, on a booted idle worker; the makespan and the report."""
     shutil.rmtree(settings.work_dir, ignore_errors=True)  # a fresh run: no resume from an earlier call
-    with EmbeddedRedis(settings.work_dir / "redis") as server:
-        settings = settings.replace(broker_url=server.url)
-        client = connect(server.url)
-        log_path = settings.work_dir / "workers.log"
-        with LocalFleet(to_environ(settings), [settings.queue_edit, settings.queue_score], log_path,
-                        gpus=gpus, name_prefix="bench-") as fleet:
-            boot_s = wait_for_worker(settings, fleet)
+    with embedded_store(settings) as (settings, client):
+        with local_fleet(settings, client, [settings.queue_edit, settings.queue_score], gpus,
+                         name_prefix="bench-") as fleet:
+            boot = time.perf_counter()
+            wait_for_workers(fleet, timeout=180)
+            boot_s = time.perf_counter() - boot
             with GpuMemorySampler(sample_gpu) as sampler:
                 start = time.perf_counter()
                 run = register_editbench(settings, client, benchmark, RUN_NAME)
                 registered = time.perf_counter()
-                PhaseController(settings, celery_client(settings), run, fleet.check).drive("run")
+                PhaseController(settings, fleet.app, run, fleet.check).drive("run")
                 driven = time.perf_counter()
                 report = write_editbench_report(run.store, settings.work_dir / "editbench_report.json")
                 makespan = time.perf_counter() - start
@@ -280,7 +266,7 @@ def run_fleet(settings: Settings, benchmark: Path, gpus: str, sample_gpu: bool) 
         "scores": {k: v["score"] for k, v in scores.items()},
         "edited_pixel_digests": {k: pixel_digest(Image.open(v["edited_path"])) for k, v in edits.items()},
         "edited_paths": {k: v["edited_path"] for k, v in edits.items()},
-        "worker_log": str(log_path),
+        "worker_log": str(fleet.log_path),
     }
 
 
@@ -363,19 +349,6 @@ def summary(fleet: dict[str, Any], seed: dict[str, Any], tiny: bool) -> dict[str
         out["ratio_meaningful"] = True
         out["target_met"] = ratio >= TARGET_RATIO
     return out
-
-
-def quiet_progress_bars() -> None:
-    """The product's wait redraws its progress bar on every poll (50 ms here), burying the log."""
-    import diffusers
-    import transformers
-
-    import producer.progress
-
-    producer.progress.tqdm = functools.partial(producer.progress.tqdm, disable=True)
-    diffusers.utils.logging.disable_progress_bar()  # loading and saving bars, in this process
-    transformers.utils.logging.disable_progress_bar()
-    os.environ["TQDM_DISABLE"] = "1"  # read by tqdm when the worker imports it: its loading bars
 
 
 def main() -> None:

@@ -12,7 +12,8 @@ compile and graph captures excluded), then the timed run.
   ``bench.bench_scaling``'s workload.
 
 The product has only the slot decoder now. The earlier static decoder's fleet figures (and
-the speedup over it) are the recorded ones in bench/RESULTS.md section 6; its per-step speed
+the speedup over it) are the recorded ones in bench/RESULTS.md, "Relations decoder, second
+generation"; its per-step speed
 can still be compared side by side with ``bench.bench_decoder``.
 """
 
@@ -20,22 +21,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import shutil
 import time
 from pathlib import Path
 
-from bench.bench_relations import run_fleet, write_workload
+from bench.harness import warm_then_timed
 from bench.real_models import build_random_qwen3_vl_8b
+from bench.relations_workload import image_size, skewed_pair_counts, write_workload
 from config import Settings
 from shared.jsonio import write_json_atomic
 
 
 def workloads(directory: Path, tiny: bool) -> dict[str, tuple[Path, Path, Path]]:
     out = {}
-    skewed = [6] * 2 + [1] * 6 if tiny else [20] * 3 + [1] * 40
-    random.Random(11).shuffle(skewed)
-    size = (320, 240) if tiny else (1280, 960)
+    skewed = skewed_pair_counts(2, 6, 6) if tiny else skewed_pair_counts()
+    size = image_size(tiny)
     for name, counts in (("dense", [4] * 2 if tiny else [8] * 4), ("skewed", skewed)):
         stage1, input_path = write_workload(directory / name, counts, size)
         # The warm-up: the first images' candidates, run under another name.
@@ -65,7 +65,7 @@ def main() -> None:
         shutil.rmtree(run_dir, ignore_errors=True)  # a rerun on a warm machine would resume
         settings = Settings(work_dir=run_dir, relations_model=str(model_dir), temperature=0.0,
                             max_new_tokens=args.max_new_tokens, poll_interval_seconds=0.05)
-        texts, seconds = run_fleet(settings, stage1, input_path, warm)
+        texts, seconds = warm_then_timed(settings, (stage1, input_path), warm)
         result[name] = {"slots": {"seconds": round(seconds, 2), "descriptions": len(texts),
                                   "descriptions_per_s": round(len(texts) / seconds, 2)}}
         print(name, result[name], flush=True)

@@ -13,16 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
-from config import Settings, to_environ
-from producer.dispatch import celery_client
-from producer.embedded import EmbeddedRedis, LocalFleet
-from producer.progress import wait_for_stage
-from producer.relations_job import enqueue_relations
-from shared.messages import RELATIONS_STAGE
-from shared.store import RunStore, connect
+from bench.harness import embedded_store, local_fleet, time_relations_run
+from config import Settings
 
 
 def write_inputs(directory: Path, n: int) -> tuple[Path, Path]:
@@ -44,18 +38,13 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="overhead-"))
     stage1, input_path = write_inputs(work, args.tasks)
     warm_s1, warm_in = write_inputs(Path(tempfile.mkdtemp(prefix="warm-")), 20)
-    with EmbeddedRedis(work / "redis") as server:
-        settings = Settings(broker_url=server.url, work_dir=work, poll_interval_seconds=0.01)
-        client, app = connect(server.url), celery_client(settings)
-        with LocalFleet(to_environ(settings), ["relations"], work / "workers.log", gpus="cpu") as fleet:
-            timings = {}
-            for name, (s1, inp) in (("warmup", (warm_s1, warm_in)), ("timed", (stage1, input_path))):
-                start = time.perf_counter()
-                enq = enqueue_relations(settings, app, client, s1, inp, name)
-                sent = time.perf_counter()
-                wait_for_stage(RunStore(client, enq.run_id), RELATIONS_STAGE, 0.01, fleet.check)
-                timings[name] = (sent - start, time.perf_counter() - sent, enq.tasks_sent)
-    enqueue_s, drain_s, n = timings["timed"]
+    settings = Settings(work_dir=work, poll_interval_seconds=0.01)
+    with embedded_store(settings) as (settings, client), \
+            local_fleet(settings, client, [settings.queue_relations], gpus="cpu") as fleet:
+        # Every item fails (no image file): the failures are the work measured.
+        time_relations_run(fleet, (warm_s1, warm_in), "warmup", allow_failures=True)
+        timed = time_relations_run(fleet, (stage1, input_path), "timed", allow_failures=True)
+    enqueue_s, drain_s, n = timed.enqueue_s, timed.seconds - timed.enqueue_s, timed.tasks_sent
     result = {"tasks": n, "enqueue_s": round(enqueue_s, 3), "drain_s": round(drain_s, 3),
               "tasks_per_s": round(n / drain_s, 1), "ms_per_task": round(1000 * drain_s / n, 2),
               "worker": "1 CPU worker, concurrency 1"}

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bench.harness import pinned_bandwidth_gbs
 from config import Settings
 from shared.jsonio import write_json_atomic
 from shared.prompt_manager import PromptManager
@@ -209,21 +210,6 @@ def _timed_move(module, target: str, device: torch.device) -> float:
     return round(time.perf_counter() - start, 2)
 
 
-def pinned_bandwidth_gbs(nbytes: int = 4 << 30) -> dict[str, float]:
-    host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
-    dev = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
-    dev.copy_(host, non_blocking=True)
-    torch.cuda.synchronize()
-    out = {}
-    for name, (dst, src) in {"h2d": (dev, host), "d2h": (host, dev)}.items():
-        start = time.perf_counter()
-        dst.copy_(src, non_blocking=True)
-        torch.cuda.synchronize()
-        out[name] = round(nbytes / (time.perf_counter() - start) / 1e9, 1)
-    del host, dev
-    return out
-
-
 def run_judge(args: argparse.Namespace) -> dict[str, Any]:
     """Both models resident, one edit and one judge batch (peak memory), judge timings, moves."""
     device = torch.device("cpu" if args.tiny else "cuda")
@@ -254,7 +240,7 @@ def run_judge(args: argparse.Namespace) -> dict[str, Any]:
     write_json_atomic(Path(args.out), result)
     moves = result["moves"]
     if device.type == "cuda":
-        moves["pinned_gbs"] = pinned_bandwidth_gbs()
+        moves["pinned_gbs"] = {way: round(gbs, 1) for way, gbs in pinned_bandwidth_gbs().items()}
         # The seed's moves, one model on the host at a time (host memory is 128 GiB).
         for name, module in (("judge", model), ("editor", pipeline)):
             for target in ("cpu", "cuda"):

@@ -14,30 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 
 import torch
 
+from bench.harness import pinned_bandwidth_gbs, synchronized_seconds
 from bench.real_models import pad_vocabulary, qwen3_vl_8b_config
 from workers.models.tokenizer import build_tiny_tokenizer
 from workers.residency import ResidencyPool, model_bytes
-
-
-def timed(fn) -> float:
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
-def pinned_bandwidth_gbs(nbytes: int = 4 << 30) -> float:
-    host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
-    dev = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
-    dev.copy_(host, non_blocking=True)
-    seconds = min(timed(lambda: dev.copy_(host, non_blocking=True)) for _ in range(5))
-    del host, dev
-    return nbytes / seconds / 1e9
 
 
 def build_model():
@@ -56,22 +39,22 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
-    bandwidth = pinned_bandwidth_gbs()
+    bandwidth = pinned_bandwidth_gbs()["h2d"]
     model_a, model_b = build_model(), build_model()
     nbytes = model_bytes({"m": model_a})
-    seed_to_cpu = timed(lambda: model_a.to("cpu"))
-    seed_to_cuda = timed(lambda: model_a.to("cuda"))
+    seed_to_cpu = synchronized_seconds(lambda: model_a.to("cpu"))
+    seed_to_cuda = synchronized_seconds(lambda: model_a.to("cuda"))
 
     pool = ResidencyPool(torch.device("cuda"), budget_bytes=int(nbytes * 1.5))
     pool.register("a", lambda: {"m": model_a})
     pool.register("b", lambda: {"m": model_b})
     pool.acquire("a")
-    first_swap = timed(lambda: pool.acquire("b"))  # makes a's pinned host copy
-    timed(lambda: pool.acquire("a"))  # makes b's
+    first_swap = synchronized_seconds(lambda: pool.acquire("b"))  # makes a's pinned host copy
+    synchronized_seconds(lambda: pool.acquire("a"))  # makes b's
     steady = []
     for _ in range(args.rounds):
-        steady.append(timed(lambda: pool.acquire("b")))
-        steady.append(timed(lambda: pool.acquire("a")))
+        steady.append(synchronized_seconds(lambda: pool.acquire("b")))
+        steady.append(synchronized_seconds(lambda: pool.acquire("a")))
     swap = statistics.median(steady)
     ideal = nbytes / (bandwidth * 1e9)
     result = {

@@ -131,23 +131,6 @@ def build_random_qwen3_vl_8b(out_dir: Path, seed: int = 0) -> Path:
     return out_dir
 
 
-def hbm_bandwidth_gbs() -> float:
-    """Device-to-device copy, bytes read + written, GB/s."""
-    x = torch.empty(2 << 30, dtype=torch.uint8, device="cuda")
-    y = torch.empty_like(x)
-    for _ in range(3):
-        y.copy_(x)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(10):
-        y.copy_(x)
-    end.record()
-    torch.cuda.synchronize()
-    seconds = start.elapsed_time(end) / 1000 / 10
-    del x, y
-    return 2 * (2 << 30) / seconds / 1e9
-
-
 # --- Qwen-Image-Edit ------------------------------------------------------------------
 #
 # The real pipeline: a 60-layer QwenImageTransformer2DModel (20.43B parameters), the

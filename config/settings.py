@@ -130,8 +130,8 @@ class Settings:
     # with exponential back-off that honours Retry-After); then the item fails.
     judge_endpoint_max_retries: int = 4
     # Compile the editor's transformer (regional compilation, one block compiled and reused
-    # by all 60): "auto" on a CUDA device (pays back within the first edits, bench/RESULTS.md
-    # section 7), "on", "off". Speed only: a run's results do not depend on it beyond bf16
+    # by all 60): "auto" on a CUDA device (pays back within the first edits, bench/RESULTS.md,
+    # "Editbench at real size"), "on", "off". Speed only: a run's results do not depend on it beyond bf16
     # rounding.
     editor_compile: str = "auto"
     # Inductor's compile cache, shared by the worker processes of a host so only the first

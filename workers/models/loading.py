@@ -57,7 +57,7 @@ EDITOR_MODEL_SETTING = f"{ENV_PREFIX}EDITOR_MODEL"
 # How a Mixture-of-Experts model (Qwen3-VL-30B-A3B) runs its experts: "grouped_mm", one
 # grouped matrix product per layer for all the experts the batch chose, is the fastest
 # transformers offers (Qwen3-VL-30B-A3B on an H200: 0.167 s per judged pair against 0.426 s for
-# the eager loop over experts, bench/RESULTS.md section 7). Where it is not available,
+# the eager loop over experts, bench/RESULTS.md, "Editbench at real size"). Where it is not available,
 # transformers' default.
 FAST_EXPERTS = "grouped_mm"
 # What experts_implementation() reports for a model without experts.
