@@ -186,9 +186,9 @@ def qwen_image_edit_processor():
     (measured on a CPU) and change no computation. The image limits are the real ones, so
     the ~1024x1024 image the pipeline shows the text encoder costs the real ~1,369 tokens.
     """
-    from workers.models.tiny import _build_edit_processor
+    from workers.models.tiny.qwen_image_edit import build_edit_processor
 
-    processor = _build_edit_processor()
+    processor = build_edit_processor()
     size = {"shortest_edge": QWEN2_5_VL_MIN_PIXELS, "longest_edge": QWEN2_5_VL_MAX_PIXELS}
     processor.image_processor.size = dict(size)
     processor.video_processor.size = dict(size)
@@ -207,7 +207,7 @@ def random_qwen_image_edit(editor_layers: int = EDITOR_LAYERS_FULL,
                            QwenImageEditPipeline, QwenImageTransformer2DModel)
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from workers.models.tiny import QWEN_IMAGE_SCHEDULER_CONFIG
+    from workers.models.tiny.qwen_image_edit import QWEN_IMAGE_SCHEDULER_CONFIG
 
     processor = qwen_image_edit_processor()
     config = qwen2_5_vl_7b_config(processor.tokenizer, text_encoder_layers)

@@ -152,7 +152,7 @@ def test_the_dtype_is_part_of_the_run():
 
 def test_workers_score_with_the_run_s_prompts_not_their_own(server, tmp_path):
     from workers.celery_app import settings as worker_settings
-    from workers.runtime import run_rubric
+    from workers.judging.run_rubric import run_rubric
 
     prompts = tmp_path / "producer-prompts"
     prompts.mkdir()

@@ -1,7 +1,9 @@
-"""Per-process worker state, created lazily in each prefork child (after the fork).
+"""Per-process worker state, created lazily in each prefork child (after the fork): the
+store client, the residency pool and the way models become resident in it, the worker's names.
 
 CUDA must not be initialized in the parent: the first task a child runs loads the
-model, and the child keeps it for the tasks after.
+model, and the child keeps it for the tasks after. The model factories get this process
+through ``model_host`` (the tasks hand it to them).
 
 Two small records let ``python -m producer status`` show what the fleet is doing:
 
@@ -19,30 +21,21 @@ import logging
 import os
 import socket
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import redis
 from celery import current_task
 
-from shared.approximate import approximate_modes
-from shared.messages import EDIT_STAGE
 from shared.store import WORKER_OUTAGE_SECONDS, WORKERS_KEY, RunStore, connect
 from workers.celery_app import settings
 from workers.errors import PermanentError
+from workers.model_host import Load, ModelHost
 
 if TYPE_CHECKING:
-    import torch
-
-    from shared.prompt_manager import PromptManager
-    from shared.rubric import Rubric
     from workers.residency import ResidencyPool
 
 log = logging.getLogger(__name__)
 
-# Share of the memory the weights leave that the relations decoder's KV cache may hold.
-DECODER_CACHE_FRACTION = 0.9
 
 @functools.cache
 def _store_client():
@@ -68,10 +61,10 @@ def residency() -> "ResidencyPool":
 # Model name -> the load function of its latest caller. The pool calls it until a load
 # succeeds, so a failed load reports the setting of the task that asked this time (the
 # relations model and the judge may name the same model).
-_loads: dict[str, Callable[[], tuple[Any, dict]]] = {}
+_loads: dict[str, Load] = {}
 
 
-def _resident(store: RunStore, name: str, load: Callable[[], tuple[Any, dict]]) -> Any:
+def _resident(store: RunStore, name: str, load: Load) -> Any:
     """The model ``name`` made resident (loading or swapping it in); swaps are recorded in the run."""
     pool = residency()
     if name not in _loads:
@@ -139,203 +132,9 @@ def _heartbeat(pool: "ResidencyPool") -> None:
         log.warning("could not write the worker heartbeat: %s", exc)
 
 
-def run_setting(store: RunStore, meta: dict[str, Any], name: str) -> Any:
-    """A result-changing setting of the run: the run's, never this worker's own.
-
-    A run registered without it (by an older evalfleet) cannot be honoured: its items
-    fail at once, saying how to go on.
-    """
-    try:
-        return meta[name]
-    except KeyError:
-        raise PermanentError(
-            f"run {store.run_id!r} was registered without the setting {name!r} (by an older "
-            "evalfleet), so the workers cannot tell what it asked for: start it over with the "
-            "same command and --restart") from None
-
-
-def run_dtype(store: RunStore, meta: dict[str, Any]) -> "torch.dtype":
-    """The torch dtype the run asked for, on this worker's device; refused if the device lacks it."""
-    import torch
-
-    from workers.models.loading import pick_device, pick_dtype
-
-    device = pick_device(settings.device)
-    try:
-        dtype = pick_dtype(run_setting(store, meta, "dtype"), device)
-    except ValueError as exc:
-        raise PermanentError(f"run {store.run_id!r}: {exc}") from None
-    if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise PermanentError(f"run {store.run_id!r} asks for bfloat16, which {device} "
-                             f"({torch.cuda.get_device_name(device)}) does not support: start it "
-                             "over with EVALFLEET_DTYPE=float16 and --restart, or use other GPUs")
-    return dtype
-
-
-def _model_name(kind: str, ref: str, revision: str, dtype: Any) -> str:
-    """The residency pool's name for a model; revision and dtype are part of it, since two
-    runs may ask for different ones of one model."""
-    return f"{kind} {ref}" + (f"@{revision}" if revision else "") + f" {str(dtype).removeprefix('torch.')}"
-
-
-def _load_kwargs(ref: str, kind: str, dtype: Any) -> dict[str, Any]:
-    """Weights load on the CPU in the run's dtype; the residency pool moves them."""
-    import torch
-
-    from workers.models.loading import resolve_model_path
-
-    return {"ref": resolve_model_path(ref, settings.models_dir, kind=kind),
-            "dtype": dtype, "device": torch.device("cpu")}
-
-
-def vlm(store: RunStore, meta: dict[str, Any], ref: str, setting: str) -> tuple[Any, Any, str]:
-    """(processor, model, its residency pool name) of a Qwen3-VL, shared by the relations
-    generator and the judge.
-
-    ``setting`` names the variable that chose ``ref``, for the error if it cannot be loaded.
-    """
-    from workers.models.loading import load_vlm
-
-    revision, dtype = meta.get("model_revision", ""), run_dtype(store, meta)
-
-    def load() -> tuple[Any, dict]:
-        kwargs = _load_kwargs(ref, "qwen3-vl", dtype)
-        processor, model = load_vlm(kwargs.pop("ref"), revision=revision, setting=setting, **kwargs)
-        return (processor, model), {"model": model}
-
-    name = _model_name("vlm", ref, revision, dtype)
-    processor, model = _resident(store, name, load)
-    return processor, model, name
-
-
-def relation_generator(store: RunStore, meta: dict[str, Any]):
-    """A generator with the run's settings over this process's copy of the run's model."""
-    from workers.models.loading import RELATIONS_MODEL_SETTING
-    from workers.relations.generator import RelationGenerator
-
-    processor, model, name = vlm(store, meta, meta["relations_model"], RELATIONS_MODEL_SETTING)
-    pool = residency()
-    # The decoder's cache may take what the weights leave of the budget, less room for the
-    # step's activations and logits; the pool counts it and frees it when the model leaves.
-    cache_bytes = int(pool.room_for_working(name) * DECODER_CACHE_FRACTION)
-    generator = RelationGenerator(processor, model, max_new_tokens=int(meta["max_new_tokens"]),
-                                  temperature=float(meta["temperature"]),
-                                  max_batch=int(meta.get("max_batch", 512)),
-                                  cache_bytes=cache_bytes)
-    pool.set_working_bytes(name, cache_bytes, release=generator.decoder.release)
-    return generator
-
-
-def judge_for(store: RunStore):
-    """The run's judge: one ``score(rows)`` per criterion row, JudgeScore or JudgeFailure each."""
-    from workers.judging.judge import Judge
-    from workers.models.loading import JUDGE_MODEL_SETTING, experts_implementation
-
-    meta = store.meta()
-    rubric = run_rubric(store).rubric
-    reasoning_tokens = int(run_setting(store, meta, "judge_reasoning_tokens"))
-    if run_setting(store, meta, "judge_backend") == "endpoint":
-        # No model and no device: the score phase of an endpoint judge needs no GPU.
-        return _endpoint_judge(meta["judge_endpoint_url"], meta["judge_endpoint_model"],
-                               meta.get("judge_endpoint_api_key_env", ""),
-                               bool(meta["judge_endpoint_logprobs"]), rubric.values, reasoning_tokens)
-    if store.stage_closed(EDIT_STAGE):
-        # The phase controller says the run's last edit has finished: if the editor must
-        # leave the device for the judge, drop it rather than pin a host copy of it.
-        residency().retire(editor_model_name(meta, run_dtype(store, meta)))
-    processor, model, _ = vlm(store, meta, meta["judge_model"], JUDGE_MODEL_SETTING)
-    store.add_judge_experts(experts_implementation(model))
-    # The criteria of a pair go in one forward pass: the batch is pairs x criteria rows.
-    return Judge(processor, model, batch_size=int(meta["judge_batch_size"]) * len(rubric.criteria),
-                 values=rubric.values, reasoning_tokens=reasoning_tokens)
-
-
-@functools.lru_cache(maxsize=4)
-def _endpoint_judge(url: str, model: str, api_key_env: str, logprobs: bool, values: tuple[int, ...],
-                    reasoning_tokens: int):
-    """One client per endpoint and process (its connection pool is reused across tasks)."""
-    from workers.judging.endpoint import EndpointJudge
-
-    try:
-        return EndpointJudge(url, model, api_key_env=api_key_env, logprobs=logprobs, values=values,
-                             reasoning_tokens=reasoning_tokens,
-                             concurrency=settings.judge_endpoint_concurrency,
-                             timeout_seconds=settings.judge_endpoint_timeout_seconds,
-                             max_retries=settings.judge_endpoint_max_retries)
-    except KeyError as exc:
-        raise PermanentError(str(exc.args[0])) from None
-
-
-def editor_for(store: RunStore):
-    """An editor with the run's settings (its family's defaults for those left at 0) over
-    this process's copy of the run's edit pipeline and LoRAs."""
-    from config import TINY_EDITORS
-    from workers.editing.approximate import apply_approximate_modes
-    from workers.editing.compile import compile_editor_transformer
-    from workers.editing.editor import Editor, pipeline_modules
-    from workers.editing.speed import speed_up_editor
-    from workers.models.loading import EDITOR, load_image_edit_pipeline, pick_device
-
-    meta = store.meta()
-    ref, revision, dtype = meta["editor_model"], meta.get("model_revision", ""), run_dtype(store, meta)
-    loras = run_setting(store, meta, "editor_loras")
-
-    def load() -> tuple[Any, dict]:
-        kwargs = _load_kwargs(ref, EDITOR, dtype)
-        device = pick_device(settings.device)
-        pipeline = load_image_edit_pipeline(kwargs.pop("ref"), revision=revision, loras=loras, **kwargs)
-        speed_up_editor(pipeline)
-        # The run's approximate modes (none unless its command asked), before the compile.
-        apply_approximate_modes(pipeline, bool(meta.get("edit_fp8", False)),
-                                float(meta.get("edit_step_cache", 0.0)), device)
-        compile_editor_transformer(pipeline, settings, device)
-        return pipeline, pipeline_modules(pipeline)
-
-    pipeline = _resident(store, editor_model_name(meta, dtype), load)
-    family = Editor.family_of(pipeline)
-    # Not named settings: load() above reads this worker's settings.
-    edit_settings = family.settings(steps=int(meta["edit_steps"]), size=int(meta["edit_size"]),
-                                    guidance=float(run_setting(store, meta, "edit_guidance")),
-                                    negative_prompt=meta["edit_negative_prompt"],
-                                    tiny=ref in TINY_EDITORS)
-    return Editor(pipeline, edit_settings)
-
-
-def editor_model_name(meta: dict[str, Any], dtype: Any) -> str:
-    """The residency pool's name for the run's editor: its LoRAs (by digest) are part of it,
-    since runs with other LoRAs over one base need other weights."""
-    loras = "".join(f" +lora {lora['digest'][:12]}x{lora['scale']:g}" for lora in meta.get("editor_loras", []))
-    # Approximate modes change the weights (FP8) or the hooks (step cache): another model.
-    modes = "".join(f" +{mode}" for mode in approximate_modes(meta))
-    return _model_name("editor", meta["editor_model"], meta.get("model_revision", ""), dtype) + loras + modes
-
-
-@dataclass(frozen=True)
-class RunRubric:
-    rubric: "Rubric"
-    prompts: dict[str, "PromptManager"]  # criterion -> its templates
-    reasoning_suffix: str | None  # appended to each user prompt in the reasoning mode
-
-
-def run_rubric(store: RunStore) -> RunRubric:
-    """The rubric and templates stored with the run (the producer's), not this worker's files."""
-    meta = store.meta()
-    return _run_rubric(store.run_id, meta.get("prompts_dir", ""), run_setting(store, meta, "judge_rubric"),
-                       run_setting(store, meta, "judge_mode"),
-                       json.dumps(run_setting(store, meta, "prompt_templates"), sort_keys=True))
-
-
-@functools.lru_cache(maxsize=8)
-def _run_rubric(run_id: str, prompts_dir: str, name: str, mode: str, templates_json: str) -> RunRubric:
-    from shared.rubric import RubricError, criterion_prompts, reasoning_suffix, rubric_from_templates
-
-    templates = json.loads(templates_json)
-    try:
-        rubric = rubric_from_templates(name, templates)
-        suffix = reasoning_suffix(rubric, templates) if mode == "reasoning" else None
-    except RubricError as exc:
-        raise PermanentError(f"run {run_id!r}: {exc}") from None
-    return RunRubric(rubric, criterion_prompts(rubric, Path(prompts_dir), templates), suffix)
+def model_host(store: RunStore) -> ModelHost:
+    """What the model factories get from this process for the run of ``store``."""
+    return ModelHost(store, settings, residency, functools.partial(_resident, store))
 
 
 @functools.cache

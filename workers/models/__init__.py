@@ -2,7 +2,8 @@
 
 ``load_vlm`` loads Qwen3-VL (hub id or local directory); ``resolve_model_path``
 turns the setting ``tiny`` into a tiny random checkpoint built once on disk by
-``build_tiny_qwen3_vl``, whose tokenizer comes from ``build_tiny_tokenizer``.
+``build_tiny_qwen3_vl`` (``tiny/`` holds one builder per model family), whose tokenizer comes
+from ``build_tiny_tokenizer``; ``vlm`` makes the run's Qwen3-VL resident in the worker.
 """
 
 from workers.models.loading import (

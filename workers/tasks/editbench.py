@@ -18,7 +18,10 @@ from shared.messages import EDIT_STAGE, EDIT_TASK, SCORE_STAGE, SCORE_TASK
 from shared.store import RunStore
 from workers.celery_app import app
 from workers.editing.compile import compile_seconds
-from workers.runtime import editor_for, judge_for, run_rubric, run_store, worker_name
+from workers.editing.factory import editor_for
+from workers.judging.factory import judge_for
+from workers.judging.run_rubric import run_rubric
+from workers.runtime import model_host, run_store, worker_name
 from workers.tasks.base import TASK_LEVEL_ERRORS, ItemTask, failure_message, pending_items
 
 log = logging.getLogger(__name__)
@@ -42,7 +45,7 @@ def _edit_pending(store: RunStore, keys: list[str]) -> dict[str, int]:
             store.mark_failed(EDIT_STAGE, key, str(exc))
             continue
         if editor is None:
-            editor = editor_for(store)
+            editor = editor_for(model_host(store))
         # Seeded by the run's seed and the item key: a rerun reproduces the image.
         seed = editor.seed_for(f"{run_seed}|{key}")
         compiled_before, edit_started = compile_seconds(), time.perf_counter()
@@ -88,7 +91,7 @@ def _score_pending(store: RunStore, keys: list[str]) -> dict[str, int]:
     batch = _judge_inputs(store, pending, judging)
     if not batch:
         return {"scored": 0}
-    judge = judge_for(store)  # loading it (if it must) is the worker's loading time, not scoring
+    judge = judge_for(model_host(store))  # loading it (if it must) is the worker's loading time, not scoring
     scoring_started = time.time()
     results = _score_batch(store, batch, judge)
     finished = time.time()

@@ -17,7 +17,8 @@ from shared.relation_prompt import BoxOutsideImage, build_relation_prompt, norma
 from shared.relations_result import relation_result
 from shared.store import RunStore
 from workers.celery_app import app, settings
-from workers.runtime import device_name, relation_generator, run_store, worker_name
+from workers.relations.factory import relation_generator
+from workers.runtime import device_name, model_host, run_store, worker_name
 from workers.tasks.base import ItemTask, pending_items
 
 if TYPE_CHECKING:  # the model's modules load in the task, not when the worker starts
@@ -43,7 +44,7 @@ def _generate_pending(store: RunStore, keys: list[str]) -> dict[str, int]:
     if not pending:
         return {"generated": 0}
     meta = store.meta()
-    generator = relation_generator(store, meta)
+    generator = relation_generator(model_host(store), meta)
     images, jobs = _usable_images(store, generator, _by_image(pending))
     if not jobs:
         return {"generated": 0}

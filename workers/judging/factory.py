@@ -1,0 +1,57 @@
+"""A run's judge: the local Qwen3-VL judge over this worker's resident copy of the run's
+judge model, or a client of the run's OpenAI-compatible endpoint."""
+
+from __future__ import annotations
+
+import functools
+
+from config import Settings
+from shared.messages import EDIT_STAGE
+from workers.errors import PermanentError
+from workers.judging.run_rubric import run_rubric
+from workers.model_host import ModelHost
+from workers.run_settings import run_dtype, run_setting
+
+
+def judge_for(host: ModelHost):
+    """The run's judge: one ``score(rows)`` per criterion row, JudgeScore or JudgeFailure each."""
+    from workers.editing.factory import editor_model_name
+    from workers.judging.judge import Judge
+    from workers.models.loading import JUDGE_MODEL_SETTING, experts_implementation
+    from workers.models.vlm import vlm
+
+    store = host.store
+    meta = store.meta()
+    rubric = run_rubric(store).rubric
+    reasoning_tokens = int(run_setting(store, meta, "judge_reasoning_tokens"))
+    if run_setting(store, meta, "judge_backend") == "endpoint":
+        # No model and no device: the score phase of an endpoint judge needs no GPU.
+        return _endpoint_judge(host.settings, meta["judge_endpoint_url"], meta["judge_endpoint_model"],
+                               meta.get("judge_endpoint_api_key_env", ""),
+                               bool(meta["judge_endpoint_logprobs"]), rubric.values, reasoning_tokens)
+    if store.stage_closed(EDIT_STAGE):
+        # The phase controller says the run's last edit has finished: if the editor must
+        # leave the device for the judge, drop it rather than pin a host copy of it.
+        host.pool().retire(editor_model_name(meta, run_dtype(store, meta, host.device)))
+    loaded = vlm(host, meta, meta["judge_model"], JUDGE_MODEL_SETTING)
+    store.add_judge_experts(experts_implementation(loaded.model))
+    # The criteria of a pair go in one forward pass: the batch is pairs x criteria rows.
+    return Judge(loaded.processor, loaded.model,
+                 batch_size=int(meta["judge_batch_size"]) * len(rubric.criteria),
+                 values=rubric.values, reasoning_tokens=reasoning_tokens)
+
+
+@functools.lru_cache(maxsize=4)
+def _endpoint_judge(settings: Settings, url: str, model: str, api_key_env: str, logprobs: bool,
+                    values: tuple[int, ...], reasoning_tokens: int):
+    """One client per endpoint and process (its connection pool is reused across tasks)."""
+    from workers.judging.endpoint import EndpointJudge
+
+    try:
+        return EndpointJudge(url, model, api_key_env=api_key_env, logprobs=logprobs, values=values,
+                             reasoning_tokens=reasoning_tokens,
+                             concurrency=settings.judge_endpoint_concurrency,
+                             timeout_seconds=settings.judge_endpoint_timeout_seconds,
+                             max_retries=settings.judge_endpoint_max_retries)
+    except KeyError as exc:
+        raise PermanentError(str(exc.args[0])) from None
