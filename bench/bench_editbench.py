@@ -131,8 +131,8 @@ def _tiny_models(work: Path) -> Models:
     editor_dir = Path(resolve_model_path("tiny", work / "models", kind=EDITOR))
     judge_dir = Path(resolve_model_path("tiny", work / "models", kind=QWEN3_VL))
     description = _describe(editor_dir, judge_dir, time.perf_counter() - start)
-    description["editor"]["config"] = "the project's tiny Qwen-Image-Edit (workers/models/tiny.py)"
-    description["judge"]["config"] = "the project's tiny Qwen3-VL (workers/models/tiny.py)"
+    description["editor"]["config"] = "the project's tiny Qwen-Image-Edit (workers/models/tiny/qwen_image_edit.py)"
+    description["judge"]["config"] = "the project's tiny Qwen3-VL (workers/models/tiny/qwen3_vl.py)"
     return Models(editor_dir, judge_dir, "cpu", torch.float32, description)
 
 

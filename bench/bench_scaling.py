@@ -117,7 +117,7 @@ def prepare_model(tiny: bool, work: Path) -> tuple[Path, dict[str, Any]]:
         from workers.models.loading import QWEN3_VL, resolve_model_path
 
         model_dir = Path(resolve_model_path("tiny", work / "models", kind=QWEN3_VL))
-        config = "the project's tiny Qwen3-VL (workers/models/tiny.py), float32 on the CPU"
+        config = "the project's tiny Qwen3-VL (workers/models/tiny/qwen3_vl.py), float32 on the CPU"
     else:
         model_dir = build_random_qwen3_vl_8b(work / "qwen3-vl-8b-random")
         config = "Qwen3-VL-8B-Instruct's configuration, random bf16 weights"
