@@ -25,7 +25,7 @@ from producer.progress import wait_for_stage
 from producer.relations_job import enqueue_relations
 from producer.relations_sample import write_relations_sample
 from shared.messages import RELATIONS_STAGE
-from shared.relations_data import prepare_data_for_inference
+from shared.relations.data import prepare_data_for_inference
 from shared.store import RunStore, connect
 
 SCALE = 3.2

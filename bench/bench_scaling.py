@@ -79,7 +79,7 @@ from producer.relations_job import enqueue_relations
 from shared.jsonio import write_json_atomic
 from shared.keys import normalize_image_id, relation_key
 from shared.messages import RELATIONS_STAGE, RELATIONS_TASK
-from shared.relations_data import prepare_data_for_inference
+from shared.relations.data import prepare_data_for_inference
 from shared.store import WORKERS_KEY, RunStore, connect
 
 log = logging.getLogger("bench.scaling")
@@ -488,7 +488,7 @@ def _image_chunks(pairs: list[dict]) -> list[list[dict]]:
 def _decode_by_image(generator, pairs: list[dict]) -> Texts:
     """What a worker's task does (workers/tasks/relations.py): one image, all its prompts, batched."""
     from shared.images import open_image
-    from shared.relation_prompt import build_relation_prompt
+    from shared.relations.prompt import build_relation_prompt
 
     out: Texts = {}
     for chunk in _image_chunks(pairs):

@@ -39,7 +39,7 @@ from producer.run_comparison import (ApproximateComparisonError, compare_runs, c
                                      comparison_markdown, load_run, write_comparison)
 from producer.run_identity import RESTART_FLAG, RunMismatchError
 from producer.status import build_status, format_status
-from shared.editbench_data import SHAPES, prepare_benchmark
+from shared.editbench.data import SHAPES, prepare_benchmark
 from shared.errors import InputFileError
 from shared.keys import check_run_name
 from shared.messages import RELATIONS_STAGE, RELATIONS_TASK

@@ -22,13 +22,13 @@ from celery import Celery
 from config import Settings, SettingsError
 from producer.progress import stall_watch, wait_for_stage
 from producer.run_identity import claim_run
-from shared.approximate import APPROXIMATE_KEYS, approximate_identity
+from shared.editbench.approximate import APPROXIMATE_KEYS, approximate_identity
 from shared.artifacts import ArtifactStore
-from shared.editbench_data import prepare_benchmark
+from shared.editbench.data import prepare_benchmark
 from shared.keys import content_digest, derive_run_id, inputs_digest
 from shared.messages import EDIT_STAGE, EDIT_TASK, SCORE_STAGE, SCORE_TASK
-from shared.prompt_manager import PromptTemplateError
-from shared.rubric import RubricError, read_rubric_templates
+from shared.editbench.prompt_manager import PromptTemplateError
+from shared.editbench.rubric import RubricError, read_rubric_templates
 from shared.store import RunStore
 
 log = logging.getLogger(__name__)

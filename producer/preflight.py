@@ -13,8 +13,8 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from config import ENV_PREFIX, TINY_EDITORS, TINY_MODEL, Settings, SettingsError
-from shared.editor_families import FAMILIES, unsupported_message
-from shared.prompt_manager import PromptManager, PromptTemplateError
+from shared.editbench.editor_families import FAMILIES, unsupported_message
+from shared.editbench.prompt_manager import PromptManager, PromptTemplateError
 
 MODEL_SETTINGS = {"relations": ("relations_model",), "editbench": ("editor_model", "judge_model")}
 

@@ -14,7 +14,7 @@ from config import Settings
 from producer.run_identity import claim_run
 from shared.keys import derive_run_id, inputs_digest, normalize_image_id, relation_key
 from shared.messages import RELATIONS_STAGE, RELATIONS_TASK
-from shared.relations_data import prepare_data_for_inference
+from shared.relations.data import prepare_data_for_inference
 from shared.store import RunStore
 
 log = logging.getLogger(__name__)

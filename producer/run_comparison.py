@@ -16,7 +16,7 @@ from typing import Any
 
 from producer.editbench_report import chart_labels, error_bars, png_bytes
 from producer.score_statistics import CONFIDENCE, RESAMPLES, SEED, TIE, mean_summary, paired_difference
-from shared.approximate import approximate_modes
+from shared.editbench.approximate import approximate_modes
 from shared.artifacts import write_atomic
 from shared.errors import InputFileError, shown
 from shared.jsonio import read_json, write_json_atomic

@@ -26,7 +26,7 @@ from config import Settings
 from config.celery import celery_config
 from producer.edit_speed import edit_speed
 from producer.kombu_redis import queue_list_names, unacked_messages
-from shared.approximate import approximate_modes
+from shared.editbench.approximate import approximate_modes
 from shared.messages import EDIT_STAGE, RELATIONS_STAGE, SCORE_STAGE
 from shared.store import RUNS_KEY, WORKERS_KEY, RunStore
 

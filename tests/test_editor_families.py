@@ -18,7 +18,7 @@ from config import Settings, SettingsError, parse_lora
 from conftest import run_producer
 from producer.editbench_job import result_settings
 from producer.preflight import check_run_settings
-from shared.editor_families import FAMILIES, UnsupportedEditorError
+from shared.editbench.editor_families import FAMILIES, UnsupportedEditorError
 from shared.keys import content_digest, derive_run_id
 from workers.editing.editor import Editor
 from workers.editing.loras import LoraMismatchError

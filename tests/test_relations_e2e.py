@@ -11,7 +11,7 @@ from conftest import FAST, read_json, relations_counts, run_producer, wait_until
 from producer.embedded import EmbeddedRedis
 from producer.relations_sample import ensure_relations_sample
 from shared.keys import relation_key
-from shared.relations_data import prepare_data_for_inference
+from shared.relations.data import prepare_data_for_inference
 from shared.store import RunStore, connect
 
 SUMMARY_KEYS = {"total_pairs", "total_images", "top_k_relations", "generation_max_tokens",

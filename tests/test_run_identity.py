@@ -173,7 +173,7 @@ def test_workers_refuse_a_run_without_the_settings_they_need(fleet, fleet_env, r
     from celery import Celery
 
     from shared.keys import relation_key
-    from shared.relations_data import prepare_data_for_inference
+    from shared.relations.data import prepare_data_for_inference
 
     settings = Settings(top_k=10)
     meta = {"job": "relations", "run_id": "old-run", "batch_size": 8, "workers_per_gpu": 1,

@@ -17,7 +17,7 @@ from producer.embedded import EmbeddedRedis
 from producer.relations_sample import write_relations_sample
 from shared.errors import InputFileError
 from shared.messages import RELATIONS_TASK
-from shared.relations_data import prepare_data_for_inference
+from shared.relations.data import prepare_data_for_inference
 
 PASSWORD = "s3cret-Pw-4-tests"
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import redis
 from celery import current_task
 
-from shared.approximate import approximate_modes
+from shared.editbench.approximate import approximate_modes
 from shared.messages import EDIT_STAGE
 from shared.store import WORKER_OUTAGE_SECONDS, WORKERS_KEY, RunStore, connect
 from workers.celery_app import settings
@@ -35,8 +35,8 @@ from workers.errors import PermanentError
 if TYPE_CHECKING:
     import torch
 
-    from shared.prompt_manager import PromptManager
-    from shared.rubric import Rubric
+    from shared.editbench.prompt_manager import PromptManager
+    from shared.editbench.rubric import Rubric
     from workers.residency import ResidencyPool
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ LOADING_SECONDS_COUNTED = 0.05
 
 
 def _acquire(pool: "ResidencyPool", name: str) -> Any:
-    from shared.editor_families import UnsupportedEditorError
+    from shared.editbench.editor_families import UnsupportedEditorError
     from workers.editing.approximate import ApproximateModeError
     from workers.editing.loras import LoraMismatchError
     from workers.models.loading import ModelNotFoundError
@@ -327,7 +327,7 @@ def run_rubric(store: RunStore) -> RunRubric:
 
 @functools.lru_cache(maxsize=8)
 def _run_rubric(run_id: str, prompts_dir: str, name: str, mode: str, templates_json: str) -> RunRubric:
-    from shared.rubric import RubricError, criterion_prompts, reasoning_suffix, rubric_from_templates
+    from shared.editbench.rubric import RubricError, criterion_prompts, reasoning_suffix, rubric_from_templates
 
     templates = json.loads(templates_json)
     try:
