@@ -48,9 +48,10 @@ from bench.real_models import (EDITOR_LAYERS_DEFAULT, EDITOR_LAYERS_FULL, TEXT_E
 from bench.seed_editbench import SeedSettings, pixel_digest, run_seed_editbench
 from config import Settings, to_environ
 from producer.dispatch import celery_client
-from producer.editbench_job import PhaseController, register_editbench
-from producer.editbench_report import write_editbench_report
-from producer.editbench_sample import SAMPLE
+from producer.editbench.phases import PhaseController
+from producer.editbench.register import register_editbench
+from producer.editbench.report import write_editbench_report
+from producer.editbench.sample import SAMPLE
 from producer.embedded import EmbeddedRedis, LocalFleet
 from shared.jsonio import write_json_atomic
 from shared.messages import EDIT_STAGE, SCORE_STAGE

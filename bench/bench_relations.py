@@ -22,8 +22,8 @@ from config import Settings, to_environ
 from producer.dispatch import celery_client
 from producer.embedded import EmbeddedRedis, LocalFleet
 from producer.progress import wait_for_stage
-from producer.relations_job import enqueue_relations
-from producer.relations_sample import write_relations_sample
+from producer.relations.enqueue import enqueue_relations
+from producer.relations.sample import write_relations_sample
 from shared.messages import RELATIONS_STAGE
 from shared.relations.data import prepare_data_for_inference
 from shared.store import RunStore, connect

@@ -75,7 +75,7 @@ from config import Settings, to_environ
 from producer.dispatch import celery_client
 from producer.embedded import EmbeddedRedis, LocalFleet, die_with_parent_hook
 from producer.progress import wait_for_stage
-from producer.relations_job import enqueue_relations
+from producer.relations.enqueue import enqueue_relations
 from shared.jsonio import write_json_atomic
 from shared.keys import normalize_image_id, relation_key
 from shared.messages import RELATIONS_STAGE, RELATIONS_TASK

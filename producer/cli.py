@@ -25,17 +25,18 @@ import redis
 from config import (LORA_SEPARATOR, Settings, SettingsError, ignored_variables, load_settings,
                     to_environ)
 from producer.dispatch import celery_client
-from producer.editbench_job import PHASE_SCOPES, PhaseController, register_editbench
-from producer.editbench_report import write_editbench_report
-from producer.editbench_sample import ensure_editbench_sample, write_editbench_sample
-from producer.editbench_validate import format_validation
+from producer.editbench.phases import PHASE_SCOPES, PhaseController
+from producer.editbench.register import register_editbench
+from producer.editbench.report import write_editbench_report
+from producer.editbench.sample import ensure_editbench_sample, write_editbench_sample
+from producer.editbench.validate import format_validation
 from producer.embedded import EmbeddedRedis, InfrastructureError, LocalFleet
 from producer.preflight import check_output_path, check_run_settings, check_writable_dir
 from producer.progress import stall_watch, wait_for_stage
-from producer.relations_job import enqueue_relations
-from producer.relations_report import write_relations_report
-from producer.relations_sample import ensure_relations_sample, write_relations_sample
-from producer.run_comparison import (ApproximateComparisonError, compare_runs, comparison_files,
+from producer.relations.enqueue import enqueue_relations
+from producer.relations.report import write_relations_report
+from producer.relations.sample import ensure_relations_sample, write_relations_sample
+from producer.editbench.comparison import (ApproximateComparisonError, compare_runs, comparison_files,
                                      comparison_markdown, load_run, write_comparison)
 from producer.run_identity import RESTART_FLAG, RunMismatchError
 from producer.status import build_status, format_status

@@ -24,7 +24,7 @@ from kombu.utils.url import maybe_sanitize_url
 
 from config import Settings
 from config.celery import celery_config
-from producer.edit_speed import edit_speed
+from producer.editbench.edit_speed import edit_speed
 from producer.kombu_redis import queue_list_names, unacked_messages
 from shared.editbench.approximate import approximate_modes
 from shared.messages import EDIT_STAGE, RELATIONS_STAGE, SCORE_STAGE

@@ -16,7 +16,7 @@ import pytest
 from config import Settings
 from producer.dispatch import celery_client
 from producer.embedded import EmbeddedRedis, LocalFleet
-from producer.relations_sample import write_relations_sample
+from producer.relations.sample import write_relations_sample
 from shared.relations.data import prepare_data_for_inference
 from shared.store import RunStore, connect
 

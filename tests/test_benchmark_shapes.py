@@ -11,8 +11,8 @@ import pytest
 
 from config import Settings
 from conftest import run_producer
-from producer.editbench_job import register_editbench
-from producer.editbench_sample import write_editbench_sample
+from producer.editbench.register import register_editbench
+from producer.editbench.sample import write_editbench_sample
 from producer.embedded import EmbeddedRedis
 from shared.editbench.data import SHAPES, prepare_benchmark
 from shared.errors import InputFileError

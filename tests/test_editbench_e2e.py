@@ -15,7 +15,7 @@ from PIL import Image
 
 from config import Settings
 from conftest import private_env, read_json, run_producer, started_fleet, wait_until
-from producer.editbench_sample import write_editbench_sample
+from producer.editbench.sample import write_editbench_sample
 from producer.embedded import EmbeddedRedis
 from shared.editbench.data import prepare_benchmark
 from shared.messages import EDIT_STAGE, SCORE_STAGE

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from config import Settings, SettingsError, parse_lora
 from conftest import run_producer
-from producer.editbench_job import result_settings
+from producer.editbench.register import result_settings
 from producer.preflight import check_run_settings
 from shared.editbench.editor_families import FAMILIES, UnsupportedEditorError
 from shared.keys import content_digest, derive_run_id

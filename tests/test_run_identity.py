@@ -9,10 +9,10 @@ import pytest
 
 from config import Settings
 from conftest import private_env, run_producer, started_fleet, wait_until
-from producer.editbench_job import register_editbench
-from producer.editbench_sample import write_editbench_sample
+from producer.editbench.register import register_editbench
+from producer.editbench.sample import write_editbench_sample
 from producer.embedded import EmbeddedRedis
-from producer.relations_job import result_settings
+from producer.relations.enqueue import result_settings
 from producer.run_identity import RunMismatchError
 from shared.keys import derive_run_id
 from shared.messages import EDIT_STAGE, RELATIONS_STAGE, RELATIONS_TASK

@@ -8,8 +8,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from producer.edit_speed import edit_speed
-from producer.score_statistics import mean_summary
+from producer.editbench.edit_speed import edit_speed
+from producer.editbench.score_statistics import mean_summary
 from shared.editbench.approximate import approximate_modes
 from shared.artifacts import write_atomic
 from shared.jsonio import write_json_atomic
