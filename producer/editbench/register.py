@@ -30,6 +30,14 @@ class EditbenchRun:
     keys_by_category: dict[str, list[str]]
     invalid: int
 
+    @property
+    def run_id(self) -> str:
+        return self.store.run_id
+
+    @property
+    def needs_workers(self) -> bool:
+        return True  # what is pending is known only as the phases run
+
 
 def prompts_digest(templates: dict[str, str]) -> str:
     """The judge's templates change scores, so they are part of the run id."""

@@ -32,6 +32,10 @@ class Enqueued:
     pairs_sent: int
     tasks_sent: int
 
+    @property
+    def needs_workers(self) -> bool:
+        return self.pairs_sent > 0
+
 
 def result_settings(settings: Settings) -> dict[str, Any]:
     """The settings that change the generated text: part of the run id and of its identity."""
