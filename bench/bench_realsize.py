@@ -32,8 +32,8 @@ import torch
 from PIL import Image
 
 from config import Settings
-from shared.jsonio import write_json_atomic
 from shared.editbench.prompt_manager import PromptManager
+from shared.jsonio import write_json_atomic
 from workers.editing.editor import Editor
 from workers.editing.compile import compile_editor_transformer
 from workers.judging.judge import Judge, JudgeItem

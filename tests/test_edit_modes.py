@@ -13,9 +13,9 @@ from PIL import Image
 
 from config import Settings, load_settings
 from config.settings import SettingsError
+from producer.editbench.comparison import ApproximateComparisonError, compare_runs, load_run
 from producer.editbench.edit_speed import edit_speed, percentile
 from producer.editbench.register import IDENTITY, result_settings
-from producer.editbench.comparison import ApproximateComparisonError, compare_runs, load_run
 from producer.status import _speed_lines, run_status
 from shared.editbench.approximate import APPROXIMATE_KEYS, approximate_modes
 from shared.keys import derive_run_id

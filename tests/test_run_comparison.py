@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from conftest import run_producer
-from producer.editbench.report import error_bars
 from producer.editbench.comparison import compare_runs, comparison_markdown, load_run
+from producer.editbench.report import error_bars
 from producer.editbench.score_statistics import mean_ci, paired_difference
 from shared.errors import InputFileError
 

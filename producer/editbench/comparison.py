@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from producer.editbench.report import chart_labels, error_bars, png_bytes
-from producer.editbench.score_statistics import CONFIDENCE, RESAMPLES, SEED, TIE, mean_summary, paired_difference
-from shared.editbench.approximate import approximate_modes
+from producer.editbench.score_statistics import (CONFIDENCE, RESAMPLES, SEED, TIE, mean_summary,
+                                                 paired_difference)
 from shared.artifacts import write_atomic
+from shared.editbench.approximate import approximate_modes
 from shared.errors import InputFileError, shown
 from shared.jsonio import read_json, write_json_atomic
 

@@ -76,7 +76,9 @@ class EditbenchJob(Job):
         return [settings.queue_edit, settings.queue_score]
 
     def inputs(self, args: argparse.Namespace, settings: Settings, sample: bool = True) -> list[Path]:
-        return [Path(args.benchmark) if args.benchmark else ensure_editbench_sample(settings.work_dir / "sample")]
+        if args.benchmark:
+            return [Path(args.benchmark)]
+        return [ensure_editbench_sample(settings.work_dir / "sample")]
 
     def register(self, settings: Settings, app: Celery, store_client, inputs: list[Path],
                  run_name: str | None, restart: bool) -> EditbenchRun:
@@ -114,7 +116,8 @@ class EditbenchJob(Job):
     def status(self, store: RunStore, meta: dict[str, Any], stages: list[dict[str, Any]],
                now: float) -> dict[str, Any]:
         going = any(s["done"] + s["failed"] < s["total"] for s in stages)
-        return {"edit_speed": edit_speed(store, now if going else None), "approximate": approximate_modes(meta)}
+        return {"edit_speed": edit_speed(store, now if going else None),
+                "approximate": approximate_modes(meta)}
 
     def write_sample(self, directory: Path, args: argparse.Namespace) -> str:
         benchmark = write_editbench_sample(directory, args.shape or "category-map", args.image_files)

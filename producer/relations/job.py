@@ -38,7 +38,8 @@ class RelationsJob(Job):
         parser.add_argument("--input", "--input_data", help="the input image records (test_2000_images.json)")
         parser.add_argument("--top-k", "--top_k", type=positive, dest="top_k")
         parser.add_argument("--batch-size", "--batch_size", type=positive, dest="batch_size",
-                            help="accepted for compatibility, unused: the decoder's batch is EVALFLEET_MAX_BATCH")
+                            help="accepted for compatibility, unused: the decoder's batch is "
+                                 "EVALFLEET_MAX_BATCH")
         parser.add_argument("--model", "--model_path", dest="relations_model", help="hub id or local path")
 
     def flag_settings(self, args: argparse.Namespace) -> dict[str, Any]:
