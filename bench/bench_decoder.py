@@ -41,7 +41,7 @@ from bench.harness import hbm_bandwidth_gbs
 from bench.real_models import random_qwen3_vl
 from bench.static_decoder import ImagePromptDecoder
 from shared.jsonio import write_json_atomic
-from shared.relation_prompt import build_relation_prompt
+from shared.relations.prompt import build_relation_prompt
 from workers.relations.decoding import length_bucket, split_after_image
 from workers.relations.generator import render_prompt
 from workers.relations.slot_decoder import SlotDecoder, kv_bytes_per_token, slot_shape

@@ -46,9 +46,10 @@ from bench.real_models import (EDITOR_LAYERS_DEFAULT, EDITOR_LAYERS_FULL, TEXT_E
 from bench.harness import embedded_store, local_fleet, quiet_progress_bars, wait_for_workers
 from bench.seed_editbench import SeedSettings, pixel_digest, run_seed_editbench
 from config import Settings
-from producer.editbench_job import PhaseController, register_editbench
-from producer.editbench_report import write_editbench_report
-from producer.editbench_sample import SAMPLE
+from producer.editbench.phases import PhaseController
+from producer.editbench.register import register_editbench
+from producer.editbench.report import write_editbench_report
+from producer.editbench.sample import SAMPLE
 from shared.jsonio import write_json_atomic
 from shared.messages import EDIT_STAGE, SCORE_STAGE
 from shared.store import RunStore

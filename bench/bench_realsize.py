@@ -33,8 +33,8 @@ from PIL import Image
 
 from bench.harness import pinned_bandwidth_gbs
 from config import Settings
+from shared.editbench.prompt_manager import PromptManager
 from shared.jsonio import write_json_atomic
-from shared.prompt_manager import PromptManager
 from workers.editing.editor import Editor
 from workers.editing.compile import compile_editor_transformer
 from workers.judging.judge import Judge, JudgeItem

@@ -20,8 +20,8 @@ from bench.harness import hbm_bandwidth_gbs, warm_then_timed
 from bench.real_models import build_random_qwen3_vl_8b
 from bench.relations_workload import dense_workload
 from config import Settings
-from producer.relations_sample import write_relations_sample
-from shared.relations_data import prepare_data_for_inference
+from producer.relations.sample import write_relations_sample
+from shared.relations.data import prepare_data_for_inference
 
 SCALE = 3.2
 

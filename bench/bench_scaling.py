@@ -60,7 +60,7 @@ from bench.harness import Texts, hbm_bandwidth_gbs, quiet_progress_bars
 from bench.relations_workload import CHUNK_PAIRS, image_size, skewed_pair_counts, write_workload
 from bench.static_split import contiguous_shards
 from shared.jsonio import write_json_atomic
-from shared.relations_data import prepare_data_for_inference
+from shared.relations.data import prepare_data_for_inference
 
 TARGET_SPEEDUP_2 = 1.9
 TARGET_EFFICIENCY_8 = 0.95

@@ -17,7 +17,7 @@ from config import Settings, to_environ
 from producer.dispatch import celery_client
 from producer.embedded import EmbeddedRedis, LocalFleet
 from producer.progress import wait_for_stage
-from producer.relations_job import enqueue_relations
+from producer.relations.enqueue import enqueue_relations
 from shared.messages import RELATIONS_STAGE
 from shared.store import RunStore, connect
 

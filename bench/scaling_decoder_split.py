@@ -55,7 +55,7 @@ def image_chunks(pairs: list[dict]) -> list[list[dict]]:
 def decode_by_image(generator, pairs: list[dict]) -> Texts:
     """What a worker's task does (workers/tasks/relations.py): one image, all its prompts, batched."""
     from shared.images import open_image
-    from shared.relation_prompt import build_relation_prompt
+    from shared.relations.prompt import build_relation_prompt
 
     out: Texts = {}
     for chunk in image_chunks(pairs):

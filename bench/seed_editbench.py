@@ -28,8 +28,8 @@ from typing import Any, Callable
 import torch
 from PIL import Image
 
-from shared.editbench_data import BenchmarkPair, prepare_benchmark
-from shared.prompt_manager import PromptManager
+from shared.editbench.data import BenchmarkPair, prepare_benchmark
+from shared.editbench.prompt_manager import PromptManager
 from workers.editing.editor import Editor
 from workers.judging.judge import Judge, JudgeItem
 from workers.models.loading import load_image_edit_pipeline, load_vlm

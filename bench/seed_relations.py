@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from shared.keys import relation_key
-from shared.relation_prompt import build_relation_prompt
+from shared.relations.prompt import build_relation_prompt
 
 
 def seed_generate(processor, model, pairs: list[dict], max_new_tokens: int,

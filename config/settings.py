@@ -83,7 +83,7 @@ class Settings:
     device: str = "auto"
 
     # --- editbench job -----------------------------------------------------------
-    # A diffusers edit pipeline of a supported family (shared/editor_families.py): a hub id
+    # A diffusers edit pipeline of a supported family (shared/editbench/editor_families.py): a hub id
     # (Qwen/Qwen-Image-Edit-2509), a local directory, or a tiny one (TINY_EDITORS).
     editor_model: str = TINY_MODEL
     # LoRAs applied on top of the editor: PATH[:SCALE] (scale 1 by default), separated by

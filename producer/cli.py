@@ -22,27 +22,18 @@ from urllib.parse import urlsplit
 
 import redis
 
-from config import (LORA_SEPARATOR, Settings, SettingsError, ignored_variables, load_settings,
-                    to_environ)
+from config import Settings, SettingsError, ignored_variables, load_settings, to_environ
 from producer.dispatch import celery_client
-from producer.editbench_job import PHASE_SCOPES, PhaseController, register_editbench
-from producer.editbench_report import write_editbench_report
-from producer.editbench_sample import ensure_editbench_sample, write_editbench_sample
-from producer.editbench_validate import format_validation
+from producer.editbench.comparison import (ApproximateComparisonError, compare_runs, comparison_files,
+                                           comparison_markdown, load_run, write_comparison)
 from producer.embedded import EmbeddedRedis, InfrastructureError, LocalFleet
+from producer.job import Job, positive
+from producer.jobs import JOBS
 from producer.preflight import check_output_path, check_run_settings, check_writable_dir
-from producer.progress import stall_watch, wait_for_stage
-from producer.relations_job import enqueue_relations
-from producer.relations_report import write_relations_report
-from producer.relations_sample import ensure_relations_sample, write_relations_sample
-from producer.run_comparison import (ApproximateComparisonError, compare_runs, comparison_files,
-                                     comparison_markdown, load_run, write_comparison)
 from producer.run_identity import RESTART_FLAG, RunMismatchError
 from producer.status import build_status, format_status
-from shared.editbench_data import SHAPES, prepare_benchmark
 from shared.errors import InputFileError
 from shared.keys import check_run_name
-from shared.messages import RELATIONS_STAGE, RELATIONS_TASK
 from shared.store import RunStore, connect
 
 log = logging.getLogger("producer")
@@ -75,103 +66,49 @@ def local_fleet(args: argparse.Namespace, settings: Settings, embedded: bool, qu
         yield fleet.check
 
 
-def _inputs(args: argparse.Namespace, settings: Settings) -> tuple[Path, Path]:
-    if args.stage1 and args.input:
-        return Path(args.stage1), Path(args.input)
-    if args.stage1 or args.input:
-        raise SystemExit("give both --stage1 and --input, or neither to run the built-in sample")
-    return ensure_relations_sample(settings.work_dir / "sample")
-
-
 def _apply_flags(args: argparse.Namespace, settings: Settings) -> Settings:
-    changes = {name: getattr(args, name) for name in ("top_k", "batch_size", "relations_model",
-                                                      "workers_per_gpu", "judge_rubric")
-               if getattr(args, name, None) is not None}
-    if getattr(args, "lora", None):
-        if any(LORA_SEPARATOR in lora for lora in args.lora):
-            raise SettingsError(f"--lora {args.lora}: a LoRA path cannot contain {LORA_SEPARATOR!r}")
-        # The flags replace EVALFLEET_EDITOR_LORAS.
-        changes["editor_loras"] = LORA_SEPARATOR.join(args.lora)
-    return settings.replace(**changes)
+    changes = ({"workers_per_gpu": args.workers_per_gpu}
+               if getattr(args, "workers_per_gpu", None) is not None else {})
+    job = JOBS.get(getattr(args, "job", None))
+    return settings.replace(**changes, **(job.flag_settings(args) if job else {}))
 
 
-def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    return cmd_run_relations(args, settings) if args.job == "relations" else cmd_run_editbench(args, settings)
-
-
-def _preflight(args: argparse.Namespace, settings: Settings, job: str) -> None:
+def _preflight(args: argparse.Namespace, settings: Settings, job: Job) -> None:
     """Before anything is registered: settings and paths that would fail the run, named (exit 2)."""
     check_run_settings(settings, job)
     check_writable_dir(settings.work_dir, "EVALFLEET_WORK_DIR")
-    if job == "editbench":
-        check_writable_dir(settings.artifacts, "EVALFLEET_ARTIFACT_ROOT")
+    for directory, setting in job.directories(settings):
+        check_writable_dir(directory, setting)
     if getattr(args, "output", None):
         check_output_path(Path(args.output))
 
 
-def cmd_run_relations(args: argparse.Namespace, settings: Settings) -> int:
-    _preflight(args, settings, "relations")
-    stage1, input_path = _inputs(args, settings)
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    job = JOBS[args.job]
+    _preflight(args, settings, job)
+    inputs = job.inputs(args, settings)
     with broker_for(settings) as (settings, embedded):
         client, app = connect(settings.store_url), celery_client(settings)
-        enq = enqueue_relations(settings, app, client, stage1, input_path, args.run, args.restart)
-        _log_enqueued(enq)
-        store = RunStore(client, enq.run_id)
-        with local_fleet(args, settings, embedded, [settings.queue_relations], enq.pairs_sent > 0) as check:
-            progress = wait_for_stage(store, RELATIONS_STAGE, settings.poll_interval_seconds, check,
-                                      stall=stall_watch(settings, app, settings.queue_relations,
-                                                        RELATIONS_TASK))
-        output = Path(args.output) if args.output else settings.work_dir / enq.run_id / "stage2_generated_results.json"
-        report = write_relations_report(store, output)
-    summary = report["summary"]
-    print(f"run {enq.run_id}: {summary['total_pairs']} pairs from {summary['total_images']} images done, "
-          f"{progress.failed} failed\nreport: {output}")
-    for failure in report["failed"]:
-        print(f"  failed {failure['key']}: {failure['reason']}")
-    return EXIT_FAILED_ITEMS if progress.failed else EXIT_OK
-
-
-def cmd_run_editbench(args: argparse.Namespace, settings: Settings) -> int:
-    _preflight(args, settings, "editbench")
-    benchmark = Path(args.benchmark) if args.benchmark else ensure_editbench_sample(settings.work_dir / "sample")
-    with broker_for(settings) as (settings, embedded):
-        run = register_editbench(settings, connect(settings.store_url), benchmark, args.run, args.restart)
-        queues = [settings.queue_edit, settings.queue_score]
-        with local_fleet(args, settings, embedded, queues) as check:
-            PhaseController(settings, celery_client(settings), run, check).drive(args.phase_scope)
-        output = Path(args.output) if args.output else settings.work_dir / run.store.run_id / "editbench_report.json"
-        report = write_editbench_report(run.store, output)
-    _print_editbench(report, output)
-    return EXIT_FAILED_ITEMS if report["failures"] else EXIT_OK
-
-
-def _print_editbench(report: dict, output: Path) -> None:
-    print(f"run {report['run']['run_id']}")
-    print(f"  {'category':<14}{'pairs':>6}{'scored':>7}{'failed':>7}{'mean':>8}")
-    for name, cat in report["categories"].items():
-        mean = f"{cat['mean']:.3f}" if cat["mean"] is not None else "-"
-        print(f"  {name:<14}{cat['pairs']:>6}{cat['scored']:>7}{cat['failed']:>7}{mean:>8}")
-    overall = report["overall"]
-    figures = (f"mean={overall['mean']:.3f} std={overall['std']:.3f}" if overall["mean"] is not None
-             else "mean=- std=-")
-    print(f"  overall: n={overall['n']} {figures}; swaps: {len(report['swaps'])}")
-    if len(report["criteria"]) > 1:
-        for name, crit in report["criteria"].items():
-            print(f"  {name}: n={crit['n']} mean={crit['mean']} std={crit['std']} failed={crit['failed']}")
-    for failure in report["failures"]:
-        print(f"  failed {failure['key']} ({failure['stage']}): {failure['reason']}")
-    print(f"report: {output}\nchart: {report['chart']}")
+        run = job.register(settings, app, client, inputs, args.run, args.restart)
+        store = RunStore(client, run.run_id)
+        with local_fleet(args, settings, embedded, job.queues(settings), run.needs_workers) as check:
+            job.drive(settings, app, run, store, check, args)
+        output = Path(args.output) if args.output else settings.work_dir / run.run_id / job.report_name
+        report = job.write_report(store, output)
+    print(job.summary(report, output))
+    return EXIT_FAILED_ITEMS if job.failures(report) else EXIT_OK
 
 
 def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
+    job = JOBS[args.job]
+    inputs = job.inputs(args, settings, sample=False)
     if not settings.broker_url:
         raise SystemExit("enqueue needs a running fleet: set EVALFLEET_BROKER_URL "
-                         "(or use `python -m producer run relations` for one-command mode)")
-    check_run_settings(settings, "relations")
-    enq = enqueue_relations(settings, celery_client(settings), connect(settings.store_url),
-                            Path(args.stage1), Path(args.input), args.run, args.restart)
-    _log_enqueued(enq)
-    print(enq.run_id)
+                         f"(or use `python -m producer run {job.name}` for one-command mode)")
+    check_run_settings(settings, job)
+    run = job.register(settings, celery_client(settings), connect(settings.store_url), inputs,
+                       args.run, args.restart)
+    print(run.run_id)
     return EXIT_OK
 
 
@@ -183,18 +120,12 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
         if not store.exists():
             raise SystemExit(f"run {args.run!r} is not registered in this Redis "
                              "(`python -m producer status` lists the runs)")
-        job = store.meta().get("job")
-        if job != args.job:
-            raise SystemExit(f"run {args.run!r} is a run of the {job} job, not {args.job}: "
-                             f"`python -m producer report {job} --run {args.run}`")
-        if args.job == "relations":
-            output = Path(args.output or "stage2_generated_results.json")
-            report = write_relations_report(store, output)
-            failed = report["failed"]
-        else:
-            output = Path(args.output or "editbench_report.json")
-            report = write_editbench_report(store, output)
-            failed = report["failures"]
+        job, stored = JOBS[args.job], store.meta().get("job")
+        if stored != job.name:
+            raise SystemExit(f"run {args.run!r} is a run of the {stored} job, not {job.name}: "
+                             f"`python -m producer report {stored} --run {args.run}`")
+        output = Path(args.output or job.report_name)
+        failed = job.failures(job.write_report(store, output))
     print(f"{len(failed)} failed: {output}")
     return EXIT_FAILED_ITEMS if failed else EXIT_OK
 
@@ -210,22 +141,21 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_sample(args: argparse.Namespace, settings: Settings) -> int:
-    if args.job == "relations":
-        if args.shape or args.image_files:
-            raise SystemExit("--shape and --image-files are for the editbench sample")
-        stage1, input_path = write_relations_sample(Path(args.directory))
-        print(f"--stage1 {stage1} --input {input_path}")
-    else:
-        benchmark = write_editbench_sample(Path(args.directory), args.shape or "category-map", args.image_files)
-        print(f"--benchmark {benchmark}")
+    job = JOBS[args.job]
+    for other, flags in args.sample_flags.items():
+        # Another job's flags are refused, not ignored.
+        if other != job.name and any(getattr(args, flag.dest) != flag.default for flag in flags):
+            raise SystemExit(f"{' and '.join(flag.option_strings[0] for flag in flags)} "
+                             f"are for the {other} sample")
+    print(job.write_sample(Path(args.directory), args))
     return EXIT_OK
 
 
 def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     """Read the file as a run would; register nothing. Exit 0 when clean, 2 with problems."""
-    prepared = prepare_benchmark(Path(args.file), settings.data_root)
-    print(format_validation(Path(args.file), prepared))
-    return EXIT_USAGE if prepared.failures else EXIT_OK
+    text, clean = JOBS[args.job].validate(Path(args.file), settings)
+    print(text)
+    return EXIT_OK if clean else EXIT_USAGE
 
 
 def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
@@ -243,18 +173,6 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def _log_enqueued(enq) -> None:
-    log.info("run %s: %d items, %d already done, %d invalid; sent %d pairs in %d tasks",
-             enq.run_id, enq.total, enq.already_done, enq.invalid, enq.pairs_sent, enq.tasks_sent)
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError(f"{text} is not a positive integer")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m producer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -264,10 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     # the other job is a usage error instead of being parsed and ignored.
     run = sub.add_parser("run", help="enqueue, wait with a progress bar, write the report (one command)")
     run_jobs = run.add_subparsers(dest="job", required=True)
-    for job, help_ in (("relations", "descriptions for the top-K predicates of subject-object pairs"),
-                       ("editbench", "edit the benchmark's images, then score them with the judge")):
-        p = run_jobs.add_parser(job, help=help_)
-        _add_relations_flags(p) if job == "relations" else _add_editbench_flags(p)
+    for job in JOBS.values():
+        p = run_jobs.add_parser(job.name, help=job.help)
+        job.add_flags(p)
         _add_run_flags(p)
         p.add_argument("--output", help="report path (default: under <work dir>/<run>/)")
         p.add_argument("--gpus", default="all", help="GPUs for local workers: all, cpu, or 0,1")
@@ -277,15 +194,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     enqueue = sub.add_parser("enqueue", help="register a run and enqueue its pending items on a running fleet")
     enqueue_jobs = enqueue.add_subparsers(dest="job", required=True)
-    p = enqueue_jobs.add_parser("relations", help="a relations run (needs EVALFLEET_BROKER_URL)")
-    _add_relations_flags(p)
-    _add_run_flags(p)
-    p.set_defaults(func=cmd_enqueue)
+    for job in JOBS.values():
+        if job.enqueue_help:
+            p = enqueue_jobs.add_parser(job.name, help=job.enqueue_help)
+            job.add_flags(p)
+            _add_run_flags(p)
+            p.set_defaults(func=cmd_enqueue)
 
     report = sub.add_parser("report", help="write the report of a run from the stored results")
-    report.add_argument("job", choices=("relations", "editbench"))
+    report.add_argument("job", choices=list(JOBS))
     report.add_argument("--run", required=True, type=check_run_name)
-    report.add_argument("--output", help="default: stage2_generated_results.json or editbench_report.json")
+    report.add_argument("--output", help="default: " + " or ".join(job.report_name for job in JOBS.values()))
     report.set_defaults(func=cmd_report)
 
     status = sub.add_parser("status", help="queue depths, run progress with rate and ETA, workers "
@@ -297,17 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
 
     sample = sub.add_parser("sample", help="write the built-in sample inputs into a directory")
-    sample.add_argument("job", choices=("relations", "editbench"))
+    sample.add_argument("job", choices=list(JOBS))
     sample.add_argument("directory")
-    sample.add_argument("--shape", choices=list(SHAPES),
-                        help="editbench: the benchmark file's shape (default: category-map)")
-    sample.add_argument("--image-files", action="store_true",
-                        help="editbench: images as PNG files named by original_image_path")
-    sample.set_defaults(func=cmd_sample)
+    sample.set_defaults(func=cmd_sample,
+                        sample_flags={job.name: job.add_sample_flags(sample) for job in JOBS.values()})
 
     validate = sub.add_parser("validate", help="read an input file as a run would and list every "
                                                "problem; registers nothing (exit 0 clean, 2 problems)")
-    validate.add_argument("job", choices=("editbench",))
+    validate.add_argument("job", choices=[job.name for job in JOBS.values() if job.validates])
     validate.add_argument("file")
     validate.set_defaults(func=cmd_validate)
 
@@ -331,31 +247,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(RESTART_FLAG, action="store_true",
                    help="start the run over: delete its stored results first (needed to reuse "
                         "a run name with other inputs or settings)")
-    p.add_argument("--workers-per-gpu", "--workers_per_gpu", type=_positive, dest="workers_per_gpu")
-
-
-def _add_relations_flags(p: argparse.ArgumentParser) -> None:
-    # The original script's spellings (--stage1_result, --top_k, ...) are accepted too.
-    p.add_argument("--stage1", "--stage1_result", help="recall_results_*.json of stage 1")
-    p.add_argument("--input", "--input_data", help="the input image records (test_2000_images.json)")
-    p.add_argument("--top-k", "--top_k", type=_positive, dest="top_k")
-    p.add_argument("--batch-size", "--batch_size", type=_positive, dest="batch_size",
-                   help="accepted for compatibility, unused: the decoder's batch is EVALFLEET_MAX_BATCH")
-    p.add_argument("--model", "--model_path", dest="relations_model", help="hub id or local path")
-
-
-def _add_editbench_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--benchmark", help="the benchmark JSON (default: the built-in sample)")
-    p.add_argument("--phase-scope", choices=PHASE_SCOPES, default="run",
-                   help="drain all edits of the run before scoring (run), or edit then score "
-                        "one category at a time like the original scripts (category)")
-    p.add_argument("--rubric", dest="judge_rubric",
-                   help="the judge's rubric: default, viescore, kris, or a folder under "
-                        "<prompts dir>/rubrics/ (EVALFLEET_JUDGE_RUBRIC)")
-    p.add_argument("--lora", action="append", metavar="PATH[:SCALE]",
-                   help="a LoRA on top of the editor (.safetensors file or a directory holding "
-                        "one), scale 1 by default; repeat for several (replaces "
-                        "EVALFLEET_EDITOR_LORAS)")
+    p.add_argument("--workers-per-gpu", "--workers_per_gpu", type=positive, dest="workers_per_gpu")
 
 
 def redact(text: str, settings: Settings) -> str:
@@ -423,8 +315,6 @@ def main(argv: list[str] | None = None) -> int:
     for line in ignored_variables(settings):
         log.warning("%s", line)
     try:
-        if args.command == "enqueue" and not (args.stage1 and args.input):
-            raise SystemExit("enqueue needs --stage1 and --input")
         return args.func(args, settings)
     except (InputFileError, SettingsError, RunMismatchError, ApproximateComparisonError) as exc:
         log.error("%s", exc)

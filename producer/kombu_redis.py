@@ -41,3 +41,19 @@ def unacked_messages(broker: redis.Redis) -> Iterator[tuple[dict[str, Any], str]
             continue
         if isinstance(message, dict) and isinstance(routing_key, str):
             yield message, routing_key
+
+
+def queue_depths(broker: redis.Redis, queues: list[str],
+                 transport_options: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """Per queue: ``waiting`` (in the lists) and ``reserved`` (taken by a worker, not acked)."""
+    pipe = broker.pipeline(transaction=False)
+    for queue in queues:
+        for name in queue_list_names(queue, transport_options):
+            pipe.llen(name)
+    lengths = iter(pipe.execute())
+    steps = len(queue_list_names("q", transport_options))
+    depths = {q: {"waiting": sum(next(lengths) for _ in range(steps)), "reserved": 0} for q in queues}
+    for _, queue in unacked_messages(broker):
+        if queue in depths:
+            depths[queue]["reserved"] += 1
+    return depths

@@ -3,90 +3,35 @@ item fail, or the run fail at its end, stops the command at its start (exit 2), 
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
 
-from huggingface_hub import try_to_load_from_cache
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from config import ENV_PREFIX, TINY_EDITORS, TINY_MODEL, Settings, SettingsError
-from shared.editor_families import FAMILIES, unsupported_message
-from shared.prompt_manager import PromptManager, PromptTemplateError
-
-MODEL_SETTINGS = {"relations": ("relations_model",), "editbench": ("editor_model", "judge_model")}
+from config import ENV_PREFIX, Settings, SettingsError
+from producer.job import Job
 
 
-def check_run_settings(settings: Settings, job: str) -> None:
-    """The models the job needs can exist, and the judge's prompts are there."""
-    for name in MODEL_SETTINGS[job]:
-        if name == "judge_model" and settings.judge_backend == "endpoint":
-            continue  # the endpoint serves the judge: no model here
-        _check_model(name, getattr(settings, name))
-    if job == "editbench":
-        _check_editor_family(settings.editor_model, settings.model_revision)
-        _check_loras(settings)
-        try:
-            PromptManager(settings.prompts)
-        except (OSError, PromptTemplateError) as exc:
-            raise SettingsError(f"{ENV_PREFIX}PROMPTS_DIR={settings.prompts_dir!r}: {exc}") from None
+def check_run_settings(settings: Settings, job: Job) -> None:
+    """The models the job needs can exist, and its other settings hold (the judge's prompts...)."""
+    for setting, ref, tiny_names in job.models(settings):
+        check_model(setting, ref, tiny_names)
+    job.check_settings(settings)
 
 
-def _check_model(name: str, ref: str) -> None:
+def check_model(setting: str, ref: str, tiny_names: tuple[str, ...]) -> None:
     # A hub id cannot be checked offline; a path that does not exist and is no hub id
     # would fail every item on the workers.
-    tiny_names = TINY_EDITORS if name == "editor_model" else (TINY_MODEL,)
     if ref in tiny_names or Path(ref).exists():
         return
     try:
         validate_repo_id(ref)
     except HFValidationError:
-        raise SettingsError(f"{ENV_PREFIX}{name.upper()}={ref!r}: no such directory, and not a hub id "
+        raise SettingsError(f"{ENV_PREFIX}{setting.upper()}={ref!r}: no such directory, and not a hub id "
                             f"(use a local model directory, a hub id such as Qwen/Qwen3-VL-8B-Instruct, "
                             f"or 'tiny')") from None
-
-
-def _check_editor_family(ref: str, revision: str) -> None:
-    """The editor's pipeline class (model_index.json of a local directory, or of a hub id in
-    the local Hugging Face cache) is one editbench drives; a hub id not in the cache is
-    checked by the workers, which fail its items with the same message."""
-    if ref in TINY_EDITORS:
-        return
-    if Path(ref).is_dir():
-        index = Path(ref) / "model_index.json"
-        if not index.is_file():
-            raise SettingsError(f"{ENV_PREFIX}EDITOR_MODEL={ref!r}: no model_index.json in it "
-                                "(not a diffusers pipeline directory)")
-    else:
-        cached = try_to_load_from_cache(ref, "model_index.json", revision=revision or None)
-        if not isinstance(cached, str):
-            return
-        index = Path(cached)
-    try:
-        class_name = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
-    except (OSError, ValueError, AttributeError) as exc:
-        raise SettingsError(f"{ENV_PREFIX}EDITOR_MODEL={ref!r}: {index} is not readable JSON "
-                            f"({exc})") from None
-    if class_name not in FAMILIES:
-        raise SettingsError(unsupported_message(ref, class_name))
-
-
-def _check_loras(settings: Settings) -> None:
-    """Each LoRA is a .safetensors file, or a directory holding one."""
-    for path, _ in settings.loras:
-        where = f"{ENV_PREFIX}EDITOR_LORAS (--lora) {path!r}"
-        lora = Path(path)
-        if lora.is_dir():
-            if not any(lora.glob("*.safetensors")):
-                raise SettingsError(f"{where}: the directory holds no .safetensors file")
-        elif not lora.is_file():
-            raise SettingsError(f"{where}: no such file or directory")
-        elif lora.suffix != ".safetensors":
-            raise SettingsError(f"{where}: not a .safetensors file")
-        if not os.access(lora, os.R_OK):
-            raise SettingsError(f"{where}: not readable")
 
 
 def check_writable_dir(directory: Path, setting: str) -> None:

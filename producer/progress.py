@@ -20,8 +20,7 @@ from celery import Celery
 from tqdm import tqdm
 
 from config import Settings
-from producer.kombu_redis import unacked_messages
-from producer.status import queue_depths
+from producer.kombu_redis import queue_depths, unacked_messages
 from shared.store import OUTAGE_ERRORS, Progress, RunStore, connect
 
 log = logging.getLogger(__name__)

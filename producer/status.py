@@ -24,13 +24,11 @@ from kombu.utils.url import maybe_sanitize_url
 
 from config import Settings
 from config.celery import celery_config
-from producer.edit_speed import edit_speed
-from producer.kombu_redis import queue_list_names, unacked_messages
-from shared.approximate import approximate_modes
-from shared.messages import EDIT_STAGE, RELATIONS_STAGE, SCORE_STAGE
+from producer.jobs import JOBS
+from producer.kombu_redis import queue_depths
 from shared.store import RUNS_KEY, WORKERS_KEY, RunStore
 
-STAGES = (RELATIONS_STAGE, EDIT_STAGE, SCORE_STAGE)
+STAGES = tuple(stage for job in JOBS.values() for stage in job.stages)
 
 # A heartbeat older than this, of a process no live worker lists, is ignored.
 STALE_SECONDS = 600.0
@@ -38,25 +36,6 @@ STALE_SECONDS = 600.0
 FORGET_SECONDS = 86400.0
 # The rate is measured over the samples of this last stretch of time.
 RATE_WINDOW_SECONDS = 600.0
-
-
-# --- queues ------------------------------------------------------------------------
-
-
-def queue_depths(broker: redis.Redis, queues: list[str],
-                 transport_options: dict[str, Any]) -> dict[str, dict[str, int]]:
-    """Per queue: ``waiting`` (in the lists) and ``reserved`` (taken by a worker, not acked)."""
-    pipe = broker.pipeline(transaction=False)
-    for queue in queues:
-        for name in queue_list_names(queue, transport_options):
-            pipe.llen(name)
-    lengths = iter(pipe.execute())
-    steps = len(queue_list_names("q", transport_options))
-    depths = {q: {"waiting": sum(next(lengths) for _ in range(steps)), "reserved": 0} for q in queues}
-    for _, queue in unacked_messages(broker):
-        if queue in depths:
-            depths[queue]["reserved"] += 1
-    return depths
 
 
 # --- runs --------------------------------------------------------------------------
@@ -98,11 +77,8 @@ def run_status(client: redis.Redis, run_id: str, now: float) -> dict[str, Any]:
         stages.append({"stage": stage, "done": progress.done, "failed": progress.failed,
                        "total": progress.total, **rate_and_eta(samples, remaining, now)})
     status = {"run": run_id, "job": meta.get("job"), "created": meta.get("created"), "stages": stages}
-    if meta.get("job") == "editbench":
-        going = any(s["done"] + s["failed"] < s["total"] for s in stages)
-        status["edit_speed"] = edit_speed(store, now if going else None)
-        status["approximate"] = approximate_modes(meta)
-    return status
+    job = JOBS.get(meta.get("job"))
+    return {**status, **job.status(store, meta, stages, now)} if job else status
 
 
 def runs_status(client: redis.Redis, run: str | None, now: float) -> list[dict[str, Any]]:
@@ -193,7 +169,7 @@ def build_status(settings: Settings, app: Celery, run: str | None = None,
     store = redis.Redis.from_url(settings.store_url, decode_responses=True)
     now_s, now_us = store.time()
     now = now_s + now_us / 1e6  # the clock the workers' progress samples use
-    queues = [settings.queue_relations, settings.queue_edit, settings.queue_score]
+    queues = [queue for job in JOBS.values() for queue in job.queues(settings)]
     options = dict(celery_config(settings)["broker_transport_options"])
     status: dict[str, Any] = {
         "at": time.time(),

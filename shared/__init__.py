@@ -4,5 +4,6 @@ Some of it both the producer and the workers import (task names and stages, item
 Redis run store, result schemas, artifacts, image checks, prompt templates and rubrics); some
 serves one side, but belongs to a record rather than to a process: input validation and
 preparation and JSON files (the producer), the relation prompt and judge-answer parsing (the
-workers). Nothing here imports torch, the producer or the workers.
+workers). What belongs to one job is in its folder, ``shared/relations/`` or
+``shared/editbench/``. Nothing here imports torch, the producer or the workers.
 """

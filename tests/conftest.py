@@ -16,8 +16,8 @@ import pytest
 from config import Settings
 from producer.dispatch import celery_client
 from producer.embedded import EmbeddedRedis, LocalFleet
-from producer.relations_sample import write_relations_sample
-from shared.relations_data import prepare_data_for_inference
+from producer.relations.sample import write_relations_sample
+from shared.relations.data import prepare_data_for_inference
 from shared.store import RunStore, connect
 
 ROOT = Path(__file__).resolve().parents[1]

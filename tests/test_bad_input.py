@@ -24,10 +24,10 @@ from PIL import Image
 
 from conftest import private_env, read_json, run_producer, started_fleet
 from producer.embedded import EmbeddedRedis
-from shared.editbench_data import prepare_benchmark
+from shared.editbench.data import prepare_benchmark
 from shared.errors import InputFileError
 from shared.images import ImageFileError, open_image
-from shared.relations_data import prepare_data_for_inference
+from shared.relations.data import prepare_data_for_inference
 from shared.store import connect
 
 # --- image bytes -------------------------------------------------------------------------

@@ -11,10 +11,10 @@ import pytest
 
 from config import Settings
 from conftest import run_producer
-from producer.editbench_job import register_editbench
-from producer.editbench_sample import write_editbench_sample
+from producer.editbench.register import register_editbench
+from producer.editbench.sample import write_editbench_sample
 from producer.embedded import EmbeddedRedis
-from shared.editbench_data import SHAPES, prepare_benchmark
+from shared.editbench.data import SHAPES, prepare_benchmark
 from shared.errors import InputFileError
 from shared.store import connect
 

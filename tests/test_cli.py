@@ -6,8 +6,8 @@ import pytest
 
 from config import Settings, ignored_variables
 from conftest import private_env, run_producer
-from producer.editbench_job import register_editbench
-from producer.editbench_sample import write_editbench_sample
+from producer.editbench.register import register_editbench
+from producer.editbench.sample import write_editbench_sample
 from producer.embedded import EmbeddedRedis, free_port
 from shared.store import RunStore, connect
 

@@ -13,11 +13,11 @@ from PIL import Image
 
 from config import Settings, load_settings
 from config.settings import SettingsError
-from producer.edit_speed import edit_speed, percentile
-from producer.editbench_job import IDENTITY, result_settings
-from producer.run_comparison import ApproximateComparisonError, compare_runs, load_run
+from producer.editbench.comparison import ApproximateComparisonError, compare_runs, load_run
+from producer.editbench.edit_speed import edit_speed, percentile
+from producer.editbench.register import IDENTITY, result_settings
 from producer.status import _speed_lines, run_status
-from shared.approximate import APPROXIMATE_KEYS, approximate_modes
+from shared.editbench.approximate import APPROXIMATE_KEYS, approximate_modes
 from shared.keys import derive_run_id
 from shared.messages import EDIT_STAGE
 from shared.store import RunStore

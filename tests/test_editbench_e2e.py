@@ -15,9 +15,9 @@ from PIL import Image
 
 from config import Settings
 from conftest import private_env, read_json, run_producer, started_fleet, wait_until
-from producer.editbench_sample import write_editbench_sample
+from producer.editbench.sample import write_editbench_sample
 from producer.embedded import EmbeddedRedis
-from shared.editbench_data import prepare_benchmark
+from shared.editbench.data import prepare_benchmark
 from shared.messages import EDIT_STAGE, SCORE_STAGE
 from shared.store import RunStore, connect
 from workers.models.tiny import build_tiny_qwen3_vl_moe

@@ -9,7 +9,7 @@ from pathlib import Path
 from PIL import Image
 
 from conftest import read_json, run_producer
-from producer.editbench_sample import write_editbench_sample
+from producer.editbench.sample import write_editbench_sample
 from shared.keys import content_digest
 from test_editbench_e2e import one_pair_per_category
 from workers.models.loading import EDITOR, resolve_model_path

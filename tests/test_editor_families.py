@@ -16,9 +16,10 @@ from safetensors.torch import load_file, save_file
 
 from config import Settings, SettingsError, parse_lora
 from conftest import run_producer
-from producer.editbench_job import result_settings
+from producer.editbench.register import result_settings
+from producer.jobs import JOBS
 from producer.preflight import check_run_settings
-from shared.editor_families import FAMILIES, UnsupportedEditorError
+from shared.editbench.editor_families import FAMILIES, UnsupportedEditorError
 from shared.keys import content_digest, derive_run_id
 from workers.editing.editor import Editor
 from workers.editing.loras import LoraMismatchError
@@ -115,7 +116,7 @@ def test_unsupported_pipeline_class_fails_at_the_start_listing_the_supported(tmp
     with pytest.raises(UnsupportedEditorError) as on_worker:
         _load(str(editor))
     with pytest.raises(SettingsError) as at_start:
-        check_run_settings(Settings(editor_model=str(editor)), "editbench")
+        check_run_settings(Settings(editor_model=str(editor)), JOBS["editbench"])
     assert str(on_worker.value) == str(at_start.value)
     assert "StableDiffusionPipeline" in str(at_start.value)
     assert all(name in str(at_start.value) for name in SUPPORTED)
@@ -127,9 +128,9 @@ def test_unsupported_pipeline_class_fails_at_the_start_listing_the_supported(tmp
     (tmp_path / "hub" / "models--someone--sd-editor" / "refs" / "main").write_text("abc123")
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     with pytest.raises(SettingsError, match="FluxKontextPipeline"):
-        check_run_settings(Settings(editor_model="someone/sd-editor"), "editbench")
+        check_run_settings(Settings(editor_model="someone/sd-editor"), JOBS["editbench"])
     # Not in the cache: the workers check it (and fail its items with the same message).
-    check_run_settings(Settings(editor_model="someone/other-editor"), "editbench")
+    check_run_settings(Settings(editor_model="someone/other-editor"), JOBS["editbench"])
 
 
 def test_the_cli_refuses_an_unsupported_editor_before_registering(tmp_path):
@@ -205,4 +206,4 @@ def test_lora_settings_parse_path_and_scale(tmp_path):
     with pytest.raises(SettingsError, match="finite"):
         parse_lora("style.safetensors:nan")
     with pytest.raises(SettingsError, match="no such file"):
-        check_run_settings(Settings(editor_loras=str(tmp_path / "missing.safetensors")), "editbench")
+        check_run_settings(Settings(editor_loras=str(tmp_path / "missing.safetensors")), JOBS["editbench"])

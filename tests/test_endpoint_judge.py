@@ -18,9 +18,9 @@ import pytest
 from PIL import Image, ImageDraw
 
 from conftest import private_env, read_json, run_producer, started_fleet
-from producer.editbench_sample import write_editbench_sample
+from producer.editbench.sample import write_editbench_sample
 from producer.embedded import EmbeddedRedis
-from shared.judge_scores import JudgeFailure, JudgeScore
+from shared.editbench.judge_scores import JudgeFailure, JudgeScore
 from shared.store import WORKERS_KEY, connect
 from workers.judging.endpoint import EndpointJudge, score_from_response
 from workers.judging.judge import JudgeItem

@@ -30,14 +30,14 @@ from PIL import Image
 
 from conftest import (FAST, ROOT, private_env, read_json, record_figures, run_producer, started_fleet,
                       wait_until, worker_processes)
-from producer.editbench_sample import write_editbench_sample
+from producer.editbench.sample import write_editbench_sample
 from producer.embedded import EmbeddedRedis, free_port
-from producer.relations_sample import write_relations_sample
+from producer.relations.sample import write_relations_sample
 from shared.artifacts import sha256_bytes, write_once
-from shared.editbench_data import prepare_benchmark
+from shared.editbench.data import prepare_benchmark
 from shared.keys import relation_key
 from shared.messages import EDIT_STAGE, RELATIONS_STAGE, SCORE_STAGE
-from shared.relations_data import prepare_data_for_inference
+from shared.relations.data import prepare_data_for_inference
 from shared.store import RunStore, connect
 
 SEED = 20261124

@@ -12,7 +12,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import workers.models.loading as loading
-from shared.editor_families import FAMILIES
+from shared.editbench.editor_families import FAMILIES
 from workers.editing.editor import Editor, seed_for
 from workers.models.loading import (
     ModelNotFoundError,

@@ -9,7 +9,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from config import Settings
-from shared.prompt_manager import PromptManager
+from shared.editbench.prompt_manager import PromptManager
 from workers.judging.judge import Judge, JudgeItem, JudgeScore
 from workers.models import load_vlm, resolve_model_path
 

@@ -130,3 +130,19 @@ def test_no_file_cites_a_document_the_repository_lacks():
     wrong = sorted(f"{p.relative_to(ROOT)}: {name}" for p in tracked if p != Path(__file__).resolve()
                    for name in cited if name in p.read_text(encoding="utf-8", errors="replace"))
     assert not wrong, wrong
+
+
+def test_only_a_job_itself_compares_its_name():
+    """Everything else asks the job (``producer/jobs.py``): a new job needs no edit elsewhere."""
+    names = {"relations", "editbench"}
+    own = tuple(f"{side}/{name}/" for side in ("producer", "shared") for name in names)
+    wrong = []
+    for pkg in PACKAGES:
+        for path in (ROOT / pkg).rglob("*.py"):
+            if path.relative_to(ROOT).as_posix().startswith(own):
+                continue
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Compare):
+                    constants = [c.value for c in ast.walk(node) if isinstance(c, ast.Constant)]
+                    wrong += [f"{path.relative_to(ROOT)}:{node.lineno}" for c in constants if c in names]
+    assert not wrong, wrong

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from config import Settings
-from shared.prompt_manager import PromptManager
+from shared.editbench.prompt_manager import PromptManager
 from workers.judging.judge import Judge, JudgeItem
 from workers.models import load_vlm, resolve_model_path
 from workers.models import loading

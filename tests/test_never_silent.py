@@ -17,8 +17,8 @@ import pytest
 from conftest import private_env, read_json, run_producer, started_fleet, wait_until
 from producer.cli import EXIT_USAGE, main
 from producer.embedded import EmbeddedRedis
-from producer.relations_sample import write_relations_sample
-from shared.relations_data import prepare_data_for_inference
+from producer.relations.sample import write_relations_sample
+from shared.relations.data import prepare_data_for_inference
 from shared.store import connect
 
 

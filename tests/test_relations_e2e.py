@@ -9,9 +9,9 @@ import psutil
 
 from conftest import FAST, read_json, relations_counts, run_producer, wait_until
 from producer.embedded import EmbeddedRedis
-from producer.relations_sample import ensure_relations_sample
+from producer.relations.sample import ensure_relations_sample
 from shared.keys import relation_key
-from shared.relations_data import prepare_data_for_inference
+from shared.relations.data import prepare_data_for_inference
 from shared.store import RunStore, connect
 
 SUMMARY_KEYS = {"total_pairs", "total_images", "top_k_relations", "generation_max_tokens",
@@ -162,7 +162,7 @@ def test_tasks_with_the_most_prompts_are_queued_first(sample, tmp_path):
 
     from config import Settings
     from producer.dispatch import celery_client
-    from producer.relations_job import enqueue_relations
+    from producer.relations.enqueue import enqueue_relations
 
     stage1, input_path = sample
     with EmbeddedRedis(tmp_path / "redis") as server:

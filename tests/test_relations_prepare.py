@@ -7,8 +7,8 @@ import json
 import pytest
 
 from shared.errors import InputFileError
-from shared.relation_prompt import BoxOutsideImage, build_relation_prompt
-from shared.relations_data import prepare_data_for_inference
+from shared.relations.data import prepare_data_for_inference
+from shared.relations.prompt import BoxOutsideImage, build_relation_prompt
 
 
 def write(tmp_path, stage1: dict, images: list) -> tuple:

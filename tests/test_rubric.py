@@ -13,9 +13,9 @@ import torch
 from PIL import Image, ImageDraw
 
 from config import Settings
-from shared.judge_scores import JudgeFailure, JudgeScore, find_stated_score, scale_probabilities
-from shared.prompt_manager import read_templates
-from shared.rubric import (RubricError, criterion_prompts, read_rubric_templates, rubric_from_templates)
+from shared.editbench.judge_scores import JudgeFailure, JudgeScore, find_stated_score, scale_probabilities
+from shared.editbench.prompt_manager import read_templates
+from shared.editbench.rubric import (RubricError, criterion_prompts, read_rubric_templates, rubric_from_templates)
 from workers.judging.judge import Judge, JudgeItem
 from workers.models import load_vlm, resolve_model_path
 

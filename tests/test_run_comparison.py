@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from conftest import run_producer
-from producer.editbench_report import error_bars
-from producer.run_comparison import compare_runs, comparison_markdown, load_run
-from producer.score_statistics import mean_ci, paired_difference
+from producer.editbench.comparison import compare_runs, comparison_markdown, load_run
+from producer.editbench.report import error_bars
+from producer.editbench.score_statistics import mean_ci, paired_difference
 from shared.errors import InputFileError
 
 RNG = np.random.default_rng(7)
@@ -75,7 +75,7 @@ def test_error_bars_are_the_distances_to_the_interval():
 
 def report(run_id: str, inputs: str, categories: dict[str, dict[str, float]], failed: dict[str, int] | None = None,
            ) -> dict:
-    """A report in the format ``producer.editbench_report`` writes (the fields compare reads)."""
+    """A report in the format ``producer.editbench.report`` writes (the fields compare reads)."""
     failed = failed or {}
     return {"run": {"run_id": run_id, "job": "editbench", "inputs": inputs},
             "categories": {name: {"pairs": len(scores) + failed.get(name, 0), "scored": len(scores),

@@ -9,10 +9,10 @@ import pytest
 
 from config import Settings
 from conftest import private_env, run_producer, started_fleet, wait_until
-from producer.editbench_job import register_editbench
-from producer.editbench_sample import write_editbench_sample
+from producer.editbench.register import register_editbench
+from producer.editbench.sample import write_editbench_sample
 from producer.embedded import EmbeddedRedis
-from producer.relations_job import result_settings
+from producer.relations.enqueue import result_settings
 from producer.run_identity import RunMismatchError
 from shared.keys import derive_run_id
 from shared.messages import EDIT_STAGE, RELATIONS_STAGE, RELATIONS_TASK
@@ -173,7 +173,7 @@ def test_workers_refuse_a_run_without_the_settings_they_need(fleet, fleet_env, r
     from celery import Celery
 
     from shared.keys import relation_key
-    from shared.relations_data import prepare_data_for_inference
+    from shared.relations.data import prepare_data_for_inference
 
     settings = Settings(top_k=10)
     meta = {"job": "relations", "run_id": "old-run", "batch_size": 8, "workers_per_gpu": 1,

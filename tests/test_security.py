@@ -14,10 +14,10 @@ from celery import Celery
 
 from conftest import private_env, read_json, run_producer, started_fleet, wait_until
 from producer.embedded import EmbeddedRedis
-from producer.relations_sample import write_relations_sample
+from producer.relations.sample import write_relations_sample
 from shared.errors import InputFileError
 from shared.messages import RELATIONS_TASK
-from shared.relations_data import prepare_data_for_inference
+from shared.relations.data import prepare_data_for_inference
 
 PASSWORD = "s3cret-Pw-4-tests"
 

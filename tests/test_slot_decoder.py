@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from producer.relations_job import pack_tasks
+from producer.relations.enqueue import pack_tasks
 from bench.static_decoder import cut_after_eos
 from workers.relations.decoding import split_after_image
 from workers.relations.image_inputs import prefix_tokens

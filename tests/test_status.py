@@ -10,8 +10,9 @@ from config import Settings
 from conftest import relations_counts, run_producer
 from producer.dispatch import celery_client
 from producer.embedded import EmbeddedRedis
-from producer.status import (RATE_WINDOW_SECONDS, STALE_SECONDS, attach_heartbeats,
-                             format_status, queue_depths, rate_and_eta, read_heartbeats)
+from producer.kombu_redis import queue_depths
+from producer.status import (RATE_WINDOW_SECONDS, STALE_SECONDS, attach_heartbeats, format_status,
+                             rate_and_eta, read_heartbeats)
 from shared.messages import EDIT_TASK
 from shared.store import WORKERS_KEY
 

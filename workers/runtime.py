@@ -102,7 +102,7 @@ LOADING_SECONDS_COUNTED = 0.05
 
 
 def _acquire(pool: "ResidencyPool", name: str) -> Any:
-    from shared.editor_families import UnsupportedEditorError
+    from shared.editbench.editor_families import UnsupportedEditorError
     from workers.editing.approximate import ApproximateModeError
     from workers.editing.loras import LoraMismatchError
     from workers.models.loading import ModelNotFoundError

@@ -1,6 +1,6 @@
 """Edit one image with a diffusers edit pipeline, reproducibly.
 
-The same code drives every supported family (``shared/editor_families.py``: how each
+The same code drives every supported family (``shared/editbench/editor_families.py``: how each
 pipeline takes the image, the prompt and its guidance), real ones (CUDA, bf16, tens of
 steps, about 1024x1024-pixel outputs) and tiny random ones (CPU, 2 steps, 128x128).
 """
@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from shared.editor_families import EditFamily, EditSettings, family_for
+from shared.editbench.editor_families import EditFamily, EditSettings, family_for
 from workers.editing.approximate import step_cache_of
 
 logger = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from config import TINY_EDITORS
-from shared.approximate import approximate_modes
+from shared.editbench.approximate import approximate_modes
 from workers.model_host import ModelHost, model_name
 from workers.run_settings import run_dtype, run_setting
 

@@ -2,7 +2,7 @@
 
 Each row (one criterion of one pair) is one request: the row's system prompt, then a user
 turn with the two images as PNG data URLs and the row's user prompt, greedy (temperature 0).
-The answer is read in the documented format (shared/judge_scores.py). When the endpoint
+The answer is read in the documented format (shared/editbench/judge_scores.py). When the endpoint
 returns ``logprobs`` with ``top_logprobs`` (vLLM, SGLang and OpenAI do when asked), the
 score is the expectation over the scale's tokens at the position where the answer states
 its score, as the local judge computes it; otherwise it is the stated integer, and the
@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import openai
 from PIL import Image
 
-from shared.judge_scores import (FROM_ANSWER, FROM_LOGPROBS, JudgeFailure, JudgeScore, StatedScore,
+from shared.editbench.judge_scores import (FROM_ANSWER, FROM_LOGPROBS, JudgeFailure, JudgeScore, StatedScore,
                                  expectation, find_stated_score, first_digits, scale_probabilities,
                                  unreadable)
 from workers.judging.judge import JudgeItem

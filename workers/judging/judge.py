@@ -10,7 +10,7 @@ pass yields both distributions a score needs:
 
 Qwen tokenizers write numbers one digit per token, so "10" is "1" then "0":
 P(10) = P("1") * q, P(1) = P("1") * (1 - q), P(d) = P(d) otherwise, and the score
-is the expectation sum(s * P(s)) over the scale (shared/judge_scores.py).
+is the expectation sum(s * P(s)) over the scale (shared/editbench/judge_scores.py).
 
 The reasoning mode (``reason``) first generates an answer (a rationale, then the score in
 the documented format), then reads the score where the answer states it: one forward over
@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from transformers import PreTrainedModel, ProcessorMixin
 
-from shared.judge_scores import (FROM_LOGITS, JudgeFailure, JudgeScore, expectation, find_stated_score,
+from shared.editbench.judge_scores import (FROM_LOGITS, JudgeFailure, JudgeScore, expectation, find_stated_score,
                                  first_digits, unreadable)
 
 logger = logging.getLogger(__name__)

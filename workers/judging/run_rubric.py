@@ -14,8 +14,8 @@ from workers.errors import PermanentError
 from workers.run_settings import run_setting
 
 if TYPE_CHECKING:
-    from shared.prompt_manager import PromptManager
-    from shared.rubric import Rubric
+    from shared.editbench.prompt_manager import PromptManager
+    from shared.editbench.rubric import Rubric
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ def run_rubric(store: RunStore) -> RunRubric:
 
 @functools.lru_cache(maxsize=8)
 def _run_rubric(run_id: str, prompts_dir: str, name: str, mode: str, templates_json: str) -> RunRubric:
-    from shared.rubric import RubricError, criterion_prompts, reasoning_suffix, rubric_from_templates
+    from shared.editbench.rubric import RubricError, criterion_prompts, reasoning_suffix, rubric_from_templates
 
     templates = json.loads(templates_json)
     try:

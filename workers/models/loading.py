@@ -27,7 +27,7 @@ from transformers import (AutoConfig, AutoModelForImageTextToText, AutoProcessor
                           PreTrainedModel, ProcessorMixin)
 
 from config import ENV_PREFIX, TINY_EDITORS, TINY_MODEL
-from shared.editor_families import family_for
+from shared.editbench.editor_families import family_for
 from workers.editing.loras import apply_loras
 from workers.models.tiny import (
     build_tiny_flux_kontext,

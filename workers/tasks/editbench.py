@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 from shared.artifacts import write_once
+from shared.editbench.judge_scores import JudgeFailure
 from shared.images import ImageFileError, open_image
-from shared.judge_scores import JudgeFailure
 from shared.messages import EDIT_STAGE, EDIT_TASK, SCORE_STAGE, SCORE_TASK
 from shared.store import RunStore
 from workers.celery_app import app

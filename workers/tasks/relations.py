@@ -13,8 +13,8 @@ from PIL import Image
 from shared.errors import RecordError
 from shared.images import ImageFileError, PathOutsideRoot, open_image, resolve_inside
 from shared.messages import RELATIONS_STAGE, RELATIONS_TASK
-from shared.relation_prompt import BoxOutsideImage, build_relation_prompt, normalize_bbox
-from shared.relations_result import relation_result
+from shared.relations.prompt import BoxOutsideImage, build_relation_prompt, normalize_bbox
+from shared.relations.result import relation_result
 from shared.store import RunStore
 from workers.celery_app import app, settings
 from workers.relations.factory import relation_generator

@@ -1,12 +1,5 @@
-"""The editbench job on the producer side: register the run, then the phase controller.
-
-The controller enqueues every pending edit, waits until every edit item is done or
-failed (done + failed == total: a queue can read empty while a worker still holds a
-task), then enqueues the score items of the pairs whose edit succeeded, and waits
-again. Workers swap from the editor to the judge once, when their first score task
-arrives, so there is one swap per worker process per run (none where both fit).
-``phase_scope="category"`` reproduces the original scripts' per-category order (README, Baselines).
-"""
+"""Registering an editbench run: the benchmark validated, its originals stored, its edit items
+written (``producer/editbench/phases.py`` then drives it)."""
 
 from __future__ import annotations
 
@@ -15,25 +8,20 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
-
-from celery import Celery
+from typing import Any
 
 from config import Settings, SettingsError
-from producer.progress import stall_watch, wait_for_stage
 from producer.run_identity import claim_run
-from shared.approximate import APPROXIMATE_KEYS, approximate_identity
 from shared.artifacts import ArtifactStore
-from shared.editbench_data import prepare_benchmark
+from shared.editbench.approximate import APPROXIMATE_KEYS, approximate_identity
+from shared.editbench.data import prepare_benchmark
+from shared.editbench.prompt_manager import PromptTemplateError
+from shared.editbench.rubric import RubricError, read_rubric_templates
 from shared.keys import content_digest, derive_run_id, inputs_digest
-from shared.messages import EDIT_STAGE, EDIT_TASK, SCORE_STAGE, SCORE_TASK
-from shared.prompt_manager import PromptTemplateError
-from shared.rubric import RubricError, read_rubric_templates
+from shared.messages import EDIT_STAGE
 from shared.store import RunStore
 
 log = logging.getLogger(__name__)
-
-PHASE_SCOPES = ("run", "category")
 
 
 @dataclass
@@ -41,6 +29,14 @@ class EditbenchRun:
     store: RunStore
     keys_by_category: dict[str, list[str]]
     invalid: int
+
+    @property
+    def run_id(self) -> str:
+        return self.store.run_id
+
+    @property
+    def needs_workers(self) -> bool:
+        return True  # what is pending is known only as the phases run
 
 
 def prompts_digest(templates: dict[str, str]) -> str:
@@ -144,59 +140,3 @@ def register_editbench(settings: Settings, store_client, benchmark: Path,
         store.mark_failed(EDIT_STAGE, key, reason)
         log.warning("not enqueued: %s", reason)
     return EditbenchRun(store, keys_by_category, invalid=len(prepared.failures))
-
-
-class PhaseController:
-    """Drives one run's phases; usable alone against a fleet that is already running."""
-
-    def __init__(self, settings: Settings, app: Celery, run: EditbenchRun,
-                 check: Callable[[], None] = lambda: None):
-        self.settings = settings
-        self.app = app
-        self.run = run
-        self.store = run.store
-        self.check = check
-
-    def drive(self, scope: str = "run") -> None:
-        if scope not in PHASE_SCOPES:
-            raise ValueError(f"phase scope {scope!r}: use one of {', '.join(PHASE_SCOPES)}")
-        if scope == "run":
-            groups = [("", [k for keys in self.run.keys_by_category.values() for k in keys])]
-        else:
-            groups = list(self.run.keys_by_category.items())
-        # Workers drop the editor instead of keeping a pinned host copy of it once the
-        # edit stage is closed: only after the run's last edit phase.
-        self.store.reopen_stage(EDIT_STAGE)
-        for number, (label, keys) in enumerate(groups, 1):
-            self._phase(EDIT_STAGE, EDIT_TASK, self.settings.queue_edit, keys, 1, label)
-            if number == len(groups):
-                self.store.close_stage(EDIT_STAGE)
-            score_keys = self._register_scores(keys)
-            self._phase(SCORE_STAGE, SCORE_TASK, self.settings.queue_score, score_keys,
-                        self.settings.judge_batch_size, label)
-
-    def _register_scores(self, keys: list[str]) -> list[str]:
-        """Score items for the pairs whose edit succeeded, carrying the edited image's path."""
-        edited = {k: v for k, v in zip(keys, self.store.get_done(EDIT_STAGE, keys)) if v is not None}
-        items = self.store.get_items(EDIT_STAGE, list(edited))
-        self.store.add_items(SCORE_STAGE, {
-            key: {**item, "edited_path": edited[key]["edited_path"],
-                  "edited_digest": edited[key]["edited_digest"]}
-            for key, item in zip(edited, items)
-        })
-        return list(edited)
-
-    def _phase(self, stage: str, task: str, queue: str, keys: list[str], chunk: int, label: str) -> None:
-        start = time.time()
-        done = self.store.is_done(stage, keys)
-        pending = [k for k, is_done in zip(keys, done) if not is_done]
-        # An item that failed in an earlier attempt of this run gets another chance.
-        self.store.clear_failed(stage, pending)
-        for i in range(0, len(pending), chunk):
-            self.app.send_task(task, args=[self.store.run_id, pending[i:i + chunk]], queue=queue)
-        log.info("%s phase%s: %d items, %d already done, %d enqueued", stage,
-                 f" of {label}" if label else "", len(keys), len(keys) - len(pending), len(pending))
-        wait_for_stage(self.store, stage, self.settings.poll_interval_seconds, self.check,
-                       keys=keys, label=f"{stage} {label}".strip(),
-                       stall=stall_watch(self.settings, self.app, queue, task))
-        self.store.add_phase_time(stage, start, time.time())

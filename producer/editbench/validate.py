@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from shared.editbench_data import SHAPES, PreparedBenchmark
+from shared.editbench.data import SHAPES, PreparedBenchmark
 from shared.keys import KEY_SEP
 
 # The failure key of a whole category (or of a JSON line naming no usable category): "<c>|*",

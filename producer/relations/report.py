@@ -1,4 +1,4 @@
-"""stage2_generated_results.json: the summary, the results (shared/relations_result.py) and what failed."""
+"""stage2_generated_results.json: the summary, the results (shared/relations/result.py) and what failed."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 from shared.jsonio import write_json_atomic
 from shared.keys import normalize_image_id
 from shared.messages import RELATIONS_STAGE
-from shared.relations_result import report_record
+from shared.relations.result import report_record
 from shared.store import RunStore
 
 def relations_report(store: RunStore) -> dict[str, Any]:

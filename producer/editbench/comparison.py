@@ -4,7 +4,7 @@ Per run and category: pairs scored, pairs failed, the mean score with its 95% bo
 interval. For each run against the first (the baseline): the difference of scores on the pairs
 both runs scored (matched by category and pair id), with a paired bootstrap interval and the
 pairs won, tied and lost; the pairs only one of the two scored are counted and listed. The
-statistics are in ``producer.score_statistics``.
+statistics are in ``producer.editbench.score_statistics``.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from producer.editbench_report import chart_labels, error_bars, png_bytes
-from producer.score_statistics import CONFIDENCE, RESAMPLES, SEED, TIE, mean_summary, paired_difference
-from shared.approximate import approximate_modes
+from producer.editbench.report import chart_labels, error_bars, png_bytes
+from producer.editbench.score_statistics import (CONFIDENCE, RESAMPLES, SEED, TIE, mean_summary,
+                                                 paired_difference)
 from shared.artifacts import write_atomic
+from shared.editbench.approximate import approximate_modes
 from shared.errors import InputFileError, shown
 from shared.jsonio import read_json, write_json_atomic
 

@@ -8,14 +8,14 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from producer.edit_speed import edit_speed
-from producer.score_statistics import mean_summary
-from shared.approximate import approximate_modes
+from producer.editbench.edit_speed import edit_speed
+from producer.editbench.score_statistics import mean_summary
 from shared.artifacts import write_atomic
+from shared.editbench.approximate import approximate_modes
+from shared.editbench.rubric import DEFAULT_RUBRIC, rubric_from_templates
 from shared.jsonio import write_json_atomic
 from shared.keys import KEY_SEP
 from shared.messages import EDIT_STAGE, SCORE_STAGE
-from shared.rubric import DEFAULT_RUBRIC, rubric_from_templates
 from shared.store import RunStore
 
 # English names for the reference categories, for charts drawn without a CJK font.

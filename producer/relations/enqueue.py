@@ -14,7 +14,7 @@ from config import Settings
 from producer.run_identity import claim_run
 from shared.keys import derive_run_id, inputs_digest, normalize_image_id, relation_key
 from shared.messages import RELATIONS_STAGE, RELATIONS_TASK
-from shared.relations_data import prepare_data_for_inference
+from shared.relations.data import prepare_data_for_inference
 from shared.store import RunStore
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,10 @@ class Enqueued:
     already_done: int
     pairs_sent: int
     tasks_sent: int
+
+    @property
+    def needs_workers(self) -> bool:
+        return self.pairs_sent > 0
 
 
 def result_settings(settings: Settings) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
-from shared.prompt_manager import PromptManager, PromptTemplateError, read_templates
+from shared.editbench.prompt_manager import PromptManager, PromptTemplateError, read_templates
 
 DEFAULT_RUBRIC = "default"
 RUBRICS_DIR = "rubrics"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from shared.editbench_data import SHAPES
+from shared.editbench.data import SHAPES
 
 BENCHMARK_NAME = "editbench_sample.json"
 SAMPLE_NAMES = {"category-map": BENCHMARK_NAME, "categories-key": "editbench_sample.categories.json",

@@ -1,0 +1,64 @@
+"""Checks of an editbench run's settings before it registers anything: the editor's family,
+its LoRAs and the judge's prompts (``producer/preflight.py`` checks what every job has)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from huggingface_hub import try_to_load_from_cache
+
+from config import ENV_PREFIX, TINY_EDITORS, Settings, SettingsError
+from shared.editbench.editor_families import FAMILIES, unsupported_message
+from shared.editbench.prompt_manager import PromptManager, PromptTemplateError
+
+
+def check_editbench_settings(settings: Settings) -> None:
+    check_editor_family(settings.editor_model, settings.model_revision)
+    check_loras(settings)
+    try:
+        PromptManager(settings.prompts)
+    except (OSError, PromptTemplateError) as exc:
+        raise SettingsError(f"{ENV_PREFIX}PROMPTS_DIR={settings.prompts_dir!r}: {exc}") from None
+
+
+def check_editor_family(ref: str, revision: str) -> None:
+    """The editor's pipeline class (model_index.json of a local directory, or of a hub id in
+    the local Hugging Face cache) is one editbench drives; a hub id not in the cache is
+    checked by the workers, which fail its items with the same message."""
+    if ref in TINY_EDITORS:
+        return
+    if Path(ref).is_dir():
+        index = Path(ref) / "model_index.json"
+        if not index.is_file():
+            raise SettingsError(f"{ENV_PREFIX}EDITOR_MODEL={ref!r}: no model_index.json in it "
+                                "(not a diffusers pipeline directory)")
+    else:
+        cached = try_to_load_from_cache(ref, "model_index.json", revision=revision or None)
+        if not isinstance(cached, str):
+            return
+        index = Path(cached)
+    try:
+        class_name = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise SettingsError(f"{ENV_PREFIX}EDITOR_MODEL={ref!r}: {index} is not readable JSON "
+                            f"({exc})") from None
+    if class_name not in FAMILIES:
+        raise SettingsError(unsupported_message(ref, class_name))
+
+
+def check_loras(settings: Settings) -> None:
+    """Each LoRA is a .safetensors file, or a directory holding one."""
+    for path, _ in settings.loras:
+        where = f"{ENV_PREFIX}EDITOR_LORAS (--lora) {path!r}"
+        lora = Path(path)
+        if lora.is_dir():
+            if not any(lora.glob("*.safetensors")):
+                raise SettingsError(f"{where}: the directory holds no .safetensors file")
+        elif not lora.is_file():
+            raise SettingsError(f"{where}: no such file or directory")
+        elif lora.suffix != ".safetensors":
+            raise SettingsError(f"{where}: not a .safetensors file")
+        if not os.access(lora, os.R_OK):
+            raise SettingsError(f"{where}: not readable")
