@@ -34,6 +34,7 @@ from producer.run_identity import RESTART_FLAG, RunMismatchError
 from producer.status import build_status, format_status
 from shared.errors import InputFileError
 from shared.keys import check_run_name
+from shared.run_settings import RunSettingsError
 from shared.store import RunStore, connect
 
 log = logging.getLogger("producer")
@@ -316,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("%s", line)
     try:
         return args.func(args, settings)
-    except (InputFileError, SettingsError, RunMismatchError, ApproximateComparisonError) as exc:
+    except (InputFileError, SettingsError, RunMismatchError, RunSettingsError, ApproximateComparisonError) as exc:
         log.error("%s", exc)
         return EXIT_USAGE
     except SystemExit as exc:

@@ -13,10 +13,10 @@ from typing import Any
 from config import Settings, SettingsError
 from producer.run_identity import claim_run
 from shared.artifacts import ArtifactStore
-from shared.editbench.approximate import APPROXIMATE_KEYS, approximate_identity
 from shared.editbench.data import prepare_benchmark
 from shared.editbench.prompt_manager import PromptTemplateError
 from shared.editbench.rubric import RubricError, read_rubric_templates
+from shared.editbench.run_settings import EditbenchRunSettings, EditorLora
 from shared.keys import content_digest, derive_run_id, inputs_digest
 from shared.messages import EDIT_STAGE
 from shared.store import RunStore
@@ -56,47 +56,41 @@ def run_templates(settings: Settings) -> dict[str, str]:
         raise SettingsError(str(exc)) from None
 
 
+def run_settings(settings: Settings, templates: dict[str, str]) -> EditbenchRunSettings:
+    """The settings an editbench run is registered with, ``templates`` those of its judge."""
+    endpoint = settings.judge_backend == "endpoint"
+    return EditbenchRunSettings(
+        judge_batch_size=settings.judge_batch_size, workers_per_gpu=settings.workers_per_gpu,
+        prompts_dir=str(settings.prompts), prompt_templates=templates,
+        judge_endpoint_url=settings.judge_endpoint_url,
+        judge_endpoint_api_key_env=settings.judge_endpoint_api_key_env,
+        editor_model=settings.editor_model, editor_loras=editor_loras(settings),
+        judge_model=settings.judge_model, model_revision=settings.model_revision, dtype=settings.dtype,
+        edit_steps=settings.edit_steps, edit_size=settings.edit_size, edit_guidance=settings.edit_guidance,
+        edit_negative_prompt=settings.edit_negative_prompt, seed=settings.seed,
+        judge_rubric=settings.judge_rubric, prompts=prompts_digest(templates), judge_mode=settings.judge_mode,
+        judge_reasoning_tokens=settings.judge_reasoning_tokens if settings.judge_mode == "reasoning" else 0,
+        judge_backend=settings.judge_backend,
+        # Where the endpoint is (its URL, its key's variable) is the latest command's; what it
+        # serves and whether its logprobs are asked for change scores.
+        judge_endpoint_model=settings.judge_endpoint_model if endpoint else "",
+        judge_endpoint_logprobs=settings.judge_endpoint_logprobs if endpoint else False,
+        edit_fp8=bool(settings.edit_fp8), edit_step_cache=float(settings.edit_step_cache))
+
+
 def result_settings(settings: Settings, templates: dict[str, str]) -> dict[str, Any]:
-    """The settings that change edited images or scores: part of the run id and identity.
-
-    Edit settings are the ones asked for (0: the editor family's default, which the
-    workers apply; the report shows the values the edits were made with).
-    """
-    return {"editor_model": settings.editor_model, "editor_loras": lora_records(settings),
-            "judge_model": settings.judge_model,
-            "model_revision": settings.model_revision, "dtype": settings.dtype,
-            "edit_steps": settings.edit_steps, "edit_size": settings.edit_size,
-            "edit_guidance": settings.edit_guidance,
-            "edit_negative_prompt": settings.edit_negative_prompt, "seed": settings.seed,
-            "judge_rubric": settings.judge_rubric, "prompts": prompts_digest(templates),
-            "judge_mode": settings.judge_mode, "judge_reasoning_tokens": _reasoning_tokens(settings),
-            "judge_backend": settings.judge_backend, **_endpoint_identity(settings),
-            # Only the approximate modes that are on: exact runs keep their run ids.
-            **approximate_identity(settings.edit_fp8, settings.edit_step_cache)}
+    """The settings that change edited images or scores: part of the run id and identity."""
+    return run_settings(settings, templates).identity()
 
 
-def _reasoning_tokens(settings: Settings) -> int:
-    return settings.judge_reasoning_tokens if settings.judge_mode == "reasoning" else 0
-
-
-def _endpoint_identity(settings: Settings) -> dict[str, Any]:
-    """The served model and whether its logprobs are asked for change scores; where it is served
-    (the URL) and the key's variable do not: they are stored with the run, the latest command's."""
-    if settings.judge_backend != "endpoint":
-        return {"judge_endpoint_model": "", "judge_endpoint_logprobs": False}
-    return {"judge_endpoint_model": settings.judge_endpoint_model,
-            "judge_endpoint_logprobs": settings.judge_endpoint_logprobs}
-
-
-def lora_records(settings: Settings) -> list[dict[str, Any]]:
-    """Each LoRA by absolute path, scale and content digest: a LoRA changed on disk makes
-    another run, like another model would."""
-    return [{"path": str(Path(path).resolve()), "scale": scale, "digest": content_digest(Path(path))}
-            for path, scale in settings.loras]
+def editor_loras(settings: Settings) -> tuple[EditorLora, ...]:
+    """Each LoRA of the settings by absolute path, scale and content digest."""
+    return tuple(EditorLora(path=str(Path(path).resolve()), scale=scale, digest=content_digest(Path(path)))
+                 for path, scale in settings.loras)
 
 
 # What an editbench run is: a run name with other values of these is another run.
-IDENTITY = ("inputs", *result_settings(Settings(), {}), *APPROXIMATE_KEYS)
+IDENTITY = ("inputs", *EditbenchRunSettings.identity_keys())
 
 
 def register_editbench(settings: Settings, store_client, benchmark: Path,
@@ -110,19 +104,14 @@ def register_editbench(settings: Settings, store_client, benchmark: Path,
     # Images given by path are content of the benchmark too: another image is another run.
     inputs = [benchmark, *prepared.image_files]
     templates = run_templates(settings)
-    run_id = run_name or derive_run_id("editbench", inputs, result_settings(settings, templates))
+    run = run_settings(settings, templates)
+    run_id = run_name or derive_run_id("editbench", inputs, run.identity())
     store = RunStore(store_client, run_id)
     artifacts = ArtifactStore(settings.artifacts, run_id)
     claim_run(store, {"job": "editbench", "run_id": run_id, "created": time.time(),
                       "benchmark": str(benchmark), "benchmark_shape": prepared.shape,
                       "inputs": inputs_digest(inputs),
-                      "categories": prepared.categories,
-                      "judge_batch_size": settings.judge_batch_size,
-                      "workers_per_gpu": settings.workers_per_gpu,
-                      "prompts_dir": str(settings.prompts), "prompt_templates": templates,
-                      "judge_endpoint_url": settings.judge_endpoint_url,
-                      "judge_endpoint_api_key_env": settings.judge_endpoint_api_key_env,
-                      **result_settings(settings, templates)},
+                      "categories": prepared.categories, **run.record()},
               IDENTITY, restart, artifacts.dir)
     items: dict[str, dict[str, Any]] = {}
     keys_by_category: dict[str, list[str]] = {c: [] for c in prepared.categories}

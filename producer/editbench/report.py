@@ -11,8 +11,8 @@ from typing import Any
 from producer.editbench.edit_speed import edit_speed
 from producer.editbench.score_statistics import mean_summary
 from shared.artifacts import write_atomic
-from shared.editbench.approximate import approximate_modes
-from shared.editbench.rubric import DEFAULT_RUBRIC, rubric_from_templates
+from shared.editbench.rubric import rubric_from_templates
+from shared.editbench.run_settings import EditbenchRunSettings
 from shared.jsonio import write_json_atomic
 from shared.keys import KEY_SEP
 from shared.messages import EDIT_STAGE, SCORE_STAGE
@@ -35,6 +35,7 @@ def _stats(scores: list[float]) -> dict[str, Any]:
 
 def editbench_report(store: RunStore) -> dict[str, Any]:
     meta = store.meta()
+    run = EditbenchRunSettings.from_record(meta, store.run_id)
     items = store.items(EDIT_STAGE)
     edited, scored = store.done(EDIT_STAGE), store.done(SCORE_STAGE)
     failures = _failures(store, items)
@@ -50,7 +51,8 @@ def editbench_report(store: RunStore) -> dict[str, Any]:
         cat["pairs"] += 1
         if key in scored:
             cat["results"].append(_result(item, scored[key], edited[key]))
-    criteria = _criteria_names(meta)
+    rubric = _rubric(run)
+    criteria = rubric["criteria"]
     for name, cat in categories.items():
         scores = [r["score"] for r in cat["results"]]
         cat.update(scored=len(scores), count=len(scores), scores=scores,
@@ -62,10 +64,10 @@ def editbench_report(store: RunStore) -> dict[str, Any]:
         "run": {**{k: v for k, v in meta.items() if k not in ("categories",)},
                 "edit_settings": _edit_settings(edited),
                 # The approximate edit modes the run was made with ([]: exact edits).
-                "approximate": approximate_modes(meta),
+                "approximate": run.approximate_modes,
                 # How the judge's workers ran its experts: grouped_mm, eager, or dense.
                 "judge_experts": store.judge_experts()},
-        "rubric": _rubric(meta),
+        "rubric": rubric,
         "categories": categories,
         "criteria": _criteria_stats(criteria, all_results, sum(c["pairs"] for c in categories.values())),
         "scoring": _sources(all_results),
@@ -92,15 +94,9 @@ def _result(item: dict[str, Any], scored: dict[str, Any], edited: dict[str, Any]
     return result
 
 
-def _rubric(meta: dict[str, Any]) -> dict[str, Any]:
-    templates = meta.get("prompt_templates", {})
-    rubric = rubric_from_templates(meta.get("judge_rubric", DEFAULT_RUBRIC), templates)
-    return {**rubric.describe(), "mode": meta.get("judge_mode", "score"),
-            "backend": meta.get("judge_backend", "local")}
-
-
-def _criteria_names(meta: dict[str, Any]) -> list[str]:
-    return _rubric(meta)["criteria"]
+def _rubric(run: EditbenchRunSettings) -> dict[str, Any]:
+    rubric = rubric_from_templates(run.judge_rubric, run.prompt_templates)
+    return {**rubric.describe(), "mode": run.judge_mode, "backend": run.judge_backend}
 
 
 def _criteria_stats(names: list[str], results: list[dict[str, Any]], pairs: int) -> dict[str, Any]:

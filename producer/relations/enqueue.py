@@ -15,6 +15,7 @@ from producer.run_identity import claim_run
 from shared.keys import derive_run_id, inputs_digest, normalize_image_id, relation_key
 from shared.messages import RELATIONS_STAGE, RELATIONS_TASK
 from shared.relations.data import prepare_data_for_inference
+from shared.relations.run_settings import RelationsRunSettings
 from shared.store import RunStore
 
 log = logging.getLogger(__name__)
@@ -37,16 +38,22 @@ class Enqueued:
         return self.pairs_sent > 0
 
 
+def run_settings(settings: Settings) -> RelationsRunSettings:
+    """The settings a relations run is registered with."""
+    return RelationsRunSettings(
+        batch_size=settings.batch_size, max_batch=settings.max_batch,
+        workers_per_gpu=settings.workers_per_gpu, relations_model=settings.relations_model,
+        model_revision=settings.model_revision, dtype=settings.dtype, top_k=settings.top_k,
+        max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, seed=settings.seed)
+
+
 def result_settings(settings: Settings) -> dict[str, Any]:
     """The settings that change the generated text: part of the run id and of its identity."""
-    return {"relations_model": settings.relations_model, "model_revision": settings.model_revision,
-            "dtype": settings.dtype, "top_k": settings.top_k,
-            "max_new_tokens": settings.max_new_tokens, "temperature": settings.temperature,
-            "seed": settings.seed}
+    return run_settings(settings).identity()
 
 
 # What a relations run is: a run name with other values of these is another run.
-IDENTITY = ("inputs", *result_settings(Settings()))
+IDENTITY = ("inputs", *RelationsRunSettings.identity_keys())
 
 
 def enqueue_relations(settings: Settings, app: Celery, store_client, stage1: Path, input_path: Path,
@@ -58,15 +65,13 @@ def enqueue_relations(settings: Settings, app: Celery, store_client, stage1: Pat
     """
     prepared = prepare_data_for_inference(stage1, input_path, settings.top_k,
                                           data_root=settings.data_root)
-    run_id = run_name or derive_run_id(
-        "relations", [stage1, input_path], result_settings(settings))
+    run = run_settings(settings)
+    run_id = run_name or derive_run_id("relations", [stage1, input_path], run.identity())
     store = RunStore(store_client, run_id)
     claim_run(store, {"job": "relations", "run_id": run_id, "created": time.time(),
                       "stage1": str(stage1), "input": str(input_path),
-                      "inputs": inputs_digest([stage1, input_path]),
-                      "batch_size": settings.batch_size, "max_batch": settings.max_batch,
-                      "workers_per_gpu": settings.workers_per_gpu,
-                      **result_settings(settings)}, IDENTITY, restart)
+                      "inputs": inputs_digest([stage1, input_path]), **run.record()},
+              IDENTITY, restart)
     items = {relation_key(p["image_id"], p["subject"], p["object"]): p for p in prepared.pairs}
     store.add_items(RELATIONS_STAGE, items)
     store.add_items(RELATIONS_STAGE, {key: {"invalid": True} for key in prepared.failures})

@@ -9,10 +9,11 @@ from shared.jsonio import write_json_atomic
 from shared.keys import normalize_image_id
 from shared.messages import RELATIONS_STAGE
 from shared.relations.result import report_record
+from shared.relations.run_settings import RelationsRunSettings
 from shared.store import RunStore
 
 def relations_report(store: RunStore) -> dict[str, Any]:
-    meta = store.meta()
+    run = RelationsRunSettings.from_record(store.meta(), store.run_id)
     items = store.items(RELATIONS_STAGE)
     done = store.done(RELATIONS_STAGE)
     failed = store.failed(RELATIONS_STAGE)
@@ -21,13 +22,13 @@ def relations_report(store: RunStore) -> dict[str, Any]:
     summary = {
         "total_pairs": len(results),
         "total_images": len({normalize_image_id(r["image_id"]) for r in results}),
-        "top_k_relations": meta["top_k"],
-        "generation_max_tokens": meta["max_new_tokens"],
-        "generation_temperature": meta["temperature"],
+        "top_k_relations": run.top_k,
+        "generation_max_tokens": run.max_new_tokens,
+        "generation_temperature": run.temperature,
         "num_gpus": sum("/cuda:" in d for d in store.devices()),
-        "workers_per_gpu": meta["workers_per_gpu"],
+        "workers_per_gpu": run.workers_per_gpu,
         "run_id": store.run_id,
-        "model": meta["relations_model"],
+        "model": run.relations_model,
         "failed_pairs": len(failed),
         "pending_pairs": len(items) - len(done) - len(failed),
     }

@@ -1,8 +1,9 @@
 """The approximate edit modes a run was made with, by name (pure Python: producer and workers).
 
-A run's record (its stored meta, or its report's ``run``) holds ``edit_fp8`` and
-``edit_step_cache`` only when a mode is on, so exact runs keep the identity and run id
-they had before these modes existed.
+A run's record (its stored settings, ``shared/editbench/run_settings.py``, or its report's
+``run``) holds ``edit_fp8`` and ``edit_step_cache`` only when a mode is on, so exact runs keep
+the identity and run id they had before these modes existed. Records of any age are read
+here: ``status`` and ``compare`` read runs of any evalfleet.
 """
 
 from __future__ import annotations
@@ -11,16 +12,6 @@ from typing import Any, Mapping
 
 # The keys of a run's identity that hold approximate modes.
 APPROXIMATE_KEYS = ("edit_fp8", "edit_step_cache")
-
-
-def approximate_identity(fp8: bool, step_cache: float) -> dict[str, Any]:
-    """The run-identity entries of the modes that are on (none for an exact run)."""
-    entries: dict[str, Any] = {}
-    if fp8:
-        entries["edit_fp8"] = True
-    if step_cache > 0:
-        entries["edit_step_cache"] = float(step_cache)
-    return entries
 
 
 def approximate_modes(record: Mapping[str, Any]) -> list[str]:

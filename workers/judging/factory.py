@@ -6,14 +6,15 @@ from __future__ import annotations
 import functools
 
 from config import Settings
+from shared.editbench.run_settings import EditbenchRunSettings
 from shared.messages import EDIT_STAGE
 from workers.errors import PermanentError
-from workers.judging.run_rubric import run_rubric
+from workers.judging.run_rubric import rubric_of
 from workers.model_host import ModelHost
-from workers.run_settings import run_dtype, run_setting
+from workers.run_settings import run_dtype
 
 
-def judge_for(host: ModelHost):
+def judge_for(host: ModelHost, run: EditbenchRunSettings):
     """The run's judge: one ``score(rows)`` per criterion row, JudgeScore or JudgeFailure each."""
     from workers.editing.factory import editor_model_name
     from workers.judging.judge import Judge
@@ -21,24 +22,22 @@ def judge_for(host: ModelHost):
     from workers.models.vlm import vlm
 
     store = host.store
-    meta = store.meta()
-    rubric = run_rubric(store).rubric
-    reasoning_tokens = int(run_setting(store, meta, "judge_reasoning_tokens"))
-    if run_setting(store, meta, "judge_backend") == "endpoint":
+    rubric = rubric_of(store.run_id, run).rubric
+    if run.judge_backend == "endpoint":
         # No model and no device: the score phase of an endpoint judge needs no GPU.
-        return _endpoint_judge(host.settings, meta["judge_endpoint_url"], meta["judge_endpoint_model"],
-                               meta.get("judge_endpoint_api_key_env", ""),
-                               bool(meta["judge_endpoint_logprobs"]), rubric.values, reasoning_tokens)
+        return _endpoint_judge(host.settings, run.judge_endpoint_url, run.judge_endpoint_model,
+                               run.judge_endpoint_api_key_env, run.judge_endpoint_logprobs,
+                               rubric.values, run.judge_reasoning_tokens)
+    dtype = run_dtype(store.run_id, run.dtype, host.device)
     if store.stage_closed(EDIT_STAGE):
         # The phase controller says the run's last edit has finished: if the editor must
         # leave the device for the judge, drop it rather than pin a host copy of it.
-        host.pool().retire(editor_model_name(meta, run_dtype(store, meta, host.device)))
-    loaded = vlm(host, meta, meta["judge_model"], JUDGE_MODEL_SETTING)
+        host.pool().retire(editor_model_name(run, dtype))
+    loaded = vlm(host, run.judge_model, run.model_revision, dtype, JUDGE_MODEL_SETTING)
     store.add_judge_experts(experts_implementation(loaded.model))
     # The criteria of a pair go in one forward pass: the batch is pairs x criteria rows.
-    return Judge(loaded.processor, loaded.model,
-                 batch_size=int(meta["judge_batch_size"]) * len(rubric.criteria),
-                 values=rubric.values, reasoning_tokens=reasoning_tokens)
+    return Judge(loaded.processor, loaded.model, batch_size=run.judge_batch_size * len(rubric.criteria),
+                 values=rubric.values, reasoning_tokens=run.judge_reasoning_tokens)
 
 
 @functools.lru_cache(maxsize=4)

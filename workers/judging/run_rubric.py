@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from shared.editbench.run_settings import EditbenchRunSettings
 from shared.store import RunStore
 from workers.errors import PermanentError
-from workers.run_settings import run_setting
+from workers.run_settings import read_run_settings
 
 if TYPE_CHECKING:
     from shared.editbench.prompt_manager import PromptManager
@@ -26,11 +27,14 @@ class RunRubric:
 
 
 def run_rubric(store: RunStore) -> RunRubric:
-    """The rubric and templates stored with the run (the producer's), not this worker's files."""
-    meta = store.meta()
-    return _run_rubric(store.run_id, meta.get("prompts_dir", ""), run_setting(store, meta, "judge_rubric"),
-                       run_setting(store, meta, "judge_mode"),
-                       json.dumps(run_setting(store, meta, "prompt_templates"), sort_keys=True))
+    """The rubric and templates stored with the store's run (the producer's), not this worker's files."""
+    return rubric_of(store.run_id, read_run_settings(store, EditbenchRunSettings))
+
+
+def rubric_of(run_id: str, run: EditbenchRunSettings) -> RunRubric:
+    """The rubric and templates of run ``run_id``, whose settings are ``run``."""
+    return _run_rubric(run_id, run.prompts_dir, run.judge_rubric, run.judge_mode,
+                       json.dumps(run.prompt_templates, sort_keys=True))
 
 
 @functools.lru_cache(maxsize=8)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import torch
 from transformers import PreTrainedModel, ProcessorMixin
 
 from workers.model_host import ModelHost, model_name
 from workers.models.loading import QWEN3_VL, load_vlm
-from workers.run_settings import run_dtype
 
 
 class LoadedVlm(NamedTuple):
@@ -17,12 +17,11 @@ class LoadedVlm(NamedTuple):
     pool_name: str  # the model's name in the residency pool
 
 
-def vlm(host: ModelHost, meta: dict[str, Any], ref: str, setting: str) -> LoadedVlm:
-    """The Qwen3-VL ``ref`` in the run's revision and dtype, made resident in this worker.
+def vlm(host: ModelHost, ref: str, revision: str, dtype: torch.dtype, setting: str) -> LoadedVlm:
+    """The Qwen3-VL ``ref`` in the run's ``revision`` and ``dtype``, made resident in this worker.
 
     ``setting`` names the variable that chose ``ref``, for the error if it cannot be loaded.
     """
-    revision, dtype = meta.get("model_revision", ""), run_dtype(host.store, meta, host.device)
 
     def load() -> tuple[Any, dict]:
         kwargs = host.load_kwargs(ref, QWEN3_VL, dtype)

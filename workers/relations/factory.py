@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from shared.relations.run_settings import RelationsRunSettings
 from workers.model_host import ModelHost
+from workers.run_settings import run_dtype
 
 if TYPE_CHECKING:
     from workers.relations.generator import RelationGenerator
@@ -13,21 +15,20 @@ if TYPE_CHECKING:
 DECODER_CACHE_FRACTION = 0.9
 
 
-def relation_generator(host: ModelHost, meta: dict[str, Any]) -> "RelationGenerator":
+def relation_generator(host: ModelHost, run: RelationsRunSettings) -> "RelationGenerator":
     """A generator with the run's settings over this process's copy of the run's model."""
     from workers.models.loading import RELATIONS_MODEL_SETTING
     from workers.models.vlm import vlm
     from workers.relations.generator import RelationGenerator
 
-    loaded = vlm(host, meta, meta["relations_model"], RELATIONS_MODEL_SETTING)
+    loaded = vlm(host, run.relations_model, run.model_revision,
+                 run_dtype(host.store.run_id, run.dtype, host.device), RELATIONS_MODEL_SETTING)
     pool = host.pool()
     # The decoder's cache may take what the weights leave of the budget, less room for the
     # step's activations and logits; the pool counts it and frees it when the model leaves.
     cache_bytes = int(pool.room_for_working(loaded.pool_name) * DECODER_CACHE_FRACTION)
-    generator = RelationGenerator(loaded.processor, loaded.model,
-                                  max_new_tokens=int(meta["max_new_tokens"]),
-                                  temperature=float(meta["temperature"]),
-                                  max_batch=int(meta.get("max_batch", 512)),
+    generator = RelationGenerator(loaded.processor, loaded.model, max_new_tokens=run.max_new_tokens,
+                                  temperature=run.temperature, max_batch=run.max_batch,
                                   cache_bytes=cache_bytes)
     pool.set_working_bytes(loaded.pool_name, cache_bytes, release=generator.decoder.release)
     return generator

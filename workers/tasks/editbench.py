@@ -13,6 +13,7 @@ from pathlib import Path
 
 from shared.artifacts import write_once
 from shared.editbench.judge_scores import JudgeFailure
+from shared.editbench.run_settings import EditbenchRunSettings
 from shared.images import ImageFileError, open_image
 from shared.messages import EDIT_STAGE, EDIT_TASK, SCORE_STAGE, SCORE_TASK
 from shared.store import RunStore
@@ -20,7 +21,8 @@ from workers.celery_app import app
 from workers.editing.compile import compile_seconds
 from workers.editing.factory import editor_for
 from workers.judging.factory import judge_for
-from workers.judging.run_rubric import run_rubric
+from workers.judging.run_rubric import rubric_of
+from workers.run_settings import read_run_settings
 from workers.runtime import model_host, run_store, worker_name
 from workers.tasks.base import TASK_LEVEL_ERRORS, ItemTask, failure_message, pending_items
 
@@ -35,7 +37,7 @@ def edit_pairs(self, run_id: str, keys: list[str]) -> dict[str, int]:
 
 def _edit_pending(store: RunStore, keys: list[str]) -> dict[str, int]:
     edited = 0
-    run_seed = store.meta()["seed"]
+    run = read_run_settings(store, EditbenchRunSettings)
     editor = None  # loaded at the first pair whose image opens
     for key, item in pending_items(store, EDIT_STAGE, keys).items():
         started = time.time()
@@ -45,9 +47,9 @@ def _edit_pending(store: RunStore, keys: list[str]) -> dict[str, int]:
             store.mark_failed(EDIT_STAGE, key, str(exc))
             continue
         if editor is None:
-            editor = editor_for(model_host(store))
+            editor = editor_for(model_host(store), run)
         # Seeded by the run's seed and the item key: a rerun reproduces the image.
-        seed = editor.seed_for(f"{run_seed}|{key}")
+        seed = editor.seed_for(f"{run.seed}|{key}")
         compiled_before, edit_started = compile_seconds(), time.perf_counter()
         image = editor.edit(original, item["edit_instruction"], seed=seed)
         edit_seconds = time.perf_counter() - edit_started
@@ -86,12 +88,13 @@ def score_pairs(self, run_id: str, keys: list[str]) -> dict[str, int]:
 def _score_pending(store: RunStore, keys: list[str]) -> dict[str, int]:
     started = time.time()
     pending = pending_items(store, SCORE_STAGE, keys)
-    # A run without its rubric raises PermanentError: its pairs fail at once, saying why.
-    judging = run_rubric(store)
+    # A run without its settings raises PermanentError: its pairs fail at once, saying why.
+    run = read_run_settings(store, EditbenchRunSettings)
+    judging = rubric_of(store.run_id, run)
     batch = _judge_inputs(store, pending, judging)
     if not batch:
         return {"scored": 0}
-    judge = judge_for(model_host(store))  # loading it (if it must) is the worker's loading time, not scoring
+    judge = judge_for(model_host(store), run)  # loading it (if it must) is the worker's loading time, not scoring
     scoring_started = time.time()
     results = _score_batch(store, batch, judge)
     finished = time.time()

@@ -15,9 +15,11 @@ from shared.images import ImageFileError, PathOutsideRoot, open_image, resolve_i
 from shared.messages import RELATIONS_STAGE, RELATIONS_TASK
 from shared.relations.prompt import BoxOutsideImage, build_relation_prompt, normalize_bbox
 from shared.relations.result import relation_result
+from shared.relations.run_settings import RelationsRunSettings
 from shared.store import RunStore
 from workers.celery_app import app, settings
 from workers.relations.factory import relation_generator
+from workers.run_settings import read_run_settings
 from workers.runtime import device_name, model_host, run_store, worker_name
 from workers.tasks.base import ItemTask, pending_items
 
@@ -43,13 +45,13 @@ def _generate_pending(store: RunStore, keys: list[str]) -> dict[str, int]:
     pending = pending_items(store, RELATIONS_STAGE, keys)
     if not pending:
         return {"generated": 0}
-    meta = store.meta()
-    generator = relation_generator(model_host(store), meta)
+    run = read_run_settings(store, RelationsRunSettings)
+    generator = relation_generator(model_host(store), run)
     images, jobs = _usable_images(store, generator, _by_image(pending))
     if not jobs:
         return {"generated": 0}
     prompts = [[prompt for _, _, prompt in image_jobs] for image_jobs in jobs]
-    texts, seconds = _generate(generator, meta, images, prompts, keys[0])
+    texts, seconds = _generate(generator, run.seed, images, prompts, keys[0])
     flat_jobs = [job for image_jobs in jobs for job in image_jobs]
     flat_texts = [text for image_texts in texts for text in image_texts]
     _store_results(store, pending, flat_jobs, flat_texts, seconds)
@@ -136,10 +138,10 @@ def _prompts(store: RunStore, pending: dict, width: int, height: int) -> list[tu
     return jobs
 
 
-def _generate(generator: RelationGenerator, meta: dict, images: list, prompts: list[list[str]],
+def _generate(generator: RelationGenerator, run_seed: int, images: list, prompts: list[list[str]],
               first_key: str) -> tuple[list[list[str]], float]:
     # Seeded per task, so a redelivered task samples the same text.
-    seed = int(meta["seed"]) + zlib.crc32(first_key.encode())
+    seed = run_seed + zlib.crc32(first_key.encode())
     start = time.perf_counter()
     texts = generator.generate_many(images, prompts, seed=seed)
     return texts, time.perf_counter() - start
