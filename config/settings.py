@@ -125,9 +125,10 @@ class Settings:
     judge_endpoint_logprobs: bool = True
     # Requests one worker process has in flight at once.
     judge_endpoint_concurrency: int = 4
+    # Bounds each request as a whole, however slowly the server sends its answer.
     judge_endpoint_timeout_seconds: float = 120.0
-    # Retries of a request on 408/409/429/5xx and lost connections (the openai client's own,
-    # with exponential back-off that honours Retry-After); then the item fails.
+    # Retries of a request on 408/409/429/5xx, lost connections and timeouts, with exponential
+    # back-off that honours Retry-After (workers/judging/endpoint_requests.py); then the item fails.
     judge_endpoint_max_retries: int = 4
     # Compile the editor's transformer (regional compilation, one block compiled and reused
     # by all 60): "auto" on a CUDA device (pays back within the first edits, bench/RESULTS.md,

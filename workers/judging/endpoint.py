@@ -11,28 +11,29 @@ the logprobs show only when the answer's digit there is "1"; when they cannot sp
 the stated integer is used.
 
 No model and no device: a worker scoring through an endpoint needs no GPU. Requests run
-``concurrency`` at a time; the ``openai`` client retries 408, 409, 429, 5xx and lost
-connections ``max_retries`` times with exponential back-off, honouring ``Retry-After``;
-after the last retry the row fails with the endpoint's answer. The API key is read from the
-environment variable the run names and is never logged.
+``concurrency`` at a time, each bounded as a whole by ``timeout_seconds`` and retried on 408,
+409, 429, 5xx, lost connections and timeouts (endpoint_requests.py); after the last retry the
+row fails with the endpoint's answer and the number of attempts made. The API key is read from
+the environment variable the run names and is never logged.
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import json
 import logging
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
-import openai
 from PIL import Image
 
 from shared.editbench.judge_scores import (FROM_ANSWER, FROM_LOGPROBS, JudgeFailure, JudgeScore, StatedScore,
                                  expectation, find_stated_score, first_digits, scale_probabilities,
                                  unreadable)
+from workers.judging.endpoint_requests import ChatCompletions, EndpointError
 from workers.judging.judge import JudgeItem
 
 log = logging.getLogger(__name__)
@@ -58,9 +59,8 @@ class EndpointJudge:
         self.max_tokens = reasoning_tokens or SCORE_MODE_TOKENS
         self.reasoning = bool(reasoning_tokens)
         self.concurrency = concurrency
-        self.attempts = max_retries + 1
-        self.client = openai.OpenAI(base_url=base_url, api_key=_api_key(api_key_env),
-                                    timeout=timeout_seconds, max_retries=max_retries)
+        self.completions = ChatCompletions(base_url, _api_key(api_key_env), timeout_seconds=timeout_seconds,
+                                           max_retries=max_retries)
 
     def score(self, items: list[JudgeItem]) -> list[JudgeScore | JudgeFailure]:
         """One result per row, in order; a row that fails (after retries) fails alone."""
@@ -71,11 +71,11 @@ class EndpointJudge:
 
     def _score_row(self, item: JudgeItem) -> JudgeScore | JudgeFailure:
         try:
-            response = self.client.chat.completions.create(**self.request(item))
-        except openai.APIError as exc:
+            body = self.completions.create(self.request(item))
+        except EndpointError as exc:
             return JudgeFailure(f"the judge endpoint {self.base_url} (model {self.model!r}) failed "
-                                f"after {self.attempts} attempt(s): {type(exc).__name__}: {exc}")
-        return score_from_response(response.model_dump(), self.values, reasoning=self.reasoning)
+                                f"after {exc.attempts} attempt(s): {exc}")
+        return score_from_response(json.loads(body), self.values, reasoning=self.reasoning)
 
     def request(self, item: JudgeItem) -> dict[str, Any]:
         """The chat-completions request of one row."""
