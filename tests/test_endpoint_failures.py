@@ -4,17 +4,29 @@ completion. Each row must fail alone, in bounded time, with a reason a user can 
 
 from __future__ import annotations
 
+import base64
+import email.message
 import http.server
+import io
+import json
+import logging
 import threading
 import time
+from pathlib import Path
 from typing import Callable
 
 import pytest
 from PIL import Image
 
-from conftest import wait_until
+from conftest import FAST, read_json, run_producer, wait_until
+from producer.editbench.sample import write_editbench_sample
+from producer.embedded import EmbeddedRedis
 from shared.editbench.judge_scores import JudgeFailure
+from shared.redaction import redact_logs
+from shared.store import RunStore, connect
+from workers.errors import PermanentError
 from workers.judging.endpoint import EndpointJudge
+from workers.judging.factory import endpoint_url
 from workers.judging.judge import JudgeItem
 
 MODEL = "judge-under-test"
@@ -27,7 +39,7 @@ class _Endpoint(http.server.ThreadingHTTPServer):
 
     def __init__(self, answer: Callable[[http.server.BaseHTTPRequestHandler], None]):
         self.answer = answer
-        self.requests: list[dict[str, str]] = []
+        self.requests: list[email.message.Message] = []
         self.stopping = threading.Event()
         super().__init__(("127.0.0.1", 0), _Handler)
 
@@ -38,7 +50,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802 (http.server's name)
         endpoint: _Endpoint = self.server  # type: ignore[assignment]
         self.rfile.read(int(self.headers["Content-Length"]))
-        endpoint.requests.append(dict(self.headers))
+        endpoint.requests.append(self.headers)
         try:
             endpoint.answer(self)
         except (BrokenPipeError, ConnectionResetError):
@@ -115,3 +127,95 @@ def test_a_trickling_endpoint_times_out_as_a_whole_request_and_each_retry_too(en
     assert elapsed < 10, elapsed
     # The given-up requests' threads end too (their connections were closed): nothing leaks.
     wait_until(lambda: not _request_threads(), 30, "the abandoned requests' threads to end")
+
+
+# --- secrets: whatever the server says, known secrets stay out -------------------------------------
+
+def _reply(handler, status: int, body: bytes, content_type: str = "application/json") -> None:
+    handler.send_response(status)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+def echoed_credentials(handler) -> None:
+    """401, with the credentials the client sent in the error message (some servers do)."""
+    message = f"invalid api key: {handler.headers.get('Authorization')}"
+    _reply(handler, 401, json.dumps({"error": {"message": message}}).encode())
+
+
+def _files_text(folder: Path) -> str:
+    return "".join(p.read_bytes().decode("utf-8", "replace") for p in folder.rglob("*") if p.is_file())
+
+
+def test_an_api_key_the_server_echoes_stays_out_of_reasons_redis_and_logs(endpoint, monkeypatch, tmp_path) -> None:
+    key = "sk-echoed-4a7f0c2d9e"
+    monkeypatch.setenv("JUDGE_TEST_API_KEY", key)
+    url, server = endpoint(echoed_credentials)
+    [result] = _judge(url, api_key_env="JUDGE_TEST_API_KEY", max_retries=3).score([_row()])
+    assert server.requests[0].get("Authorization") == f"Bearer {key}"  # sent, and echoed back
+    # A 401 is not retried: one attempt, counted as one.
+    assert len(server.requests) == 1
+    assert isinstance(result, JudgeFailure)
+    assert "failed after 1 attempt(s): AuthenticationError" in result.reason and "Bearer **" in result.reason
+    assert key not in result.reason
+    # Whatever reason reaches the store is redacted there too, so the append-only file never has it.
+    with EmbeddedRedis(tmp_path / "redis") as redis_server:
+        store = RunStore(connect(redis_server.url), "run")
+        store.mark_failed("score", "pair", f"a worker's own words: {key}")
+        assert store.failed("score")["pair"]["reason"] == "a worker's own words: **"
+    assert key not in _files_text(tmp_path / "redis")
+    # And log lines, tracebacks included, through the filter the producer and the workers install.
+    logger, out = logging.getLogger("test.redaction"), io.StringIO()
+    logger.addHandler(logging.StreamHandler(out))
+    redact_logs(logger)
+    try:
+        raise RuntimeError(f"the server said {key}")
+    except RuntimeError:
+        logger.exception("failed with %s", key)
+    assert key not in out.getvalue() and "failed with **" in out.getvalue() and "the server said **" in out.getvalue()
+
+
+def _one_pair_benchmark(directory: Path) -> Path:
+    benchmark = write_editbench_sample(directory)
+    category, pairs = next(iter(read_json(benchmark).items()))
+    benchmark.write_text(json.dumps({category: pairs[:1]}, ensure_ascii=False), encoding="utf-8")
+    return benchmark
+
+
+def test_a_password_in_the_endpoint_url_stays_out_of_report_terminal_logs_and_redis(endpoint, model_cache,
+                                                                                     tmp_path) -> None:
+    url, server = endpoint(echoed_credentials)
+    password = "url-pw-5be81d"
+    secret_url = url.replace("http://", f"http://judge:{password}@")
+    basic = base64.b64encode(f"judge:{password}".encode()).decode()
+    work, output = tmp_path / "work", tmp_path / "report.json"
+    env = {**FAST, "EVALFLEET_MODEL_CACHE": str(model_cache), "EVALFLEET_WORK_DIR": str(work),
+           "EVALFLEET_JUDGE_BACKEND": "endpoint", "EVALFLEET_JUDGE_ENDPOINT_URL": secret_url,
+           "EVALFLEET_JUDGE_ENDPOINT_MODEL": MODEL}
+    proc = run_producer("run", "editbench", "--benchmark", str(_one_pair_benchmark(tmp_path / "sample")),
+                        "--output", str(output), env=env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    # The workers used the password (as Basic credentials); the server echoed them back.
+    assert server.requests and server.requests[0].get("Authorization") == f"Basic {basic}"
+    report = read_json(output)
+    [failure] = report["failures"]
+    assert "failed after 1 attempt(s): AuthenticationError" in failure["reason"]
+    assert "Basic **" in failure["reason"] and "judge:**@" in failure["reason"]
+    assert report["run"]["judge_endpoint_url"] == url.replace("http://", "http://judge:**@")
+    workers_log = (work / "logs" / "workers.log").read_text(encoding="utf-8")
+    assert "HTTP Request: POST http://judge:**@" in workers_log  # the client's own log line, redacted
+    everything = {"terminal": proc.stdout + proc.stderr, "report": output.read_text(encoding="utf-8"),
+                  "logs": _files_text(work / "logs"), "redis": _files_text(work / "redis")}
+    for where, text in everything.items():
+        assert password not in text and basic not in text, where
+
+
+def test_workers_take_the_endpoint_password_from_their_own_setting_or_say_to_set_it() -> None:
+    stored = "http://judge:**@10.0.0.7:8000/v1"
+    assert endpoint_url(stored, "http://judge:pw@10.0.0.7:8000/v1") == "http://judge:pw@10.0.0.7:8000/v1"
+    assert endpoint_url("http://10.0.0.7:8000/v1", "") == "http://10.0.0.7:8000/v1"
+    for own in ("", "http://judge:pw@10.0.0.8:8000/v1"):
+        with pytest.raises(PermanentError, match="set EVALFLEET_JUDGE_ENDPOINT_URL to that URL with its password"):
+            endpoint_url(stored, own)

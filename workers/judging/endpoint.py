@@ -33,6 +33,7 @@ from PIL import Image
 from shared.editbench.judge_scores import (FROM_ANSWER, FROM_LOGPROBS, JudgeFailure, JudgeScore, StatedScore,
                                  expectation, find_stated_score, first_digits, scale_probabilities,
                                  unreadable)
+from shared.redaction import add_secret, add_url_secrets, redact, without_password
 from workers.judging.endpoint_requests import ChatCompletions, EndpointError
 from workers.judging.judge import JudgeItem
 
@@ -59,7 +60,12 @@ class EndpointJudge:
         self.max_tokens = reasoning_tokens or SCORE_MODE_TOKENS
         self.reasoning = bool(reasoning_tokens)
         self.concurrency = concurrency
-        self.completions = ChatCompletions(base_url, _api_key(api_key_env), timeout_seconds=timeout_seconds,
+        api_key = _api_key(api_key_env)
+        # Whatever the server echoes (the key in a 401, the URL), reasons and logs go without them.
+        add_url_secrets(base_url)
+        if api_key_env:
+            add_secret(api_key)
+        self.completions = ChatCompletions(base_url, api_key, timeout_seconds=timeout_seconds,
                                            max_retries=max_retries)
 
     def score(self, items: list[JudgeItem]) -> list[JudgeScore | JudgeFailure]:
@@ -73,8 +79,8 @@ class EndpointJudge:
         try:
             body = self.completions.create(self.request(item))
         except EndpointError as exc:
-            return JudgeFailure(f"the judge endpoint {self.base_url} (model {self.model!r}) failed "
-                                f"after {exc.attempts} attempt(s): {exc}")
+            return JudgeFailure(redact(f"the judge endpoint {without_password(self.base_url)} (model "
+                                       f"{self.model!r}) failed after {exc.attempts} attempt(s): {exc}"))
         return score_from_response(json.loads(body), self.values, reasoning=self.reasoning)
 
     def request(self, item: JudgeItem) -> dict[str, Any]:

@@ -4,9 +4,11 @@ judge model, or a client of the run's OpenAI-compatible endpoint."""
 from __future__ import annotations
 
 import functools
+from urllib.parse import urlsplit
 
 from config import Settings
 from shared.messages import EDIT_STAGE
+from shared.redaction import MASK, without_password
 from workers.errors import PermanentError
 from workers.judging.run_rubric import run_rubric
 from workers.model_host import ModelHost
@@ -26,7 +28,8 @@ def judge_for(host: ModelHost):
     reasoning_tokens = int(run_setting(store, meta, "judge_reasoning_tokens"))
     if run_setting(store, meta, "judge_backend") == "endpoint":
         # No model and no device: the score phase of an endpoint judge needs no GPU.
-        return _endpoint_judge(host.settings, meta["judge_endpoint_url"], meta["judge_endpoint_model"],
+        url = endpoint_url(meta["judge_endpoint_url"], host.settings.judge_endpoint_url)
+        return _endpoint_judge(host.settings, url, meta["judge_endpoint_model"],
                                meta.get("judge_endpoint_api_key_env", ""),
                                bool(meta["judge_endpoint_logprobs"]), rubric.values, reasoning_tokens)
     if store.stage_closed(EDIT_STAGE):
@@ -39,6 +42,18 @@ def judge_for(host: ModelHost):
     return Judge(loaded.processor, loaded.model,
                  batch_size=int(meta["judge_batch_size"]) * len(rubric.criteria),
                  values=rubric.values, reasoning_tokens=reasoning_tokens)
+
+
+def endpoint_url(stored: str, own: str) -> str:
+    """The run's endpoint URL, with its password: the run stores it without one (``**``), and
+    this worker's own EVALFLEET_JUDGE_ENDPOINT_URL gives it back when it is the same URL."""
+    if urlsplit(stored).password != MASK:
+        return stored
+    if own and without_password(own) == stored:
+        return own
+    raise PermanentError(f"the run's judge endpoint {stored} wants a password, which is not stored with "
+                         "the run: set EVALFLEET_JUDGE_ENDPOINT_URL to that URL with its password where "
+                         "the workers run")
 
 
 @functools.lru_cache(maxsize=4)
