@@ -18,6 +18,7 @@ from typing import Callable
 import pytest
 from PIL import Image
 
+from config import SettingsError, load_settings
 from conftest import FAST, read_json, run_producer, wait_until
 from producer.editbench.sample import write_editbench_sample
 from producer.embedded import EmbeddedRedis
@@ -219,3 +220,35 @@ def test_workers_take_the_endpoint_password_from_their_own_setting_or_say_to_set
     for own in ("", "http://judge:pw@10.0.0.8:8000/v1"):
         with pytest.raises(PermanentError, match="set EVALFLEET_JUDGE_ENDPOINT_URL to that URL with its password"):
             endpoint_url(stored, own)
+
+
+# --- a key put where the variable's name goes --------------------------------------------------------
+
+KEYS = ["sk-proj-Q2w9ZkT4", "hf_AbCdEfGhIjKlMnOpQrStUvWxYz012345", "4f3a9c2e1b7d8e6f4f3a9c2e1b7d8e6f",
+        "gsk_8fJk2LmN9pQr", "ghp_abcdefghijklmnopqrstuvwxyz0123456789", "R8F2K9Q4M1X7Z3W5",
+        "eyJhbGciOiJIUzI1NiJ9.e30.sig"]
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_a_key_in_the_variable_name_setting_is_refused_without_showing_it(key) -> None:
+    with pytest.raises(SettingsError, match="NAME of the environment variable") as refused:
+        load_settings({"EVALFLEET_JUDGE_ENDPOINT_API_KEY_ENV": key})
+    assert key not in str(refused.value)
+    # A run registered before the check: its workers refuse it the same way.
+    with pytest.raises(KeyError) as refused:
+        _judge("http://127.0.0.1:9/v1", api_key_env=key)
+    assert key not in str(refused.value)
+
+
+@pytest.mark.parametrize("name", ["OPENAI_API_KEY", "judge_api_key", "AZURE_OPENAI_API_KEY_2024"])
+def test_variable_names_are_accepted(name) -> None:
+    assert load_settings({"EVALFLEET_JUDGE_ENDPOINT_API_KEY_ENV": name}).judge_endpoint_api_key_env == name
+
+
+def test_the_producer_exits_2_on_a_key_in_the_variable_name_setting_and_never_prints_it(tmp_path) -> None:
+    key = KEYS[1]
+    proc = run_producer("status", env={"EVALFLEET_JUDGE_ENDPOINT_API_KEY_ENV": key,
+                                       "EVALFLEET_WORK_DIR": str(tmp_path / "work")})
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "NAME of the environment variable" in proc.stderr
+    assert key not in proc.stdout + proc.stderr

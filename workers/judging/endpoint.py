@@ -30,6 +30,7 @@ from typing import Any, Sequence
 
 from PIL import Image
 
+from config.settings import API_KEY_ENV_PROBLEM, looks_like_variable_name
 from shared.editbench.judge_scores import (FROM_ANSWER, FROM_LOGPROBS, JudgeFailure, JudgeScore, StatedScore,
                                  expectation, find_stated_score, first_digits, scale_probabilities,
                                  unreadable)
@@ -176,6 +177,8 @@ def data_url(image: Image.Image) -> str:
 def _api_key(variable: str) -> str:
     if not variable:
         return NO_KEY
+    if not looks_like_variable_name(variable):
+        raise KeyError(API_KEY_ENV_PROBLEM)  # a run registered before the producer checked it
     key = os.environ.get(variable)
     if not key:
         # Names the variable, never a value.
