@@ -22,7 +22,9 @@ from config import SettingsError, load_settings
 from conftest import FAST, read_json, run_producer, wait_until
 from producer.editbench.sample import write_editbench_sample
 from producer.embedded import EmbeddedRedis
+from shared.editbench.data import decode_image_b64
 from shared.editbench.judge_scores import JudgeFailure
+from shared.errors import RecordError
 from shared.redaction import redact_logs
 from shared.store import RunStore, connect
 from workers.errors import PermanentError
@@ -252,3 +254,55 @@ def test_the_producer_exits_2_on_a_key_in_the_variable_name_setting_and_never_pr
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "NAME of the environment variable" in proc.stderr
     assert key not in proc.stdout + proc.stderr
+
+
+# --- failure reasons people can act on -------------------------------------------------------------
+
+def test_a_retry_after_beyond_60_s_stops_after_one_request_and_says_so(endpoint) -> None:
+    def answer(handler) -> None:
+        body = b'{"error": {"message": "quota exhausted"}}'
+        handler.send_response(429)
+        handler.send_header("Retry-After", "3600")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    url, server = endpoint(answer)
+    [result] = _judge(url, max_retries=3).score([_row()])
+    assert len(server.requests) == 1
+    assert isinstance(result, JudgeFailure)
+    assert "failed after 1 attempt(s): RateLimitError" in result.reason
+    assert "it asks to retry after 3600 s: more than 60 s, not waited for" in result.reason
+
+
+# (what the server sends with status 200, its content type, its first bytes as the reason shows them)
+NOT_COMPLETIONS = {
+    "plain-text": (b"Score: 7", "text/plain", "b'Score: 7'"),
+    "html": (b"<html><body>502 Bad Gateway</body></html>", "text/html", "b'<html><body>502"),
+    "broken-json": (b'{"choices": [', "application/json", "b'{\"choices\": ['"),
+    "another-api": (b'{"object": "list", "data": []}', "application/json", "b'{\"object\": \"list\""),
+    "no-choices": (b'{"choices": []}', "application/json", "b'{\"choices\": []}'"),
+    "overflowing-logprob": (b'{"choices": [{"message": {"content": "7"}, "logprobs": {"content": [{"token": "7", '
+                            b'"logprob": -0.1, "top_logprobs": [{"token": "7", "logprob": 1' + b"0" * 400 + b"}]}]}}]}",
+                            "application/json", "b'{\"choices\": [{\"message\""),
+}
+
+
+@pytest.mark.parametrize("case", NOT_COMPLETIONS, ids=list(NOT_COMPLETIONS))
+def test_an_answer_that_is_not_a_chat_completion_fails_saying_so_with_where_and_what(endpoint, case) -> None:
+    body, content_type, shown = NOT_COMPLETIONS[case]
+    url, server = endpoint(lambda handler: _reply(handler, 200, body, content_type))
+    [result] = _judge(url.replace("http://", "http://judge:pw-7c1e@"), logprobs=True, max_retries=2).score([_row()])
+    assert len(server.requests) == 1  # an answer, if a wrong one: not retried
+    assert isinstance(result, JudgeFailure)
+    assert result.reason.startswith(f"the judge endpoint {url.replace('http://', 'http://judge:**@')} "
+                                    f"(model '{MODEL}') sent something that is not a chat completion (")
+    assert f"its first bytes: {shown}" in result.reason
+    assert "pw-7c1e" not in result.reason
+
+
+def test_base64_that_is_not_an_image_is_named_by_its_bytes_not_by_a_python_object(tmp_path) -> None:
+    with pytest.raises(RecordError) as refused:
+        decode_image_b64(base64.b64encode(b"hello, not an image").decode(), tmp_path / "bench.json", "cat|p#0")
+    assert "<_io.BytesIO" not in str(refused.value)
+    assert "not a readable image" in str(refused.value) and "the image's 19 bytes (starting b'hello, n')" in str(refused.value)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import logging
 import math
 import os
@@ -35,6 +34,7 @@ from shared.editbench.judge_scores import (FROM_ANSWER, FROM_LOGPROBS, JudgeFail
                                  expectation, find_stated_score, first_digits, scale_probabilities,
                                  unreadable)
 from shared.redaction import add_secret, add_url_secrets, redact, without_password
+from workers.judging.chat_completion import NotAChatCompletion, completion_problem, parse_chat_completion
 from workers.judging.endpoint_requests import ChatCompletions, EndpointError
 from workers.judging.judge import JudgeItem
 
@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 SCORE_MODE_TOKENS = 4
 # As many alternatives per position as OpenAI allows: the scale's 10 digits fit.
 TOP_LOGPROBS = 20
+# How much of an answer that is not a chat completion a failure shows.
+FIRST_BYTES = 200
 # What a server without authentication is sent (the client requires some key).
 NO_KEY = "none"
 
@@ -77,12 +79,17 @@ class EndpointJudge:
             return list(pool.map(self._score_row, items))
 
     def _score_row(self, item: JudgeItem) -> JudgeScore | JudgeFailure:
+        where = f"the judge endpoint {without_password(self.base_url)} (model {self.model!r})"
         try:
             body = self.completions.create(self.request(item))
         except EndpointError as exc:
-            return JudgeFailure(redact(f"the judge endpoint {without_password(self.base_url)} (model "
-                                       f"{self.model!r}) failed after {exc.attempts} attempt(s): {exc}"))
-        return score_from_response(json.loads(body), self.values, reasoning=self.reasoning)
+            return JudgeFailure(redact(f"{where} failed after {exc.attempts} attempt(s): {exc}"))
+        try:
+            response = parse_chat_completion(body)
+        except NotAChatCompletion as exc:
+            return JudgeFailure(redact(f"{where} sent something that is not a chat completion ({exc}); "
+                                       f"its first bytes: {body[:FIRST_BYTES]!r}"))
+        return score_from_response(response, self.values, reasoning=self.reasoning)
 
     def request(self, item: JudgeItem) -> dict[str, Any]:
         """The chat-completions request of one row."""
@@ -106,16 +113,16 @@ def score_from_response(response: dict[str, Any], values: Sequence[int], *, reas
                         ) -> JudgeScore | JudgeFailure:
     """A row's result from a chat-completions response (as JSON): the logprobs' expectation
     where the answer states its score, else the stated integer; a failure if none is stated."""
-    try:
-        choice = response["choices"][0]
-        answer = choice["message"]["content"] or ""
-    except (KeyError, IndexError, TypeError):
-        return JudgeFailure(f"the judge endpoint's response has no answer: {str(response)[:500]}")
+    problem = completion_problem(response)
+    if problem:
+        return JudgeFailure(f"the judge endpoint sent something that is not a chat completion ({problem})")
+    choice = response["choices"][0]
+    answer = choice["message"]["content"] or ""
     stated = find_stated_score(answer, values)
     if stated is None:
         return JudgeFailure(unreadable(answer, values))
     rationale = answer if reasoning else None
-    content = ((choice.get("logprobs") or {}).get("content")) or []
+    content = (choice.get("logprobs") or {}).get("content") or []
     probabilities = _logprob_probabilities(content, stated, values)
     if probabilities is None:
         return JudgeScore(score=float(stated.value), source=FROM_ANSWER, rationale=rationale,
