@@ -125,9 +125,10 @@ class Settings:
     judge_endpoint_logprobs: bool = True
     # Requests one worker process has in flight at once.
     judge_endpoint_concurrency: int = 4
+    # Bounds each request as a whole, however slowly the server sends its answer.
     judge_endpoint_timeout_seconds: float = 120.0
-    # Retries of a request on 408/409/429/5xx and lost connections (the openai client's own,
-    # with exponential back-off that honours Retry-After); then the item fails.
+    # Retries of a request on 408/409/429/5xx, lost connections and timeouts, with exponential
+    # back-off that honours Retry-After (workers/judging/endpoint_requests.py); then the item fails.
     judge_endpoint_max_retries: int = 4
     # Compile the editor's transformer (regional compilation, one block compiled and reused
     # by all 60): "auto" on a CUDA device (pays back within the first edits, bench/RESULTS.md,
@@ -333,6 +334,22 @@ def _validate(s: Settings) -> None:
         )
 
 
+# The value is not shown: it may be the key itself.
+API_KEY_ENV_PROBLEM = (f"{ENV_PREFIX}JUDGE_ENDPOINT_API_KEY_ENV is the NAME of the environment variable that "
+                       "holds the endpoint's API key (e.g. OPENAI_API_KEY), not the key; its value (not "
+                       "shown) does not look like a name: letters, digits and _, all upper or all lower "
+                       "case, words of at most 16 characters")
+
+
+def looks_like_variable_name(value: str) -> bool:
+    """Whether ``value`` reads as an environment variable's name, not as a key put there by
+    mistake: keys mix cases (``hf_AbC...``), dashes (``sk-...``) or long runs of letters and
+    digits (hex keys); names are words of one case joined by ``_``."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", value) or value not in (value.upper(), value.lower()):
+        return False
+    return all(len(word) <= 16 and sum(c.isdigit() for c in word) <= 4 for word in value.split("_"))
+
+
 def _validate_judge(s: Settings) -> None:
     if s.judge_mode not in JUDGE_MODES:
         raise SettingsError(f"{ENV_PREFIX}JUDGE_MODE={s.judge_mode!r}: use {' or '.join(JUDGE_MODES)}")
@@ -345,13 +362,12 @@ def _validate_judge(s: Settings) -> None:
         if urlsplit(s.judge_endpoint_url).scheme not in ("http", "https") or not s.judge_endpoint_model:
             raise SettingsError(f"the endpoint judge needs {ENV_PREFIX}JUDGE_ENDPOINT_URL (http[s]://host:port/v1) "
                                 f"and {ENV_PREFIX}JUDGE_ENDPOINT_MODEL (the served model's name)")
-    if s.judge_endpoint_api_key_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", s.judge_endpoint_api_key_env):
-        raise SettingsError(f"{ENV_PREFIX}JUDGE_ENDPOINT_API_KEY_ENV names the environment variable that "
-                            "holds the key (e.g. OPENAI_API_KEY), not the key")
+    if s.judge_endpoint_api_key_env and not looks_like_variable_name(s.judge_endpoint_api_key_env):
+        raise SettingsError(API_KEY_ENV_PROBLEM)
     if s.judge_endpoint_timeout_seconds <= 0 or s.judge_endpoint_max_retries < 0:
         raise SettingsError(f"{ENV_PREFIX}JUDGE_ENDPOINT_TIMEOUT_SECONDS must be > 0 and "
                             f"{ENV_PREFIX}JUDGE_ENDPOINT_MAX_RETRIES >= 0")
 
 
-__all__ = ["Settings", "SettingsError", "load_settings", "to_environ", "parse_lora", "TINY_MODEL",
-           "TINY_EDITORS", "LORA_SEPARATOR", "ENV_PREFIX"]
+__all__ = ["Settings", "SettingsError", "load_settings", "to_environ", "parse_lora", "looks_like_variable_name",
+           "TINY_MODEL", "TINY_EDITORS", "LORA_SEPARATOR", "ENV_PREFIX"]

@@ -18,7 +18,6 @@ import logging
 import sys
 from pathlib import Path
 from typing import Callable, Iterator
-from urllib.parse import urlsplit
 
 import redis
 
@@ -35,6 +34,7 @@ from producer.status import build_status, format_status
 from shared.errors import InputFileError
 from shared.keys import check_run_name
 from shared.run_settings import RunSettingsError
+from shared.redaction import add_settings_secrets, add_url_secrets, redact, redact_logs
 from shared.store import RunStore, connect
 
 log = logging.getLogger("producer")
@@ -51,6 +51,7 @@ def broker_for(settings: Settings) -> Iterator[tuple[Settings, bool]]:
         return
     check_writable_dir(settings.work_dir / "redis", "EVALFLEET_WORK_DIR")
     with EmbeddedRedis(settings.work_dir / "redis") as server:
+        add_url_secrets(server.url)
         yield settings.replace(broker_url=server.url), True
 
 
@@ -96,7 +97,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             job.drive(settings, app, run, store, check, args)
         output = Path(args.output) if args.output else settings.work_dir / run.run_id / job.report_name
         report = job.write_report(store, output)
-    print(job.summary(report, output))
+    print(redact(job.summary(report, output)))
     return EXIT_FAILED_ITEMS if job.failures(report) else EXIT_OK
 
 
@@ -137,7 +138,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             status = build_status(settings, celery_client(settings), args.run, args.timeout)
         except LookupError as exc:
             raise SystemExit(str(exc)) from None
-    print(json.dumps(status, indent=2, ensure_ascii=False) if args.json else format_status(status))
+    print(redact(json.dumps(status, indent=2, ensure_ascii=False) if args.json else format_status(status)))
     return EXIT_OK
 
 
@@ -251,31 +252,6 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers-per-gpu", "--workers_per_gpu", type=positive, dest="workers_per_gpu")
 
 
-def redact(text: str, settings: Settings) -> str:
-    """``text`` without the passwords of the configured Redis URLs."""
-    for url in (settings.broker_url, settings.result_url):
-        password = urlsplit(url).password if url else None
-        if password:
-            text = text.replace(password, "**")
-    return text
-
-
-class _Redacting(logging.Filter):
-    """Takes the Redis passwords out of every log line, whoever logs it."""
-
-    def __init__(self, settings: Settings):
-        super().__init__()
-        self.settings = settings
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except (TypeError, ValueError):
-            return True  # a malformed record: the handler reports it, as without this filter
-        record.msg, record.args = redact(message, self.settings), None
-        return True
-
-
 class _OneLineFormatter(logging.Formatter):
     """The terminal gets the message; tracebacks go to the log file only."""
 
@@ -286,7 +262,7 @@ class _OneLineFormatter(logging.Formatter):
 
 def _setup_logging(settings: Settings) -> Path | None:
     """Log to the terminal and to <work dir>/logs/producer.log; returns the file (None if unwritable)."""
-    redacting = _Redacting(settings)
+    add_settings_secrets(settings)
     console = logging.StreamHandler()
     console.setFormatter(_OneLineFormatter(LOG_FORMAT))
     handlers: list[logging.Handler] = [console]
@@ -298,9 +274,8 @@ def _setup_logging(settings: Settings) -> Path | None:
     except OSError:
         log_path = None
         console.setFormatter(logging.Formatter(LOG_FORMAT))  # the traceback has nowhere else to go
-    for handler in handlers:
-        handler.addFilter(redacting)
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True)
+    redact_logs()
     return log_path
 
 

@@ -23,6 +23,8 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from shared.redaction import redact
+
 PREFIX = "evalfleet"
 RUNS_KEY = f"{PREFIX}:runs"
 # Hash: worker process (host:pid) -> JSON heartbeat with the models it holds.
@@ -159,8 +161,9 @@ class RunStore:
         return bool(stored)
 
     def mark_failed(self, stage: str, key: str, reason: str, attempts: int = 1) -> bool:
-        """Record why an item failed, unless it is already done."""
-        record = _dumps({"reason": reason, "attempts": attempts, "at": time.time()})
+        """Record why an item failed, unless it is already done; the reason without the known
+        secrets (shared/redaction.py), whoever wrote it."""
+        record = _dumps({"reason": redact(reason), "attempts": attempts, "at": time.time()})
         keys = [self._key(stage, "done"), self._key(stage, "failed")]
         return bool(self._mark_failed(keys=keys, args=[key, record]))
 

@@ -180,7 +180,7 @@ def test_the_api_key_comes_from_the_named_variable_and_is_required(monkeypatch, 
     with pytest.raises(KeyError, match="EVALFLEET_TEST_JUDGE_KEY is not set"):
         _judge(server, tiny_judge, api_key_env="EVALFLEET_TEST_JUDGE_KEY")
     monkeypatch.setenv("EVALFLEET_TEST_JUDGE_KEY", "sk-secret-123")
-    assert _judge(server, tiny_judge, api_key_env="EVALFLEET_TEST_JUDGE_KEY").client.api_key == "sk-secret-123"
+    assert _judge(server, tiny_judge, api_key_env="EVALFLEET_TEST_JUDGE_KEY").completions.api_key == "sk-secret-123"
 
 
 # --- the logprob path, on responses in vLLM's documented format ----------------------------------

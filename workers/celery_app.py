@@ -9,11 +9,14 @@ from __future__ import annotations
 import logging
 
 from celery import Celery
+from celery.signals import after_setup_logger, after_setup_task_logger
 
 from config import ignored_variables, load_settings
 from config.celery import celery_config
+from shared.redaction import add_settings_secrets, redact_logs
 
 settings = load_settings()
+add_settings_secrets(settings)
 for _line in ignored_variables(settings):
     logging.getLogger(__name__).warning("%s", _line)
 
@@ -26,3 +29,11 @@ if settings.visibility_timeout <= settings.task_hard_time_limit:
         "EVALFLEET_VISIBILITY_TIMEOUT (%d s) is not longer than a task's hard time limit (%d s): "
         "a long task will be executed twice (see README, Reliability)",
         settings.visibility_timeout, settings.task_hard_time_limit)
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _redacting_logs(logger: logging.Logger, **_: object) -> None:
+    """Every line the worker logs goes without the known secrets (shared/redaction.py)."""
+    redact_logs(logger)
+    redact_logs()

@@ -19,6 +19,7 @@ from shared.editbench.rubric import RubricError, read_rubric_templates
 from shared.editbench.run_settings import EditbenchRunSettings, EditorLora
 from shared.keys import content_digest, derive_run_id, inputs_digest
 from shared.messages import EDIT_STAGE
+from shared.redaction import without_password
 from shared.store import RunStore
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,8 @@ def run_settings(settings: Settings, templates: dict[str, str]) -> EditbenchRunS
     return EditbenchRunSettings(
         judge_batch_size=settings.judge_batch_size, workers_per_gpu=settings.workers_per_gpu,
         prompts_dir=str(settings.prompts), prompt_templates=templates,
-        judge_endpoint_url=settings.judge_endpoint_url,
+        # Its password is not stored: the workers' own setting gives it.
+        judge_endpoint_url=without_password(settings.judge_endpoint_url),
         judge_endpoint_api_key_env=settings.judge_endpoint_api_key_env,
         editor_model=settings.editor_model, editor_loras=editor_loras(settings),
         judge_model=settings.judge_model, model_revision=settings.model_revision, dtype=settings.dtype,

@@ -16,6 +16,7 @@ from shared.editbench.run_settings import EditbenchRunSettings
 from shared.jsonio import write_json_atomic
 from shared.keys import KEY_SEP
 from shared.messages import EDIT_STAGE, SCORE_STAGE
+from shared.redaction import redact_values
 from shared.store import RunStore
 
 # English names for the reference categories, for charts drawn without a CJK font.
@@ -153,7 +154,7 @@ def _phase_seconds(store: RunStore) -> dict[str, dict[str, float]]:
 def write_editbench_report(store: RunStore, output: Path) -> dict[str, Any]:
     """Write the JSON report and, beside it, ``<name>.png``: the chart of per-category means."""
     output = Path(output)
-    report = editbench_report(store)
+    report = redact_values(editbench_report(store))  # stored by earlier versions, or by hand
     chart = output.with_suffix(".png")
     report["chart"] = str(chart)
     write_atomic(chart, render_chart(report))

@@ -8,6 +8,7 @@ from typing import Any
 from shared.jsonio import write_json_atomic
 from shared.keys import normalize_image_id
 from shared.messages import RELATIONS_STAGE
+from shared.redaction import redact_values
 from shared.relations.result import report_record
 from shared.relations.run_settings import RelationsRunSettings
 from shared.store import RunStore
@@ -38,6 +39,6 @@ def relations_report(store: RunStore) -> dict[str, Any]:
 
 
 def write_relations_report(store: RunStore, output: Path) -> dict[str, Any]:
-    report = relations_report(store)
+    report = redact_values(relations_report(store))  # stored by earlier versions, or by hand
     write_json_atomic(output, report)
     return report

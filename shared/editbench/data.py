@@ -349,11 +349,14 @@ def decode_image_b64(value: object, path: Path, record: str) -> tuple[bytes, str
 
 def _image_extension(data: bytes, path: Path, record: str, fld: str) -> str:
     """The file extension of an image's format, once the image decoded whole."""
+    buffer = io.BytesIO(data)
     try:
-        with load_fully(io.BytesIO(data)) as img:
+        with load_fully(buffer) as img:
             extension = (img.format or "png").lower()
     except Image.DecompressionBombError as exc:
         raise RecordError(path, record, fld, f"image too large to decode safely: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad data
-        raise RecordError(path, record, fld, f"not a readable image ({exc})") from None
+        # Pillow names the buffer it read (``<_io.BytesIO object at 0x...>``): say what it held.
+        reason = str(exc).replace(repr(buffer), f"the image's {len(data)} bytes (starting {data[:8]!r})")
+        raise RecordError(path, record, fld, f"not a readable image ({reason})") from None
     return {"jpeg": "jpg"}.get(extension, extension)

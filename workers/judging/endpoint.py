@@ -11,10 +11,10 @@ the logprobs show only when the answer's digit there is "1"; when they cannot sp
 the stated integer is used.
 
 No model and no device: a worker scoring through an endpoint needs no GPU. Requests run
-``concurrency`` at a time; the ``openai`` client retries 408, 409, 429, 5xx and lost
-connections ``max_retries`` times with exponential back-off, honouring ``Retry-After``;
-after the last retry the row fails with the endpoint's answer. The API key is read from the
-environment variable the run names and is never logged.
+``concurrency`` at a time, each bounded as a whole by ``timeout_seconds`` and retried on 408,
+409, 429, 5xx, lost connections and timeouts (endpoint_requests.py); after the last retry the
+row fails with the endpoint's answer and the number of attempts made. The API key is read from
+the environment variable the run names and is never logged.
 """
 
 from __future__ import annotations
@@ -27,12 +27,15 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
-import openai
 from PIL import Image
 
+from config.settings import API_KEY_ENV_PROBLEM, looks_like_variable_name
 from shared.editbench.judge_scores import (FROM_ANSWER, FROM_LOGPROBS, JudgeFailure, JudgeScore, StatedScore,
                                  expectation, find_stated_score, first_digits, scale_probabilities,
                                  unreadable)
+from shared.redaction import add_secret, add_url_secrets, redact, without_password
+from workers.judging.chat_completion import NotAChatCompletion, completion_problem, parse_chat_completion
+from workers.judging.endpoint_requests import ChatCompletions, EndpointError
 from workers.judging.judge import JudgeItem
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,8 @@ log = logging.getLogger(__name__)
 SCORE_MODE_TOKENS = 4
 # As many alternatives per position as OpenAI allows: the scale's 10 digits fit.
 TOP_LOGPROBS = 20
+# How much of an answer that is not a chat completion a failure shows.
+FIRST_BYTES = 200
 # What a server without authentication is sent (the client requires some key).
 NO_KEY = "none"
 
@@ -58,9 +63,13 @@ class EndpointJudge:
         self.max_tokens = reasoning_tokens or SCORE_MODE_TOKENS
         self.reasoning = bool(reasoning_tokens)
         self.concurrency = concurrency
-        self.attempts = max_retries + 1
-        self.client = openai.OpenAI(base_url=base_url, api_key=_api_key(api_key_env),
-                                    timeout=timeout_seconds, max_retries=max_retries)
+        api_key = _api_key(api_key_env)
+        # Whatever the server echoes (the key in a 401, the URL), reasons and logs go without them.
+        add_url_secrets(base_url)
+        if api_key_env:
+            add_secret(api_key)
+        self.completions = ChatCompletions(base_url, api_key, timeout_seconds=timeout_seconds,
+                                           max_retries=max_retries)
 
     def score(self, items: list[JudgeItem]) -> list[JudgeScore | JudgeFailure]:
         """One result per row, in order; a row that fails (after retries) fails alone."""
@@ -70,12 +79,17 @@ class EndpointJudge:
             return list(pool.map(self._score_row, items))
 
     def _score_row(self, item: JudgeItem) -> JudgeScore | JudgeFailure:
+        where = f"the judge endpoint {without_password(self.base_url)} (model {self.model!r})"
         try:
-            response = self.client.chat.completions.create(**self.request(item))
-        except openai.APIError as exc:
-            return JudgeFailure(f"the judge endpoint {self.base_url} (model {self.model!r}) failed "
-                                f"after {self.attempts} attempt(s): {type(exc).__name__}: {exc}")
-        return score_from_response(response.model_dump(), self.values, reasoning=self.reasoning)
+            body = self.completions.create(self.request(item))
+        except EndpointError as exc:
+            return JudgeFailure(redact(f"{where} failed after {exc.attempts} attempt(s): {exc}"))
+        try:
+            response = parse_chat_completion(body)
+        except NotAChatCompletion as exc:
+            return JudgeFailure(redact(f"{where} sent something that is not a chat completion ({exc}); "
+                                       f"its first bytes: {body[:FIRST_BYTES]!r}"))
+        return score_from_response(response, self.values, reasoning=self.reasoning)
 
     def request(self, item: JudgeItem) -> dict[str, Any]:
         """The chat-completions request of one row."""
@@ -99,16 +113,16 @@ def score_from_response(response: dict[str, Any], values: Sequence[int], *, reas
                         ) -> JudgeScore | JudgeFailure:
     """A row's result from a chat-completions response (as JSON): the logprobs' expectation
     where the answer states its score, else the stated integer; a failure if none is stated."""
-    try:
-        choice = response["choices"][0]
-        answer = choice["message"]["content"] or ""
-    except (KeyError, IndexError, TypeError):
-        return JudgeFailure(f"the judge endpoint's response has no answer: {str(response)[:500]}")
+    problem = completion_problem(response)
+    if problem:
+        return JudgeFailure(f"the judge endpoint sent something that is not a chat completion ({problem})")
+    choice = response["choices"][0]
+    answer = choice["message"]["content"] or ""
     stated = find_stated_score(answer, values)
     if stated is None:
         return JudgeFailure(unreadable(answer, values))
     rationale = answer if reasoning else None
-    content = ((choice.get("logprobs") or {}).get("content")) or []
+    content = (choice.get("logprobs") or {}).get("content") or []
     probabilities = _logprob_probabilities(content, stated, values)
     if probabilities is None:
         return JudgeScore(score=float(stated.value), source=FROM_ANSWER, rationale=rationale,
@@ -170,6 +184,8 @@ def data_url(image: Image.Image) -> str:
 def _api_key(variable: str) -> str:
     if not variable:
         return NO_KEY
+    if not looks_like_variable_name(variable):
+        raise KeyError(API_KEY_ENV_PROBLEM)  # a run registered before the producer checked it
     key = os.environ.get(variable)
     if not key:
         # Names the variable, never a value.
