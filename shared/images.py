@@ -11,6 +11,7 @@ from billiard.exceptions import SoftTimeLimitExceeded  # celery's, raised inside
 from PIL import Image, UnidentifiedImageError
 
 from shared.errors import InputFileError, RecordError, shown
+from shared.files import UnreadableFile, open_regular
 
 # Longest image path accepted in an input record.
 PATH_MAX = 4096
@@ -46,17 +47,13 @@ def load_fully(source: str | Path | IO[bytes]) -> Image.Image:
 
 
 def open_image(path: str | Path) -> Image.Image:
-    """Decode an image fully as RGB, refusing decompression bombs (see load_fully)."""
-    if Path(path).is_dir():
-        raise ImageFileError(f"image file {path} is a directory, not an image")
-    if Path(path).exists() and not Path(path).is_file():
-        # A FIFO or a device would block open() or never end.
-        raise ImageFileError(f"image file {path} is not a regular file (a FIFO, socket or device)")
+    """Decode an image fully as RGB, refusing decompression bombs (see load_fully) and files
+    that are not regular files (see shared/files.py)."""
     try:
-        with load_fully(path) as img:
+        with open_regular(path) as f, load_fully(f) as img:
             return img.convert("RGB")
-    except FileNotFoundError:
-        raise ImageFileError(f"image file {path} does not exist") from None
+    except UnreadableFile as exc:
+        raise ImageFileError(f"image file {exc}") from None
     except Image.DecompressionBombError as exc:
         raise ImageFileError(f"image file {path} is too large to decode safely: {exc}") from None
     except UnidentifiedImageError:

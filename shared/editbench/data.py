@@ -29,6 +29,7 @@ from pathlib import Path
 from PIL import Image
 
 from shared.errors import InputFileError, RecordError, shown
+from shared.files import UnreadableFile, read_bytes
 from shared.images import checked_data_root, checked_input_path, load_fully
 from shared.jsonio import JsonProblem, parse_json, read_text
 from shared.keys import KEY_SEP, NAME_MAX, is_key_part, separate_failure_keys
@@ -317,14 +318,10 @@ def _pair_image(raw: dict, path: Path, record: str, root: str) -> tuple[bytes, s
                           "give either original_image_b64 or original_image_path, not both")
     fld = "original_image_path"
     image_file = Path(checked_input_path(raw[fld], path, record, fld, root))
-    if not image_file.is_file():
-        # A directory, a FIFO (whose read would block) or nothing at all.
-        what = "does not exist" if not image_file.exists() else "is not a regular file"
-        raise RecordError(path, record, fld, f"{image_file} {what}")
     try:
-        data = image_file.read_bytes()
-    except OSError as exc:
-        raise RecordError(path, record, fld, f"cannot read {image_file} ({exc.strerror})") from None
+        data = read_bytes(image_file)
+    except UnreadableFile as exc:
+        raise RecordError(path, record, fld, str(exc)) from None
     return data, _image_extension(data, path, record, fld), str(image_file)
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from shared.files import MissingFile, UnreadableFile, read_utf8
+
 DEFAULT_NAME = "default"
 KINDS = ("system", "user")
 PLACEHOLDERS = ("original_description", "edit_instruction")
@@ -109,11 +111,11 @@ def is_safe_name(category: str) -> bool:
 
 def _load_template(path: Path) -> str | None:
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+        text = read_utf8(path)
+    except MissingFile:
         return None
-    except UnicodeDecodeError as err:
-        raise PromptTemplateError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except UnreadableFile as exc:  # a directory, a FIFO, not UTF-8...
+        raise PromptTemplateError(str(exc)) from None
     text = text.strip()
     _check_placeholders(path, text)
     return text

@@ -30,6 +30,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
 from shared.editbench.prompt_manager import PromptManager, PromptTemplateError, read_templates
+from shared.files import MissingFile, UnreadableFile, read_utf8
 
 DEFAULT_RUBRIC = "default"
 RUBRICS_DIR = "rubrics"
@@ -106,11 +107,13 @@ def read_rubric_templates(prompts_dir: Path, name: str, reasoning: bool = False)
     if name != DEFAULT_RUBRIC or (prompts_dir / rubric_file(name)).exists():
         path = prompts_dir / rubric_file(name)
         try:
-            templates[rubric_file(name)] = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
+            templates[rubric_file(name)] = read_utf8(path)
+        except MissingFile:
             known = sorted(p.parent.name for p in (prompts_dir / RUBRICS_DIR).glob(f"*/{RUBRIC_FILE}"))
             raise RubricError(f"no rubric {name!r}: {path} does not exist (rubrics in {prompts_dir}: "
                               f"{', '.join([DEFAULT_RUBRIC, *known])})") from None
+        except UnreadableFile as exc:
+            raise RubricError(str(exc)) from None
     rubric = rubric_from_templates(name, templates)
     for criterion in rubric.criteria:
         for file_name, text in read_templates(prompts_dir / criterion.prompts).items():
@@ -118,9 +121,11 @@ def read_rubric_templates(prompts_dir: Path, name: str, reasoning: bool = False)
     if reasoning:
         path = prompts_dir / REASONING_FILE
         try:
-            templates[REASONING_FILE] = path.read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
+            templates[REASONING_FILE] = read_utf8(path).strip()
+        except MissingFile:
             raise RubricError(f"the reasoning mode's instruction {path} is missing") from None
+        except UnreadableFile as exc:
+            raise RubricError(str(exc)) from None
     return templates
 
 
