@@ -22,7 +22,8 @@ from urllib.parse import urlsplit
 
 import redis
 
-from config import Settings, SettingsError, ignored_variables, load_settings, to_environ
+from config import (Settings, SettingsError, ignored_variables, load_settings, to_environ,
+                    validate_settings)
 from producer.dispatch import celery_client
 from producer.editbench.comparison import (ApproximateComparisonError, compare_runs, comparison_files,
                                            comparison_markdown, load_run, write_comparison)
@@ -70,7 +71,9 @@ def _apply_flags(args: argparse.Namespace, settings: Settings) -> Settings:
     changes = ({"workers_per_gpu": args.workers_per_gpu}
                if getattr(args, "workers_per_gpu", None) is not None else {})
     job = JOBS.get(getattr(args, "job", None))
-    return settings.replace(**changes, **(job.flag_settings(args) if job else {}))
+    settings = settings.replace(**changes, **(job.flag_settings(args) if job else {}))
+    validate_settings(settings)  # a flag's value is held to the setting's range
+    return settings
 
 
 def _preflight(args: argparse.Namespace, settings: Settings, job: Job) -> None:

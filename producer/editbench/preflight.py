@@ -9,6 +9,7 @@ from pathlib import Path
 from huggingface_hub import try_to_load_from_cache
 
 from config import ENV_PREFIX, TINY_EDITORS, Settings, SettingsError
+from producer.editbench.register import run_templates
 from shared.editbench.editor_families import FAMILIES, unsupported_message
 from shared.editbench.prompt_manager import PromptManager, PromptTemplateError
 from shared.files import UnreadableFile, open_regular, read_utf8
@@ -21,6 +22,7 @@ def check_editbench_settings(settings: Settings) -> None:
         PromptManager(settings.prompts)
     except (OSError, PromptTemplateError) as exc:
         raise SettingsError(f"{ENV_PREFIX}PROMPTS_DIR={settings.prompts_dir!r}: {exc}") from None
+    run_templates(settings)  # the rubric's files and numbers, before anything starts
 
 
 def check_editor_family(ref: str, revision: str) -> None:
