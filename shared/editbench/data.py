@@ -30,7 +30,7 @@ from PIL import Image
 
 from shared.errors import InputFileError, RecordError, shown
 from shared.files import UnreadableFile, read_bytes
-from shared.images import checked_data_root, checked_input_path, load_fully
+from shared.images import UnshowableImage, as_displayed, checked_data_root, checked_input_path, load_fully
 from shared.jsonio import JsonProblem, parse_json, read_text
 from shared.keys import KEY_SEP, NAME_MAX, is_key_part, separate_failure_keys
 from shared.model_text import special_token_problem
@@ -349,8 +349,11 @@ def _image_extension(data: bytes, path: Path, record: str, fld: str) -> str:
     try:
         with load_fully(io.BytesIO(data)) as img:
             extension = (img.format or "png").lower()
+            as_displayed(img)  # what the editor and the judge will see, refused here if nothing
     except Image.DecompressionBombError as exc:
         raise RecordError(path, record, fld, f"image too large to decode safely: {exc}") from None
+    except UnshowableImage as exc:
+        raise RecordError(path, record, fld, f"image cannot be shown: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad data
         raise RecordError(path, record, fld, f"not a readable image ({exc})") from None
     return {"jpeg": "jpg"}.get(extension, extension)

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from shared.editbench.editor_families import EditFamily, EditSettings, family_for
+from shared.images import as_displayed
 from workers.editing.approximate import step_cache_of
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ class Editor:
 
     def edit(self, image: Image.Image, instruction: str, seed: int) -> Image.Image:
         """The edited image, about ``size`` x ``size`` pixels in the input's aspect ratio."""
-        image = image.convert("RGB")
+        image = as_displayed(image)  # an RGB image from open_image is kept as it is
         width, height = self.output_size(image.width, image.height)
         generator = torch.Generator(device=self.pipeline.device).manual_seed(seed)
         arguments = self.family.call_arguments(image, instruction, self.settings, width, height)
