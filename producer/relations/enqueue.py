@@ -58,12 +58,13 @@ def enqueue_relations(settings: Settings, app: Celery, store_client, stage1: Pat
     """
     prepared = prepare_data_for_inference(stage1, input_path, settings.top_k,
                                           data_root=settings.data_root)
-    run_id = run_name or derive_run_id(
-        "relations", [stage1, input_path], result_settings(settings))
+    # The images are content of the input too: another image is another run (as for editbench).
+    inputs = [stage1, input_path, *prepared.image_files]
+    run_id = run_name or derive_run_id("relations", inputs, result_settings(settings))
     store = RunStore(store_client, run_id)
     claim_run(store, {"job": "relations", "run_id": run_id, "created": time.time(),
                       "stage1": str(stage1), "input": str(input_path),
-                      "inputs": inputs_digest([stage1, input_path]),
+                      "inputs": inputs_digest(inputs),
                       "batch_size": settings.batch_size, "max_batch": settings.max_batch,
                       "workers_per_gpu": settings.workers_per_gpu,
                       **result_settings(settings)}, IDENTITY, restart)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,14 @@ class PreparedRelations:
 
     pairs: list[dict[str, Any]] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)  # item key -> reason
+
+    @property
+    def image_files(self) -> list[Path]:
+        """The pairs' image files, each once, in order: part of the run's content (another image
+        is another run). One that is not a regular file now is left out: its pairs fail on the
+        worker, and the file, once there, makes another run."""
+        paths = dict.fromkeys(p["image_path"] for p in self.pairs)
+        return [Path(p) for p in paths if os.path.isfile(p)]
 
 
 @dataclass(frozen=True)
