@@ -31,6 +31,8 @@ class Enqueued:
     already_done: int
     pairs_sent: int
     tasks_sent: int
+    dropped_no_relation: int = 0  # candidates: see PreparedRelations
+    merged_repeats: int = 0
 
     @property
     def needs_workers(self) -> bool:
@@ -67,6 +69,8 @@ def enqueue_relations(settings: Settings, app: Celery, store_client, stage1: Pat
                       "inputs": inputs_digest(inputs),
                       "batch_size": settings.batch_size, "max_batch": settings.max_batch,
                       "workers_per_gpu": settings.workers_per_gpu,
+                      "preparation": {"dropped_no_relation": prepared.dropped_no_relation,
+                                      "merged_repeated_predicates": prepared.merged_repeats},
                       **result_settings(settings)}, IDENTITY, restart)
     items = {relation_key(p["image_id"], p["subject"], p["object"]): p for p in prepared.pairs}
     store.add_items(RELATIONS_STAGE, items)
@@ -84,7 +88,8 @@ def enqueue_relations(settings: Settings, app: Celery, store_client, stage1: Pat
         app.send_task(RELATIONS_TASK, args=[run_id, chunk], queue=settings.queue_relations)
     return Enqueued(run_id=run_id, total=len(items) + len(prepared.failures),
                     invalid=len(prepared.failures), already_done=len(items) - len(pending),
-                    pairs_sent=len(pending), tasks_sent=len(chunks))
+                    pairs_sent=len(pending), tasks_sent=len(chunks),
+                    dropped_no_relation=prepared.dropped_no_relation, merged_repeats=prepared.merged_repeats)
 
 
 def pack_tasks(keys: list[str], items: dict[str, dict], budget: int) -> list[list[str]]:

@@ -30,6 +30,8 @@ def relations_report(store: RunStore) -> dict[str, Any]:
         "model": meta["relations_model"],
         "failed_pairs": len(failed),
         "pending_pairs": len(items) - len(done) - len(failed),
+        # Stage-1 candidates left out of the top K (README, The relations job, Preparation).
+        **meta.get("preparation", {"dropped_no_relation": 0, "merged_repeated_predicates": 0}),
     }
     failures = [{"key": k, "reason": v["reason"], "attempts": v["attempts"]}
                 for k, v in sorted(failed.items())]
