@@ -33,7 +33,7 @@ from producer.jobs import JOBS
 from producer.preflight import check_output_path, check_run_settings, check_writable_dir
 from producer.run_identity import RESTART_FLAG, RunMismatchError
 from producer.status import build_status, format_status
-from shared.errors import InputFileError
+from shared.errors import InputFileError, escaped
 from shared.keys import check_run_name
 from shared.store import RunStore, connect
 
@@ -98,7 +98,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             job.drive(settings, app, run, store, check, args)
         output = Path(args.output) if args.output else settings.work_dir / run.run_id / job.report_name
         report = job.write_report(store, output)
-    print(job.summary(report, output))
+    _say(job.summary(report, output))
     return EXIT_FAILED_ITEMS if job.failures(report) else EXIT_OK
 
 
@@ -111,7 +111,7 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
     check_run_settings(settings, job)
     run = job.register(settings, celery_client(settings), connect(settings.store_url), inputs,
                        args.run, args.restart)
-    print(run.run_id)
+    _say(run.run_id)
     return EXIT_OK
 
 
@@ -129,7 +129,7 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
                              f"`python -m producer report {stored} --run {args.run}`")
         output = Path(args.output or job.report_name)
         failed = job.failures(job.write_report(store, output))
-    print(f"{len(failed)} failed: {output}")
+    _say(f"{len(failed)} failed: {output}")
     return EXIT_FAILED_ITEMS if failed else EXIT_OK
 
 
@@ -139,7 +139,10 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             status = build_status(settings, celery_client(settings), args.run, args.timeout)
         except LookupError as exc:
             raise SystemExit(str(exc)) from None
-    print(json.dumps(status, indent=2, ensure_ascii=False) if args.json else format_status(status))
+    if args.json:
+        print(escaped(json.dumps(status, indent=2, ensure_ascii=False), keep="\n", as_json=True))
+    else:
+        _say(format_status(status))
     return EXIT_OK
 
 
@@ -150,14 +153,14 @@ def cmd_sample(args: argparse.Namespace, settings: Settings) -> int:
         if other != job.name and any(getattr(args, flag.dest) != flag.default for flag in flags):
             raise SystemExit(f"{' and '.join(flag.option_strings[0] for flag in flags)} "
                              f"are for the {other} sample")
-    print(job.write_sample(Path(args.directory), args))
+    _say(job.write_sample(Path(args.directory), args))
     return EXIT_OK
 
 
 def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     """Read the file as a run would; register nothing. Exit 0 when clean, 2 with problems."""
     text, clean = JOBS[args.job].validate(Path(args.file), settings)
-    print(text)
+    _say(text)
     return EXIT_OK if clean else EXIT_USAGE
 
 
@@ -170,9 +173,9 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
                               allow_approximate=args.allow_approximate)
     if args.output:
         markdown, chart = write_comparison(comparison, Path(args.output))
-        print(f"comparison: {args.output}\ntable: {markdown}\nchart: {chart}")
+        _say(f"comparison: {args.output}\ntable: {markdown}\nchart: {chart}")
     else:
-        print(comparison_markdown(comparison), end="")
+        _say(comparison_markdown(comparison), end="")
     return EXIT_OK
 
 
@@ -278,12 +281,24 @@ class _Redacting(logging.Filter):
         return True
 
 
-class _OneLineFormatter(logging.Formatter):
+class _TerminalFormatter(logging.Formatter):
+    """What reaches the terminal has its control characters escaped (names from input files)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return escaped(super().format(record), keep="\n")
+
+
+class _OneLineFormatter(_TerminalFormatter):
     """The terminal gets the message; tracebacks go to the log file only."""
 
     def format(self, record: logging.LogRecord) -> str:
         return super().format(logging.makeLogRecord({**record.__dict__, "exc_info": None,
                                                      "exc_text": None}))
+
+
+def _say(text: str, end: str = "\n") -> None:
+    """Print a command's output, control characters escaped as in the log (see _TerminalFormatter)."""
+    print(escaped(text, keep="\n"), end=end)
 
 
 def _setup_logging(settings: Settings) -> Path | None:
@@ -299,7 +314,7 @@ def _setup_logging(settings: Settings) -> Path | None:
         handlers[-1].setFormatter(logging.Formatter(LOG_FORMAT))
     except OSError:
         log_path = None
-        console.setFormatter(logging.Formatter(LOG_FORMAT))  # the traceback has nowhere else to go
+        console.setFormatter(_TerminalFormatter(LOG_FORMAT))  # the traceback has nowhere else to go
     for handler in handlers:
         handler.addFilter(redacting)
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True)
@@ -311,7 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = _apply_flags(args, load_settings())
     except SettingsError as exc:
-        logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+        console = logging.StreamHandler()
+        console.setFormatter(_TerminalFormatter(LOG_FORMAT))
+        logging.basicConfig(level=logging.INFO, handlers=[console])
         log.error("%s", exc)
         return EXIT_USAGE
     log_path = _setup_logging(settings)

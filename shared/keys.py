@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import unicodedata
 from pathlib import Path
 from typing import Mapping
 
@@ -16,6 +17,12 @@ KEY_SEP = "|"
 # Longest id or name accepted in an item key: longer ones are data errors, and they would
 # end up in every prompt, key and report line.
 NAME_MAX = 256
+
+
+def nfc(value: object) -> object:
+    """A name in Unicode's composed form (NFC), anything else as it is: "café" typed as e plus a
+    combining accent and "café" typed with "é" are one category, one class name."""
+    return unicodedata.normalize("NFC", value) if isinstance(value, str) else value
 
 
 def is_key_part(text: str) -> bool:

@@ -1,18 +1,41 @@
-"""Predicates as a user means them: "no relation" in any spelling is dropped and a predicate
-repeated in a pair's candidates takes one top-K slot, both counted."""
+"""Names and predicates as a user means them: names that differ only by Unicode normalization
+are one name; control characters in names reach the terminal escaped; "no relation" in any
+spelling is dropped and a predicate repeated in a pair's candidates takes one top-K slot,
+both counted."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
+import unicodedata
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from conftest import private_env, run_producer
 from producer.embedded import EmbeddedRedis
 from producer.relations.report import relations_report
+from shared.editbench.data import prepare_benchmark
+from shared.errors import escaped
 from shared.relations.data import prepare_data_for_inference
 from shared.store import RunStore, connect
+
+NFC = unicodedata.normalize("NFC", "café")
+NFD = unicodedata.normalize("NFD", "café")
+
+
+def png_b64(size: tuple[int, int] = (16, 12)) -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", size, "green").save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def pair(pair_id: str, size: tuple[int, int] = (16, 12)) -> dict:
+    return {"pair_id": pair_id, "original_image_b64": png_b64(size),
+            "original_description": "a green square", "edit_instruction": "make it round"}
+
 
 def cand(subject: str, object_: str, predicate: str, similarity: float) -> dict:
     return {"subject": subject, "object": object_, "predicted_predicate": predicate,
@@ -27,6 +50,70 @@ def relations_files(tmp_path: Path, candidates: list[dict], class_names=("man", 
     stage1.write_text(json.dumps({"per_image_top100_candidates": {"7": candidates}}))
     input_path.write_text(json.dumps([{"image_id": 7, "image_path": "7.png", "objects": objects}]))
     return stage1, input_path
+
+
+# --- Unicode normalization -------------------------------------------------------------------
+
+def test_categories_differing_only_by_normalization_are_one_category(tmp_path):
+    lines = tmp_path / "bench.jsonl"
+    lines.write_text("\n".join(json.dumps({**pair(str(i)), "category": name})
+                               for i, name in enumerate([NFC, NFD, NFC])))
+    prepared = prepare_benchmark(lines)
+    assert prepared.categories == [NFC] and len(prepared.pairs) == 3 and not prepared.failures
+
+
+def test_a_category_repeated_in_another_normalization_is_refused_saying_so(tmp_path):
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({NFC: [pair("a")], NFD: [pair("b")]}, ensure_ascii=False))
+    prepared = prepare_benchmark(bench)
+    assert prepared.categories == [NFC] and [p.pair_id for p in prepared.pairs] == ["a"]
+    [reason] = prepared.failures.values()
+    assert "repeats a category" in reason and "NFC" in reason
+
+
+def test_relations_class_names_match_across_normalizations(tmp_path):
+    stage1, input_path = relations_files(tmp_path, [cand(NFD, "horse", "on", 0.9)], class_names=(NFC, "horse"))
+    prepared = prepare_data_for_inference(stage1, input_path, top_k=5)
+    assert not prepared.failures and [p["subject"] for p in prepared.pairs] == [NFC]
+
+
+def test_two_objects_whose_names_differ_only_by_normalization_are_ambiguous(tmp_path):
+    stage1, input_path = relations_files(tmp_path, [cand(NFC, "horse", "on", 0.9)],
+                                         class_names=(NFC, NFD, "horse"))
+    prepared = prepare_data_for_inference(stage1, input_path, top_k=5)
+    assert not prepared.pairs
+    [reason] = prepared.failures.values()
+    assert "ambiguous" in reason
+
+
+# --- escaped names -----------------------------------------------------------------------------
+
+HOSTILE = "\x1b[2J\x1b[31mred\u202eevil\x07\x9b"
+
+
+def test_escaping_keeps_text_and_shows_every_control():
+    assert escaped(HOSTILE) == "\\x1b[2J\\x1b[31mred\\u202eevil\\x07\\x9b"
+    assert escaped("物理 café\tx") == "物理 café\\tx"
+    assert escaped("a\nb", keep="\n") == "a\nb"
+
+
+def test_validate_prints_control_characters_in_names_escaped(tmp_path):
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({HOSTILE: [pair("p1"), {"pair_id": HOSTILE}], "ok": [pair("p2")]}))
+    proc = run_producer("validate", "editbench", str(bench), env={"EVALFLEET_WORK_DIR": str(tmp_path / "w")},
+                        timeout=120)
+    assert proc.returncode == 2, proc.stdout  # a pair with problems
+    for raw in ("\x1b", "\u202e", "\x07", "\x9b"):
+        assert raw not in proc.stdout + proc.stderr
+    assert "\\x1b[2J" in proc.stdout
+
+
+def test_error_messages_print_control_characters_escaped(tmp_path):
+    missing = tmp_path / f"bench{HOSTILE}.json"
+    proc = run_producer("validate", "editbench", str(missing), env={"EVALFLEET_WORK_DIR": str(tmp_path / "w")},
+                        timeout=120)
+    assert proc.returncode == 2
+    assert "\x1b" not in proc.stderr and "does not exist" in proc.stderr and "\\x1b[2J" in proc.stderr
 
 
 # --- predicates ------------------------------------------------------------------------------

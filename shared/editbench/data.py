@@ -32,7 +32,7 @@ from shared.errors import InputFileError, RecordError, shown
 from shared.files import UnreadableFile, read_bytes
 from shared.images import UnshowableImage, as_displayed, checked_data_root, checked_input_path, load_fully
 from shared.jsonio import JsonProblem, parse_json, read_text
-from shared.keys import KEY_SEP, NAME_MAX, is_key_part, separate_failure_keys
+from shared.keys import KEY_SEP, NAME_MAX, is_key_part, nfc, separate_failure_keys
 from shared.model_text import special_token_problem
 
 TEXT_FIELDS = ("original_description", "edit_instruction")
@@ -107,7 +107,9 @@ def prepare_benchmark(path: Path, data_root: str | Path = "") -> PreparedBenchma
             continue
         problem = _category_problem(group.name, group.pairs)
         if problem is None and group.name in seen:
-            problem = "repeats a category given earlier in the file; give each category once"
+            problem = ("repeats a category given earlier in the file (names are compared in Unicode's "
+                       "composed form, NFC: an accent typed as a combining mark is the same name); "
+                       "give each category once")
         if isinstance(group.name, str) and is_key_part(group.name) and group.name not in seen:
             # A name unusable in a key stays out of the category list (and the chart): its failure says why.
             seen.add(group.name)
@@ -173,7 +175,7 @@ def _looks_like_json_lines(text: str) -> bool:
 
 
 def _map_groups(categories: dict, prefix: str) -> list[_Group]:
-    return [_Group(name, pairs, f"category {shown(name)}", _labels(pairs, f"{prefix}{name}"))
+    return [_Group(nfc(name), pairs, f"category {shown(name)}", _labels(pairs, f"{prefix}{name}"))
             for name, pairs in categories.items()]
 
 
@@ -185,7 +187,7 @@ def _list_groups(data: list) -> list[_Group]:
                                  problem=f"expected an object with 'category_name' and 'data_pairs', "
                                          f"got {shown(entry)}"))
             continue
-        name = entry["category_name"]
+        name = nfc(entry["category_name"])
         groups.append(_Group(name, entry.get("data_pairs"), f"[{i}] (category {shown(name)})",
                              _labels(entry.get("data_pairs"), f"[{i}].data_pairs", f" (category {shown(name)})")))
     return groups
@@ -208,7 +210,7 @@ def _json_lines_groups(path: Path, text: str, prepared: PreparedBenchmark) -> li
         except JsonProblem as exc:
             _add_failure(prepared, _line_key(number), f"{path}: {record}: {exc}")
             continue
-        category = raw.get("category") if isinstance(raw, dict) else None
+        category = nfc(raw.get("category")) if isinstance(raw, dict) else None
         if not isinstance(raw, dict):
             reason = str(RecordError(path, record, "pair", f"expected an object, got {shown(raw)}"))
         elif not isinstance(category, str) or not is_key_part(category):

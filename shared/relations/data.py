@@ -1,8 +1,8 @@
 """The relations job's input preparation (stage-1 candidates + input images -> pairs).
 
 Stage-1 candidates are matched to their input image by id (string or integer),
-grouped by (subject, object), stripped of "no relation" in any
-spelling (``No_Relation``, ``no-relation``), each predicate kept once (its
+grouped by (subject, object) (class names compared in Unicode NFC), stripped of "no
+relation" in any spelling (``No_Relation``, ``no-relation``), each predicate kept once (its
 candidate of highest similarity), sorted by similarity and cut to the top K. A bad record becomes a failure with a reason naming the file,
 the record and the field; the other records go on. What counts as bad:
 
@@ -31,7 +31,7 @@ from typing import Any
 from shared.errors import InputFileError, RecordError, shown
 from shared.images import checked_data_root, checked_input_path
 from shared.jsonio import invalid_number_at, read_json
-from shared.keys import (KEY_SEP, NAME_MAX, is_key_part, normalize_image_id, relation_key,
+from shared.keys import (KEY_SEP, NAME_MAX, is_key_part, nfc, normalize_image_id, relation_key,
                          separate_failure_keys)
 from shared.model_text import special_token_problem
 
@@ -207,7 +207,7 @@ def _checked_image_record(record: dict, path: Path, name: str, root: str) -> dic
         if not isinstance(obj, dict) or not _is_name(obj.get("class_name")):
             raise RecordError(path, name, f"{where}.class_name",
                               f"expected a non-empty string of at most {NAME_MAX} characters")
-        by_name.setdefault(obj["class_name"], []).append(
+        by_name.setdefault(nfc(obj["class_name"]), []).append(
             ObjectEntry(j, obj, _object_error(obj, path, name, where)))
     return {"image_id": record["image_id"], "image_path": image_path, "objects": by_name,
             "record": name}
@@ -254,7 +254,7 @@ def _is_name(value: object) -> bool:
 
 def _group_candidates(candidates: object, path: Path, name: str) -> tuple[dict[tuple[str, str], list], int]:
     """(subject, object) -> its candidates, first-seen order, and how many "no relation"
-    candidates (in any spelling, see predicate_key) were dropped."""
+    candidates (in any spelling, see predicate_key) were dropped. Class names compare in NFC."""
     if not isinstance(candidates, list):
         raise RecordError(path, name, "candidates", f"expected a list of candidates, got {shown(candidates)}")
     groups: dict[tuple[str, str], list] = {}
@@ -265,7 +265,7 @@ def _group_candidates(candidates: object, path: Path, name: str) -> tuple[dict[t
         if predicate_key(cand["predicted_predicate"]) == NO_RELATION:
             dropped += 1
             continue
-        groups.setdefault((cand["subject"], cand["object"]), []).append(cand)
+        groups.setdefault((nfc(cand["subject"]), nfc(cand["object"])), []).append(cand)
     return groups, dropped
 
 
