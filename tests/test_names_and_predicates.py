@@ -1,7 +1,7 @@
 """Names and predicates as a user means them: names that differ only by Unicode normalization
 are one name; control characters in names reach the terminal escaped; "no relation" in any
 spelling is dropped and a predicate repeated in a pair's candidates takes one top-K slot,
-both counted."""
+both counted; an image too elongated for the editor fails its pair naming the file and field."""
 
 from __future__ import annotations
 
@@ -143,3 +143,16 @@ def test_the_counts_reach_the_preparation_summary_and_the_report(tmp_path, model
         store = RunStore(connect(server.url), proc.stdout.split()[-1])
         summary = relations_report(store)["summary"]
     assert summary["dropped_no_relation"] == 1 and summary["merged_repeated_predicates"] == 1
+
+
+# --- elongated images --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("size", [(1, 20_000), (20_000, 1), (17, 272 + 1)])
+def test_an_image_too_elongated_for_the_editor_fails_its_pair_naming_file_and_field(tmp_path, size):
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"c": [pair("long", size), pair("edge", (16, 256))]}))
+    prepared = prepare_benchmark(bench)
+    assert [p.pair_id for p in prepared.pairs] == ["edge"]  # 1:16 is still taken
+    [reason] = prepared.failures.values()
+    assert str(bench) in reason and "pair_id long" in reason and "original_image_b64" in reason
+    assert f"{size[0]}x{size[1]} pixels" in reason

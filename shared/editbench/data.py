@@ -28,6 +28,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from shared.editbench.editor_families import aspect_problem
 from shared.errors import InputFileError, RecordError, shown
 from shared.files import UnreadableFile, read_bytes
 from shared.images import UnshowableImage, as_displayed, checked_data_root, checked_input_path, load_fully
@@ -352,10 +353,14 @@ def _image_extension(data: bytes, path: Path, record: str, fld: str) -> str:
         with load_fully(io.BytesIO(data)) as img:
             extension = (img.format or "png").lower()
             as_displayed(img)  # what the editor and the judge will see, refused here if nothing
+            size = img.size
     except Image.DecompressionBombError as exc:
         raise RecordError(path, record, fld, f"image too large to decode safely: {exc}") from None
     except UnshowableImage as exc:
         raise RecordError(path, record, fld, f"image cannot be shown: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad data
         raise RecordError(path, record, fld, f"not a readable image ({exc})") from None
+    problem = aspect_problem(*size)
+    if problem:
+        raise RecordError(path, record, fld, problem)
     return {"jpeg": "jpg"}.get(extension, extension)
