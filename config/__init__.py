@@ -11,7 +11,9 @@ from config.settings import (
     load_settings,
     parse_lora,
     to_environ,
+    validate_settings,
 )
 
 __all__ = ["ENV_PREFIX", "LORA_SEPARATOR", "TINY_EDITORS", "TINY_MODEL", "Settings", "SettingsError",
-           "ignored_variables", "load_settings", "parse_lora", "to_environ"]
+           "ignored_variables", "load_settings", "parse_lora", "to_environ",
+           "validate_settings"]

@@ -30,6 +30,8 @@ TINY_EDITORS = {
 }
 # Separates the LoRAs of EVALFLEET_EDITOR_LORAS; each is PATH or PATH:SCALE.
 LORA_SEPARATOR = ","
+# The largest LoRA scale, either sign (a negative scale subtracts the LoRA's direction).
+LORA_SCALE_MAX = 100
 
 # What a worker uses when no broker URL is configured: the usual single-host Redis.
 DEFAULT_BROKER_URL = "redis://localhost:6379/0"
@@ -231,9 +233,16 @@ def parse_lora(text: str) -> tuple[str, float]:
         value = float(scale)
     except ValueError:
         return text, 1.0  # a colon inside the path, no scale
-    if not path or not math.isfinite(value):
-        raise SettingsError(f"LoRA {text!r}: give PATH or PATH:SCALE with a finite SCALE")
+    if not path or not math.isfinite(value) or abs(value) > LORA_SCALE_MAX:
+        raise SettingsError(f"LoRA {text!r}: give PATH or PATH:SCALE with a finite SCALE "
+                            f"between -{LORA_SCALE_MAX} and {LORA_SCALE_MAX}")
     return path, value
+
+
+def shown_number(value: float) -> str:
+    """A number for a message: an integer of hundreds of digits is cut."""
+    text = repr(value)
+    return text if len(text) <= 24 else f"{text[:20]}... ({len(text)} digits)"
 
 
 def _convert(name: str, raw: str, target: type) -> object:
@@ -259,7 +268,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         if raw is not None:
             values[f.name] = _convert(f.name, raw, hints[str(f.type)])
     settings = Settings(**values)
-    _validate(settings)
+    validate_settings(settings)
     return settings
 
 
@@ -291,12 +300,32 @@ def to_environ(settings: Settings) -> dict[str, str]:
     return {ENV_PREFIX + f.name.upper(): str(getattr(settings, f.name)) for f in fields(Settings)}
 
 
-def _validate(s: Settings) -> None:
+# The largest value each number setting may have: far beyond any real run, and small enough
+# that nothing overflows where the value is used (a seed beyond 2**32 - 1 is refused by NumPy's
+# generators, 1e308 seconds by a timer, an integer of 400 digits by every float conversion).
+MAXIMA = {
+    "visibility_timeout": 10**7, "task_time_limit": 10**7, "stall_seconds": 10**7,
+    "retry_backoff_seconds": 86_400, "poll_interval_seconds": 3600, "task_max_retries": 100,
+    "judge_endpoint_timeout_seconds": 86_400, "judge_endpoint_max_retries": 100,
+    "judge_endpoint_concurrency": 1024, "judge_batch_size": 4096, "judge_reasoning_tokens": 131_072,
+    "edit_steps": 1000, "edit_size": 16_384, "edit_guidance": 100, "memory_budget_gb": 100_000,
+    "top_k": 10_000, "batch_size": 1_000_000, "max_batch": 65_536, "max_new_tokens": 131_072,
+    "task_prompts": 1_000_000, "workers_per_gpu": 64, "seed": 2**32 - 1,
+}
+
+
+def validate_settings(s: Settings) -> None:
+    """Raises SettingsError for the first value no run can use (settings from flags too)."""
     for f in fields(Settings):
         value = getattr(s, f.name)
         # float("nan") and float("inf") parse; no setting can use them.
         if isinstance(value, float) and not math.isfinite(value):
             raise SettingsError(f"{ENV_PREFIX}{f.name.upper()}={value!r} is not a finite number")
+        if f.name in MAXIMA and value > MAXIMA[f.name]:
+            raise SettingsError(f"{ENV_PREFIX}{f.name.upper()}={shown_number(value)} is out of range: "
+                                f"at most {MAXIMA[f.name]}")
+    if s.seed < 0:
+        raise SettingsError(f"{ENV_PREFIX}SEED={s.seed} must be >= 0")
     for name in ("broker_url", "result_url"):
         url = getattr(s, name)
         if url and urlsplit(url).scheme not in REDIS_SCHEMES:
@@ -369,5 +398,5 @@ def _validate_judge(s: Settings) -> None:
                             f"{ENV_PREFIX}JUDGE_ENDPOINT_MAX_RETRIES >= 0")
 
 
-__all__ = ["Settings", "SettingsError", "load_settings", "to_environ", "parse_lora", "looks_like_variable_name",
-           "TINY_MODEL", "TINY_EDITORS", "LORA_SEPARATOR", "ENV_PREFIX"]
+__all__ = ["Settings", "SettingsError", "load_settings", "validate_settings", "to_environ", "parse_lora",
+           "looks_like_variable_name", "TINY_MODEL", "TINY_EDITORS", "LORA_SEPARATOR", "ENV_PREFIX"]

@@ -21,7 +21,8 @@ from typing import Callable, Iterator
 
 import redis
 
-from config import Settings, SettingsError, ignored_variables, load_settings, to_environ
+from config import (Settings, SettingsError, ignored_variables, load_settings, to_environ,
+                    validate_settings)
 from producer.dispatch import celery_client
 from producer.editbench.comparison import (ApproximateComparisonError, compare_runs, comparison_files,
                                            comparison_markdown, load_run, write_comparison)
@@ -31,7 +32,7 @@ from producer.jobs import JOBS
 from producer.preflight import check_output_path, check_run_settings, check_writable_dir
 from producer.run_identity import RESTART_FLAG, RunMismatchError
 from producer.status import build_status, format_status
-from shared.errors import InputFileError
+from shared.errors import InputFileError, escaped
 from shared.keys import check_run_name
 from shared.run_settings import RunSettingsError
 from shared.redaction import add_settings_secrets, add_url_secrets, redact, redact_logs
@@ -72,7 +73,9 @@ def _apply_flags(args: argparse.Namespace, settings: Settings) -> Settings:
     changes = ({"workers_per_gpu": args.workers_per_gpu}
                if getattr(args, "workers_per_gpu", None) is not None else {})
     job = JOBS.get(getattr(args, "job", None))
-    return settings.replace(**changes, **(job.flag_settings(args) if job else {}))
+    settings = settings.replace(**changes, **(job.flag_settings(args) if job else {}))
+    validate_settings(settings)  # a flag's value is held to the setting's range
+    return settings
 
 
 def _preflight(args: argparse.Namespace, settings: Settings, job: Job) -> None:
@@ -97,7 +100,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             job.drive(settings, app, run, store, check, args)
         output = Path(args.output) if args.output else settings.work_dir / run.run_id / job.report_name
         report = job.write_report(store, output)
-    print(redact(job.summary(report, output)))
+    _say(job.summary(report, output))
     return EXIT_FAILED_ITEMS if job.failures(report) else EXIT_OK
 
 
@@ -110,7 +113,7 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
     check_run_settings(settings, job)
     run = job.register(settings, celery_client(settings), connect(settings.store_url), inputs,
                        args.run, args.restart)
-    print(run.run_id)
+    _say(run.run_id)
     return EXIT_OK
 
 
@@ -128,7 +131,7 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
                              f"`python -m producer report {stored} --run {args.run}`")
         output = Path(args.output or job.report_name)
         failed = job.failures(job.write_report(store, output))
-    print(f"{len(failed)} failed: {output}")
+    _say(f"{len(failed)} failed: {output}")
     return EXIT_FAILED_ITEMS if failed else EXIT_OK
 
 
@@ -138,7 +141,10 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             status = build_status(settings, celery_client(settings), args.run, args.timeout)
         except LookupError as exc:
             raise SystemExit(str(exc)) from None
-    print(redact(json.dumps(status, indent=2, ensure_ascii=False) if args.json else format_status(status)))
+    if args.json:
+        print(escaped(redact(json.dumps(status, indent=2, ensure_ascii=False)), keep="\n", as_json=True))
+    else:
+        _say(format_status(status))
     return EXIT_OK
 
 
@@ -149,14 +155,14 @@ def cmd_sample(args: argparse.Namespace, settings: Settings) -> int:
         if other != job.name and any(getattr(args, flag.dest) != flag.default for flag in flags):
             raise SystemExit(f"{' and '.join(flag.option_strings[0] for flag in flags)} "
                              f"are for the {other} sample")
-    print(job.write_sample(Path(args.directory), args))
+    _say(job.write_sample(Path(args.directory), args))
     return EXIT_OK
 
 
 def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     """Read the file as a run would; register nothing. Exit 0 when clean, 2 with problems."""
     text, clean = JOBS[args.job].validate(Path(args.file), settings)
-    print(text)
+    _say(text)
     return EXIT_OK if clean else EXIT_USAGE
 
 
@@ -169,9 +175,9 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
                               allow_approximate=args.allow_approximate)
     if args.output:
         markdown, chart = write_comparison(comparison, Path(args.output))
-        print(f"comparison: {args.output}\ntable: {markdown}\nchart: {chart}")
+        _say(f"comparison: {args.output}\ntable: {markdown}\nchart: {chart}")
     else:
-        print(comparison_markdown(comparison), end="")
+        _say(comparison_markdown(comparison), end="")
     return EXIT_OK
 
 
@@ -252,12 +258,25 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers-per-gpu", "--workers_per_gpu", type=positive, dest="workers_per_gpu")
 
 
-class _OneLineFormatter(logging.Formatter):
+class _TerminalFormatter(logging.Formatter):
+    """What reaches the terminal has its control characters escaped (names from input files)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return escaped(super().format(record), keep="\n")
+
+
+class _OneLineFormatter(_TerminalFormatter):
     """The terminal gets the message; tracebacks go to the log file only."""
 
     def format(self, record: logging.LogRecord) -> str:
         return super().format(logging.makeLogRecord({**record.__dict__, "exc_info": None,
                                                      "exc_text": None}))
+
+
+def _say(text: str, end: str = "\n") -> None:
+    """Print a command's output, secrets redacted and control characters escaped as in the log
+    (see _TerminalFormatter)."""
+    print(escaped(redact(text), keep="\n"), end=end)
 
 
 def _setup_logging(settings: Settings) -> Path | None:
@@ -273,7 +292,7 @@ def _setup_logging(settings: Settings) -> Path | None:
         handlers[-1].setFormatter(logging.Formatter(LOG_FORMAT))
     except OSError:
         log_path = None
-        console.setFormatter(logging.Formatter(LOG_FORMAT))  # the traceback has nowhere else to go
+        console.setFormatter(_TerminalFormatter(LOG_FORMAT))  # the traceback has nowhere else to go
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True)
     redact_logs()
     return log_path
@@ -284,7 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = _apply_flags(args, load_settings())
     except SettingsError as exc:
-        logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+        console = logging.StreamHandler()
+        console.setFormatter(_TerminalFormatter(LOG_FORMAT))
+        logging.basicConfig(level=logging.INFO, handlers=[console])
         log.error("%s", exc)
         return EXIT_USAGE
     log_path = _setup_logging(settings)

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import warnings
 from pathlib import Path
 from typing import IO
 
 from billiard.exceptions import SoftTimeLimitExceeded  # celery's, raised inside a running task
-from PIL import Image, UnidentifiedImageError
+import numpy as np
+from PIL import Image, ImageCms, UnidentifiedImageError
 
 from shared.errors import InputFileError, RecordError, shown
+from shared.files import UnreadableFile, open_regular
+
+log = logging.getLogger(__name__)
 
 # Longest image path accepted in an input record.
 PATH_MAX = 4096
@@ -18,6 +24,10 @@ PATH_MAX = 4096
 
 class ImageFileError(ValueError):
     """An image file is missing, unreadable, truncated or too large."""
+
+
+class UnshowableImage(ValueError):
+    """An image's pixels have no agreed appearance (floats outside 0-1, 32-bit integers)."""
 
 
 class PathOutsideRoot(ValueError):
@@ -45,18 +55,87 @@ def load_fully(source: str | Path | IO[bytes]) -> Image.Image:
     return img
 
 
-def open_image(path: str | Path) -> Image.Image:
-    """Decode an image fully as RGB, refusing decompression bombs (see load_fully)."""
-    if Path(path).is_dir():
-        raise ImageFileError(f"image file {path} is a directory, not an image")
-    if Path(path).exists() and not Path(path).is_file():
-        # A FIFO or a device would block open() or never end.
-        raise ImageFileError(f"image file {path} is not a regular file (a FIFO, socket or device)")
+# Pillow's modes of 16-bit pixels (and "I", which some of its readers give 16-bit files).
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+# Transparent pixels are shown over white, as an image viewer or a web page shows them.
+BACKGROUND = (255, 255, 255, 255)
+
+
+def as_displayed(img: Image.Image) -> Image.Image:
+    """``img`` as an RGB image of what a viewer shows, whatever its mode.
+
+    ``convert("RGB")`` alone clips 16-bit pixels to 255 (a 16-bit image becomes pure white),
+    drops transparency (hidden colours show) and converts LAB as if it were YCbCr. Here:
+    16-bit pixels are scaled to 8 bits, floating-point ones in 0-1 too; colour profiles
+    (CMYK, Adobe RGB) and LAB are converted to sRGB; transparency (an alpha channel, a palette's
+    or a single transparent colour) is composited over white. Raises UnshowableImage, saying why,
+    for pixels no viewer agrees on (floats outside 0-1, 32-bit integers beyond 16 bits).
+    """
+    if img.mode in SIXTEEN_BIT_MODES or img.mode == "F":
+        img = _eight_bit(img)
+    img = _srgb(img)
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        try:
+            rgba = img.convert("RGBA")
+        except ValueError as exc:
+            raise UnshowableImage(f"mode {img.mode} cannot be shown ({exc})") from None
+        return Image.alpha_composite(Image.new("RGBA", img.size, BACKGROUND), rgba).convert("RGB")
     try:
-        with load_fully(path) as img:
-            return img.convert("RGB")
-    except FileNotFoundError:
-        raise ImageFileError(f"image file {path} does not exist") from None
+        return img.convert("RGB")
+    except ValueError as exc:
+        raise UnshowableImage(f"mode {img.mode} cannot be shown ({exc})") from None
+
+
+def _eight_bit(img: Image.Image) -> Image.Image:
+    """A 16-bit or floating-point grey image as 8-bit grey ("L"), scaled as a viewer scales it."""
+    pixels = np.asarray(img).astype(np.float64)
+    low, high = (float(pixels.min()), float(pixels.max())) if pixels.size else (0.0, 0.0)
+    if img.mode == "F":
+        if not (0.0 <= low and high <= 1.0):  # NaN fails both comparisons
+            raise UnshowableImage(f"floating-point pixels from {low} to {high}: only 0-1 has an agreed "
+                             "brightness; save the image with 8 or 16 bits per channel")
+        scale = 255.0
+    else:
+        if low < 0 or high > 65535:
+            raise UnshowableImage(f"32-bit integer pixels from {low:.0f} to {high:.0f}: only 0-65535 "
+                             "(16 bits) has an agreed brightness; save the image with 8 or 16 bits")
+        scale = 255.0 / 65535.0
+    return Image.fromarray(np.rint(pixels * scale).astype(np.uint8), mode="L")
+
+
+def _srgb(img: Image.Image) -> Image.Image:
+    """``img`` converted to sRGB when it carries a colour profile, or is LAB; as it is otherwise."""
+    icc = img.info.get("icc_profile")
+    if img.mode == "LAB":
+        source, icc = ImageCms.createProfile("LAB"), None
+    elif icc and img.mode in ("RGB", "RGBA", "CMYK", "L", "LA"):
+        try:
+            source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        except (OSError, ImageCms.PyCMSError) as exc:
+            log.warning("colour profile not readable (%s): the pixels are used as sRGB", exc)
+            return img
+    else:
+        return img
+    output = "RGBA" if "A" in img.mode else "RGB"
+    try:
+        return ImageCms.profileToProfile(img, source, ImageCms.createProfile("sRGB"), outputMode=output)
+    except ImageCms.PyCMSError as exc:
+        if img.mode == "LAB":
+            raise UnshowableImage(f"LAB pixels cannot be converted to sRGB ({exc})") from None
+        log.warning("colour profile not applicable (%s): the pixels are used as sRGB", exc)
+        return img
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Decode an image fully as the RGB a viewer shows (see as_displayed), refusing decompression
+    bombs (see load_fully) and files that are not regular files (see shared/files.py)."""
+    try:
+        with open_regular(path) as f, load_fully(f) as img:
+            return as_displayed(img)
+    except UnreadableFile as exc:
+        raise ImageFileError(f"image file {exc}") from None
+    except UnshowableImage as exc:
+        raise ImageFileError(f"image file {path} cannot be shown: {exc}") from None
     except Image.DecompressionBombError as exc:
         raise ImageFileError(f"image file {path} is too large to decode safely: {exc}") from None
     except UnidentifiedImageError:

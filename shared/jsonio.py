@@ -10,6 +10,7 @@ from typing import Any
 
 from shared.artifacts import temp_file_beside
 from shared.errors import InputFileError, shown
+from shared.files import read_utf8
 
 
 class InvalidNumber:
@@ -62,15 +63,7 @@ class JsonProblem(ValueError):
 
 def read_text(path: Path) -> str:
     """A file's text: UTF-8 (a byte-order mark is fine) and not empty, else an InputFileError."""
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise InputFileError(path, f"cannot read the file ({exc.strerror})") from None
-    try:
-        # utf-8-sig: a byte-order mark (common in files saved on Windows) is not an error.
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InputFileError(path, f"not UTF-8 text (bad byte at offset {exc.start})") from None
+    text = read_utf8(path)  # UnreadableFile is an InputFileError
     if not text.strip():
         raise InputFileError(path, "the file is empty")
     return text

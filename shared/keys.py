@@ -5,8 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import unicodedata
 from pathlib import Path
 from typing import Mapping
+
+from shared.files import open_regular
 
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # Separates the parts of an item key (image_id|subject|object, category|pair_id).
@@ -14,6 +17,12 @@ KEY_SEP = "|"
 # Longest id or name accepted in an item key: longer ones are data errors, and they would
 # end up in every prompt, key and report line.
 NAME_MAX = 256
+
+
+def nfc(value: object) -> object:
+    """A name in Unicode's composed form (NFC), anything else as it is: "café" typed as e plus a
+    combining accent and "café" typed with "é" are one category, one class name."""
+    return unicodedata.normalize("NFC", value) if isinstance(value, str) else value
 
 
 def is_key_part(text: str) -> bool:
@@ -50,7 +59,7 @@ def separate_failure_keys(failures: dict[str, str], valid: set[str], sep: str) -
 
 def file_digest(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
@@ -63,7 +72,8 @@ def content_digest(path: Path) -> str:
     if not path.is_dir():
         return file_digest(path)
     h = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+    # Every entry but folders: a FIFO among the files is refused (UnreadableFile), not skipped.
+    for file in sorted(p for p in path.rglob("*") if not p.is_dir()):
         h.update(file.relative_to(path).as_posix().encode() + b"\0" + file_digest(file).encode())
     return h.hexdigest()
 

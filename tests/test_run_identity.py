@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from PIL import Image
 
 from config import Settings
 from conftest import private_env, run_producer, started_fleet, wait_until
@@ -192,3 +193,32 @@ def test_workers_refuse_a_run_without_the_settings_they_need(fleet, fleet_env, r
     for record in failed.values():
         assert "without the setting 'dtype'" in record["reason"] and "--restart" in record["reason"]
         assert record["attempts"] == 1  # not retried: retrying cannot help
+
+
+def test_a_relations_image_replaced_on_disk_is_another_run(server, model_cache, sample, tmp_path):
+    # The input files are unchanged: only an image's pixels are. Its old descriptions must not
+    # count as done for the new picture.
+    env = private_env(server, model_cache, tmp_path / "work")
+    client = connect(server.url)
+    assert enqueue(env, sample, "--run", "named").returncode == 0
+    first = enqueue(env, sample)
+    assert first.returncode == 0, first.stderr
+    first_id = first.stdout.split()[-1]
+
+    image = sample[1].parent / "images" / "2343730.png"
+    with Image.open(image) as old:
+        Image.new("RGB", old.size, "navy").save(image)  # same size and boxes, another picture
+    second = enqueue(env, sample)
+    assert second.returncode == 0, second.stderr
+    second_id = second.stdout.split()[-1]
+    assert second_id != first_id
+
+    before = snapshot(client)
+    proc = enqueue(env, sample, "--run", "named")
+    assert proc.returncode == 2 and "inputs: stored" in proc.stderr, proc.stderr
+    assert snapshot(client) == before
+
+    image.unlink()  # a missing image: its pairs fail on the worker; the run is registered
+    third = enqueue(env, sample)
+    assert third.returncode == 0, third.stderr
+    assert third.stdout.split()[-1] not in (first_id, second_id)

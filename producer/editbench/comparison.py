@@ -9,7 +9,6 @@ statistics are in ``producer.editbench.score_statistics``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from producer.editbench.score_statistics import (CONFIDENCE, RESAMPLES, SEED, TI
                                                  paired_difference)
 from shared.artifacts import write_atomic
 from shared.editbench.approximate import approximate_modes
+from shared.editbench.rubric import SCALE_LIMITS
 from shared.errors import InputFileError, shown
 from shared.jsonio import read_json, write_json_atomic
 
@@ -75,9 +75,10 @@ def _category_scores(path: Path, name: str, cat: object) -> dict[str, float]:
         pair_id = result.get("pair_id") if isinstance(result, dict) else None
         score = result.get("score") if isinstance(result, dict) else None
         if (not isinstance(pair_id, str) or isinstance(score, bool) or not isinstance(score, (int, float))
-                or not math.isfinite(score)):
+                or not SCALE_LIMITS[0] <= score <= SCALE_LIMITS[1]):  # NaN fails the comparison too
             raise InputFileError(path, f"category {shown(name)}: results[{i}]: expected a 'pair_id' "
-                                       f"string and a finite 'score', got {shown(result)}")
+                                       f"string and a 'score' from {SCALE_LIMITS[0]} to {SCALE_LIMITS[1]}, "
+                                       f"got {shown(result)}")
         scores[pair_id] = float(score)
     return scores
 

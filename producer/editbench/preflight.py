@@ -4,14 +4,15 @@ its LoRAs and the judge's prompts (``producer/preflight.py`` checks what every j
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from huggingface_hub import try_to_load_from_cache
 
 from config import ENV_PREFIX, TINY_EDITORS, Settings, SettingsError
+from producer.editbench.register import run_templates
 from shared.editbench.editor_families import FAMILIES, unsupported_message
 from shared.editbench.prompt_manager import PromptManager, PromptTemplateError
+from shared.files import UnreadableFile, open_regular, read_utf8
 
 
 def check_editbench_settings(settings: Settings) -> None:
@@ -21,6 +22,7 @@ def check_editbench_settings(settings: Settings) -> None:
         PromptManager(settings.prompts)
     except (OSError, PromptTemplateError) as exc:
         raise SettingsError(f"{ENV_PREFIX}PROMPTS_DIR={settings.prompts_dir!r}: {exc}") from None
+    run_templates(settings)  # the rubric's files and numbers, before anything starts
 
 
 def check_editor_family(ref: str, revision: str) -> None:
@@ -31,7 +33,7 @@ def check_editor_family(ref: str, revision: str) -> None:
         return
     if Path(ref).is_dir():
         index = Path(ref) / "model_index.json"
-        if not index.is_file():
+        if not index.exists():
             raise SettingsError(f"{ENV_PREFIX}EDITOR_MODEL={ref!r}: no model_index.json in it "
                                 "(not a diffusers pipeline directory)")
     else:
@@ -40,8 +42,8 @@ def check_editor_family(ref: str, revision: str) -> None:
             return
         index = Path(cached)
     try:
-        class_name = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
-    except (OSError, ValueError, AttributeError) as exc:
+        class_name = json.loads(read_utf8(index)).get("_class_name", "")
+    except (UnreadableFile, ValueError, AttributeError) as exc:
         raise SettingsError(f"{ENV_PREFIX}EDITOR_MODEL={ref!r}: {index} is not readable JSON "
                             f"({exc})") from None
     if class_name not in FAMILIES:
@@ -54,11 +56,17 @@ def check_loras(settings: Settings) -> None:
         where = f"{ENV_PREFIX}EDITOR_LORAS (--lora) {path!r}"
         lora = Path(path)
         if lora.is_dir():
-            if not any(lora.glob("*.safetensors")):
+            files = sorted(lora.glob("*.safetensors"))
+            if not files:
                 raise SettingsError(f"{where}: the directory holds no .safetensors file")
-        elif not lora.is_file():
+        elif not lora.exists():
             raise SettingsError(f"{where}: no such file or directory")
         elif lora.suffix != ".safetensors":
             raise SettingsError(f"{where}: not a .safetensors file")
-        if not os.access(lora, os.R_OK):
-            raise SettingsError(f"{where}: not readable")
+        else:
+            files = [lora]
+        for file in files:
+            try:
+                open_regular(file).close()  # a FIFO or a device would block the editor's load
+            except UnreadableFile as exc:
+                raise SettingsError(f"{where}: {exc}") from None

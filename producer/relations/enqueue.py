@@ -32,6 +32,8 @@ class Enqueued:
     already_done: int
     pairs_sent: int
     tasks_sent: int
+    dropped_no_relation: int = 0  # candidates: see PreparedRelations
+    merged_repeats: int = 0
 
     @property
     def needs_workers(self) -> bool:
@@ -66,11 +68,15 @@ def enqueue_relations(settings: Settings, app: Celery, store_client, stage1: Pat
     prepared = prepare_data_for_inference(stage1, input_path, settings.top_k,
                                           data_root=settings.data_root)
     run = run_settings(settings)
-    run_id = run_name or derive_run_id("relations", [stage1, input_path], run.identity())
+    # The images are content of the input too: another image is another run (as for editbench).
+    inputs = [stage1, input_path, *prepared.image_files]
+    run_id = run_name or derive_run_id("relations", inputs, run.identity())
     store = RunStore(store_client, run_id)
     claim_run(store, {"job": "relations", "run_id": run_id, "created": time.time(),
-                      "stage1": str(stage1), "input": str(input_path),
-                      "inputs": inputs_digest([stage1, input_path]), **run.record()},
+                      "stage1": str(stage1), "input": str(input_path), "inputs": inputs_digest(inputs),
+                      "preparation": {"dropped_no_relation": prepared.dropped_no_relation,
+                                      "merged_repeated_predicates": prepared.merged_repeats},
+                      **run.record()},
               IDENTITY, restart)
     items = {relation_key(p["image_id"], p["subject"], p["object"]): p for p in prepared.pairs}
     store.add_items(RELATIONS_STAGE, items)
@@ -88,7 +94,8 @@ def enqueue_relations(settings: Settings, app: Celery, store_client, stage1: Pat
         app.send_task(RELATIONS_TASK, args=[run_id, chunk], queue=settings.queue_relations)
     return Enqueued(run_id=run_id, total=len(items) + len(prepared.failures),
                     invalid=len(prepared.failures), already_done=len(items) - len(pending),
-                    pairs_sent=len(pending), tasks_sent=len(chunks))
+                    pairs_sent=len(pending), tasks_sent=len(chunks),
+                    dropped_no_relation=prepared.dropped_no_relation, merged_repeats=prepared.merged_repeats)
 
 
 def pack_tasks(keys: list[str], items: dict[str, dict], budget: int) -> list[list[str]]:

@@ -64,8 +64,10 @@ class RelationsJob(Job):
                  run_name: str | None, restart: bool) -> Enqueued:
         stage1, input_path = inputs
         enq = enqueue_relations(settings, app, store_client, stage1, input_path, run_name, restart)
-        log.info("run %s: %d items, %d already done, %d invalid; sent %d pairs in %d tasks",
-                 enq.run_id, enq.total, enq.already_done, enq.invalid, enq.pairs_sent, enq.tasks_sent)
+        log.info("run %s: %d items, %d already done, %d invalid; sent %d pairs in %d tasks; "
+                 "candidates: %d \"no relation\" dropped, %d repeated predicates merged",
+                 enq.run_id, enq.total, enq.already_done, enq.invalid, enq.pairs_sent, enq.tasks_sent,
+                 enq.dropped_no_relation, enq.merged_repeats)
         return enq
 
     def drive(self, settings: Settings, app: Celery, run: Enqueued, store: RunStore,

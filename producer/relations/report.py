@@ -13,8 +13,13 @@ from shared.relations.result import report_record
 from shared.relations.run_settings import RelationsRunSettings
 from shared.store import RunStore
 
+# What preparation dropped and merged; a run registered before it was counted: nothing said.
+NOTHING_PREPARED = {"dropped_no_relation": 0, "merged_repeated_predicates": 0}
+
+
 def relations_report(store: RunStore) -> dict[str, Any]:
-    run = RelationsRunSettings.from_record(store.meta(), store.run_id)
+    meta = store.meta()
+    run = RelationsRunSettings.from_record(meta, store.run_id)
     items = store.items(RELATIONS_STAGE)
     done = store.done(RELATIONS_STAGE)
     failed = store.failed(RELATIONS_STAGE)
@@ -32,6 +37,8 @@ def relations_report(store: RunStore) -> dict[str, Any]:
         "model": run.relations_model,
         "failed_pairs": len(failed),
         "pending_pairs": len(items) - len(done) - len(failed),
+        # Stage-1 candidates left out of the top K (README, The relations job, Preparation).
+        **meta.get("preparation", NOTHING_PREPARED),
     }
     failures = [{"key": k, "reason": v["reason"], "attempts": v["attempts"]}
                 for k, v in sorted(failed.items())]

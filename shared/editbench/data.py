@@ -28,10 +28,12 @@ from pathlib import Path
 
 from PIL import Image
 
+from shared.editbench.editor_families import aspect_problem
 from shared.errors import InputFileError, RecordError, shown
-from shared.images import checked_data_root, checked_input_path, load_fully
+from shared.files import UnreadableFile, read_bytes
+from shared.images import UnshowableImage, as_displayed, checked_data_root, checked_input_path, load_fully
 from shared.jsonio import JsonProblem, parse_json, read_text
-from shared.keys import KEY_SEP, NAME_MAX, is_key_part, separate_failure_keys
+from shared.keys import KEY_SEP, NAME_MAX, is_key_part, nfc, separate_failure_keys
 from shared.model_text import special_token_problem
 
 TEXT_FIELDS = ("original_description", "edit_instruction")
@@ -106,7 +108,9 @@ def prepare_benchmark(path: Path, data_root: str | Path = "") -> PreparedBenchma
             continue
         problem = _category_problem(group.name, group.pairs)
         if problem is None and group.name in seen:
-            problem = "repeats a category given earlier in the file; give each category once"
+            problem = ("repeats a category given earlier in the file (names are compared in Unicode's "
+                       "composed form, NFC: an accent typed as a combining mark is the same name); "
+                       "give each category once")
         if isinstance(group.name, str) and is_key_part(group.name) and group.name not in seen:
             # A name unusable in a key stays out of the category list (and the chart): its failure says why.
             seen.add(group.name)
@@ -172,7 +176,7 @@ def _looks_like_json_lines(text: str) -> bool:
 
 
 def _map_groups(categories: dict, prefix: str) -> list[_Group]:
-    return [_Group(name, pairs, f"category {shown(name)}", _labels(pairs, f"{prefix}{name}"))
+    return [_Group(nfc(name), pairs, f"category {shown(name)}", _labels(pairs, f"{prefix}{name}"))
             for name, pairs in categories.items()]
 
 
@@ -184,7 +188,7 @@ def _list_groups(data: list) -> list[_Group]:
                                  problem=f"expected an object with 'category_name' and 'data_pairs', "
                                          f"got {shown(entry)}"))
             continue
-        name = entry["category_name"]
+        name = nfc(entry["category_name"])
         groups.append(_Group(name, entry.get("data_pairs"), f"[{i}] (category {shown(name)})",
                              _labels(entry.get("data_pairs"), f"[{i}].data_pairs", f" (category {shown(name)})")))
     return groups
@@ -207,7 +211,7 @@ def _json_lines_groups(path: Path, text: str, prepared: PreparedBenchmark) -> li
         except JsonProblem as exc:
             _add_failure(prepared, _line_key(number), f"{path}: {record}: {exc}")
             continue
-        category = raw.get("category") if isinstance(raw, dict) else None
+        category = nfc(raw.get("category")) if isinstance(raw, dict) else None
         if not isinstance(raw, dict):
             reason = str(RecordError(path, record, "pair", f"expected an object, got {shown(raw)}"))
         elif not isinstance(category, str) or not is_key_part(category):
@@ -317,14 +321,10 @@ def _pair_image(raw: dict, path: Path, record: str, root: str) -> tuple[bytes, s
                           "give either original_image_b64 or original_image_path, not both")
     fld = "original_image_path"
     image_file = Path(checked_input_path(raw[fld], path, record, fld, root))
-    if not image_file.is_file():
-        # A directory, a FIFO (whose read would block) or nothing at all.
-        what = "does not exist" if not image_file.exists() else "is not a regular file"
-        raise RecordError(path, record, fld, f"{image_file} {what}")
     try:
-        data = image_file.read_bytes()
-    except OSError as exc:
-        raise RecordError(path, record, fld, f"cannot read {image_file} ({exc.strerror})") from None
+        data = read_bytes(image_file)
+    except UnreadableFile as exc:
+        raise RecordError(path, record, fld, str(exc)) from None
     return data, _image_extension(data, path, record, fld), str(image_file)
 
 
@@ -353,10 +353,17 @@ def _image_extension(data: bytes, path: Path, record: str, fld: str) -> str:
     try:
         with load_fully(buffer) as img:
             extension = (img.format or "png").lower()
+            as_displayed(img)  # what the editor and the judge will see, refused here if nothing
+            size = img.size
     except Image.DecompressionBombError as exc:
         raise RecordError(path, record, fld, f"image too large to decode safely: {exc}") from None
+    except UnshowableImage as exc:
+        raise RecordError(path, record, fld, f"image cannot be shown: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad data
         # Pillow names the buffer it read (``<_io.BytesIO object at 0x...>``): say what it held.
         reason = str(exc).replace(repr(buffer), f"the image's {len(data)} bytes (starting {data[:8]!r})")
         raise RecordError(path, record, fld, f"not a readable image ({reason})") from None
+    problem = aspect_problem(*size)
+    if problem:
+        raise RecordError(path, record, fld, problem)
     return {"jpeg": "jpg"}.get(extension, extension)

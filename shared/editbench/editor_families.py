@@ -23,6 +23,20 @@ TINY_SIZE = 128
 DEFAULT_SIZE = 1024
 
 
+# The longest side an editor takes, in multiples of the shortest: the families scale an input
+# to a fixed area (0.15 to 1 megapixel), and far beyond this ratio the short side rounds to 0
+# pixels inside the pipeline ("height and width must be > 0") while the long side explodes.
+MAX_ASPECT = 16
+
+
+def aspect_problem(width: int, height: int) -> str | None:
+    """Why an editor cannot take an image of ``width`` x ``height`` pixels, or None."""
+    if max(width, height) <= MAX_ASPECT * min(width, height):
+        return None
+    return (f"the image is {width}x{height} pixels; the editors take images whose longer side is "
+            f"at most {MAX_ASPECT} times the shorter (crop or pad it)")
+
+
 class UnsupportedEditorError(ValueError):
     """The checkpoint's pipeline class has no adapter here."""
 

@@ -12,6 +12,10 @@ the producer can import it without torch.
 from __future__ import annotations
 
 from pathlib import Path
+from string import Formatter
+
+from shared.errors import shown
+from shared.files import MissingFile, UnreadableFile, read_utf8
 
 DEFAULT_NAME = "default"
 KINDS = ("system", "user")
@@ -89,7 +93,10 @@ class PromptManager:
             if self._templates is None:
                 self._cache[key] = _load_template(path)
             else:
-                self._cache[key] = self._templates.get(path.name)
+                text = self._templates.get(path.name)
+                if text is not None:  # stored with the run, by a producer that may be older
+                    _check_placeholders(path, text)
+                self._cache[key] = text
         return self._cache[key]
 
     def _path(self, name: str, kind: str) -> Path:
@@ -109,26 +116,28 @@ def is_safe_name(category: str) -> bool:
 
 def _load_template(path: Path) -> str | None:
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+        text = read_utf8(path)
+    except MissingFile:
         return None
-    except UnicodeDecodeError as err:
-        raise PromptTemplateError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except UnreadableFile as exc:  # a directory, a FIFO, not UTF-8...
+        raise PromptTemplateError(str(exc)) from None
     text = text.strip()
     _check_placeholders(path, text)
     return text
 
 
 def _check_placeholders(path: Path, text: str) -> None:
+    """Every placeholder is one of PLACEHOLDERS, plain: ``{x.attr}``, ``{x[0]}``, ``{x!r}`` and
+    ``{x:>{y}}`` would let a template read Python internals of the values or reshape them."""
     # A bad template should fail when it is read, naming the file, not deep inside a task.
+    hint = (f"the placeholders are {', '.join('{' + p + '}' for p in PLACEHOLDERS)}, plain names "
+            "only (write literal braces as {{ and }})")
     try:
-        text.format(**{name: "" for name in PLACEHOLDERS})
-    except KeyError as err:
-        raise PromptTemplateError(
-            f"{path}: unknown placeholder {{{err.args[0]}}}; the placeholders are "
-            f"{', '.join('{' + p + '}' for p in PLACEHOLDERS)} (write literal braces as {{{{ and }}}})"
-        ) from None
-    except (IndexError, ValueError) as err:
-        raise PromptTemplateError(
-            f"{path}: not a valid template ({err}); write literal braces as {{{{ and }}}}"
-        ) from None
+        fields = [(name, spec, conversion) for _, name, spec, conversion in Formatter().parse(text)
+                  if name is not None]
+    except ValueError as err:
+        raise PromptTemplateError(f"{path}: not a valid template ({err}); {hint}") from None
+    for name, spec, conversion in fields:
+        if name not in PLACEHOLDERS or spec or conversion:
+            written = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            raise PromptTemplateError(f"{path}: placeholder {shown(written)} is not allowed; {hint}")

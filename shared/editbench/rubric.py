@@ -11,7 +11,7 @@ A rubric is a folder ``<prompts_dir>/rubrics/<name>/`` with a ``rubric.json``::
   per-category overrides (``物理.system.txt``), read by PromptManager;
 - ``scale``: integer scores from ``min`` to ``max``, at least 0 and at most 10 (the judge
   reads them as digit tokens, 10 as "1" then "0");
-- ``overall.formula``: ``mean`` (weighted by the criteria's ``weight``, 1 by default),
+- ``overall.formula``: ``mean`` (weighted by the criteria's ``weight``, 1 by default, at most 1000),
   ``min``, or ``viescore``: sqrt(min(SC criteria) x min(PQ criteria)), VIEScore's overall,
   with ``overall.sc`` and ``overall.pq`` naming the criteria of each group.
 
@@ -22,7 +22,6 @@ Pure Python, so the producer can import it without torch.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -30,6 +29,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
 from shared.editbench.prompt_manager import PromptManager, PromptTemplateError, read_templates
+from shared.errors import shown
+from shared.files import MissingFile, UnreadableFile, read_utf8
+from shared.jsonio import JsonProblem, parse_json
 
 DEFAULT_RUBRIC = "default"
 RUBRICS_DIR = "rubrics"
@@ -37,6 +39,11 @@ RUBRIC_FILE = "rubric.json"
 FORMULAS = ("mean", "min", "viescore")
 # The reasoning mode's instruction, appended to each criterion's user prompt.
 REASONING_FILE = "reasoning/suffix.txt"
+
+# Scores are digits the judge writes: 0 to 10 at most.
+SCALE_LIMITS = (0, 10)
+# The largest criterion weight: any real weighting fits, and sums of weights stay finite.
+WEIGHT_MAX = 1000
 
 _BUILT_IN_DEFAULT = {"scale": {"min": 0, "max": 10}, "criteria": [{"name": "score", "prompts": ""}],
                      "overall": {"formula": "mean"}}
@@ -106,37 +113,44 @@ def read_rubric_templates(prompts_dir: Path, name: str, reasoning: bool = False)
     if name != DEFAULT_RUBRIC or (prompts_dir / rubric_file(name)).exists():
         path = prompts_dir / rubric_file(name)
         try:
-            templates[rubric_file(name)] = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
+            templates[rubric_file(name)] = read_utf8(path)
+        except MissingFile:
             known = sorted(p.parent.name for p in (prompts_dir / RUBRICS_DIR).glob(f"*/{RUBRIC_FILE}"))
             raise RubricError(f"no rubric {name!r}: {path} does not exist (rubrics in {prompts_dir}: "
                               f"{', '.join([DEFAULT_RUBRIC, *known])})") from None
-    rubric = rubric_from_templates(name, templates)
+        except UnreadableFile as exc:
+            raise RubricError(str(exc)) from None
+    rubric = rubric_from_templates(name, templates, prompts_dir)
     for criterion in rubric.criteria:
         for file_name, text in read_templates(prompts_dir / criterion.prompts).items():
             templates[_join(criterion.prompts, file_name)] = text
     if reasoning:
         path = prompts_dir / REASONING_FILE
         try:
-            templates[REASONING_FILE] = path.read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
+            templates[REASONING_FILE] = read_utf8(path).strip()
+        except MissingFile:
             raise RubricError(f"the reasoning mode's instruction {path} is missing") from None
+        except UnreadableFile as exc:
+            raise RubricError(str(exc)) from None
     return templates
 
 
-def rubric_from_templates(name: str, templates: Mapping[str, str]) -> Rubric:
-    """The rubric ``name`` as stored with a run (``templates`` from read_rubric_templates)."""
+def rubric_from_templates(name: str, templates: Mapping[str, str], prompts_dir: Path | None = None) -> Rubric:
+    """The rubric ``name`` as stored with a run (``templates`` from read_rubric_templates);
+    messages name its file under ``prompts_dir`` when given."""
     source = rubric_file(name)
+    shown_source = str(Path(prompts_dir) / source) if prompts_dir is not None else source
     if source in templates:
         try:
-            data = json.loads(templates[source])
-        except json.JSONDecodeError as exc:
-            raise RubricError(f"{source}: not JSON ({exc})") from None
+            # NaN, Infinity and 1e999 become markers every field check refuses.
+            data = parse_json(templates[source])
+        except JsonProblem as exc:
+            raise RubricError(f"{shown_source}: {exc}") from None
     elif name == DEFAULT_RUBRIC:
         data = _BUILT_IN_DEFAULT
     else:
         raise RubricError(f"no rubric {name!r} among the run's templates")
-    return _parse(name, source, data)
+    return _parse(name, shown_source, data)
 
 
 def criterion_prompts(rubric: Rubric, prompts_dir: Path, templates: Mapping[str, str]) -> dict[str, PromptManager]:
@@ -167,10 +181,10 @@ def _parse(name: str, source: str, data: Any) -> Rubric:
     if not isinstance(data, dict):
         raise RubricError(f"{source}: expected a JSON object with scale, criteria and overall")
     scale = data.get("scale")
-    if not (isinstance(scale, dict) and all(isinstance(scale.get(k), int) for k in ("min", "max"))
-            and 0 <= scale["min"] < scale["max"] <= 10):
+    if not (isinstance(scale, dict) and all(_is_int(scale.get(k)) for k in ("min", "max"))
+            and SCALE_LIMITS[0] <= scale["min"] < scale["max"] <= SCALE_LIMITS[1]):
         raise RubricError(f"{source}: scale must be {{\"min\": m, \"max\": n}} with integers "
-                          f"0 <= m < n <= 10, not {scale!r}")
+                          f"{SCALE_LIMITS[0]} <= m < n <= {SCALE_LIMITS[1]}, not {shown(scale)}")
     raw_criteria = data.get("criteria")
     if not isinstance(raw_criteria, list) or not raw_criteria:
         raise RubricError(f"{source}: criteria must be a non-empty list")
@@ -194,6 +208,10 @@ def _parse(name: str, source: str, data: Any) -> Rubric:
                   formula=formula, groups=groups)
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _criterion(source: str, rubric: str, index: int, raw: Any) -> Criterion:
     where = f"{source}: criteria[{index}]"
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str) or not re.fullmatch(r"[\w-]{1,64}", raw["name"]):
@@ -202,8 +220,9 @@ def _criterion(source: str, rubric: str, index: int, raw: Any) -> Criterion:
     weight = raw.get("weight", 1)
     if not isinstance(prompts, str) or ".." in PurePosixPath(prompts).parts or prompts.startswith("/"):
         raise RubricError(f"{where}.prompts: a folder inside the rubric's, not {prompts!r}")
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
-        raise RubricError(f"{where}.weight: a positive number, not {weight!r}")
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight <= WEIGHT_MAX:
+        # NaN fails every comparison; Infinity and 1e999 are read as markers, not numbers.
+        raise RubricError(f"{where}.weight: a positive number at most {WEIGHT_MAX}, not {shown(weight)}")
     # A rubric folder's criteria live under it; the built-in default's are the prompts directory's own.
     base = "" if (rubric == DEFAULT_RUBRIC and not prompts) else f"{RUBRICS_DIR}/{rubric}"
     return Criterion(name=raw["name"], prompts=_join(base, prompts).rstrip("/"), weight=float(weight))

@@ -1,8 +1,9 @@
 """The relations job's input preparation (stage-1 candidates + input images -> pairs).
 
 Stage-1 candidates are matched to their input image by id (string or integer),
-grouped by (subject, object), stripped of "no relation", sorted by similarity and
-cut to the top K. A bad record becomes a failure with a reason naming the file,
+grouped by (subject, object) (class names compared in Unicode NFC), stripped of "no
+relation" in any spelling (``No_Relation``, ``no-relation``), each predicate kept once (its
+candidate of highest similarity), sorted by similarity and cut to the top K. A bad record becomes a failure with a reason naming the file,
 the record and the field; the other records go on. What counts as bad:
 
 - a stage-1 image entry: an empty or repeated id (``"042"`` repeats ``42``), a
@@ -20,6 +21,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +31,7 @@ from typing import Any
 from shared.errors import InputFileError, RecordError, shown
 from shared.images import checked_data_root, checked_input_path
 from shared.jsonio import invalid_number_at, read_json
-from shared.keys import (KEY_SEP, NAME_MAX, is_key_part, normalize_image_id, relation_key,
+from shared.keys import (KEY_SEP, NAME_MAX, is_key_part, nfc, normalize_image_id, relation_key,
                          separate_failure_keys)
 from shared.model_text import special_token_problem
 
@@ -43,6 +47,18 @@ class PreparedRelations:
 
     pairs: list[dict[str, Any]] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)  # item key -> reason
+    # Candidates left out of the pairs' top K: "no relation" in any spelling, and predicates
+    # repeated in a pair's candidates (the one of highest similarity is kept).
+    dropped_no_relation: int = 0
+    merged_repeats: int = 0
+
+    @property
+    def image_files(self) -> list[Path]:
+        """The pairs' image files, each once, in order: part of the run's content (another image
+        is another run). One that is not a regular file now is left out: its pairs fail on the
+        worker, and the file, once there, makes another run."""
+        paths = dict.fromkeys(p["image_path"] for p in self.pairs)
+        return [Path(p) for p in paths if os.path.isfile(p)]
 
 
 @dataclass(frozen=True)
@@ -80,11 +96,13 @@ def prepare_data_for_inference(
         record_name = f"{CANDIDATES_KEY}[{shown(raw_id)}]"
         try:
             image_id = _stage1_image_id(raw_id, seen, stage1_path, record_name)
-            groups = _group_candidates(candidates, stage1_path, record_name)
+            groups, dropped = _group_candidates(candidates, stage1_path, record_name)
         except RecordError as exc:
             prepared.failures[_image_failure_key(raw_id)] = str(exc)
             continue
+        prepared.dropped_no_relation += dropped
         for (subject, object_), group in groups.items():
+            prepared.merged_repeats += len(group) - len(_best_per_predicate(group))
             key = relation_key(image_id, subject, object_)
             try:
                 record = records.get(image_id)
@@ -189,7 +207,7 @@ def _checked_image_record(record: dict, path: Path, name: str, root: str) -> dic
         if not isinstance(obj, dict) or not _is_name(obj.get("class_name")):
             raise RecordError(path, name, f"{where}.class_name",
                               f"expected a non-empty string of at most {NAME_MAX} characters")
-        by_name.setdefault(obj["class_name"], []).append(
+        by_name.setdefault(nfc(obj["class_name"]), []).append(
             ObjectEntry(j, obj, _object_error(obj, path, name, where)))
     return {"image_id": record["image_id"], "image_path": image_path, "objects": by_name,
             "record": name}
@@ -234,18 +252,37 @@ def _is_name(value: object) -> bool:
     return isinstance(value, str) and bool(value.strip()) and len(value) <= NAME_MAX
 
 
-def _group_candidates(candidates: object, path: Path, name: str) -> dict[tuple[str, str], list]:
-    """(subject, object) -> its candidates, first-seen order; "no relation" dropped."""
+def _group_candidates(candidates: object, path: Path, name: str) -> tuple[dict[tuple[str, str], list], int]:
+    """(subject, object) -> its candidates, first-seen order, and how many "no relation"
+    candidates (in any spelling, see predicate_key) were dropped. Class names compare in NFC."""
     if not isinstance(candidates, list):
         raise RecordError(path, name, "candidates", f"expected a list of candidates, got {shown(candidates)}")
     groups: dict[tuple[str, str], list] = {}
+    dropped = 0
     for i, cand in enumerate(candidates):
         where = f"{name}[{i}]"
         _check_candidate(cand, path, where)
-        if cand["predicted_predicate"].strip().lower() == NO_RELATION:
+        if predicate_key(cand["predicted_predicate"]) == NO_RELATION:
+            dropped += 1
             continue
-        groups.setdefault((cand["subject"], cand["object"]), []).append(cand)
-    return groups
+        groups.setdefault((nfc(cand["subject"]), nfc(cand["object"])), []).append(cand)
+    return groups, dropped
+
+
+def predicate_key(predicate: str) -> str:
+    """What a predicate is compared by: case, Unicode form, and runs of spaces, ``_`` and ``-``
+    ignored ("No_Relation", "no-relation" and "no  relation" are "no relation")."""
+    text = unicodedata.normalize("NFKC", predicate).casefold()
+    return " ".join(part for part in re.split(r"[\s_-]+", text) if part)
+
+
+def _best_per_predicate(group: list) -> list:
+    """The group's candidates by similarity, highest first, each predicate (predicate_key) once:
+    a repeated predicate would take two top-K slots and generate the same description twice."""
+    best: dict[str, dict] = {}
+    for cand in sorted(group, key=lambda c: c["similarity"], reverse=True):
+        best.setdefault(predicate_key(cand["predicted_predicate"]), cand)
+    return list(best.values())
 
 
 def _check_candidate(cand: object, path: Path, where: str) -> None:
@@ -296,7 +333,7 @@ def _pair_data(record: dict, subject: str, object_: str, group: list, top_k: int
                input_path: Path) -> dict[str, Any]:
     subject_entry = _pick_object(record, subject, "subject", input_path)
     object_entry = _pick_object(record, object_, "object", input_path)
-    ranked = sorted(group, key=lambda c: c["similarity"], reverse=True)[:top_k]
+    ranked = _best_per_predicate(group)[:top_k]
     gt_predicates: list[str] = []
     for cand in group:
         for predicate in cand.get("gt_predicates") or []:

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from shared.editbench.editor_families import EditFamily, EditSettings, family_for
+from shared.editbench.editor_families import EditFamily, EditSettings, aspect_problem, family_for
+from shared.images import as_displayed
 from workers.editing.approximate import step_cache_of
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,10 @@ class Editor:
 
     def edit(self, image: Image.Image, instruction: str, seed: int) -> Image.Image:
         """The edited image, about ``size`` x ``size`` pixels in the input's aspect ratio."""
-        image = image.convert("RGB")
+        image = as_displayed(image)  # an RGB image from open_image is kept as it is
+        problem = aspect_problem(image.width, image.height)
+        if problem:  # checked when the benchmark was read; a run registered before that was not
+            raise ValueError(problem)
         width, height = self.output_size(image.width, image.height)
         generator = torch.Generator(device=self.pipeline.device).manual_seed(seed)
         arguments = self.family.call_arguments(image, instruction, self.settings, width, height)
