@@ -151,9 +151,9 @@ class Settings:
     # Typical values 0.05 to 0.2: higher skips more.
     edit_step_cache: float = 0.0
 
-    # --- relations job (the original scripts' defaults) -----------------------
+    # --- relations job (the seed scripts' defaults: README, Layout, Baselines) ---
     top_k: int = 10
-    # The original scripts' BATCH_SIZE, accepted (and stored in the run's meta) for compatibility: the slot
+    # The seed scripts' BATCH_SIZE, accepted (and stored in the run's meta) for compatibility: the slot
     # decoder's batch is max_batch, and nothing reads this.
     batch_size: int = 8
     # The slot decoder's most rows at once; fewer when their KV cache would not fit the

@@ -34,7 +34,7 @@ class EditbenchJob(Job):
         parser.add_argument("--benchmark", help="the benchmark JSON (default: the built-in sample)")
         parser.add_argument("--phase-scope", choices=PHASE_SCOPES, default="run",
                             help="drain all edits of the run before scoring (run), or edit then score "
-                                 "one category at a time like the original scripts (category)")
+                                 "one category at a time like the seed scripts of README Baselines (category)")
         parser.add_argument("--rubric", dest="judge_rubric",
                             help="the judge's rubric: default, viescore, kris, or a folder under "
                                  "<prompts dir>/rubrics/ (EVALFLEET_JUDGE_RUBRIC)")

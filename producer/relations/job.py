@@ -33,7 +33,7 @@ class RelationsJob(Job):
     enqueue_help = "a relations run (needs EVALFLEET_BROKER_URL)"
 
     def add_flags(self, parser: argparse.ArgumentParser) -> None:
-        # The original script's spellings (--stage1_result, --top_k, ...) are accepted too.
+        # The seed script's spellings (README, Layout: Baselines) are accepted too: --stage1_result, --top_k, ...
         parser.add_argument("--stage1", "--stage1_result", help="recall_results_*.json of stage 1")
         parser.add_argument("--input", "--input_data", help="the input image records (test_2000_images.json)")
         parser.add_argument("--top-k", "--top_k", type=positive, dest="top_k")
