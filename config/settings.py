@@ -175,8 +175,9 @@ class Settings:
     retry_backoff_seconds: int = 2
     # Soft time limit of one task (seconds): past it the task fails its unfinished items,
     # so nothing blocks forever. The hard limit (the process is killed) is
-    # TIME_LIMIT_GRACE_SECONDS later. A full-size edit takes ~40 s, a big relations task
-    # minutes; the visibility timeout must exceed the hard limit.
+    # TIME_LIMIT_GRACE_SECONDS later. A full-size edit takes ~40 s on an H200 (bench/RESULTS.md,
+    # "Edits near the GPU's limit"), a big relations task minutes; the visibility timeout must
+    # exceed the hard limit.
     task_time_limit: int = 1800
 
     # --- producer ----------------------------------------------------------------
