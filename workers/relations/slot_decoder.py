@@ -76,7 +76,7 @@ ROW_MULTIPLE = 64
 # Rows that end are refilled together, once at least 1/REFILL_SHARE of the batch is free (or
 # every prompt left fits the free rows): a refill prefill of a few rows is bound by launching
 # its ~40 kernels a layer, so 32 rows cost little more than 4 (a 15-row refill took ~115 ms on
-# an H200 for ~30 ms of arithmetic: bench/RESULTS.md, "Relations decoder, second generation"),
+# an H200 for ~30 ms of arithmetic: bench/RESULTS.md, "Latest (third session of 2026-12-01)"),
 # while a row that ends idles only a few more steps.
 REFILL_SHARE = 8
 # Images whose prefixes run through the model in one pass.
