@@ -188,9 +188,10 @@ def tiny_moe_dir(model_cache) -> Path:
     return build_tiny_qwen3_vl_moe(model_cache / "tiny-qwen3-vl-moe")
 
 
-@pytest.fixture(scope="session", params=["dense", "moe"])
+@pytest.fixture(scope="module", params=["dense", "moe"])
 def each_tiny_vlm_dir(request) -> Path:
-    """The dense tiny Qwen3-VL, then the Mixture-of-Experts one: for what must hold for both."""
+    """The dense tiny Qwen3-VL, then the Mixture-of-Experts one: for what must hold for both.
+    Module-scoped, so a file's tests run for one model and then for the other."""
     return request.getfixturevalue({"dense": "tiny_vlm_dir", "moe": "tiny_moe_dir"}[request.param])
 
 

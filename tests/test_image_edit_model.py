@@ -130,6 +130,7 @@ def test_same_seed_builds_identical_weights(tiny_editor_dir: Path, tmp_path: Pat
 
 
 def test_resolve_model_path_builds_the_tiny_editor_once(tmp_path: Path, monkeypatch) -> None:
+    # Its own folder, not the session's model cache: the build is what is tested.
     builds = count_builds(monkeypatch, "build_tiny_qwen_image_edit")
     first = resolve_model_path("tiny", tmp_path, kind="editor")
     second = resolve_model_path("tiny", tmp_path, kind="editor")

@@ -136,6 +136,7 @@ def test_same_seed_builds_identical_weights(tiny_vlm_dir: Path, tmp_path: Path) 
 
 
 def test_resolve_model_path_builds_tiny_once(tmp_path: Path, monkeypatch) -> None:
+    # Its own folder, not the session's model cache: the build is what is tested.
     builds = count_builds(monkeypatch, "build_tiny_qwen3_vl")
     first = resolve_model_path("tiny", tmp_path)
     second = resolve_model_path("tiny", tmp_path)
