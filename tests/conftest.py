@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from config import Settings
+from config import TINY_MODEL, Settings
 from producer.dispatch import celery_client
 from producer.embedded import EmbeddedRedis, LocalFleet
 from producer.relations.sample import write_relations_sample
@@ -167,3 +167,90 @@ def relations_counts(stage1: Path, input_path: Path, *, without_image: str | Non
              if str(p["image_id"]) != without_image]
     return (len(pairs), len({str(p["image_id"]) for p in pairs}),
             sum(len(p["stage1_top_k"]) for p in pairs))
+
+
+# --- tiny models and the tiny editor, built once per session -------------------------------------
+# Built into the session's model cache, where the workers of the session's fleets find them, so a
+# model is built once whoever needs it first. torch, transformers and diffusers are imported
+# inside the fixtures: they take seconds to import, and many test files load no model.
+
+@pytest.fixture(scope="session")
+def tiny_vlm_dir(model_cache) -> Path:
+    """The tiny dense Qwen3-VL (the relations model and the judge), as ``tiny`` resolves."""
+    from workers.models import resolve_model_path
+    return Path(resolve_model_path(TINY_MODEL, model_cache))
+
+
+@pytest.fixture(scope="session")
+def tiny_moe_dir(model_cache) -> Path:
+    """The tiny Mixture-of-Experts Qwen3-VL (the architecture of Qwen3-VL-30B-A3B)."""
+    from workers.models import build_tiny_qwen3_vl_moe
+    return build_tiny_qwen3_vl_moe(model_cache / "tiny-qwen3-vl-moe")
+
+
+@pytest.fixture(scope="module", params=["dense", "moe"])
+def each_tiny_vlm_dir(request) -> Path:
+    """The dense tiny Qwen3-VL, then the Mixture-of-Experts one: for what must hold for both.
+    Module-scoped, so a file's tests run for one model and then for the other."""
+    return request.getfixturevalue({"dense": "tiny_vlm_dir", "moe": "tiny_moe_dir"}[request.param])
+
+
+@pytest.fixture(scope="session")
+def tiny_editor_dir(model_cache) -> Path:
+    """The tiny Qwen-Image-Edit pipeline, as ``tiny`` resolves for the editor."""
+    from workers.models.loading import EDITOR, resolve_model_path
+    return Path(resolve_model_path(TINY_MODEL, model_cache, kind=EDITOR))
+
+
+@pytest.fixture(scope="session")
+def tiny_editor_lora(tiny_editor_dir, model_cache) -> Path:
+    """A LoRA of the tiny Qwen-Image-Edit's transformer; tests read it and never change it."""
+    from workers.models.tiny import build_tiny_lora
+    return build_tiny_lora(tiny_editor_dir, model_cache / "tiny-qwen-image-edit-lora")
+
+
+@pytest.fixture(scope="module")
+def vlm(tiny_vlm_dir):
+    """(processor, model) of the tiny Qwen3-VL, float32 on the CPU, loaded once per test file."""
+    import torch
+    from workers.models import load_vlm
+    return load_vlm(str(tiny_vlm_dir), revision="", dtype=torch.float32, device=torch.device("cpu"))
+
+
+def load_tiny_editor(tiny_editor_dir: Path):
+    """The tiny editor pipeline, float32 on the CPU."""
+    import torch
+    from workers.models.loading import load_image_edit_pipeline
+    return load_image_edit_pipeline(str(tiny_editor_dir), revision="", dtype=torch.float32,
+                                    device=torch.device("cpu"))
+
+
+@pytest.fixture
+def editor_pipeline(tiny_editor_dir):
+    """A tiny editor pipeline of the test's own: the speed-ups, modes and compilation under test
+    hook into its transformer."""
+    return load_tiny_editor(tiny_editor_dir)
+
+
+def count_builds(monkeypatch, builder: str) -> list[Path]:
+    """Make ``resolve_model_path`` record each directory it builds with the named tiny builder."""
+    import workers.models.loading as loading
+    build = getattr(loading, builder)
+    builds: list[Path] = []
+
+    def counting_build(out_dir: Path, seed: int = 0) -> Path:
+        builds.append(out_dir)
+        return build(out_dir, seed)
+
+    monkeypatch.setattr(loading, builder, counting_build)
+    return builds
+
+
+# --- a broker of a test's own --------------------------------------------------------------------
+
+@pytest.fixture
+def own_broker(tmp_path):
+    """(server, Celery client) of a Redis no fleet consumes: the session's fleets would take the
+    messages a test sends to their queues."""
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        yield server, celery_client(Settings(broker_url=server.url))

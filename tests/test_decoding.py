@@ -9,7 +9,6 @@ from PIL import Image
 
 from bench.static_decoder import ImagePromptDecoder, cut_after_eos
 from workers.relations.decoding import eos_token_ids, length_bucket, pick_tokens, split_after_image
-from workers.models import build_tiny_qwen3_vl, load_vlm
 
 # Different lengths, so rows of a batch carry different numbers of left pads.
 PROMPTS = [
@@ -30,12 +29,6 @@ def one_cpu_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def vlm(tmp_path_factory: pytest.TempPathFactory):
-    tiny_dir = build_tiny_qwen3_vl(tmp_path_factory.mktemp("models") / "tiny", seed=0)
-    return load_vlm(str(tiny_dir), revision="", dtype=torch.float32, device=torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ cache): off unless asked, part of the run id, in the report and status, refused 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,21 +24,8 @@ from tests.test_run_comparison import report, write
 from workers.editing.approximate import ApproximateModeError, apply_approximate_modes, apply_fp8
 from workers.editing.editor import Editor
 from workers.editing.speed import speed_up_editor
-from workers.models.loading import load_image_edit_pipeline
-from workers.models.tiny import build_tiny_qwen_image_edit
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_qwen_image_edit(tmp_path_factory.mktemp("models") / "tiny-edit")
-
-
-@pytest.fixture
-def pipeline(pipeline_dir: Path):
-    """A fresh pipeline per test: the modes hook into its transformer."""
-    return load_image_edit_pipeline(str(pipeline_dir), revision="", dtype=torch.float32, device=CPU)
 
 
 def _image() -> Image.Image:
@@ -65,18 +51,18 @@ def _forward_inputs(pipeline, seed: int = 0) -> dict:
             "img_shapes": [[(1, 4, 4), (1, 4, 4)]], "return_dict": False}
 
 
-def test_an_all_ones_text_mask_is_dropped_with_the_same_output(pipeline) -> None:
+def test_an_all_ones_text_mask_is_dropped_with_the_same_output(editor_pipeline) -> None:
     """Exact: the hook passes None for a mask of ones (SDPA's fused path); tolerance 0 in
     float32 on the CPU. A mask that masks something is passed on unchanged."""
-    t = pipeline.transformer
-    inputs = _forward_inputs(pipeline)
+    t = editor_pipeline.transformer
+    inputs = _forward_inputs(editor_pipeline)
     ones = torch.ones(1, 12, dtype=torch.long)
     partial = ones.clone()
     partial[0, 8:] = 0
     with torch.inference_mode():
         without = t(**inputs, encoder_hidden_states_mask=None)[0]
         masked = t(**inputs, encoder_hidden_states_mask=partial)[0]
-        speed_up_editor(pipeline)
+        speed_up_editor(editor_pipeline)
         seen = []
         t.register_forward_pre_hook(lambda m, a, k: seen.append(k["encoder_hidden_states_mask"]),
                                     with_kwargs=True)
@@ -87,16 +73,16 @@ def test_an_all_ones_text_mask_is_dropped_with_the_same_output(pipeline) -> None
     assert not torch.equal(masked, without)
 
 
-def test_the_sped_up_editor_makes_the_same_image(pipeline) -> None:
-    before = _edit(pipeline)
-    speed_up_editor(pipeline)
-    assert np.array_equal(_edit(pipeline), before)  # pixel for pixel
+def test_the_sped_up_editor_makes_the_same_image(editor_pipeline) -> None:
+    before = _edit(editor_pipeline)
+    speed_up_editor(editor_pipeline)
+    assert np.array_equal(_edit(editor_pipeline), before)  # pixel for pixel
 
 
-def test_approximate_modes_are_off_unless_asked_and_change_the_run_id(pipeline) -> None:
+def test_approximate_modes_are_off_unless_asked_and_change_the_run_id(editor_pipeline) -> None:
     settings = load_settings({})
     assert (settings.edit_fp8, settings.edit_step_cache) == (False, 0.0)
-    assert apply_approximate_modes(pipeline, False, 0.0, CPU) == []
+    assert apply_approximate_modes(editor_pipeline, False, 0.0, CPU) == []
     exact = result_settings(settings, {})
     assert not set(APPROXIMATE_KEYS) & set(exact) and set(APPROXIMATE_KEYS) <= set(IDENTITY)
     ids = {derive_run_id("editbench", [], result_settings(s, {})) for s in (
@@ -108,22 +94,22 @@ def test_approximate_modes_are_off_unless_asked_and_change_the_run_id(pipeline) 
         load_settings({"EVALFLEET_EDIT_STEP_CACHE": "1.5"})
 
 
-def test_fp8_where_it_cannot_run_is_refused_naming_the_setting(pipeline) -> None:
+def test_fp8_where_it_cannot_run_is_refused_naming_the_setting(editor_pipeline) -> None:
     with pytest.raises(ApproximateModeError, match="EVALFLEET_EDIT_FP8=true needs a CUDA GPU"):
-        apply_fp8(pipeline.transformer, CPU)
+        apply_fp8(editor_pipeline.transformer, CPU)
 
 
-def test_the_step_cache_counts_its_skips_per_edit_and_a_rerun_repeats_them(pipeline) -> None:
-    exact = _edit(pipeline)
-    assert pipeline._last_editor.last_cache == {}
+def test_the_step_cache_counts_its_skips_per_edit_and_a_rerun_repeats_them(editor_pipeline) -> None:
+    exact = _edit(editor_pipeline)
+    assert editor_pipeline._last_editor.last_cache == {}
     # A threshold near 1 skips every pass it may (the first of each of cond and uncond runs).
-    assert apply_approximate_modes(pipeline, False, 0.99, CPU) == ["step-cache 0.99"]
-    first = _edit(pipeline)
-    counts = pipeline._last_editor.last_cache
+    assert apply_approximate_modes(editor_pipeline, False, 0.99, CPU) == ["step-cache 0.99"]
+    first = _edit(editor_pipeline)
+    counts = editor_pipeline._last_editor.last_cache
     assert counts == {"passes": 4, "skipped_passes": 2}  # 2 steps x (cond, uncond)
     assert not np.array_equal(first, exact)
-    again = _edit(pipeline)
-    assert pipeline._last_editor.last_cache == counts and np.array_equal(again, first)
+    again = _edit(editor_pipeline)
+    assert editor_pipeline._last_editor.last_cache == counts and np.array_equal(again, first)
 
 
 def test_compare_refuses_exact_against_approximate_unless_told(tmp_path) -> None:

@@ -20,7 +20,6 @@ from producer.embedded import EmbeddedRedis
 from shared.editbench.data import prepare_benchmark
 from shared.messages import EDIT_STAGE, SCORE_STAGE
 from shared.store import RunStore, connect
-from workers.models.tiny import build_tiny_qwen3_vl_moe
 
 # Tiny editor ~1.8 MB, tiny judge ~1.5 MB: this budget holds either, not both.
 ONE_MODEL_BUDGET_GB = "0.0025"
@@ -104,18 +103,17 @@ def test_sample_run_reports_scores_with_one_swap_and_the_barrier_holds(one_model
     assert sum(times["share"].values()) == pytest.approx(1, abs=1e-3)
 
 
-def test_a_mixture_of_experts_judge_scores_with_grouped_mm_experts(model_cache, tmp_path):
+def test_a_mixture_of_experts_judge_scores_with_grouped_mm_experts(model_cache, tiny_moe_dir, tmp_path):
     """The seed's judge architecture (Qwen3-VL-30B-A3B), tiny: loaded from its directory
     through the product's path with grouped_mm experts, which the report records."""
-    judge_dir = build_tiny_qwen3_vl_moe(tmp_path / "tiny-moe")
     benchmark = one_pair_per_category(write_editbench_sample(tmp_path / "sample"))
     with EmbeddedRedis(tmp_path / "redis") as server:
-        env = private_env(server, model_cache, tmp_path / "work", EVALFLEET_JUDGE_MODEL=str(judge_dir))
+        env = private_env(server, model_cache, tmp_path / "work", EVALFLEET_JUDGE_MODEL=str(tiny_moe_dir))
         with started_fleet(env, ["edit", "score"], tmp_path, name="moe"):
             proc, output = run_editbench(env, benchmark, tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = read_json(output)
-    assert report["run"]["judge_model"] == str(judge_dir)
+    assert report["run"]["judge_model"] == str(tiny_moe_dir)
     assert report["run"]["judge_experts"] == ["grouped_mm"]
     assert report["overall"]["n"] == 5 and report["failures"] == []
     for cat in report["categories"].values():

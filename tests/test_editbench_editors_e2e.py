@@ -60,10 +60,9 @@ def test_qwen_image_edit_plus_edits_and_scores_the_sample(editbench_fleet, fleet
 
 
 def test_a_lora_that_does_not_fit_the_editor_fails_every_edit_with_its_reason(
-        editbench_fleet, fleet_env, redis_client, model_cache, tmp_path):
-    qwen_lora = build_tiny_lora(Path(resolve_model_path("tiny", model_cache, kind=EDITOR)), tmp_path / "lora")
+        editbench_fleet, fleet_env, redis_client, tiny_editor_lora, tmp_path):
     env = {**fleet_env, "EVALFLEET_EDITOR_MODEL": "tiny-flux-kontext",
-           "EVALFLEET_EDITOR_LORAS": str(qwen_lora)}
+           "EVALFLEET_EDITOR_LORAS": str(tiny_editor_lora)}
     proc, output = _run(env, tmp_path)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     report = read_json(output)
@@ -71,5 +70,5 @@ def test_a_lora_that_does_not_fit_the_editor_fails_every_edit_with_its_reason(
     reasons = {failure["reason"] for failure in report["failures"]}
     [reason] = reasons
     assert {failure["stage"] for failure in report["failures"]} == {"edit"}
-    assert reason.startswith(f"LoRA {qwen_lora} does not match the editor")
+    assert reason.startswith(f"LoRA {tiny_editor_lora} does not match the editor")
     assert "FluxKontextPipeline" in reason and "Traceback" not in reason

@@ -11,21 +11,8 @@ import torch
 from config import Settings, load_settings
 from config.settings import SettingsError
 from workers.editing.compile import INDUCTOR_CACHE_VARIABLE, compile_editor_transformer, should_compile
-from workers.models.loading import load_image_edit_pipeline
-from workers.models.tiny import build_tiny_qwen_image_edit
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_qwen_image_edit(tmp_path_factory.mktemp("models") / "tiny-edit")
-
-
-@pytest.fixture
-def pipeline(pipeline_dir: Path):
-    """A fresh pipeline per test: compiling marks its modules."""
-    return load_image_edit_pipeline(str(pipeline_dir), revision="", dtype=torch.float32, device=CPU)
 
 
 def _compiled_blocks(pipeline) -> list[bool]:
@@ -40,22 +27,22 @@ def test_auto_compiles_on_cuda_only_and_bad_values_are_refused() -> None:
         load_settings({"EVALFLEET_EDITOR_COMPILE": "yes"})
 
 
-def test_on_a_cpu_auto_leaves_the_editor_eager(pipeline, tmp_path: Path) -> None:
+def test_on_a_cpu_auto_leaves_the_editor_eager(editor_pipeline, tmp_path: Path) -> None:
     settings = Settings(work_dir=tmp_path)
-    assert not compile_editor_transformer(pipeline, settings, CPU)
-    assert not any(_compiled_blocks(pipeline))
+    assert not compile_editor_transformer(editor_pipeline, settings, CPU)
+    assert not any(_compiled_blocks(editor_pipeline))
     assert not settings.inductor_cache.exists()
 
 
-def test_on_compiles_every_repeated_block_with_the_host_cache(pipeline, tmp_path: Path,
+def test_on_compiles_every_repeated_block_with_the_host_cache(editor_pipeline, tmp_path: Path,
                                                               monkeypatch) -> None:
     monkeypatch.setenv(INDUCTOR_CACHE_VARIABLE, "restored after the test")
-    transformer = pipeline.transformer
+    transformer = editor_pipeline.transformer
     settings = Settings(editor_compile="on", inductor_cache_dir=str(tmp_path / "inductor"))
-    assert compile_editor_transformer(pipeline, settings, CPU)
+    assert compile_editor_transformer(editor_pipeline, settings, CPU)
     # Each block is compiled (the same code for all: one compile), the transformer object stays.
-    assert pipeline.transformer is transformer and all(_compiled_blocks(pipeline))
-    assert len(_compiled_blocks(pipeline)) == transformer.config.num_layers
+    assert editor_pipeline.transformer is transformer and all(_compiled_blocks(editor_pipeline))
+    assert len(_compiled_blocks(editor_pipeline)) == transformer.config.num_layers
     assert os.environ[INDUCTOR_CACHE_VARIABLE] == str((tmp_path / "inductor").resolve())
     assert (tmp_path / "inductor").is_dir()
 

@@ -24,20 +24,14 @@ from shared.keys import content_digest, derive_run_id
 from workers.editing.editor import Editor
 from workers.editing.loras import LoraMismatchError
 from workers.models.loading import EDITOR, load_image_edit_pipeline, resolve_model_path
-from workers.models.tiny import build_tiny_lora
 
 CPU = torch.device("cpu")
 INSTRUCTION = "make the sky blue and add a red flower"
 SUPPORTED = ("QwenImageEditPipeline", "QwenImageEditPlusPipeline", "FluxKontextPipeline")
 
 
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("models")
-
-
-def _editor_dir(models_dir: Path, name: str) -> str:
-    return resolve_model_path(name, models_dir, kind=EDITOR)
+def _editor_dir(model_cache: Path, name: str) -> str:
+    return resolve_model_path(name, model_cache, kind=EDITOR)
 
 
 def _load(path: str, loras: list[dict] = ()):
@@ -67,8 +61,8 @@ def _pixels(image: Image.Image) -> np.ndarray:
     ("tiny-qwen-image-edit-plus", "QwenImageEditPlusPipeline", {"text_encoder"}),
     ("tiny-flux-kontext", "FluxKontextPipeline", {"text_encoder", "text_encoder_2"}),
 ])
-def test_each_family_loads_back_from_disk_and_edits(models_dir, image, name, class_name, text_encoders):
-    path = _editor_dir(models_dir, name)
+def test_each_family_loads_back_from_disk_and_edits(model_cache, image, name, class_name, text_encoders):
+    path = _editor_dir(model_cache, name)
     assert json.loads((Path(path) / "model_index.json").read_text())["_class_name"] == class_name
     pipeline = _load(path)
     assert type(pipeline).__name__ == class_name
@@ -143,33 +137,28 @@ def test_the_cli_refuses_an_unsupported_editor_before_registering(tmp_path):
     assert not (tmp_path / "work" / "redis").exists()  # nothing started, nothing registered
 
 
-@pytest.fixture(scope="module")
-def qwen_lora(models_dir, tmp_path_factory) -> Path:
-    return build_tiny_lora(Path(_editor_dir(models_dir, "tiny")), tmp_path_factory.mktemp("qwen-lora"))
-
-
-def test_a_lora_changes_the_edit_by_its_scale(models_dir, qwen_lora, image):
-    base = _editor_dir(models_dir, "tiny")
-    assert (qwen_lora / "pytorch_lora_weights.safetensors").is_file()
+def test_a_lora_changes_the_edit_by_its_scale(model_cache, tiny_editor_lora, image):
+    base = _editor_dir(model_cache, "tiny")
+    assert (tiny_editor_lora / "pytorch_lora_weights.safetensors").is_file()
     plain = _tiny_editor(_load(base)).edit(image, INSTRUCTION, seed=3)
-    with_lora = _tiny_editor(_load(base, [_lora(qwen_lora)])).edit(image, INSTRUCTION, seed=3)
-    at_zero = _tiny_editor(_load(base, [_lora(qwen_lora, 0.0)])).edit(image, INSTRUCTION, seed=3)
+    with_lora = _tiny_editor(_load(base, [_lora(tiny_editor_lora)])).edit(image, INSTRUCTION, seed=3)
+    at_zero = _tiny_editor(_load(base, [_lora(tiny_editor_lora, 0.0)])).edit(image, INSTRUCTION, seed=3)
     assert not np.array_equal(_pixels(plain), _pixels(with_lora))
     assert np.array_equal(_pixels(plain), _pixels(at_zero))
 
 
-def test_a_lora_of_another_family_fails_naming_it_and_the_layers(models_dir, qwen_lora):
-    kontext = _editor_dir(models_dir, "tiny-flux-kontext")
+def test_a_lora_of_another_family_fails_naming_it_and_the_layers(model_cache, tiny_editor_lora):
+    kontext = _editor_dir(model_cache, "tiny-flux-kontext")
     with pytest.raises(LoraMismatchError) as err:
-        _load(kontext, [_lora(qwen_lora)])
+        _load(kontext, [_lora(tiny_editor_lora)])
     message = str(err.value)
-    assert str(qwen_lora) in message and "FluxKontextPipeline" in message
+    assert str(tiny_editor_lora) in message and "FluxKontextPipeline" in message
     assert "are not layers of the editor" in message and "transformer.transformer_blocks.1" in message
 
 
-def test_a_lora_of_other_shapes_or_changed_since_registration_fails(models_dir, qwen_lora, tmp_path):
-    base = _editor_dir(models_dir, "tiny")
-    tensors = load_file(qwen_lora / "pytorch_lora_weights.safetensors")
+def test_a_lora_of_other_shapes_or_changed_since_registration_fails(model_cache, tiny_editor_lora, tmp_path):
+    base = _editor_dir(model_cache, "tiny")
+    tensors = load_file(tiny_editor_lora / "pytorch_lora_weights.safetensors")
     # The same layers of a wider model: the down projections take 8 more inputs.
     wider = {k: torch.zeros(v.shape[0], v.shape[1] + 8) if ".lora_A." in k else v for k, v in tensors.items()}
     other = tmp_path / "wider.safetensors"
@@ -183,9 +172,9 @@ def test_a_lora_of_other_shapes_or_changed_since_registration_fails(models_dir, 
         _load(base, [recorded])
 
 
-def test_the_run_identity_holds_each_lora_by_content(qwen_lora, tmp_path):
+def test_the_run_identity_holds_each_lora_by_content(tiny_editor_lora, tmp_path):
     lora_file = tmp_path / "style.safetensors"
-    lora_file.write_bytes((qwen_lora / "pytorch_lora_weights.safetensors").read_bytes())
+    lora_file.write_bytes((tiny_editor_lora / "pytorch_lora_weights.safetensors").read_bytes())
     plain = Settings()
     with_lora = plain.replace(editor_loras=f"{lora_file}:0.8")
     settings = result_settings(with_lora, {})

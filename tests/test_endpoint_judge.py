@@ -24,7 +24,6 @@ from shared.editbench.judge_scores import JudgeFailure, JudgeScore
 from shared.store import WORKERS_KEY, connect
 from workers.judging.endpoint import EndpointJudge, score_from_response
 from workers.judging.judge import JudgeItem
-from workers.models import resolve_model_path
 
 DATA = Path(__file__).parent / "data"
 
@@ -36,8 +35,9 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def tiny_judge(model_cache) -> str:
-    return str(resolve_model_path("tiny", model_cache))
+def tiny_judge(tiny_vlm_dir) -> str:
+    """The model the server serves, by the name the judge asks for: its directory."""
+    return str(tiny_vlm_dir)
 
 
 @pytest.fixture(scope="module")

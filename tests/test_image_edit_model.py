@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-import workers.models.loading as loading
+from conftest import count_builds, load_tiny_editor
 from shared.editbench.editor_families import FAMILIES
 from workers.editing.editor import Editor, seed_for
 from workers.models.loading import (
@@ -28,13 +28,9 @@ INSTRUCTION = "make the sky blue and add a red flower"
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_qwen_image_edit(tmp_path_factory.mktemp("models") / "tiny-edit", seed=0)
-
-
-@pytest.fixture(scope="module")
-def pipeline(tiny_dir: Path):
-    return load_image_edit_pipeline(str(tiny_dir), revision="", dtype=torch.float32, device=CPU)
+def pipeline(tiny_editor_dir: Path):
+    # One for the file: these tests only read it.
+    return load_tiny_editor(tiny_editor_dir)
 
 
 def _settings(steps: int = STEPS, size: int = SIZE):
@@ -119,28 +115,23 @@ def test_seed_for_is_stable_31_bit_and_key_specific() -> None:
     assert all(0 <= s < 2**31 for s in seeds)
 
 
-def test_same_seed_builds_identical_weights(tiny_dir: Path, tmp_path: Path) -> None:
+def test_same_seed_builds_identical_weights(tiny_editor_dir: Path, tmp_path: Path) -> None:
     weights = "transformer/diffusion_pytorch_model.safetensors"
     name = "transformer_blocks.0.attn.to_q.weight"
-    original = load_file(tiny_dir / weights)[name]
+    original = load_file(tiny_editor_dir / weights)[name]
     again = load_file(build_tiny_qwen_image_edit(tmp_path / "again", seed=0) / weights)[name]
     other = load_file(build_tiny_qwen_image_edit(tmp_path / "other", seed=1) / weights)[name]
     assert torch.equal(original, again)
     assert not torch.equal(original, other)
     for part in ("vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
-        first, second = load_file(tiny_dir / part), load_file(tmp_path / "again" / part)
+        first, second = load_file(tiny_editor_dir / part), load_file(tmp_path / "again" / part)
         assert first.keys() == second.keys()
         assert all(torch.equal(first[k], second[k]) for k in first), part
 
 
 def test_resolve_model_path_builds_the_tiny_editor_once(tmp_path: Path, monkeypatch) -> None:
-    builds: list[Path] = []
-
-    def counting_build(out_dir: Path, seed: int = 0) -> Path:
-        builds.append(out_dir)
-        return build_tiny_qwen_image_edit(out_dir, seed)
-
-    monkeypatch.setattr(loading, "build_tiny_qwen_image_edit", counting_build)
+    # Its own folder, not the session's model cache: the build is what is tested.
+    builds = count_builds(monkeypatch, "build_tiny_qwen_image_edit")
     first = resolve_model_path("tiny", tmp_path, kind="editor")
     second = resolve_model_path("tiny", tmp_path, kind="editor")
 

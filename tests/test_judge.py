@@ -11,7 +11,6 @@ from PIL import Image, ImageDraw
 from config import Settings
 from shared.editbench.prompt_manager import PromptManager
 from workers.judging.judge import Judge, JudgeItem, JudgeScore
-from workers.models import load_vlm, resolve_model_path
 
 CPU = torch.device("cpu")
 SHIPPED_PROMPTS = Settings().prompts
@@ -98,12 +97,6 @@ def test_a_bad_placeholder_names_the_file(prompts_dir: Path) -> None:
 
 
 # --- judge ---------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def vlm(tmp_path_factory: pytest.TempPathFactory):
-    path = resolve_model_path("tiny", tmp_path_factory.mktemp("models"))
-    return load_vlm(path, revision="", dtype=torch.float32, device=CPU)
 
 
 def _drawn(size: tuple[int, int], colour: str) -> Image.Image:

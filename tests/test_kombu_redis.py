@@ -10,41 +10,36 @@ from __future__ import annotations
 import redis
 from kombu import Connection, Consumer, Exchange, Queue
 
-from config import Settings
-from producer.dispatch import celery_client
-from producer.embedded import EmbeddedRedis
 from producer.kombu_redis import UNACKED_KEY, queue_list_names, unacked_messages
 from shared.messages import RELATIONS_TASK
 
 
-def test_messages_of_every_priority_are_in_the_lists_named(tmp_path):
-    with EmbeddedRedis(tmp_path / "redis") as server:
-        app = celery_client(Settings(broker_url=server.url))
-        for priority in (None, 3, 9):
-            app.send_task(RELATIONS_TASK, args=["r", []], queue="relations", priority=priority)
-        client = redis.Redis.from_url(server.url)
-        names = queue_list_names("relations", app.conf.broker_transport_options)
-        lengths = {name: client.llen(name) for name in names}
-        # Every message is in one of the lists named, and kombu uses no other list for the queue.
-        others = [k for k in client.scan_iter("relations*") if k.decode() not in names]
-        client.close()
+def test_messages_of_every_priority_are_in_the_lists_named(own_broker):
+    server, app = own_broker
+    for priority in (None, 3, 9):
+        app.send_task(RELATIONS_TASK, args=["r", []], queue="relations", priority=priority)
+    client = redis.Redis.from_url(server.url)
+    names = queue_list_names("relations", app.conf.broker_transport_options)
+    lengths = {name: client.llen(name) for name in names}
+    # Every message is in one of the lists named, and kombu uses no other list for the queue.
+    others = [k for k in client.scan_iter("relations*") if k.decode() not in names]
+    client.close()
     assert sum(lengths.values()) == 3 and not others, (lengths, others)
     assert len([n for n, length in lengths.items() if length]) > 1  # priorities use several lists
 
 
-def test_a_delivered_unacknowledged_message_is_read_with_its_queue_and_task_id(tmp_path):
-    with EmbeddedRedis(tmp_path / "redis") as server:
-        app = celery_client(Settings(broker_url=server.url))
-        sent = app.send_task(RELATIONS_TASK, args=["r", []], queue="relations")
-        received = []
-        with Connection(server.url, transport_options=app.conf.broker_transport_options) as conn:
-            queue = Queue("relations", Exchange("relations"), routing_key="relations")
-            with Consumer(conn, [queue], callbacks=[lambda body, msg: received.append(msg)],
-                          accept=["json", "msgpack"]):
-                conn.drain_events(timeout=10)
-            client = redis.Redis.from_url(server.url)
-            assert client.hlen(UNACKED_KEY) == 1, "kombu no longer keeps unacked messages in this hash"
-            found = list(unacked_messages(client))
-            client.close()
-            received[0].ack()
+def test_a_delivered_unacknowledged_message_is_read_with_its_queue_and_task_id(own_broker):
+    server, app = own_broker
+    sent = app.send_task(RELATIONS_TASK, args=["r", []], queue="relations")
+    received = []
+    with Connection(server.url, transport_options=app.conf.broker_transport_options) as conn:
+        queue = Queue("relations", Exchange("relations"), routing_key="relations")
+        with Consumer(conn, [queue], callbacks=[lambda body, msg: received.append(msg)],
+                      accept=["json", "msgpack"]):
+            conn.drain_events(timeout=10)
+        client = redis.Redis.from_url(server.url)
+        assert client.hlen(UNACKED_KEY) == 1, "kombu no longer keeps unacked messages in this hash"
+        found = list(unacked_messages(client))
+        client.close()
+        received[0].ack()
     assert [(m["headers"]["id"], q) for m, q in found] == [(sent.id, "relations")]

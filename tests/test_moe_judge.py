@@ -12,17 +12,11 @@ from PIL import Image
 from config import Settings
 from shared.editbench.prompt_manager import PromptManager
 from workers.judging.judge import Judge, JudgeItem
-from workers.models import load_vlm, resolve_model_path
+from workers.models import load_vlm
 from workers.models import loading
 from workers.models.loading import experts_implementation
-from workers.models.tiny import build_tiny_qwen3_vl_moe
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def moe_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_qwen3_vl_moe(tmp_path_factory.mktemp("models") / "tiny-moe")
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +28,8 @@ def items() -> list[JudgeItem]:
             for size, colour in (((96, 96), "red"), ((128, 96), "green"), ((96, 128), "blue"))]
 
 
-def test_a_moe_judge_loads_with_grouped_mm_experts_and_scores(moe_dir: Path, items) -> None:
-    processor, model = load_vlm(str(moe_dir), revision="", dtype=torch.float32, device=CPU)
+def test_a_moe_judge_loads_with_grouped_mm_experts_and_scores(tiny_moe_dir: Path, items) -> None:
+    processor, model = load_vlm(str(tiny_moe_dir), revision="", dtype=torch.float32, device=CPU)
     assert type(model).__name__ == "Qwen3VLMoeForConditionalGeneration"
     assert experts_implementation(model) == "grouped_mm"
 
@@ -50,17 +44,16 @@ def test_a_moe_judge_loads_with_grouped_mm_experts_and_scores(moe_dir: Path, ite
         assert fast.score == pytest.approx(eager.score, abs=1e-4)
 
 
-def test_a_dense_judge_reports_no_experts(tmp_path: Path) -> None:
-    path = resolve_model_path("tiny", tmp_path)
-    _, model = load_vlm(path, revision="", dtype=torch.float32, device=CPU)
+def test_a_dense_judge_reports_no_experts(vlm) -> None:
+    _, model = vlm
     assert experts_implementation(model) == "dense"
 
 
-def test_without_the_fast_experts_the_judge_loads_with_the_default(moe_dir: Path, items, monkeypatch,
+def test_without_the_fast_experts_the_judge_loads_with_the_default(tiny_moe_dir: Path, items, monkeypatch,
                                                                    caplog) -> None:
     # An experts implementation this transformers does not offer, as on an older release.
     monkeypatch.setattr(loading, "FAST_EXPERTS", "not_offered_here")
-    processor, model = load_vlm(str(moe_dir), revision="", dtype=torch.float32, device=CPU)
+    processor, model = load_vlm(str(tiny_moe_dir), revision="", dtype=torch.float32, device=CPU)
     assert "'not_offered_here' is not available" in caplog.text
     assert experts_implementation(model) in ("grouped_mm", "eager")  # transformers' own default
     assert len(Judge(processor, model, batch_size=3).score(items)) == 3

@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image, ImageDraw
 
 from config import Settings
@@ -17,7 +16,6 @@ from shared.editbench.judge_scores import JudgeFailure, JudgeScore, find_stated_
 from shared.editbench.prompt_manager import read_templates
 from shared.editbench.rubric import (RubricError, criterion_prompts, read_rubric_templates, rubric_from_templates)
 from workers.judging.judge import Judge, JudgeItem
-from workers.models import load_vlm, resolve_model_path
 
 SHIPPED = Settings().prompts
 
@@ -139,12 +137,6 @@ def test_scale_probabilities_split_one_and_ten() -> None:
 
 
 # --- the tiny judge ---------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def vlm(tmp_path_factory: pytest.TempPathFactory):
-    path = resolve_model_path("tiny", tmp_path_factory.mktemp("models"))
-    return load_vlm(path, revision="", dtype=torch.float32, device=torch.device("cpu"))
-
 
 @pytest.fixture(scope="module")
 def kris_rows() -> list[JudgeItem]:

@@ -19,7 +19,7 @@ from producer.relations.enqueue import pack_tasks
 from bench.static_decoder import cut_after_eos
 from workers.relations.decoding import split_after_image
 from workers.relations.image_inputs import prefix_tokens
-from workers.models import build_tiny_qwen3_vl, build_tiny_qwen3_vl_moe, load_vlm
+from workers.models import load_vlm
 from workers.relations.generator import RelationGenerator
 from workers.relations import slot_decoder
 from workers.residency import ResidencyPool, model_bytes
@@ -29,11 +29,9 @@ from workers.relations.slot_decoder import SlotDecoder, kv_bytes_per_token, slot
 from test_decoding import MAX_NEW_TOKENS, PROMPTS, one_cpu_thread  # noqa: E402,F401
 
 
-@pytest.fixture(scope="module", params=["dense", "moe"])
-def vlm(request, tmp_path_factory: pytest.TempPathFactory):
-    build = build_tiny_qwen3_vl if request.param == "dense" else build_tiny_qwen3_vl_moe
-    tiny_dir = build(tmp_path_factory.mktemp("models") / request.param, seed=0)
-    return load_vlm(str(tiny_dir), revision="", dtype=torch.float32, device=torch.device("cpu"))
+@pytest.fixture(scope="module")
+def vlm(each_tiny_vlm_dir):
+    return load_vlm(str(each_tiny_vlm_dir), revision="", dtype=torch.float32, device=torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")

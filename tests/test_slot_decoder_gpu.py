@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from workers.models import build_tiny_qwen3_vl, build_tiny_qwen3_vl_moe, load_vlm
+from workers.models import load_vlm
 from workers.relations.generator import render_prompt
 from workers.relations.slot_decoder import SlotDecoder
 
@@ -23,11 +23,9 @@ PROMPTS = ["Where is the cat relative to the table?", "hi", "Is the person holdi
            "Describe the spatial relation between the red car and the tall building on its left."]
 
 
-@pytest.fixture(scope="module", params=["dense", "moe"])
-def vlm(request, tmp_path_factory: pytest.TempPathFactory):
-    build = build_tiny_qwen3_vl if request.param == "dense" else build_tiny_qwen3_vl_moe
-    tiny_dir = build(tmp_path_factory.mktemp("models") / request.param, seed=0)
-    return load_vlm(str(tiny_dir), revision="", dtype=torch.bfloat16, device=torch.device("cuda"))
+@pytest.fixture(scope="module")
+def vlm(each_tiny_vlm_dir):
+    return load_vlm(str(each_tiny_vlm_dir), revision="", dtype=torch.bfloat16, device=torch.device("cuda"))
 
 
 @pytest.mark.parametrize("max_batch", [64, 4])

@@ -6,10 +6,7 @@ import json
 
 import redis
 
-from config import Settings
 from conftest import relations_counts, run_producer
-from producer.dispatch import celery_client
-from producer.embedded import EmbeddedRedis
 from producer.kombu_redis import queue_depths
 from producer.status import (RATE_WINDOW_SECONDS, STALE_SECONDS, attach_heartbeats, format_status,
                              rate_and_eta, read_heartbeats)
@@ -32,16 +29,14 @@ def test_rate_and_eta_from_samples():
                                         "last_progress_ago": None}
 
 
-def test_queue_depth_counts_kombus_priority_lists(tmp_path):
-    # Its own Redis: the session's fleets consume "edit" and would take the messages.
-    with EmbeddedRedis(tmp_path / "redis") as server:
-        app = celery_client(Settings(broker_url=server.url))
-        for priority in (None, 5, 9):
-            app.send_task(EDIT_TASK, args=["r", []], queue="edit", priority=priority)
-        client = redis.Redis.from_url(server.url)
-        assert client.llen("edit") == 1  # what a plain LLEN would (wrongly) report
-        depths = queue_depths(client, ["relations", "edit"], {})
-        client.close()
+def test_queue_depth_counts_kombus_priority_lists(own_broker):
+    server, app = own_broker
+    for priority in (None, 5, 9):
+        app.send_task(EDIT_TASK, args=["r", []], queue="edit", priority=priority)
+    client = redis.Redis.from_url(server.url)
+    assert client.llen("edit") == 1  # what a plain LLEN would (wrongly) report
+    depths = queue_depths(client, ["relations", "edit"], {})
+    client.close()
     assert depths == {"relations": {"waiting": 0, "reserved": 0}, "edit": {"waiting": 3, "reserved": 0}}
 
 

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-import workers.models.loading as loading
+from conftest import count_builds
 from workers.models import (
     ModelNotFoundError,
     build_tiny_qwen3_vl,
@@ -27,16 +27,6 @@ PROMPTS = [
     "Is the person holding the cup?",
 ]
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_qwen3_vl(tmp_path_factory.mktemp("models") / "tiny", seed=0)
-
-
-@pytest.fixture(scope="module")
-def vlm(tiny_dir: Path):
-    return load_vlm(str(tiny_dir), revision="", dtype=torch.float32, device=CPU)
 
 
 @pytest.fixture(scope="module")
@@ -136,9 +126,9 @@ def test_sampling_is_reproducible_for_a_seed(vlm, image) -> None:
     assert generator.generate(image, PROMPTS, seed=7) == first
 
 
-def test_same_seed_builds_identical_weights(tiny_dir: Path, tmp_path: Path) -> None:
+def test_same_seed_builds_identical_weights(tiny_vlm_dir: Path, tmp_path: Path) -> None:
     name = "model.language_model.layers.0.self_attn.q_proj.weight"
-    original = load_file(tiny_dir / "model.safetensors")[name]
+    original = load_file(tiny_vlm_dir / "model.safetensors")[name]
     again = load_file(build_tiny_qwen3_vl(tmp_path / "again", seed=0) / "model.safetensors")[name]
     other = load_file(build_tiny_qwen3_vl(tmp_path / "other", seed=1) / "model.safetensors")[name]
     assert torch.equal(original, again)
@@ -146,13 +136,8 @@ def test_same_seed_builds_identical_weights(tiny_dir: Path, tmp_path: Path) -> N
 
 
 def test_resolve_model_path_builds_tiny_once(tmp_path: Path, monkeypatch) -> None:
-    builds: list[Path] = []
-
-    def counting_build(out_dir: Path, seed: int = 0) -> Path:
-        builds.append(out_dir)
-        return build_tiny_qwen3_vl(out_dir, seed)
-
-    monkeypatch.setattr(loading, "build_tiny_qwen3_vl", counting_build)
+    # Its own folder, not the session's model cache: the build is what is tested.
+    builds = count_builds(monkeypatch, "build_tiny_qwen3_vl")
     first = resolve_model_path("tiny", tmp_path)
     second = resolve_model_path("tiny", tmp_path)
 
