@@ -1,5 +1,5 @@
-"""The endpoint judge against a real OpenAI-compatible server: `transformers serve` started
-in-process on the tiny Qwen3-VL (CPU), and a real HTTP proxy in front of it that answers 429
+"""The endpoint judge against a real OpenAI-compatible server: the `transformers serve` command
+on the tiny Qwen3-VL (CPU), and a real HTTP proxy in front of it that answers 429
 or 503 first. The logprob path is read from responses in vLLM's documented format (files in
 tests/data), since `transformers serve` returns no logprobs."""
 
@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -17,7 +21,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from conftest import private_env, read_json, run_producer, started_fleet
+from conftest import private_env, read_json, run_producer, started_fleet, wait_until
 from producer.editbench_sample import write_editbench_sample
 from producer.embedded import EmbeddedRedis
 from shared.judge_scores import JudgeFailure, JudgeScore
@@ -41,24 +45,37 @@ def tiny_judge(model_cache) -> str:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_judge):
-    """`transformers serve` on the tiny Qwen3-VL, on the CPU, on a free port."""
-    from transformers.cli.serve import Serve
-
+def server(tiny_judge, tmp_path_factory):
+    """`transformers serve` on the tiny Qwen3-VL, on the CPU, on a free port: the command users run."""
     port = _free_port()
-    serve = Serve(force_model=tiny_judge, host="127.0.0.1", port=port, device="cpu", non_blocking=True)
     url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 60
-    while True:
+    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+    # The console script installed beside this Python; no update check over the network.
+    command = [str(Path(sys.executable).parent / "transformers"), "serve", tiny_judge,
+               "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "HF_HUB_DISABLE_UPDATE_CHECK": "1"})
+
+    def answers() -> bool:
+        if proc.poll() is not None:
+            pytest.fail(f"transformers serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
         try:
             urllib.request.urlopen(f"{url}/models", timeout=2).read()
-            break
+            return True
         except (urllib.error.URLError, ConnectionError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-    yield url
-    serve.kill_server()
+            return False
+
+    try:
+        wait_until(answers, 180, "transformers serve to answer", interval=0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 class _Proxy(http.server.ThreadingHTTPServer):
