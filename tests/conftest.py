@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -12,11 +13,14 @@ from pathlib import Path
 
 import psutil
 import pytest
+from kombu.serialization import loads as kombu_loads, prepare_accept_content
 
 from config import TINY_MODEL, Settings
 from producer.dispatch import celery_client
 from producer.embedded import EmbeddedRedis, LocalFleet
+from producer.kombu_redis import unacked_messages
 from producer.relations.sample import write_relations_sample
+from shared.messages import EDIT_STAGE, EDIT_TASK, RELATIONS_STAGE, RELATIONS_TASK, SCORE_STAGE, SCORE_TASK
 from shared.relations.data import prepare_data_for_inference
 from shared.store import RunStore, connect
 
@@ -140,6 +144,120 @@ def wait_until(condition, timeout: float, what: str, interval: float = 0.05):
             raise TimeoutError(f"{what}: not within {timeout}s")
         time.sleep(interval)
     return result
+
+
+# --- acting on a run at a chosen point: state held still, never a race --------------------------
+
+STAGE_OF_TASK = {RELATIONS_TASK: RELATIONS_STAGE, EDIT_TASK: EDIT_STAGE, SCORE_TASK: SCORE_STAGE}
+
+
+def message_args(message: dict | str | bytes) -> list:
+    """A task message's arguments (``run_id, keys, ...``), as kombu keeps the message in Redis."""
+    if not isinstance(message, dict):
+        message = json.loads(message)
+    body = message["body"]
+    if message.get("properties", {}).get("body_encoding") == "base64":
+        body = base64.b64decode(body)
+    args, _kwargs, _embed = kombu_loads(body, message["content-type"], message["content-encoding"],
+                                        accept=prepare_accept_content(["msgpack", "json"]))
+    return list(args)
+
+
+def message_keys(message: dict | str | bytes) -> list[str]:
+    """The item keys a task message carries."""
+    return list(message_args(message)[1])
+
+
+@contextlib.contextmanager
+def frozen(processes: list[psutil.Process]):
+    """The processes stopped (SIGSTOP) for the block: what the test reads stays true while it acts."""
+    for p in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.suspend()
+    try:
+        yield
+    finally:
+        for p in processes:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.resume()
+
+
+def task_mid_way(client) -> bool:
+    """A task delivered to a worker (not acknowledged) whose items are not all done."""
+    for message, _queue in unacked_messages(client):
+        stage = STAGE_OF_TASK.get(message.get("headers", {}).get("task"))
+        run_id, keys = message_args(message)[:2]
+        if stage is not None and not all(RunStore(client, run_id).is_done(stage, keys)):
+            return True
+    return False
+
+
+def kill_mid_task(fleet_pid: int, client, producer, target: str = "child") -> list[psutil.Process]:
+    """SIGKILL the fleet's Celery main process (``target="main"``) or its pool child while a task
+    is mid-way. The worker is frozen while that is read, so the kill lands where it was read.
+    Returns the children a killed main process leaves (they may finish their task)."""
+    orphans: list[psutil.Process] = []
+
+    def killed() -> bool:
+        assert producer.poll() is None, "the run ended before a task was caught mid-way"
+        main, children = worker_processes(fleet_pid)
+        with frozen([main, *children]):
+            if not task_mid_way(client):
+                return False
+            (children[0] if target == "child" else main).kill()
+        orphans.extend(children if target == "main" else [])
+        return True
+
+    wait_until(killed, 180, "a task caught mid-way")
+    return orphans
+
+
+class HeldQueue:
+    """A queue of its own for one stage of a run, whose messages reach the workers only when the
+    test lets them through: the run is then exactly as far as the test says.
+
+    Give the run ``env`` (``EVALFLEET_QUEUE_<NAME>`` names this queue); no worker consumes it
+    until ``release``, which hands the oldest messages to the workers answering on the broker
+    (Celery's ``add_consumer``) and keeps the others aside; ``release_rest`` lets them follow.
+    """
+
+    def __init__(self, broker_url: str, setting: str, name: str):
+        self.queue = name
+        self.aside = f"{name}.aside"
+        self.env = {f"EVALFLEET_QUEUE_{setting.upper()}": name}
+        self.client = connect(broker_url)
+        self.app = celery_client(Settings(broker_url=broker_url))
+        self.consumed = False
+
+    def waiting(self) -> list[list[str]]:
+        """The item keys of each message waiting in the queue, oldest (the next taken) first."""
+        return [message_keys(raw) for raw in reversed(self.client.lrange(self.queue, 0, -1))]
+
+    def release(self, at_least: int) -> list[str]:
+        """Let the oldest messages through until they carry ``at_least`` items; their keys.
+        At least one message stays aside."""
+        self.client.rename(self.queue, self.aside)
+        keys: list[str] = []
+        while len(keys) < at_least:
+            assert self.client.llen(self.aside) > 1, f"fewer than {at_least} items leave none aside"
+            keys += message_keys(self.client.lmove(self.aside, self.queue, "RIGHT", "LEFT"))
+        self._consume()
+        return keys
+
+    def release_rest(self) -> None:
+        while self.client.lmove(self.aside, self.queue, "RIGHT", "LEFT") is not None:
+            pass
+        self._consume()
+
+    def _consume(self) -> None:
+        if not self.consumed:
+            replies = self.app.control.add_consumer(self.queue, reply=True)
+            assert replies, f"no worker answered add_consumer({self.queue!r})"
+            self.consumed = True
+
+    def close(self) -> None:
+        if self.consumed:
+            self.app.control.cancel_consumer(self.queue, reply=True)
 
 
 # --- figures: measured numbers, printed at the end of the run ------------------------------------

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from config import Settings
-from conftest import private_env, read_json, run_producer, started_fleet, wait_until
+from conftest import HeldQueue, private_env, read_json, run_producer, started_fleet, wait_until
 from producer.editbench.sample import write_editbench_sample
 from producer.embedded import EmbeddedRedis
 from shared.editbench.data import prepare_benchmark
@@ -149,16 +149,19 @@ def test_interrupted_after_edit_phase_rerun_redoes_no_edit(editbench_fleet, flee
                                                            tmp_path):
     benchmark = write_editbench_sample(tmp_path / "sample")
     args = ("run", "editbench", "--benchmark", str(benchmark), "--run", "interrupted")
-    controller = run_producer(*args, env=fleet_env, wait=False)
+    # The interrupted run's score tasks wait in a queue no worker takes: the signal lands in its
+    # score phase, however fast the judge is.
+    held = HeldQueue(fleet_env["EVALFLEET_BROKER_URL"], "score", "score-held-interrupted")
+    controller = run_producer(*args, env={**fleet_env, **held.env}, wait=False)
     store = RunStore(redis_client, "interrupted")
     pairs = len(prepare_benchmark(benchmark).pairs)
 
-    def edits_finished() -> bool:
-        assert controller.poll() is None, "the run ended before the edit phase was drained"
-        progress = store.progress(EDIT_STAGE) if store.exists() else None
-        return progress is not None and progress.total == pairs and progress.finished
+    def scores_sent() -> bool:
+        assert controller.poll() is None, "the run ended before its score phase"
+        return sum(len(keys) for keys in held.waiting()) == pairs
 
-    wait_until(edits_finished, 120, "the edit phase drained")
+    wait_until(scores_sent, 120, "the edit phase drained and every score task sent")
+    assert store.progress(EDIT_STAGE).done == pairs
     controller.send_signal(signal.SIGINT)
     out, _ = controller.communicate(timeout=60)
     assert controller.returncode == 130, out

@@ -223,9 +223,12 @@ def test_cuda_a_retired_model_leaves_no_pinned_copy():
     b_out = run(pool.acquire("B"), x)  # A comes back later: it keeps a pinned host copy
     assert pool.host_bytes == MODEL_BYTES and pool.swaps[-1].dropped == []
     pool.retire("B")
+    with_b = torch.cuda.memory_allocated(cuda)  # B on the device, A's pinned copy on the host
     pool.acquire("A")  # B is done: dropped, no host copy made
     assert pool.swaps[-1].dropped == ["B"] and pool.host_bytes == MODEL_BYTES
-    assert torch.cuda.memory_allocated(cuda) <= MODEL_BYTES + LINEAR_BYTES  # only A on the device
+    # A's weights came in and B's went (same sizes): the device holds no more than before. Only the
+    # change is measured: the device also holds what is neither's, such as cuBLAS's workspace.
+    assert torch.cuda.memory_allocated(cuda) <= with_b
     pool.retire("A")
     b = pool.acquire("B")  # A is done too: dropped, and its host copy freed
     assert pool.swaps[-1].dropped == ["A"] and pool.host_bytes == 0
