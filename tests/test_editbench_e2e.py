@@ -180,12 +180,12 @@ def _png_b64(size: tuple[int, int]) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def test_corrupt_image_and_failing_edit_fail_alone(editbench_fleet, fleet_env, redis_client, tmp_path):
+def test_corrupt_and_uneditable_images_fail_alone(editbench_fleet, fleet_env, redis_client, tmp_path):
     benchmark = write_editbench_sample(tmp_path / "sample")
     data = json.loads(benchmark.read_text(encoding="utf-8"))
     data["物理"][0]["original_image_b64"] = "not//base64!!"
-    # A valid image the editing pipeline refuses (aspect ratio beyond 200:1): the edit raises,
-    # a permanent error (bad input), so it fails at once.
+    # A valid image no editor takes (aspect ratio beyond 16:1): refused when the benchmark is
+    # read, naming the record and the field, so it is never sent to an editor.
     data["社会"][1]["original_image_b64"] = _png_b64((4000, 1))
     benchmark.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
     proc, output = run_editbench(fleet_env, benchmark, tmp_path)
@@ -195,8 +195,9 @@ def test_corrupt_image_and_failing_edit_fail_alone(editbench_fleet, fleet_env, r
     corrupt = failures["物理-1#0"]
     assert corrupt["stage"] == "edit" and "original_image_b64" in corrupt["reason"]
     assert "base64" in corrupt["reason"] and str(benchmark) in corrupt["reason"]
-    raised = failures["社会-2"]
-    assert raised["stage"] == "edit" and "aspect ratio" in raised["reason"] and raised["attempts"] == 1
+    refused = failures["社会-2#1"]
+    assert refused["stage"] == "edit" and "4000x1 pixels" in refused["reason"]
+    assert "original_image_b64" in refused["reason"] and "record 社会[1]" in refused["reason"]
     assert report["overall"]["n"] == 13
     assert report["categories"]["物理"]["scored"] == 2 and report["categories"]["社会"]["scored"] == 2
 
