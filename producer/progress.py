@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from config import Settings
 from producer.kombu_redis import queue_depths, unacked_messages
+from producer.stale_messages import held_task_ids, take_out_stale_messages
 from shared.store import OUTAGE_ERRORS, Progress, RunStore, connect
 
 log = logging.getLogger(__name__)
@@ -28,8 +29,6 @@ log = logging.getLogger(__name__)
 # How long the wait rides out Redis being unreachable (a restart, a failover) before it
 # gives up. Everything is in Redis, so waiting loses nothing; giving up exits with 3.
 REDIS_OUTAGE_SECONDS = 120.0
-# Seconds the workers have to say which tasks they hold.
-INSPECT_TIMEOUT = 2.0
 
 
 class StallWatch:
@@ -60,7 +59,7 @@ class StallWatch:
                             depth["waiting"], self.queue, self.seconds, self.queue)
                 return False
             out = self._unacked_task_ids()
-            return not out or not out <= self._held_task_ids()
+            return not out or not out <= held_task_ids(self.app)
         except OUTAGE_ERRORS:
             return False  # the outage has its own limit
 
@@ -69,15 +68,6 @@ class StallWatch:
         return {message.get("headers", {}).get("id") for message, queue in unacked_messages(self.broker)
                 if queue == self.queue}
 
-    def _held_task_ids(self) -> set[str]:
-        """Ids of the tasks the workers that answer hold: running, reserved or waiting to retry."""
-        inspect = self.app.control.inspect(timeout=INSPECT_TIMEOUT)
-        ids = set()
-        for reply in (inspect.active(), inspect.reserved(), inspect.scheduled()):
-            for tasks in (reply or {}).values():
-                ids.update(t.get("id") or t.get("request", {}).get("id") for t in tasks)
-        return ids
-
     def recover(self, store: RunStore, stage: str, keys: list[str] | None) -> None:
         """First stall: send the unfinished items again; the next one: fail them, saying why."""
         self.stalls += 1
@@ -85,8 +75,12 @@ class StallWatch:
         why = (f"the {stage} stage did not move for {self.seconds:.0f} s (EVALFLEET_STALL_SECONDS) "
                f"while queue {self.queue!r} was empty and no worker held a task of it")
         if self.stalls == 1:
+            # A message stranded as unacknowledged would come back after the visibility timeout
+            # and outlive the run: taken out first.
+            in_flight, rest = take_out_stale_messages(self.app, self.broker, self.queue,
+                                                      store.run_id).split(left)
             log.warning("%s: %s; sending its %d unfinished item(s) again", store.run_id, why, len(left))
-            for key in left:
+            for key in in_flight + rest:
                 self.app.send_task(self.task, args=[store.run_id, [key]], queue=self.queue)
             return
         reason = (f"no task holds this item any more: {why}, even after it was sent again "
