@@ -6,7 +6,8 @@ The wait is never silent and never endless. A stage that has not moved for
 after a Redis restart until the visibility timeout) will not finish by itself: its
 unfinished items are sent again, one task each (the results are idempotent), and if the
 stage stalls again they are recorded as failed, with the reason. Tasks waiting in a
-queue that no worker takes are reported in the log.
+queue while no live worker holds a task of it are reported in the log; a worker busy
+with a long task is not a stall, however long the task.
 """
 
 from __future__ import annotations
@@ -34,17 +35,19 @@ REDIS_OUTAGE_SECONDS = 120.0
 class StallWatch:
     """Tells a stage that is only slow from one that nothing will ever finish."""
 
-    def __init__(self, app: Celery, broker: redis.Redis, queue: str, task: str, seconds: float):
+    def __init__(self, app: Celery, broker: redis.Redis, queue: str, task: str, seconds: float,
+                 clock: Callable[[], float] = time.monotonic):
         self.app, self.broker, self.queue, self.task = app, broker, queue, task
         self.seconds = seconds
         self.transport_options = dict(app.conf.broker_transport_options or {})
-        self.quiet_since = time.monotonic()
+        self.clock = clock
+        self.quiet_since = clock()
         self.last_seen: Progress | None = None
         self.stalls = 0
 
     def stalled(self, progress: Progress) -> bool:
         """True once the stage has sat still for ``seconds`` with nothing queued or held."""
-        now = time.monotonic()
+        now = self.clock()
         if progress != self.last_seen:
             self.last_seen, self.quiet_since = progress, now
             return False
@@ -53,13 +56,16 @@ class StallWatch:
         self.quiet_since = now  # check again one period later, whatever is found now
         try:
             depth = queue_depths(self.broker, [self.queue], self.transport_options)[self.queue]
-            if depth["waiting"]:
-                log.warning("%d task(s) wait in queue %r and no worker has taken one for %.0f s: is "
-                            "a worker consuming it (python -m workers launch -Q %s)?",
-                            depth["waiting"], self.queue, self.seconds, self.queue)
-                return False
             out = self._unacked_task_ids()
-            return not out or not out <= held_task_ids(self.app)
+            held = held_task_ids(self.app) if out else set()
+            if depth["waiting"]:
+                if not out & held:  # a live worker busy with a task of the queue will take the next
+                    log.warning("%d task(s) wait in queue %r, nothing moved for %.0f s and no live "
+                                "worker holds a task of it: is a worker consuming it (python -m "
+                                "workers launch -Q %s)?", depth["waiting"], self.queue, self.seconds,
+                                self.queue)
+                return False
+            return not out or not out <= held
         except OUTAGE_ERRORS:
             return False  # the outage has its own limit
 
