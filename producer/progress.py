@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from config import Settings
 from producer.kombu_redis import queue_depths, unacked_messages
+from producer.rate import RATE_WINDOW_SECONDS, duration, per_minute, rate_and_eta
 from producer.stale_messages import held_task_ids, take_out_stale_messages
 from shared.store import OUTAGE_ERRORS, Progress, RunStore, connect
 
@@ -116,8 +117,10 @@ def wait_for_stage(store: RunStore, stage: str, poll_seconds: float,
     while progress is None:
         time.sleep(poll_seconds)
         progress = poll.progress()
-    with tqdm(total=progress.total, desc=f"{store.run_id} {label or stage}", unit="item",
-              initial=progress.done + progress.failed, dynamic_ncols=True) as bar:
+    speed = StageSpeed(progress, time.monotonic())
+    with tqdm(total=progress.total, desc=f"{store.run_id} {label or stage}", unit="pair",
+              initial=progress.done + progress.failed, dynamic_ncols=True,
+              bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} pairs [{elapsed}{postfix}]") as bar:
         while not progress.finished:
             check()
             time.sleep(poll_seconds)
@@ -126,8 +129,27 @@ def wait_for_stage(store: RunStore, stage: str, poll_seconds: float,
                 stall.recover(store, stage, keys)
                 progress = poll.progress() or progress
             bar.update(progress.done + progress.failed - bar.n)
-            bar.set_postfix(failed=progress.failed, refresh=False)
+            bar.set_postfix_str(speed.describe(progress, time.monotonic()), refresh=False)
     return progress
+
+
+class StageSpeed:
+    """The progress bar's rate and ETA, in pairs, over the last RATE_WINDOW_SECONDS of this
+    wait (tqdm's own would count a resumed run's earlier pairs, and reach zero between tasks)."""
+
+    def __init__(self, progress: Progress, now: float):
+        self.samples: list[list[float]] = [[now, progress.done, progress.failed]]
+
+    def describe(self, progress: Progress, now: float) -> str:
+        """``failed 2, 120.5 pairs/min, ETA 0:05:12``, the newest reading taken as a sample."""
+        if [progress.done, progress.failed] != self.samples[0][1:]:
+            self.samples.insert(0, [now, progress.done, progress.failed])
+            while len(self.samples) > 1 and self.samples[-1][0] < now - RATE_WINDOW_SECONDS:
+                self.samples.pop()  # the rate reads the window only
+        remaining = progress.total - progress.done - progress.failed
+        speed = rate_and_eta(self.samples, remaining, now)
+        return (f"failed {progress.failed}, {per_minute(speed['rate_per_min'])} pairs/min, "
+                f"ETA {duration(speed['eta_seconds'])}")
 
 
 class _OutageTolerantPoll:

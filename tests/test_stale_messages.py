@@ -18,6 +18,7 @@ from config import Settings
 from producer.dispatch import celery_client
 from producer.kombu_redis import (UNACKED_INDEX_KEY, UNACKED_KEY, queue_list_names, queued_messages,
                                   task_args, unacked_messages)
+from producer.status import run_status, taken_keys
 from shared.messages import RELATIONS_STAGE, RELATIONS_TASK
 from shared.store import RunStore, connect
 
@@ -56,6 +57,9 @@ def test_a_resumed_run_leaves_no_message_of_it_and_runs_the_pairs_in_flight_firs
         first = run_producer("enqueue", "relations", *inputs, env=env)
         assert first.returncode == 0, first.stdout + first.stderr
         in_flight = take_and_vanish(client)
+        # status counts the pairs of the task taken as in flight.
+        [stage] = run_status(client, RUN, time.time(), taken_keys(client))["stages"]
+        assert (stage["in_flight"], stage["done"]) == (len(in_flight), 0)
         celery_client(Settings(broker_url=server.url)).send_task(
             RELATIONS_TASK, args=["another-run", ["k"]], queue="relations")
 
