@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import redis
 
@@ -67,6 +68,9 @@ def test_status_of_a_finished_run_on_the_fleet(fleet, fleet_env, redis_client, s
     proc = run_producer("run", "relations", "--stage1", str(stage1), "--input", str(input_path),
                         "--run", "watched", env=fleet_env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_log = Path(fleet_env["EVALFLEET_WORK_DIR"]) / "logs" / "producer.log"
+    assert "run watched finished: 0 item(s) failed" in run_log.read_text()
+    logged = run_log.stat().st_size
 
     status_proc = run_producer("status", "--json", env=fleet_env, timeout=60)
     assert status_proc.returncode == 0, status_proc.stderr
@@ -91,6 +95,8 @@ def test_status_of_a_finished_run_on_the_fleet(fleet, fleet_env, redis_client, s
     assert text.returncode == 0, text.stderr
     assert "watched" in text.stdout and "finished" in text.stdout
     assert "rel-cpu@" in text.stdout and "vlm tiny float32" in text.stdout
+    # Asked from another terminal, status wrote nothing into the run's log.
+    assert run_log.stat().st_size == logged
 
 
 def test_status_of_an_unknown_run_exits_2(fleet_env, redis_client):
