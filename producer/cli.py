@@ -5,7 +5,8 @@ and ``python -m producer compare REPORT [REPORT ...] [--output FILE]``.
 Exit codes: 0 every item done; 1 the run finished but some items failed (the report
 lists them); 2 bad usage, an unusable input file, a run name taken by other settings,
 an unknown run (nothing registered); 3 infrastructure: Redis unreachable, or the local
-workers died; 4 crashed (a bug: one line here, the traceback in <work dir>/logs/producer.log);
+workers died; 4 crashed (a bug: one line here, the traceback in <work dir>/logs/producer.log,
+status.log for status);
 130 interrupted.
 """
 
@@ -100,6 +101,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             job.drive(settings, app, run, store, check, args)
         output = Path(args.output) if args.output else settings.work_dir / run.run_id / job.report_name
         report = job.write_report(store, output)
+    log.info("run %s finished: %d item(s) failed; report %s", run.run_id, len(job.failures(report)), output)
     _say(job.summary(report, output))
     return EXIT_FAILED_ITEMS if job.failures(report) else EXIT_OK
 
@@ -221,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print JSON for scripts")
     status.add_argument("--timeout", type=float, default=1.0,
                         help="seconds to wait for the workers' answers (default: 1)")
-    status.set_defaults(func=cmd_status)
+    # Its own log: a status asked from another terminal does not write into the run's.
+    status.set_defaults(func=cmd_status, log_name="status.log")
 
     sample = sub.add_parser("sample", help="write the built-in sample inputs into a directory")
     sample.add_argument("job", choices=list(JOBS))
@@ -279,13 +282,13 @@ def _say(text: str, end: str = "\n") -> None:
     print(escaped(redact(text), keep="\n"), end=end)
 
 
-def _setup_logging(settings: Settings) -> Path | None:
-    """Log to the terminal and to <work dir>/logs/producer.log; returns the file (None if unwritable)."""
+def _setup_logging(settings: Settings, log_name: str) -> Path | None:
+    """Log to the terminal and to <work dir>/logs/<log_name>; returns the file (None if unwritable)."""
     add_settings_secrets(settings)
     console = logging.StreamHandler()
     console.setFormatter(_OneLineFormatter(LOG_FORMAT))
     handlers: list[logging.Handler] = [console]
-    log_path: Path | None = (settings.work_dir / "logs" / "producer.log").resolve()
+    log_path: Path | None = (settings.work_dir / "logs" / log_name).resolve()
     try:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_path, encoding="utf-8"))
@@ -308,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO, handlers=[console])
         log.error("%s", exc)
         return EXIT_USAGE
-    log_path = _setup_logging(settings)
+    log_path = _setup_logging(settings, getattr(args, "log_name", "producer.log"))
     for line in ignored_variables(settings):
         log.warning("%s", line)
     try:

@@ -9,20 +9,30 @@ them fails that test, not a run.
 - A queue is one Redis list per priority step: the plain name for step 0, then
   ``<queue><sep><step>`` (``relations\\x06\\x163``).
 - Messages delivered to a consumer and not yet acknowledged are entries of one hash, each a
-  JSON ``[message, exchange, routing key]``; the routing key is the queue's name.
+  JSON ``[message, exchange, routing key]``; the routing key is the queue's name. A sorted set
+  of the same delivery tags orders them by delivery time (kombu restores the overdue ones).
+- A message is a JSON object whose ``body`` is the task's ``[args, kwargs, embed]`` (Celery's
+  protocol 2), serialized as ``content-type`` says and then base64-encoded.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from typing import Any
 
 import redis
+from kombu.exceptions import KombuError
+from kombu.serialization import loads
 from kombu.transport.redis import PRIORITY_STEPS, Channel
 
-# The hash of delivered, not yet acknowledged messages.
+# The hash of delivered, not yet acknowledged messages, and its index by delivery time.
 UNACKED_KEY = Channel.unacked_key
+UNACKED_INDEX_KEY = Channel.unacked_index_key
+# The serializers evalfleet's processes accept (config/celery.py): a message in any other is
+# never decoded here either.
+ACCEPTED_CONTENT = {"application/json", "application/x-msgpack"}
 
 
 def queue_list_names(queue: str, transport_options: dict[str, Any]) -> list[str]:
@@ -34,13 +44,62 @@ def queue_list_names(queue: str, transport_options: dict[str, Any]) -> list[str]
 
 def unacked_messages(broker: redis.Redis) -> Iterator[tuple[dict[str, Any], str]]:
     """(message, queue) of every delivered, unacknowledged message; entries of another shape are skipped."""
-    for raw in broker.hvals(UNACKED_KEY):
+    for _, message, queue in unacked_entries(broker):
+        yield message, queue
+
+
+def unacked_entries(broker: redis.Redis) -> Iterator[tuple[str, dict[str, Any], str]]:
+    """(delivery tag, message, queue) of every delivered, unacknowledged message."""
+    for tag, raw in broker.hgetall(UNACKED_KEY).items():
         try:
             message, _, routing_key = json.loads(raw)
         except (ValueError, TypeError):
             continue
         if isinstance(message, dict) and isinstance(routing_key, str):
-            yield message, routing_key
+            yield tag, message, routing_key
+
+
+def forget_unacked(broker: redis.Redis, tags: list[str]) -> None:
+    """Drop delivered messages for good: kombu will neither restore nor expect them (an ack of
+    one later deletes nothing)."""
+    if tags:
+        pipe = broker.pipeline(transaction=True)
+        pipe.hdel(UNACKED_KEY, *tags)
+        pipe.zrem(UNACKED_INDEX_KEY, *tags)
+        pipe.execute()
+
+
+def queued_messages(broker: redis.Redis, queue: str,
+                    transport_options: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(list name, raw entry, message) of every message waiting in ``queue``, next to be taken first."""
+    for name in queue_list_names(queue, transport_options):
+        for raw in reversed(broker.lrange(name, 0, -1)):  # kombu pushes left, takes right
+            try:
+                message = json.loads(raw)
+            except (ValueError, TypeError):
+                continue
+            if isinstance(message, dict):
+                yield name, raw, message
+
+
+def remove_queued(broker: redis.Redis, list_name: str, raw: str) -> bool:
+    """Take one waiting message out of its list; False if a worker took it first."""
+    return bool(broker.lrem(list_name, 1, raw))
+
+
+def task_args(message: dict[str, Any]) -> list[Any] | None:
+    """The task's positional arguments, or None for a message that is not a Celery task of
+    an accepted serializer."""
+    try:
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        decoded = loads(body, message.get("content-type"), message.get("content-encoding", "utf-8"),
+                        accept=ACCEPTED_CONTENT)
+        args = decoded[0]
+    except (KeyError, TypeError, ValueError, IndexError, KombuError):
+        return None
+    return list(args) if isinstance(args, (list, tuple)) else None
 
 
 def queue_depths(broker: redis.Redis, queues: list[str],

@@ -6,7 +6,8 @@ The wait is never silent and never endless. A stage that has not moved for
 after a Redis restart until the visibility timeout) will not finish by itself: its
 unfinished items are sent again, one task each (the results are idempotent), and if the
 stage stalls again they are recorded as failed, with the reason. Tasks waiting in a
-queue that no worker takes are reported in the log.
+queue while no live worker holds a task of it are reported in the log; a worker busy
+with a long task is not a stall, however long the task.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from tqdm import tqdm
 
 from config import Settings
 from producer.kombu_redis import queue_depths, unacked_messages
+from producer.rate import RATE_WINDOW_SECONDS, duration, per_minute, rate_and_eta
+from producer.stale_messages import held_task_ids, take_out_stale_messages
 from shared.store import OUTAGE_ERRORS, Progress, RunStore, connect
 
 log = logging.getLogger(__name__)
@@ -28,24 +31,24 @@ log = logging.getLogger(__name__)
 # How long the wait rides out Redis being unreachable (a restart, a failover) before it
 # gives up. Everything is in Redis, so waiting loses nothing; giving up exits with 3.
 REDIS_OUTAGE_SECONDS = 120.0
-# Seconds the workers have to say which tasks they hold.
-INSPECT_TIMEOUT = 2.0
 
 
 class StallWatch:
     """Tells a stage that is only slow from one that nothing will ever finish."""
 
-    def __init__(self, app: Celery, broker: redis.Redis, queue: str, task: str, seconds: float):
+    def __init__(self, app: Celery, broker: redis.Redis, queue: str, task: str, seconds: float,
+                 clock: Callable[[], float] = time.monotonic):
         self.app, self.broker, self.queue, self.task = app, broker, queue, task
         self.seconds = seconds
         self.transport_options = dict(app.conf.broker_transport_options or {})
-        self.quiet_since = time.monotonic()
+        self.clock = clock
+        self.quiet_since = clock()
         self.last_seen: Progress | None = None
         self.stalls = 0
 
     def stalled(self, progress: Progress) -> bool:
         """True once the stage has sat still for ``seconds`` with nothing queued or held."""
-        now = time.monotonic()
+        now = self.clock()
         if progress != self.last_seen:
             self.last_seen, self.quiet_since = progress, now
             return False
@@ -54,13 +57,16 @@ class StallWatch:
         self.quiet_since = now  # check again one period later, whatever is found now
         try:
             depth = queue_depths(self.broker, [self.queue], self.transport_options)[self.queue]
-            if depth["waiting"]:
-                log.warning("%d task(s) wait in queue %r and no worker has taken one for %.0f s: is "
-                            "a worker consuming it (python -m workers launch -Q %s)?",
-                            depth["waiting"], self.queue, self.seconds, self.queue)
-                return False
             out = self._unacked_task_ids()
-            return not out or not out <= self._held_task_ids()
+            held = held_task_ids(self.app) if out else set()
+            if depth["waiting"]:
+                if not out & held:  # a live worker busy with a task of the queue will take the next
+                    log.warning("%d task(s) wait in queue %r, nothing moved for %.0f s and no live "
+                                "worker holds a task of it: is a worker consuming it (python -m "
+                                "workers launch -Q %s)?", depth["waiting"], self.queue, self.seconds,
+                                self.queue)
+                return False
+            return not out or not out <= held
         except OUTAGE_ERRORS:
             return False  # the outage has its own limit
 
@@ -69,15 +75,6 @@ class StallWatch:
         return {message.get("headers", {}).get("id") for message, queue in unacked_messages(self.broker)
                 if queue == self.queue}
 
-    def _held_task_ids(self) -> set[str]:
-        """Ids of the tasks the workers that answer hold: running, reserved or waiting to retry."""
-        inspect = self.app.control.inspect(timeout=INSPECT_TIMEOUT)
-        ids = set()
-        for reply in (inspect.active(), inspect.reserved(), inspect.scheduled()):
-            for tasks in (reply or {}).values():
-                ids.update(t.get("id") or t.get("request", {}).get("id") for t in tasks)
-        return ids
-
     def recover(self, store: RunStore, stage: str, keys: list[str] | None) -> None:
         """First stall: send the unfinished items again; the next one: fail them, saying why."""
         self.stalls += 1
@@ -85,8 +82,12 @@ class StallWatch:
         why = (f"the {stage} stage did not move for {self.seconds:.0f} s (EVALFLEET_STALL_SECONDS) "
                f"while queue {self.queue!r} was empty and no worker held a task of it")
         if self.stalls == 1:
+            # A message stranded as unacknowledged would come back after the visibility timeout
+            # and outlive the run: taken out first.
+            in_flight, rest = take_out_stale_messages(self.app, self.broker, self.queue,
+                                                      store.run_id).split(left)
             log.warning("%s: %s; sending its %d unfinished item(s) again", store.run_id, why, len(left))
-            for key in left:
+            for key in in_flight + rest:
                 self.app.send_task(self.task, args=[store.run_id, [key]], queue=self.queue)
             return
         reason = (f"no task holds this item any more: {why}, even after it was sent again "
@@ -116,8 +117,10 @@ def wait_for_stage(store: RunStore, stage: str, poll_seconds: float,
     while progress is None:
         time.sleep(poll_seconds)
         progress = poll.progress()
-    with tqdm(total=progress.total, desc=f"{store.run_id} {label or stage}", unit="item",
-              initial=progress.done + progress.failed, dynamic_ncols=True) as bar:
+    speed = StageSpeed(progress, time.monotonic())
+    with tqdm(total=progress.total, desc=f"{store.run_id} {label or stage}", unit="pair",
+              initial=progress.done + progress.failed, dynamic_ncols=True,
+              bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} pairs [{elapsed}{postfix}]") as bar:
         while not progress.finished:
             check()
             time.sleep(poll_seconds)
@@ -126,8 +129,27 @@ def wait_for_stage(store: RunStore, stage: str, poll_seconds: float,
                 stall.recover(store, stage, keys)
                 progress = poll.progress() or progress
             bar.update(progress.done + progress.failed - bar.n)
-            bar.set_postfix(failed=progress.failed, refresh=False)
+            bar.set_postfix_str(speed.describe(progress, time.monotonic()), refresh=False)
     return progress
+
+
+class StageSpeed:
+    """The progress bar's rate and ETA, in pairs, over the last RATE_WINDOW_SECONDS of this
+    wait (tqdm's own would count a resumed run's earlier pairs, and reach zero between tasks)."""
+
+    def __init__(self, progress: Progress, now: float):
+        self.samples: list[list[float]] = [[now, progress.done, progress.failed]]
+
+    def describe(self, progress: Progress, now: float) -> str:
+        """``failed 2, 120.5 pairs/min, ETA 0:05:12``, the newest reading taken as a sample."""
+        if [progress.done, progress.failed] != self.samples[0][1:]:
+            self.samples.insert(0, [now, progress.done, progress.failed])
+            while len(self.samples) > 1 and self.samples[-1][0] < now - RATE_WINDOW_SECONDS:
+                self.samples.pop()  # the rate reads the window only
+        remaining = progress.total - progress.done - progress.failed
+        speed = rate_and_eta(self.samples, remaining, now)
+        return (f"failed {progress.failed}, {per_minute(speed['rate_per_min'])} pairs/min, "
+                f"ETA {duration(speed['eta_seconds'])}")
 
 
 class _OutageTolerantPoll:

@@ -5,8 +5,10 @@ Three sources, each read as it is, nothing estimated that is not measured:
 - queue depths: the broker's Redis lists (``producer/kombu_redis.py``): a queue's depth is the
   sum over its priority steps' lists; messages a worker has taken but not yet acknowledged
   (running or prefetched) are counted as ``reserved``;
-- run progress: the run store's done/failed/items hashes, and for the rate the samples
-  the workers push after each task (``evalfleet:<run>:<stage>:samples``, Redis time);
+- run progress, in pairs: the run store's done/failed/items hashes; in flight, the unfinished
+  pairs of the tasks workers have taken (the unacknowledged messages); for the rate and the ETA
+  (``producer/rate.py``), the samples the workers push as pairs end and after each task
+  (``evalfleet:<run>:<stage>:samples``, Redis time);
 - workers: Celery's remote control (``inspect``), which only live workers answer, joined
   with the heartbeats the worker processes write after each model acquire
   (``evalfleet:workers``) to show which models each process holds.
@@ -25,7 +27,9 @@ from kombu.utils.url import maybe_sanitize_url
 from config import Settings
 from config.celery import celery_config
 from producer.jobs import JOBS
-from producer.kombu_redis import queue_depths
+from producer.kombu_redis import queue_depths, task_args, unacked_messages
+from producer.rate import duration, per_minute, rate_and_eta
+from shared.messages import STAGE_OF_TASK
 from shared.store import RUNS_KEY, WORKERS_KEY, RunStore
 
 STAGES = tuple(stage for job in JOBS.values() for stage in job.stages)
@@ -34,37 +38,26 @@ STAGES = tuple(stage for job in JOBS.values() for stage in job.stages)
 STALE_SECONDS = 600.0
 # Heartbeats older than this are deleted: every process ever started leaves one.
 FORGET_SECONDS = 86400.0
-# The rate is measured over the samples of this last stretch of time.
-RATE_WINDOW_SECONDS = 600.0
 
 
 # --- runs --------------------------------------------------------------------------
 
 
-def rate_and_eta(samples: list[list[float]], remaining: int, now: float) -> dict[str, Any]:
-    """Items finished (done or failed) per minute over the recent samples, and the time left.
-
-    ``samples`` are [time, done, failed], newest first. Two samples inside the window
-    are needed for a rate; a run that has not moved for the whole window has none, and
-    ``last_progress_ago`` says how long it has been still.
-    """
-    recent = [s for s in samples if s[0] >= now - RATE_WINDOW_SECONDS]
-    rate = None
-    if len(recent) >= 2 and recent[0][0] > recent[-1][0]:
-        finished = (recent[0][1] + recent[0][2]) - (recent[-1][1] + recent[-1][2])
-        rate = max(finished, 0) / (recent[0][0] - recent[-1][0]) * 60
-    if remaining <= 0:
-        eta = 0.0
-    elif rate:
-        eta = remaining / rate * 60
-    else:
-        eta = None
-    last = round(now - samples[0][0], 1) if samples else None
-    return {"rate_per_min": None if rate is None else round(rate, 3),
-            "eta_seconds": None if eta is None else round(eta, 1), "last_progress_ago": last}
+def taken_keys(broker: redis.Redis) -> dict[tuple[str, str], set[str]]:
+    """(run, stage) -> the item keys of the tasks workers have taken and not yet acknowledged."""
+    taken: dict[tuple[str, str], set[str]] = {}
+    for message, _ in unacked_messages(broker):
+        stage = STAGE_OF_TASK.get(message.get("headers", {}).get("task"))
+        args = task_args(message)
+        if stage and args and len(args) > 1 and isinstance(args[1], list):
+            taken.setdefault((str(args[0]), stage), set()).update(str(k) for k in args[1])
+    return taken
 
 
-def run_status(client: redis.Redis, run_id: str, now: float) -> dict[str, Any]:
+def run_status(client: redis.Redis, run_id: str, now: float,
+               taken: dict[tuple[str, str], set[str]] | None = None) -> dict[str, Any]:
+    """The run's stages in pairs: done, failed, in flight (in a task a worker has taken),
+    total, with the rate and the ETA."""
     store = RunStore(client, run_id)
     meta = store.meta() if store.exists() else {}
     stages = []
@@ -74,14 +67,17 @@ def run_status(client: redis.Redis, run_id: str, now: float) -> dict[str, Any]:
             continue
         samples = store.progress_samples(stage)
         remaining = progress.total - progress.done - progress.failed
+        in_flight = store.unfinished(stage, sorted((taken or {}).get((run_id, stage), ())))
         stages.append({"stage": stage, "done": progress.done, "failed": progress.failed,
-                       "total": progress.total, **rate_and_eta(samples, remaining, now)})
+                       "in_flight": len(in_flight), "total": progress.total,
+                       **rate_and_eta(samples, remaining, now)})
     status = {"run": run_id, "job": meta.get("job"), "created": meta.get("created"), "stages": stages}
     job = JOBS.get(meta.get("job"))
     return {**status, **job.status(store, meta, stages, now)} if job else status
 
 
-def runs_status(client: redis.Redis, run: str | None, now: float) -> list[dict[str, Any]]:
+def runs_status(client: redis.Redis, run: str | None, now: float,
+                taken: dict[tuple[str, str], set[str]] | None = None) -> list[dict[str, Any]]:
     """The given run, or every run in ``evalfleet:runs``, oldest first."""
     if run is not None:
         if not RunStore(client, run).exists():
@@ -89,7 +85,7 @@ def runs_status(client: redis.Redis, run: str | None, now: float) -> list[dict[s
         run_ids = [run]
     else:
         run_ids = sorted(client.smembers(RUNS_KEY))
-    runs = [run_status(client, run_id, now) for run_id in run_ids]
+    runs = [run_status(client, run_id, now, taken) for run_id in run_ids]
     return sorted(runs, key=lambda r: (r["created"] or 0, r["run"]))
 
 
@@ -175,7 +171,7 @@ def build_status(settings: Settings, app: Celery, run: str | None = None,
         "at": time.time(),
         "broker": maybe_sanitize_url(settings.broker),
         "queues": queue_depths(broker, queues, options),
-        "runs": runs_status(store, run, now),
+        "runs": runs_status(store, run, now, taken_keys(broker)),
     }
     workers = workers_online(app, timeout)
     attach_heartbeats(workers, read_heartbeats(store, time.time()))
@@ -186,22 +182,10 @@ def build_status(settings: Settings, app: Celery, run: str | None = None,
 # --- text --------------------------------------------------------------------------
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
-
-
 def _eta(stage: dict[str, Any]) -> str:
     if stage["done"] + stage["failed"] >= stage["total"]:
         return "finished"
-    return _duration(stage["eta_seconds"])
-
-
-def _rate(rate: float | None) -> str:
-    return "-" if rate is None else f"{rate:.1f}"
+    return duration(stage["eta_seconds"])
 
 
 def format_status(status: dict[str, Any]) -> str:
@@ -219,16 +203,16 @@ def _runs_table(runs: list[dict[str, Any]]) -> str:
     if not runs:
         return "no runs"
     width = max(12, *(len(r["run"]) + 2 for r in runs))
-    lines = [f"{'run':<{width}}{'stage':<11}{'done':>7}{'failed':>7}{'total':>7}"
-             f"{'items/min':>11}{'eta':>10}{'last':>10}"]
+    lines = [f"{'run':<{width}}{'stage':<11}{'done':>7}{'failed':>7}{'in flight':>10}{'total':>7}"
+             f"{'pairs/min':>11}{'eta':>10}{'last':>10}"]
     for run in runs:
         if not run["stages"]:
             lines.append(f"{run['run']:<{width}}(no items)")
         for stage in run["stages"]:
             lines.append(f"{run['run']:<{width}}{stage['stage']:<11}{stage['done']:>7}{stage['failed']:>7}"
-                         f"{stage['total']:>7}{_rate(stage['rate_per_min']):>11}"
+                         f"{stage['in_flight']:>10}{stage['total']:>7}{per_minute(stage['rate_per_min']):>11}"
                          f"{_eta(stage):>10}"
-                         f"{_duration(stage['last_progress_ago']):>10}")
+                         f"{duration(stage['last_progress_ago']):>10}")
     return "\n".join(lines)
 
 
@@ -264,5 +248,5 @@ def _workers_lines(workers: list[dict[str, Any]]) -> list[str]:
         for proc in w["processes"]:
             models = ", ".join(proc["resident"]) or "none"
             lines.append(f"      {proc['process']} on {proc['device']}: {models} "
-                         f"(seen {_duration(proc['seen_ago'])} ago)")
+                         f"(seen {duration(proc['seen_ago'])} ago)")
     return lines

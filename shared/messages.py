@@ -10,3 +10,6 @@ SCORE_TASK = "evalfleet.editbench.score"
 RELATIONS_STAGE = "relations"
 EDIT_STAGE = "edit"
 SCORE_STAGE = "score"
+
+# The stage whose items a task's keys name.
+STAGE_OF_TASK = {RELATIONS_TASK: RELATIONS_STAGE, EDIT_TASK: EDIT_STAGE, SCORE_TASK: SCORE_STAGE}

@@ -122,6 +122,25 @@ def run_store(client, run_id: str) -> RunStore:
 
 # --- private Redis and fleets (fault and security tests) ----------------------------------------
 
+@contextlib.contextmanager
+def started_probe_worker(server_url: str, directory: Path, **env: str):
+    """One worker (one child) running tests/probe_tasks.py on queue ``relations``, answering
+    before we go on."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("EVALFLEET_")}
+    full_env.update({"EVALFLEET_BROKER_URL": server_url, **env,
+                     "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])})
+    with open(directory / "worker.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "probe_tasks", "worker", "-Q",
+                                 "relations", "--concurrency", "1", "-n", "probe@%h"],
+                                cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_workers(server_url, "probe@", 1)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
 def private_env(server: EmbeddedRedis, model_cache: Path, work_dir: Path, **extra: str) -> dict[str, str]:
     """Environment of the processes of a test that owns its Redis (no other fleet consumes it)."""
     env = {**FAST, "EVALFLEET_BROKER_URL": server.url, "EVALFLEET_MODEL_CACHE": str(model_cache),

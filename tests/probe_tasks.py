@@ -63,3 +63,17 @@ def block(self, run_id: str, keys: list[str], ignore_soft_limit: bool) -> None:
         if not ignore_soft_limit:
             raise
         time.sleep(3600)  # a block the soft limit cannot interrupt: the hard limit kills it
+
+
+def release_key(run_id: str) -> str:
+    """The list a ``probe.hold`` task of the run waits on: one push releases one task."""
+    return f"probe:{run_id}:release"
+
+
+@app.task(bind=True, base=ItemTask, stage=STAGE, name="probe.hold")
+def hold(self, run_id: str, keys: list[str]) -> None:
+    """A long task, as long as the test wants: it says it started, then holds until released."""
+    store = run_store(run_id)
+    store.count(STAGE, "holding")
+    store.client.blpop([release_key(run_id)], timeout=600)
+    _done(run_id, keys)

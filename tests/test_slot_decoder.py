@@ -136,8 +136,15 @@ def test_the_generator_answers_each_image_in_order(vlm, images, texts, monkeypat
     assert len(expected[0][0]) == 4 and max(len(row) for row in expected[0]) == MAX_NEW_TOKENS
 
     generator = RelationGenerator(*vlm, max_batch=2, max_new_tokens=MAX_NEW_TOKENS, temperature=0.0)
+    heard = []
     with caplog.at_level(logging.INFO, logger="workers.relations.generator"):
-        answers = generator.generate_many(images, [PROMPTS, PROMPTS[:2], []], seed=0)
+        answers = generator.generate_many(images, [PROMPTS, PROMPTS[:2], []], seed=0,
+                                          on_answer=lambda *answer: heard.append(answer))
+    # Every answer is told once, as its row ends: the one that met its eos first, while the
+    # others still decoded (the task stores each pair as its answers are complete).
+    assert sorted(heard) == sorted((i, j, text) for i, group in enumerate(answers)
+                                   for j, text in enumerate(group))
+    assert heard[0] == (0, 0, answers[0][0])
     # The worker log says how busy the rows were.
     assert f"decoded {len(PROMPTS) + 2} prompts of 3 images" in caplog.text
     assert "occupancy" in caplog.text

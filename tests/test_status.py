@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import redis
 
 from conftest import relations_counts, run_producer
 from producer.kombu_redis import queue_depths
-from producer.status import (RATE_WINDOW_SECONDS, STALE_SECONDS, attach_heartbeats, format_status,
-                             rate_and_eta, read_heartbeats)
+from producer.rate import RATE_WINDOW_SECONDS, rate_and_eta
+from producer.status import STALE_SECONDS, attach_heartbeats, format_status, read_heartbeats
 from shared.messages import EDIT_TASK
 from shared.store import WORKERS_KEY
 
@@ -67,6 +68,9 @@ def test_status_of_a_finished_run_on_the_fleet(fleet, fleet_env, redis_client, s
     proc = run_producer("run", "relations", "--stage1", str(stage1), "--input", str(input_path),
                         "--run", "watched", env=fleet_env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_log = Path(fleet_env["EVALFLEET_WORK_DIR"]) / "logs" / "producer.log"
+    assert "run watched finished: 0 item(s) failed" in run_log.read_text()
+    logged = run_log.stat().st_size
 
     status_proc = run_producer("status", "--json", env=fleet_env, timeout=60)
     assert status_proc.returncode == 0, status_proc.stderr
@@ -77,7 +81,8 @@ def test_status_of_a_finished_run_on_the_fleet(fleet, fleet_env, redis_client, s
     assert (run["run"], run["job"]) == ("watched", "relations")
     [stage] = run["stages"]
     pairs = relations_counts(stage1, input_path)[0]
-    assert (stage["stage"], stage["done"], stage["failed"], stage["total"]) == ("relations", pairs, 0, pairs)
+    assert (stage["stage"], stage["done"], stage["failed"], stage["in_flight"], stage["total"]) == (
+        "relations", pairs, 0, 0, pairs)
     # Five tasks each pushed a sample: enough for a measured rate; nothing is left to do.
     assert stage["rate_per_min"] > 0 and stage["eta_seconds"] == 0
     [worker] = [w for w in status["workers"] if w["name"].startswith("rel-cpu@")]
@@ -90,6 +95,8 @@ def test_status_of_a_finished_run_on_the_fleet(fleet, fleet_env, redis_client, s
     assert text.returncode == 0, text.stderr
     assert "watched" in text.stdout and "finished" in text.stdout
     assert "rel-cpu@" in text.stdout and "vlm tiny float32" in text.stdout
+    # Asked from another terminal, status wrote nothing into the run's log.
+    assert run_log.stat().st_size == logged
 
 
 def test_status_of_an_unknown_run_exits_2(fleet_env, redis_client):
@@ -101,10 +108,13 @@ def test_format_status_shows_an_unfinished_stage_and_no_workers():
     status = {"broker": "redis://:**@h:6379/0",
               "queues": {"relations": {"waiting": 4, "reserved": 1}},
               "runs": [{"run": "r1", "job": "relations", "created": 1.0, "stages": [
-                  {"stage": "relations", "done": 6, "failed": 1, "total": 13, "rate_per_min": 3.5,
-                   "eta_seconds": 103.0, "last_progress_ago": 4.0}]}],
+                  {"stage": "relations", "done": 6, "failed": 1, "in_flight": 2, "total": 13,
+                   "rate_per_min": 3.5, "eta_seconds": 103.0, "last_progress_ago": 4.0}]}],
               "workers": []}
     text = format_status(status)
-    assert "0:01:43" in text and "3.5" in text and "no workers online" in text
+    header, row = [line.split() for line in text.splitlines() if line.startswith(("run ", "r1 "))]
+    assert header[1:] == ["stage", "done", "failed", "in", "flight", "total", "pairs/min", "eta", "last"]
+    assert row[1:] == ["relations", "6", "1", "2", "13", "3.5", "0:01:43", "0:00:04"]
+    assert "no workers online" in text
     assert "redis://:**@h" in text
 

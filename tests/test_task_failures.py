@@ -8,14 +8,11 @@ before it raised stay done.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 
 import pytest
 
-from conftest import ROOT, wait_until, wait_for_workers
+from conftest import started_probe_worker, wait_until
 from config import Settings
 from producer.dispatch import celery_client
 from producer.embedded import EmbeddedRedis
@@ -30,20 +27,10 @@ MAX_RETRIES = 2
 def probe_worker(tmp_path_factory):
     directory = tmp_path_factory.mktemp("probe")
     with EmbeddedRedis(directory / "redis") as server:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EVALFLEET_")}
-        env.update({"EVALFLEET_BROKER_URL": server.url, "EVALFLEET_TASK_TIME_LIMIT": str(TIME_LIMIT),
-                    "EVALFLEET_TASK_MAX_RETRIES": str(MAX_RETRIES), "EVALFLEET_RETRY_BACKOFF_SECONDS": "1",
-                    "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])})
-        with open(directory / "worker.log", "wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "probe_tasks", "worker", "-Q",
-                                     "relations", "--concurrency", "1", "-n", "probe@%h"],
-                                    cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            wait_for_workers(server.url, "probe@", 1)
+        with started_probe_worker(server.url, directory, EVALFLEET_TASK_TIME_LIMIT=str(TIME_LIMIT),
+                                  EVALFLEET_TASK_MAX_RETRIES=str(MAX_RETRIES),
+                                  EVALFLEET_RETRY_BACKOFF_SECONDS="1"):
             yield server, celery_client(Settings(broker_url=server.url))
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
 
 
 def run_probe(probe_worker, task: str, n_items: int, *extra) -> RunStore:

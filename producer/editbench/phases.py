@@ -20,7 +20,9 @@ from celery import Celery
 from config import Settings
 from producer.editbench.register import EditbenchRun
 from producer.progress import stall_watch, wait_for_stage
+from producer.stale_messages import take_out_stale_messages
 from shared.messages import EDIT_STAGE, EDIT_TASK, SCORE_STAGE, SCORE_TASK
+from shared.store import connect
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +75,14 @@ class PhaseController:
         pending = [k for k, is_done in zip(keys, done) if not is_done]
         # An item that failed in an earlier attempt of this run gets another chance.
         self.store.clear_failed(stage, pending)
-        for i in range(0, len(pending), chunk):
-            self.app.send_task(task, args=[self.store.run_id, pending[i:i + chunk]], queue=queue)
+        # What an interrupted attempt left queued goes: its items are sent again, those in flight first.
+        stale = take_out_stale_messages(self.app, connect(self.settings.broker), queue, self.store.run_id)
+        in_flight, rest = stale.split(pending)
+        sent = in_flight + rest
+        for i in range(0, len(sent), chunk):
+            self.app.send_task(task, args=[self.store.run_id, sent[i:i + chunk]], queue=queue)
         log.info("%s phase%s: %d items, %d already done, %d enqueued", stage,
-                 f" of {label}" if label else "", len(keys), len(keys) - len(pending), len(pending))
+                 f" of {label}" if label else "", len(keys), len(keys) - len(pending), len(sent))
         wait_for_stage(self.store, stage, self.settings.poll_interval_seconds, self.check,
                        keys=keys, label=f"{stage} {label}".strip(),
                        stall=stall_watch(self.settings, self.app, queue, task))

@@ -12,11 +12,12 @@ from celery import Celery
 
 from config import Settings
 from producer.run_identity import claim_run
+from producer.stale_messages import take_out_stale_messages
 from shared.keys import derive_run_id, inputs_digest, normalize_image_id, relation_key
 from shared.messages import RELATIONS_STAGE, RELATIONS_TASK
 from shared.relations.data import prepare_data_for_inference
 from shared.relations.run_settings import RelationsRunSettings
-from shared.store import RunStore
+from shared.store import RunStore, connect
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +90,15 @@ def enqueue_relations(settings: Settings, app: Celery, store_client, stage1: Pat
     pending = [key for key in items if key not in done]
     # A pair that failed in an earlier attempt of this run gets another chance.
     store.clear_failed(RELATIONS_STAGE, pending)
-    chunks = pack_tasks(pending, items, settings.task_prompts)
+    # What an interrupted attempt left queued goes: its pairs are sent again, those in flight first.
+    stale = take_out_stale_messages(app, connect(settings.broker), settings.queue_relations, run_id)
+    in_flight, rest = stale.split(pending)
+    chunks = pack_tasks(in_flight, items, settings.task_prompts) + pack_tasks(rest, items, settings.task_prompts)
     for chunk in chunks:
         app.send_task(RELATIONS_TASK, args=[run_id, chunk], queue=settings.queue_relations)
     return Enqueued(run_id=run_id, total=len(items) + len(prepared.failures),
                     invalid=len(prepared.failures), already_done=len(items) - len(pending),
-                    pairs_sent=len(pending), tasks_sent=len(chunks),
+                    pairs_sent=len(in_flight) + len(rest), tasks_sent=len(chunks),
                     dropped_no_relation=prepared.dropped_no_relation, merged_repeats=prepared.merged_repeats)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 from PIL import Image
 from transformers import PreTrainedModel, ProcessorMixin
@@ -57,26 +58,31 @@ class RelationGenerator:
         """One answer per prompt about one image, in order."""
         return self.generate_many([image], [prompts], seed=seed)[0]
 
-    def generate_many(self, images: list[Image.Image], prompts: list[list[str]],
-                      seed: int) -> list[list[str]]:
+    def generate_many(self, images: list[Image.Image], prompts: list[list[str]], seed: int,
+                      on_answer: Callable[[int, int, str], None] | None = None) -> list[list[str]]:
         """One answer per prompt of every image, in order. Greedy at temperature 0, else seeded
-        sampling."""
+        sampling. ``on_answer(image, index, text)`` is called for each prompt as soon as its
+        answer ends: the caller can store what is finished while the rest decodes."""
         texts = [[self._render(prompt) for prompt in group] for group in prompts]
-        rows = self.decoder.generate(
+        answers: list[list[str]] = [[""] * len(group) for group in prompts]
+
+        def answered(image: int, index: int, tokens: list[int]) -> None:
+            # Each row ends at its first eos, so its length is what was generated.
+            self.generated_tokens += len(tokens)
+            answers[image][index] = self.processor.decode(tokens, skip_special_tokens=True).strip()
+            if on_answer is not None:
+                on_answer(image, index, answers[image][index])
+
+        self.decoder.generate(
             images, texts, max_batch=self.max_batch, cache_bytes=self.cache_bytes,
-            max_new_tokens=self.max_new_tokens, temperature=self.temperature, seed=seed)
+            max_new_tokens=self.max_new_tokens, temperature=self.temperature, seed=seed,
+            on_done=answered)
         stats = self.decoder.stats
         phases = ", ".join(f"{name} {seconds:.2f}" for name, seconds in stats.phases.items())
         logger.info("decoded %d prompts of %d images in %.2fs (%s): %d rows, %d steps, "
                     "occupancy %.2f, %d prefixes", sum(len(group) for group in prompts),
                     len(images), stats.seconds, phases, stats.rows, stats.steps, stats.occupancy,
                     stats.prefills)
-        answers = []
-        for group in rows:
-            # Each row ends at its first eos, so its length is what was generated.
-            self.generated_tokens += sum(len(row) for row in group)
-            decoded = self.processor.batch_decode(group, skip_special_tokens=True) if group else []
-            answers.append([text.strip() for text in decoded])
         return answers
 
     def image_problem(self, image: Image.Image) -> str | None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from PIL import Image
@@ -119,11 +120,13 @@ def slot_shape(prompt_counts: list[int], max_batch: int, *, bytes_per_image: int
 
 @dataclass
 class Request:
-    """One prompt: which image, its suffix token ids and its token budget."""
+    """One prompt: which image, its suffix token ids and its token budget; ``index`` is its
+    place among the image's prompts."""
 
     image: int
     suffix: list[int]
     max_new_tokens: int
+    index: int = 0
     tokens: list[int] = field(default_factory=list)
 
 
@@ -204,6 +207,7 @@ class SlotDecoder:
         max_new_tokens: int | list[list[int]],
         temperature: float,
         seed: int,
+        on_done: Callable[[int, int, list[int]], None] | None = None,
     ) -> list[list[list[int]]]:
         """New token ids for every text of every image, each up to and including its first eos.
 
@@ -211,6 +215,7 @@ class SlotDecoder:
         for all, or one per text. At most ``max_batch`` rows decode at once, fewer if their
         cache would not fit ``cache_bytes``. Greedy at temperature 0; otherwise sampling (with the
         model's generation_config top-k/top-p) from a generator seeded with ``seed``.
+        ``on_done(image, index, tokens)`` is called for each text as soon as its answer ends.
         """
         started = time.perf_counter()
         requests, prefixes = self._requests(texts, max_new_tokens)
@@ -218,7 +223,8 @@ class SlotDecoder:
         self.clock = PhaseClock(self.model.device)
         if requests:
             with torch.inference_mode():
-                self._run(images, prefixes, requests, max_batch, cache_bytes, temperature, seed)
+                self._run(images, prefixes, requests, max_batch, cache_bytes, temperature, seed,
+                          on_done)
         self.stats.phases = self.clock.seconds()
         self.stats.seconds = time.perf_counter() - started
         result: list[list[list[int]]] = [[] for _ in texts]
@@ -249,12 +255,13 @@ class SlotDecoder:
                           else max_new_tokens[image][index])
                 if budget < 1:
                     raise ValueError("every prompt needs a token budget of at least 1")
-                requests.append(Request(image=image, suffix=ids, max_new_tokens=budget))
+                requests.append(Request(image=image, suffix=ids, max_new_tokens=budget, index=index))
         return requests, prefixes
 
     # --- the loop ------------------------------------------------------------------------
 
-    def _run(self, images, prefixes, requests, max_batch, cache_bytes, temperature, seed) -> None:
+    def _run(self, images, prefixes, requests, max_batch, cache_bytes, temperature, seed,
+             on_done) -> None:
         counts = [sum(r.image == i for r in requests) for i in range(len(images))]
         wanted = [i for i, count in enumerate(counts) if count]
         # Counted here before the image thread starts: the two never share the tokenizer.
@@ -272,7 +279,7 @@ class SlotDecoder:
                 bytes_per_row=row_length * per_token, cache_bytes=cache_bytes)
             self._drop_graphs_if_weights_moved()
             shape = self._shape(image_slots, rows, prefix_length, row_length)
-            _Scheduler(self, shape, inputs, requests, temperature, seed).run()
+            _Scheduler(self, shape, inputs, requests, temperature, seed, on_done).run()
         self.clock.host("images", inputs.waited)
 
     # --- prefill -------------------------------------------------------------------------
@@ -449,8 +456,10 @@ class _Scheduler:
     """Host side of one generate call: which prompt holds which row, and when rows change."""
 
     def __init__(self, decoder: SlotDecoder, shape: _Shape, inputs: ImageInputs,
-                 requests: list[Request], temperature: float, seed: int):
+                 requests: list[Request], temperature: float, seed: int,
+                 on_done: Callable[[int, int, list[int]], None] | None = None):
         self.decoder, self.shape = decoder, shape
+        self.on_done = on_done
         self.inputs = inputs
         self.waiting: dict[int, list[Request]] = {}
         for request in requests:
@@ -516,6 +525,8 @@ class _Scheduler:
                 self.decoder.stats.live_row_steps += 1
                 if token in self.eos or len(request.tokens) >= request.max_new_tokens:
                     self.row_request[row] = None
+                    if self.on_done is not None:
+                        self.on_done(request.image, request.index, request.tokens)
                     break
         free = [r for r, request in enumerate(self.row_request) if request is None]
         if free:  # parked rows write to column 0 and read only it: no growth, no NaN

@@ -19,6 +19,7 @@ Redis outages inside a task are ridden out by the store connection itself (redis
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import redis
@@ -26,16 +27,13 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.signals import task_postrun
 
-from shared.messages import (EDIT_STAGE, EDIT_TASK, RELATIONS_STAGE, RELATIONS_TASK, SCORE_STAGE,
-                             SCORE_TASK)
+from shared.messages import STAGE_OF_TASK
 from shared.store import OUTAGE_ERRORS, RunStore
 from workers.celery_app import settings
 from workers.errors import PermanentError, TransientError
 from workers.runtime import run_store
 
 log = logging.getLogger(__name__)
-
-STAGE_OF_TASK = {RELATIONS_TASK: RELATIONS_STAGE, EDIT_TASK: EDIT_STAGE, SCORE_TASK: SCORE_STAGE}
 
 
 def _transient_errors() -> tuple[type[BaseException], ...]:
@@ -75,16 +73,32 @@ def failure_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+# Within a task, a process samples its stage's progress at most this often (seconds): enough
+# for a rate over status's window, few enough that the samples kept span that window.
+SAMPLE_SECONDS = 5.0
+_last_sample: dict[tuple[str, str], float] = {}
+
+
+def sample_progress(store: RunStore, stage: str, force: bool = False) -> None:
+    """Sample the stage's progress (``status`` derives a rate and an ETA from the samples):
+    at the end of every task, and within one as its items end, at most every SAMPLE_SECONDS."""
+    now = time.monotonic()
+    if not force and now - _last_sample.get((store.run_id, stage), -SAMPLE_SECONDS) < SAMPLE_SECONDS:
+        return
+    _last_sample[store.run_id, stage] = now
+    try:
+        store.add_progress_sample(stage)
+    except redis.RedisError as exc:
+        log.warning("could not record a progress sample: %s", exc)
+
+
 @task_postrun.connect
 def _sample_progress(sender=None, args=None, **_: Any) -> None:
-    """After each task, sample its stage's progress so status can show a rate and an ETA."""
+    """After each task, sample its stage's progress."""
     stage = STAGE_OF_TASK.get(getattr(sender, "name", ""))
     if stage is None or not args:
         return
-    try:
-        run_store(str(args[0])).add_progress_sample(stage)
-    except redis.RedisError as exc:
-        log.warning("could not record a progress sample: %s", exc)
+    sample_progress(run_store(str(args[0])), stage, force=True)
 
 
 class ItemTask(Task):

@@ -6,7 +6,7 @@ import logging
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from PIL import Image
 
@@ -21,7 +21,7 @@ from workers.celery_app import app, settings
 from workers.relations.factory import relation_generator
 from workers.run_settings import read_run_settings
 from workers.runtime import device_name, model_host, run_store, worker_name
-from workers.tasks.base import ItemTask, pending_items
+from workers.tasks.base import ItemTask, pending_items, sample_progress
 
 if TYPE_CHECKING:  # the model's modules load in the task, not when the worker starts
     from workers.relations.generator import RelationGenerator
@@ -51,11 +51,11 @@ def _generate_pending(store: RunStore, keys: list[str]) -> dict[str, int]:
     if not jobs:
         return {"generated": 0}
     prompts = [[prompt for _, _, prompt in image_jobs] for image_jobs in jobs]
-    texts, seconds = _generate(generator, run.seed, images, prompts, keys[0])
-    flat_jobs = [job for image_jobs in jobs for job in image_jobs]
-    flat_texts = [text for image_texts in texts for text in image_texts]
-    _store_results(store, pending, flat_jobs, flat_texts, seconds)
-    return {"generated": len(flat_texts)}
+    results = PairResults(store, pending, jobs)
+    _generate(generator, run.seed, images, prompts, keys[0], results.answer)
+    store.count(RELATIONS_STAGE, "tasks_generated")
+    store.add_device(device_name())
+    return {"generated": results.descriptions}
 
 
 def _by_image(pending: dict[str, dict]) -> list[dict[str, dict]]:
@@ -139,28 +139,52 @@ def _prompts(store: RunStore, pending: dict, width: int, height: int) -> list[tu
 
 
 def _generate(generator: RelationGenerator, run_seed: int, images: list, prompts: list[list[str]],
-              first_key: str) -> tuple[list[list[str]], float]:
+              first_key: str, on_answer: Callable[[int, int, str], None]) -> None:
     # Seeded per task, so a redelivered task samples the same text.
     seed = run_seed + zlib.crc32(first_key.encode())
-    start = time.perf_counter()
-    texts = generator.generate_many(images, prompts, seed=seed)
-    return texts, time.perf_counter() - start
+    generator.generate_many(images, prompts, seed=seed, on_answer=on_answer)
 
 
-def _store_results(store: RunStore, pending: dict, jobs: list, texts: list[str], seconds: float) -> None:
-    generated: dict[str, list[dict]] = {}
-    for (key, entry, _), text in zip(jobs, texts):
-        generated.setdefault(key, []).append({
-            "predicate": entry["predicate"],
-            "similarity": entry["similarity"],
-            "generated_description": text,
-        })
-    worker = worker_name()
-    for key, descriptions in generated.items():
-        result = relation_result(pending[key], descriptions)
-        result["worker"] = worker
-        result["seconds"] = round(seconds * len(descriptions) / len(texts), 4)
-        store.mark_done(RELATIONS_STAGE, key, result)
-    store.count(RELATIONS_STAGE, "tasks_generated")
-    store.count(RELATIONS_STAGE, "descriptions_generated", len(texts))
-    store.add_device(device_name())
+class PairResults:
+    """Stores each pair's result as soon as its last description is generated.
+
+    Progress moves within a task (``status`` and the producer's bar count pairs as they end,
+    not whole tasks), and a task cut off keeps the pairs it finished.
+    """
+
+    def __init__(self, store: RunStore, pending: dict[str, dict], jobs: list[list[tuple]]):
+        self.store, self.pending, self.jobs = store, pending, jobs
+        # (image, index) -> (pair, place among the pair's descriptions: its top-K order)
+        self.place: dict[tuple[int, int], tuple[str, int]] = {}
+        self.descriptions_of: dict[str, list[dict | None]] = {}
+        for image, image_jobs in enumerate(jobs):
+            for index, (key, _, _) in enumerate(image_jobs):
+                slots = self.descriptions_of.setdefault(key, [])
+                self.place[image, index] = (key, len(slots))
+                slots.append(None)
+        self.left = {key: len(slots) for key, slots in self.descriptions_of.items()}
+        self.started = time.perf_counter()
+        self.worker = worker_name()
+        self.descriptions = 0
+
+    def answer(self, image: int, index: int, text: str) -> None:
+        """One prompt's answer; the pair is stored once it has all of its own."""
+        key, place = self.place[image, index]
+        entry = self.jobs[image][index][1]
+        self.descriptions_of[key][place] = {"predicate": entry["predicate"],
+                                            "similarity": entry["similarity"],
+                                            "generated_description": text}
+        self.left[key] -= 1
+        if self.left[key] == 0:
+            self._store(key)
+
+    def _store(self, key: str) -> None:
+        descriptions = self.descriptions_of.pop(key)
+        result = relation_result(self.pending[key], descriptions)
+        result["worker"] = self.worker
+        # Seconds from the start of the task's generation to the pair's last description.
+        result["seconds"] = round(time.perf_counter() - self.started, 4)
+        self.store.mark_done(RELATIONS_STAGE, key, result)
+        self.store.count(RELATIONS_STAGE, "descriptions_generated", len(descriptions))
+        self.descriptions += len(descriptions)
+        sample_progress(self.store, RELATIONS_STAGE)
