@@ -5,8 +5,8 @@ and ``python -m producer compare REPORT [REPORT ...] [--output FILE]``.
 Exit codes: 0 every item done; 1 the run finished but some items failed (the report
 lists them); 2 bad usage, an unusable input file, a run name taken by other settings,
 an unknown run (nothing registered); 3 infrastructure: Redis unreachable, or the local
-workers died; 4 crashed (a bug: one line here, the traceback in <work dir>/logs/producer.log);
-130 interrupted.
+workers died, or no space left on a disk it writes to; 4 crashed (a bug: one line here, the
+traceback in <work dir>/logs/producer.log); 130 interrupted.
 """
 
 from __future__ import annotations

@@ -116,7 +116,12 @@ def redis_disk_full(why: str, data_dir: str) -> DiskFull:
 def check_redis_persisting(client: redis.Redis) -> None:
     """Raise DiskFull when Redis's last write of its append-only file failed: it refuses
     every write then (MISCONF), so no result can be stored until space is freed."""
-    info = client.info("persistence")
+    try:
+        info = client.info("persistence")
+    except (*OUTAGE_ERRORS, redis.exceptions.ResponseError):
+        # Unreachable: the callers' waits have their own limit for that. INFO disabled (a
+        # managed Redis): a refused write says MISCONF itself.
+        return
     if info.get("aof_enabled") and info.get("aof_last_write_status") == "err":
         raise redis_disk_full("it cannot write its append-only file", redis_data_dir(client))
 
