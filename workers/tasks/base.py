@@ -26,9 +26,9 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.signals import task_postrun
 
+from shared.disk import as_disk_full, is_disk_full
 from shared.messages import (EDIT_STAGE, EDIT_TASK, RELATIONS_STAGE, RELATIONS_TASK, SCORE_STAGE,
                              SCORE_TASK)
-from shared.disk import as_disk_full, is_disk_full
 from shared.store import OUTAGE_ERRORS, RunStore
 from workers.celery_app import settings
 from workers.errors import PermanentError, TransientError
