@@ -33,6 +33,10 @@ def celery_config(settings: Settings) -> dict[str, object]:
         # A broker connection lost while a late-acked task runs: the message goes back to
         # the queue, so without this the task would run twice (here and on its redelivery).
         "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # Redis refusing a write (MISCONF: its disk is full) when the worker acknowledges a task
+        # or asks for the next one is a channel error: with this the worker reconnects, and goes
+        # on once Redis writes again, instead of exiting ("Unrecoverable error: ResponseError").
+        "broker_channel_error_retry": True,
         # Nothing blocks forever (a FIFO as an image path, a hung device): past the soft
         # limit the task fails its unfinished items; past the hard one the process is killed.
         "task_soft_time_limit": settings.task_time_limit,

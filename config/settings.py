@@ -60,6 +60,9 @@ class Settings:
     work_dir: Path = Path("evalfleet-work")
     # Empty means <work_dir>/artifacts.
     artifact_root: str = ""
+    # Free space (MB) `run` needs on the work directory's disk (and the artifact root's) to
+    # start: below it the run is refused (exit 3) rather than fail its writes part-way. 0: no check.
+    min_free_mb: float = 100.0
     # Where tiny models are built; empty means <work_dir>/models.
     model_cache: str = ""
     # Seconds before Redis hands an unacknowledged message to another worker.
@@ -310,7 +313,7 @@ MAXIMA = {
     "judge_endpoint_timeout_seconds": 86_400, "judge_endpoint_max_retries": 100,
     "judge_endpoint_concurrency": 1024, "judge_batch_size": 4096, "judge_reasoning_tokens": 131_072,
     "edit_steps": 1000, "edit_size": 16_384, "edit_guidance": 100, "memory_budget_gb": 100_000,
-    "top_k": 10_000, "batch_size": 1_000_000, "max_batch": 65_536, "max_new_tokens": 131_072,
+    "min_free_mb": 10**9, "top_k": 10_000, "batch_size": 1_000_000, "max_batch": 65_536, "max_new_tokens": 131_072,
     "task_prompts": 1_000_000, "workers_per_gpu": 64, "seed": 2**32 - 1,
 }
 
@@ -338,6 +341,8 @@ def validate_settings(s: Settings) -> None:
     for name in positive:
         if getattr(s, name) < 1:
             raise SettingsError(f"{ENV_PREFIX}{name.upper()} must be at least 1")
+    if s.min_free_mb < 0:
+        raise SettingsError(f"{ENV_PREFIX}MIN_FREE_MB must be >= 0 (0: no check)")
     if s.edit_steps < 0 or s.edit_size < 0 or s.edit_guidance < 0 or s.memory_budget_gb < 0:
         raise SettingsError(
             f"{ENV_PREFIX}EDIT_STEPS, EDIT_SIZE, EDIT_GUIDANCE and MEMORY_BUDGET_GB must be >= 0 "

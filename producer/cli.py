@@ -5,9 +5,8 @@ and ``python -m producer compare REPORT [REPORT ...] [--output FILE]``.
 Exit codes: 0 every item done; 1 the run finished but some items failed (the report
 lists them); 2 bad usage, an unusable input file, a run name taken by other settings,
 an unknown run (nothing registered); 3 infrastructure: Redis unreachable, or the local
-workers died; 4 crashed (a bug: one line here, the traceback in <work dir>/logs/producer.log,
-status.log for status);
-130 interrupted.
+workers died, or no space left on a disk it writes to; 4 crashed (a bug: one line here, the
+traceback in <work dir>/logs/producer.log, status.log for status); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -30,14 +29,17 @@ from producer.editbench.comparison import (ApproximateComparisonError, compare_r
 from producer.embedded import EmbeddedRedis, InfrastructureError, LocalFleet
 from producer.job import Job, positive
 from producer.jobs import JOBS
-from producer.preflight import check_output_path, check_run_settings, check_writable_dir
+from producer.log_file import LogFile
+from producer.preflight import check_free_space_for, check_output_path, check_run_settings, check_writable_dir
 from producer.run_identity import RESTART_FLAG, RunMismatchError
 from producer.status import build_status, format_status
+from shared.disk import as_disk_full, is_disk_full
 from shared.errors import InputFileError, escaped
 from shared.keys import check_run_name
 from shared.run_settings import RunSettingsError
 from shared.redaction import add_settings_secrets, add_url_secrets, redact, redact_logs
-from shared.store import RunStore, connect
+from shared.store import (RunStore, check_redis_persisting, connect, redis_data_dir, redis_disk_full,
+                          refuses_writes)
 
 log = logging.getLogger("producer")
 
@@ -85,6 +87,7 @@ def _preflight(args: argparse.Namespace, settings: Settings, job: Job) -> None:
     check_writable_dir(settings.work_dir, "EVALFLEET_WORK_DIR")
     for directory, setting in job.directories(settings):
         check_writable_dir(directory, setting)
+    check_free_space_for(settings, job)
     if getattr(args, "output", None):
         check_output_path(Path(args.output))
 
@@ -98,12 +101,21 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         run = job.register(settings, app, client, inputs, args.run, args.restart)
         store = RunStore(client, run.run_id)
         with local_fleet(args, settings, embedded, job.queues(settings), run.needs_workers) as check:
-            job.drive(settings, app, run, store, check, args)
+            job.drive(settings, app, run, store, _with_redis_disk(check, client), args)
         output = Path(args.output) if args.output else settings.work_dir / run.run_id / job.report_name
         report = job.write_report(store, output)
     log.info("run %s finished: %d item(s) failed; report %s", run.run_id, len(job.failures(report)), output)
     _say(job.summary(report, output))
     return EXIT_FAILED_ITEMS if job.failures(report) else EXIT_OK
+
+
+def _with_redis_disk(check: Callable[[], None], client: redis.Redis) -> Callable[[], None]:
+    """``check``, and whether Redis can still store results: one that cannot write its file
+    refuses every write (its disk is full), and no item can end until space is freed."""
+    def checks() -> None:
+        check()
+        check_redis_persisting(client)
+    return checks
 
 
 def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
@@ -291,7 +303,7 @@ def _setup_logging(settings: Settings, log_name: str) -> Path | None:
     log_path: Path | None = (settings.work_dir / "logs" / log_name).resolve()
     try:
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_path, encoding="utf-8"))
+        handlers.append(LogFile(log_path))
         handlers[-1].setFormatter(logging.Formatter(LOG_FORMAT))
     except OSError:
         log_path = None
@@ -331,9 +343,21 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("interrupted: run the same command again to resume")
         return EXIT_INTERRUPTED
     except Exception as exc:  # a bug or a state nothing here foresaw: not "some items failed"
+        if is_disk_full(exc) or refuses_writes(exc):  # infrastructure: free space, run it again
+            log.error("%s", _disk_full(exc, settings))
+            return EXIT_INFRA
         where = f"the traceback is in {log_path}" if log_path else "traceback above"
         log.error("crashed: %s: %s (%s)", type(exc).__name__, exc, where, exc_info=True)
         return EXIT_CRASH
+
+
+def _disk_full(exc: Exception, settings: Settings) -> Exception:
+    """The one sentence for a write that found no space: which disk, and what to do."""
+    if refuses_writes(exc):
+        data_dir = (redis_data_dir(connect(settings.store_url)) if settings.broker_url
+                    else str(settings.work_dir.resolve() / "redis"))
+        return redis_disk_full(str(exc), data_dir)
+    return as_disk_full(exc, f"the disk of {settings.work_dir.resolve()}")
 
 
 if __name__ == "__main__":

@@ -85,7 +85,11 @@ class EmbeddedRedis:
         # are gone (a killed producer's server still flushes its file on SIGTERM).
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, pass_fds=(self._lock_fd,),
-                                     preexec_fn=die_with_parent_hook())
+                                     preexec_fn=die_with_parent_hook(),
+                                     # SIGXFSZ stays ignored, as Python has it: a write past a
+                                     # file-size limit then fails like one to a full disk (Redis
+                                     # refuses writes until it can write again) instead of killing it.
+                                     restore_signals=False)
         config = f"requirepass {_quoted(self.password)}\n" if self.password else ""
         # redis-server reads stdin to its end before it starts: close it after the config.
         with self.proc.stdin:

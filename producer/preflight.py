@@ -12,6 +12,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from config import ENV_PREFIX, Settings, SettingsError
 from producer.job import Job
+from shared.disk import check_free_space
 
 
 def check_run_settings(settings: Settings, job: Job) -> None:
@@ -56,3 +57,11 @@ def check_output_path(output: Path) -> None:
     if output.exists() and not os.access(output, os.W_OK):
         raise SettingsError(f"--output {output}: the file is not writable")
     check_writable_dir(parent, "--output")
+
+
+def check_free_space_for(settings: Settings, job: Job) -> None:
+    """The work directory (and the job's other directories) have EVALFLEET_MIN_FREE_MB free:
+    a run started on a full disk would fail its writes part-way (DiskFull, exit 3)."""
+    check_free_space(settings.work_dir, settings.min_free_mb, "EVALFLEET_WORK_DIR")
+    for directory, setting in job.directories(settings):
+        check_free_space(directory, settings.min_free_mb, setting)

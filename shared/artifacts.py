@@ -14,6 +14,8 @@ import re
 import tempfile
 from pathlib import Path
 
+from shared.disk import writing_in
+
 _UNSAFE = re.compile(r"[^\w.\-]+", re.UNICODE)
 # Bytes of the readable part of a file name made from an id; with the digest and an
 # extension the name stays far below the 255 bytes file systems allow, temporary
@@ -45,17 +47,24 @@ def sha256_bytes(data: bytes) -> str:
 
 def temp_file_beside(path: Path, suffix: str = "") -> tuple[int, str]:
     """``mkstemp`` in ``path``'s folder (created if needed), with the umask's mode, not 0600."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    with writing_in(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.fchmod(fd, 0o666 & ~_UMASK)
     return fd, tmp
 
 
 def write_atomic(path: Path, data: bytes) -> None:
+    """Readers see the old file or the whole new one; a write that fails (a full disk: DiskFull
+    naming the folder) leaves neither a partial file nor its temporary one behind."""
     fd, tmp = temp_file_beside(path)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    try:
+        with writing_in(path.parent), os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def write_once(path: Path, data: bytes) -> str:
@@ -68,7 +77,7 @@ def write_once(path: Path, data: bytes) -> str:
     """
     fd, tmp = temp_file_beside(path)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with writing_in(path.parent), os.fdopen(fd, "wb") as f:
             f.write(data)
         try:
             os.link(tmp, path)

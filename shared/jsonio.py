@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.artifacts import temp_file_beside
+from shared.disk import writing_in
 from shared.errors import InputFileError, shown
 from shared.files import read_utf8
 
@@ -101,11 +102,12 @@ def read_json(path: Path) -> Any:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON so that readers see either the old file or the whole new one."""
+    """Write JSON so that readers see either the old file or the whole new one; a write that
+    fails (a full disk: DiskFull naming the folder) leaves no temporary file behind."""
     path = Path(path)
     fd, tmp = temp_file_beside(path, suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with writing_in(path.parent), os.fdopen(fd, "w", encoding="utf-8") as f:
             # allow_nan=False: NaN is not JSON; a report containing it is a bug to surface.
             json.dump(data, f, ensure_ascii=False, indent=2, allow_nan=False)
             f.write("\n")

@@ -23,6 +23,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from shared.disk import DiskFull
 from shared.redaction import redact
 
 PREFIX = "evalfleet"
@@ -34,6 +35,9 @@ SAMPLES_KEPT = 64
 # What redis-py raises while Redis is unreachable (a restart, a failover): callers that
 # can wait for it come back catch these, and only these.
 OUTAGE_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+# The word Redis starts its error with when it refuses writes because it cannot write its
+# files (its disk is full): "MISCONF Errors writing to the AOF file: No space left on device".
+REFUSED_FOR_DISK = "MISCONF"
 
 # Set the failure only if the key is not done; both checked inside Redis, atomically.
 _MARK_FAILED = """
@@ -82,6 +86,44 @@ def connect(url: str, outage_seconds: float = 0.0) -> redis.Redis:
     """
     extra = {"retry": _outage_retry(outage_seconds)} if outage_seconds else {}
     return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30, **extra)
+
+
+def refuses_writes(exc: BaseException) -> bool:
+    """Whether ``exc`` is Redis refusing a write because it cannot write its files (MISCONF).
+
+    redis-py has no class of its own for it: a plain ResponseError, with the word inside a
+    pipeline's or a script's message.
+    """
+    return isinstance(exc, redis.exceptions.ResponseError) and REFUSED_FOR_DISK in str(exc)
+
+
+def redis_data_dir(client: redis.Redis) -> str:
+    """Where Redis keeps its files, as Redis tells it ("" where CONFIG is disabled, as on a
+    managed Redis)."""
+    try:
+        return client.config_get("dir").get("dir") or ""
+    except redis.exceptions.RedisError:
+        return ""
+
+
+def redis_disk_full(why: str, data_dir: str) -> DiskFull:
+    """The DiskFull of a Redis that refuses writes: its data directory and Redis's own words."""
+    why = why[why.find(REFUSED_FOR_DISK):] if REFUSED_FOR_DISK in why else why
+    return DiskFull(f"Redis's data directory {data_dir}" if data_dir else "Redis's disk",
+                    f"Redis refuses writes: {why}")
+
+
+def check_redis_persisting(client: redis.Redis) -> None:
+    """Raise DiskFull when Redis's last write of its append-only file failed: it refuses
+    every write then (MISCONF), so no result can be stored until space is freed."""
+    try:
+        info = client.info("persistence")
+    except (*OUTAGE_ERRORS, redis.exceptions.ResponseError):
+        # Unreachable: the callers' waits have their own limit for that. INFO disabled (a
+        # managed Redis): a refused write says MISCONF itself.
+        return
+    if info.get("aof_enabled") and info.get("aof_last_write_status") == "err":
+        raise redis_disk_full("it cannot write its append-only file", redis_data_dir(client))
 
 
 class RunStore:

@@ -100,16 +100,18 @@ def wait_for_workers(broker_url: str, prefix: str, count: int, timeout: float = 
     wait_until(answered, timeout, f"{count} worker(s) named {prefix}* answering", interval=0)
 
 
-def run_producer(*args: str, env: dict[str, str], timeout: float = 300,
-                 wait: bool = True) -> subprocess.CompletedProcess | subprocess.Popen:
-    """``python -m producer ...`` as a user runs it, with the given EVALFLEET_* variables."""
+def run_producer(*args: str, env: dict[str, str], timeout: float = 300, wait: bool = True,
+                 preexec_fn=None) -> subprocess.CompletedProcess | subprocess.Popen:
+    """``python -m producer ...`` as a user runs it, with the given EVALFLEET_* variables
+    (``preexec_fn``: run in the child before the producer starts, e.g. to limit it)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("EVALFLEET_")}
     full_env.update(env)
     cmd = [sys.executable, "-m", "producer", *args]
     if not wait:
         return subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
-    return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+                                stderr=subprocess.STDOUT, text=True, preexec_fn=preexec_fn)
+    return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout,
+                          preexec_fn=preexec_fn)
 
 
 def read_json(path: Path) -> dict:

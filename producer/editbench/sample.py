@@ -12,6 +12,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from shared.artifacts import write_atomic
 from shared.editbench.data import SHAPES
 
 BENCHMARK_NAME = "editbench_sample.json"
@@ -62,7 +63,8 @@ def write_editbench_sample(directory: Path, shape: str = "category-map", image_f
         for category, pairs in SAMPLE.items()
     }
     path = directory / SAMPLE_NAMES[shape]
-    path.write_text(_in_shape(benchmark, shape), encoding="utf-8")
+    # Atomic: a full disk leaves no half-written sample for the next run to read.
+    write_atomic(path, _in_shape(benchmark, shape).encode("utf-8"))
     return path
 
 
@@ -73,7 +75,7 @@ def _image_field(directory: Path, category: str, index: int, figure: str, colour
         return {"original_image_b64": encoded}
     relative = Path("images") / f"{category}-{index + 1}.png"
     (directory / relative).parent.mkdir(exist_ok=True)
-    (directory / relative).write_bytes(base64.b64decode(encoded))
+    write_atomic(directory / relative, base64.b64decode(encoded))
     return {"original_image_path": relative.as_posix()}
 
 

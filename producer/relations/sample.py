@@ -9,12 +9,15 @@ pair with more candidates than the default top-K, and one pair that is all
 
 from __future__ import annotations
 
+import io
 import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw
+
+from shared.artifacts import write_atomic
 
 STAGE1_NAME = "recall_results_sample.json"
 INPUT_NAME = "sample_images.json"
@@ -86,6 +89,12 @@ def _candidates(image: SampleImage, rng: random.Random) -> list[dict]:
     return candidates
 
 
+def _png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def write_relations_sample(directory: Path) -> tuple[Path, Path]:
     """Write the sample into ``directory``; returns (stage-1 file, input file)."""
     directory = Path(directory)
@@ -94,7 +103,7 @@ def write_relations_sample(directory: Path) -> tuple[Path, Path]:
     records, stage1 = [], {}
     for image in SAMPLE:
         rel_path = f"images/{image.image_id}.png"
-        _draw(image).save(directory / rel_path)
+        write_atomic(directory / rel_path, _png(_draw(image)))
         # One input id as a string: ids must match whatever their type on either side.
         image_id: int | str = str(image.image_id) if image.image_id == 2343731 else image.image_id
         records.append({
@@ -106,8 +115,9 @@ def write_relations_sample(directory: Path) -> tuple[Path, Path]:
         })
         stage1[str(image.image_id)] = _candidates(image, rng)
     stage1_path, input_path = directory / STAGE1_NAME, directory / INPUT_NAME
-    stage1_path.write_text(json.dumps({"per_image_top100_candidates": stage1}, indent=1))
-    input_path.write_text(json.dumps(records, indent=1))
+    # Atomic: a full disk leaves no half-written sample for the next run to read.
+    write_atomic(stage1_path, json.dumps({"per_image_top100_candidates": stage1}, indent=1).encode())
+    write_atomic(input_path, json.dumps(records, indent=1).encode())
     return stage1_path, input_path
 
 

@@ -27,6 +27,7 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.signals import task_postrun
 
+from shared.disk import as_disk_full, is_disk_full
 from shared.messages import STAGE_OF_TASK
 from shared.store import OUTAGE_ERRORS, RunStore
 from workers.celery_app import settings
@@ -67,6 +68,8 @@ def failure_message(exc: BaseException) -> str:
     """The reason the report shows for a task that failed as a whole."""
     if isinstance(exc, PermanentError):
         return str(exc)
+    if is_disk_full(exc):  # "no space left on <folder>": which disk to free
+        return str(as_disk_full(exc, "the worker's disk"))
     if any(isinstance(e, (SoftTimeLimitExceeded, TimeLimitExceeded)) for e in _chain(exc)):
         return (f"the task ran past its time limit of {settings.task_time_limit} s "
                 f"(EVALFLEET_TASK_TIME_LIMIT); see the worker log")
@@ -134,9 +137,10 @@ class ItemTask(Task):
         try:
             for key in keys:
                 store.mark_failed(stage, key, reason, attempts)
-        except OUTAGE_ERRORS as store_exc:
-            # The message stays unacknowledged (the ack needs Redis too) and comes back
-            # after the visibility timeout: the items are not lost.
+        except redis.RedisError as store_exc:
+            # Redis unreachable, or refusing writes (MISCONF: its disk is full): the message
+            # stays unacknowledged (the ack needs Redis too) and comes back after the visibility
+            # timeout, or the rerun sends the items again: they are not lost. The worker goes on.
             log.error("could not record the failure of %s: %s", keys, store_exc)
 
 
