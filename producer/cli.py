@@ -6,7 +6,8 @@ Exit codes: 0 every item done; 1 the run finished but some items failed (the rep
 lists them); 2 bad usage, an unusable input file, a run name taken by other settings,
 an unknown run (nothing registered); 3 infrastructure: Redis unreachable, or the local
 workers died; 4 crashed (a bug: one line here, the traceback in <work dir>/logs/producer.log);
-130 interrupted.
+130 interrupted (SIGINT, Ctrl-C), 143 stopped by SIGTERM: the code of the first signal (a second
+one stops the local workers at once); run the same command again to resume.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from producer.dispatch import celery_client
 from producer.editbench.comparison import (ApproximateComparisonError, compare_runs, comparison_files,
                                            comparison_markdown, load_run, write_comparison)
 from producer.embedded import EmbeddedRedis, InfrastructureError, LocalFleet
+from producer.interrupts import Interrupted
 from producer.job import Job, positive
 from producer.jobs import JOBS
 from producer.preflight import check_output_path, check_run_settings, check_writable_dir
@@ -40,7 +42,7 @@ from shared.store import RunStore, connect
 
 log = logging.getLogger("producer")
 
-EXIT_OK, EXIT_FAILED_ITEMS, EXIT_USAGE, EXIT_INFRA, EXIT_CRASH, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+EXIT_OK, EXIT_FAILED_ITEMS, EXIT_USAGE, EXIT_INFRA, EXIT_CRASH = 0, 1, 2, 3, 4
 LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 
 
@@ -324,9 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     except (InfrastructureError, redis.exceptions.ConnectionError) as exc:
         log.error("%s", exc)
         return EXIT_INFRA
-    except KeyboardInterrupt:
-        log.warning("interrupted: run the same command again to resume")
-        return EXIT_INTERRUPTED
+    except Interrupted as exc:  # a signal: the first of them names the exit code
+        log.warning("interrupted (%s): run the same command again to resume", exc)
+        return exc.exit_code
     except Exception as exc:  # a bug or a state nothing here foresaw: not "some items failed"
         where = f"the traceback is in {log_path}" if log_path else "traceback above"
         log.error("crashed: %s: %s (%s)", type(exc).__name__, exc, where, exc_info=True)

