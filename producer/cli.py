@@ -37,7 +37,7 @@ from producer.status import build_status, format_status
 from shared.errors import InputFileError, escaped
 from shared.keys import check_run_name
 from shared.run_settings import RunSettingsError
-from shared.redaction import add_settings_secrets, add_url_secrets, redact, redact_logs
+from shared.redaction import add_settings_secrets, redact, redact_logs
 from shared.store import RunStore, connect
 
 log = logging.getLogger("producer")
@@ -53,8 +53,7 @@ def broker_for(settings: Settings) -> Iterator[tuple[Settings, bool]]:
         yield settings, False
         return
     check_writable_dir(settings.work_dir / "redis", "EVALFLEET_WORK_DIR")
-    with EmbeddedRedis(settings.work_dir / "redis") as server:
-        add_url_secrets(server.url)
+    with EmbeddedRedis(settings.work_dir / "redis") as server:  # redacts its password
         yield settings.replace(broker_url=server.url), True
 
 
