@@ -285,7 +285,11 @@ class LocalFleet:
                 os.killpg(self.proc.pid, signal.SIGKILL)
 
     def __enter__(self) -> "LocalFleet":
-        self.start()
+        try:
+            self.start()
+        except BaseException:  # a signal just after the launcher started: stop it still before Redis
+            self.stop()
+            raise
         return self
 
     def __exit__(self, kind, *_) -> None:
