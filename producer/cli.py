@@ -6,7 +6,9 @@ Exit codes: 0 every item done; 1 the run finished but some items failed (the rep
 lists them); 2 bad usage, an unusable input file, a run name taken by other settings,
 an unknown run (nothing registered); 3 infrastructure: Redis unreachable, or the local
 workers died, or no space left on a disk it writes to; 4 crashed (a bug: one line here, the
-traceback in <work dir>/logs/producer.log, status.log for status); 130 interrupted.
+traceback in <work dir>/logs/producer.log, status.log for status); 130 interrupted (SIGINT, Ctrl-C),
+143 stopped by SIGTERM: the code of the first signal (a second one stops the local workers at once);
+run the same command again to resume.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from producer.dispatch import celery_client
 from producer.editbench.comparison import (ApproximateComparisonError, compare_runs, comparison_files,
                                            comparison_markdown, load_run, write_comparison)
 from producer.embedded import EmbeddedRedis, InfrastructureError, LocalFleet
+from producer.interrupts import Interrupted
 from producer.job import Job, positive
 from producer.jobs import JOBS
 from producer.log_file import LogFile
@@ -37,13 +40,13 @@ from shared.disk import as_disk_full, is_disk_full
 from shared.errors import InputFileError, escaped
 from shared.keys import check_run_name
 from shared.run_settings import RunSettingsError
-from shared.redaction import add_settings_secrets, add_url_secrets, redact, redact_logs
+from shared.redaction import add_settings_secrets, redact, redact_logs
 from shared.store import (RunStore, check_redis_persisting, connect, redis_data_dir, redis_disk_full,
                           refuses_writes)
 
 log = logging.getLogger("producer")
 
-EXIT_OK, EXIT_FAILED_ITEMS, EXIT_USAGE, EXIT_INFRA, EXIT_CRASH, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+EXIT_OK, EXIT_FAILED_ITEMS, EXIT_USAGE, EXIT_INFRA, EXIT_CRASH = 0, 1, 2, 3, 4
 LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 
 
@@ -54,8 +57,7 @@ def broker_for(settings: Settings) -> Iterator[tuple[Settings, bool]]:
         yield settings, False
         return
     check_writable_dir(settings.work_dir / "redis", "EVALFLEET_WORK_DIR")
-    with EmbeddedRedis(settings.work_dir / "redis") as server:
-        add_url_secrets(server.url)
+    with EmbeddedRedis(settings.work_dir / "redis") as server:  # redacts its password
         yield settings.replace(broker_url=server.url), True
 
 
@@ -339,9 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     except (InfrastructureError, redis.exceptions.ConnectionError) as exc:
         log.error("%s", exc)
         return EXIT_INFRA
-    except KeyboardInterrupt:
-        log.warning("interrupted: run the same command again to resume")
-        return EXIT_INTERRUPTED
+    except Interrupted as exc:  # a signal: the first of them names the exit code
+        log.warning("interrupted (%s): run the same command again to resume", exc)
+        return exc.exit_code
     except Exception as exc:  # a bug or a state nothing here foresaw: not "some items failed"
         if is_disk_full(exc) or refuses_writes(exc):  # infrastructure: free space, run it again
             log.error("%s", _disk_full(exc, settings))

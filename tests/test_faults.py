@@ -31,7 +31,7 @@ from PIL import Image
 from conftest import (FAST, ROOT, HeldQueue, frozen, kill_mid_task, private_env, read_json, record_figures,
                       run_producer, started_fleet, wait_until, worker_processes)
 from producer.editbench.sample import write_editbench_sample
-from producer.embedded import EmbeddedRedis, free_port
+from producer.embedded import PASSWORD_FILE, EmbeddedRedis, free_port
 from producer.kombu_redis import unacked_messages
 from producer.relations.sample import write_relations_sample
 from shared.artifacts import sha256_bytes, write_once
@@ -387,7 +387,7 @@ def test_one_command_mode_workers_die_at_once_with_a_killed_producer_mid_task(mo
     descendants: list[psutil.Process] = []
     try:
         port = wait_for_embedded_redis(producer)
-        store = RunStore(connect(f"redis://127.0.0.1:{port}/0"), "killed")
+        store = RunStore(connect(embedded_url(tmp_path / "work", port)), "killed")
         wait_until(lambda: store.client.hlen("unacked") > 0, 120, "a task delivered")
         # The worker heartbeat is written once the model is resident: the task is generating.
         wait_until(lambda: store.client.hlen("evalfleet:workers") > 0, 120, "the model loaded")
@@ -448,7 +448,7 @@ def test_one_command_mode_killed_then_rerun_redoes_nothing(model_cache, tmp_path
            "EVALFLEET_MAX_NEW_TOKENS": "24"}
     producer = run_producer("run", "relations", "--run", "onecmd", env=env, wait=False)
     port = wait_for_embedded_redis(producer)
-    store = RunStore(connect(f"redis://127.0.0.1:{port}/0"), "onecmd")
+    store = RunStore(connect(embedded_url(tmp_path / "work", port)), "onecmd")
     descendants: list[psutil.Process] = []
 
     def killed_mid_run() -> bool:
@@ -492,6 +492,11 @@ def wait_for_embedded_redis(producer) -> int:
     wait_until(lambda: server() is not None and server().net_connections(kind="tcp"), 60, "embedded Redis")
     [listen] = [c for c in server().net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN]
     return listen.laddr.port
+
+
+def embedded_url(work: Path, port: int) -> str:
+    """The URL of a one-command run's Redis: its password is kept in its data directory."""
+    return f"redis://:{(work / 'redis' / PASSWORD_FILE).read_text().strip()}@127.0.0.1:{port}/0"
 
 
 # --- a poison item ---------------------------------------------------------------------------------------

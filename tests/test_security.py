@@ -1,10 +1,12 @@
-"""The wire and the inputs: no pickle, Redis with a password on loopback only, confined image paths."""
+"""The wire and the inputs: no pickle, Redis with a password on loopback only (the one-command
+mode's too), confined image paths."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import stat
 from pathlib import Path
 
 import psutil
@@ -13,7 +15,8 @@ import redis
 from celery import Celery
 
 from conftest import private_env, read_json, run_producer, started_fleet, wait_until
-from producer.embedded import EmbeddedRedis
+from held_judge import RUN, OneCommandRun, held_judge, in_flight
+from producer.embedded import PASSWORD_FILE, EmbeddedRedis
 from producer.relations.sample import write_relations_sample
 from shared.errors import InputFileError
 from shared.messages import RELATIONS_TASK
@@ -111,6 +114,76 @@ def test_the_embedded_redis_password_is_not_on_its_command_line(tmp_path, passwo
         assert redis.Redis(host="127.0.0.1", port=server.port, password=password).ping()
         with pytest.raises(redis.exceptions.AuthenticationError):
             redis.Redis(host="127.0.0.1", port=server.port).ping()
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.lstat().st_mode)
+
+
+def _listening_port(process: psutil.Process) -> int:
+    [listen] = [c for c in process.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN]
+    return listen.laddr.port
+
+
+def test_the_one_command_redis_takes_no_client_without_its_password_and_never_shows_it(model_cache, tmp_path):
+    with held_judge() as judge:
+        run = OneCommandRun(tmp_path, model_cache, judge)
+        producer = run.start()
+        children = in_flight(producer, judge)  # the run is going: a score task waits for the judge
+        [server] = [p for p in children if "redis-server" in " ".join(p.cmdline())]
+        port = _listening_port(server)
+        data = run.work / "redis"
+        password = (data / PASSWORD_FILE).read_text().strip()
+        # Owner-only: the password file, and the directory of the append-only file beside it.
+        assert _mode(data / PASSWORD_FILE) == 0o600 and _mode(data) == 0o700
+        # Another local user (no password, or a guessed one) can neither read nor write nor delete.
+        for guess in (None, "", "evalfleet"):
+            intruder = redis.Redis(host="127.0.0.1", port=port, password=guess)
+            with pytest.raises(redis.exceptions.AuthenticationError):
+                intruder.keys("*")
+            with pytest.raises(redis.exceptions.AuthenticationError):
+                intruder.flushall()
+        assert RUN in connect_plain(f"redis://:{password}@127.0.0.1:{port}/0").smembers("evalfleet:runs")
+        # ps shows no process of the run with the password in its arguments (the workers have it
+        # in their environment).
+        for process in [psutil.Process(producer.pid), *children]:
+            assert password not in " ".join(process.cmdline())
+        judge.released.set()
+        out, _ = producer.communicate(timeout=300)
+    assert producer.returncode == 0, out
+
+    # status (and a resumed run) finds the same password in the work directory.
+    status = run_producer("status", "--run", RUN, "--json", env=run.env)
+    assert status.returncode == 0 and RUN in status.stdout, status.stdout + status.stderr
+    assert (data / PASSWORD_FILE).read_text().strip() == password
+    # The password appears in no output, log, report or Redis file (its own file aside).
+    shown = {"terminal": out + status.stdout + status.stderr}
+    for path in run.work.rglob("*"):
+        if path.is_file() and path != data / PASSWORD_FILE:
+            shown[str(path)] = path.read_bytes().decode("utf-8", "replace")
+    assert any(path.endswith("editbench_report.json") for path in shown)
+    assert [where for where, text in shown.items() if password in text] == []
+
+
+def test_a_password_file_others_could_read_or_that_is_a_link_is_replaced(tmp_path):
+    data = tmp_path / "redis"
+    with EmbeddedRedis(data) as server:
+        first = server.password
+    (data / PASSWORD_FILE).chmod(0o644)  # readable by others: it may be known, it is not used
+    with EmbeddedRedis(data) as server:
+        second = server.password
+    assert second != first and _mode(data / PASSWORD_FILE) == 0o600
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text("a" * 43)
+    (data / PASSWORD_FILE).unlink()
+    (data / PASSWORD_FILE).symlink_to(elsewhere)  # a link is not followed, nor written through
+    with EmbeddedRedis(data) as server:
+        assert server.password not in (second, "a" * 43)
+    assert elsewhere.read_text() == "a" * 43 and not (data / PASSWORD_FILE).is_symlink()
+    assert _mode(data / PASSWORD_FILE) == 0o600
+    # The same password for every start over the same data: status and report connect.
+    with EmbeddedRedis(data) as again:
+        assert again.password == server.password
 
 
 # --- image paths confined to the data root -------------------------------------------------------------
