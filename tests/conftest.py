@@ -19,6 +19,7 @@ from config import TINY_MODEL, Settings
 from producer.dispatch import celery_client
 from producer.embedded import EmbeddedRedis, LocalFleet
 from producer.kombu_redis import unacked_messages
+from producer.editbench.sample import write_editbench_sample
 from producer.relations.sample import write_relations_sample
 from shared.messages import EDIT_STAGE, EDIT_TASK, RELATIONS_STAGE, RELATIONS_TASK, SCORE_STAGE, SCORE_TASK
 from shared.relations.data import prepare_data_for_inference
@@ -116,6 +117,14 @@ def run_producer(*args: str, env: dict[str, str], timeout: float = 300, wait: bo
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def one_pair_benchmark(directory: Path) -> Path:
+    """The editbench sample cut to its first pair: a run of one edit and one score."""
+    benchmark = write_editbench_sample(directory)
+    category, pairs = next(iter(read_json(benchmark).items()))
+    benchmark.write_text(json.dumps({category: pairs[:1]}, ensure_ascii=False), encoding="utf-8")
+    return benchmark
 
 
 def run_store(client, run_id: str) -> RunStore:

@@ -17,8 +17,7 @@ from typing import Iterator
 
 import psutil
 
-from conftest import FAST, ROOT, read_json, wait_until
-from producer.editbench.sample import write_editbench_sample
+from conftest import FAST, ROOT, one_pair_benchmark, wait_until
 from producer.embedded import EmbeddedRedis
 from shared.messages import EDIT_STAGE, SCORE_STAGE
 from shared.store import RunStore, connect
@@ -82,13 +81,6 @@ def held_judge() -> Iterator[HeldJudge]:
         judge.closing.set()
         judge.shutdown()
         judge.server_close()
-
-
-def one_pair_benchmark(directory: Path) -> Path:
-    benchmark = write_editbench_sample(directory)
-    category, pairs = next(iter(read_json(benchmark).items()))
-    benchmark.write_text(json.dumps({category: pairs[:1]}, ensure_ascii=False), encoding="utf-8")
-    return benchmark
 
 
 class OneCommandRun:

@@ -19,8 +19,7 @@ import pytest
 from PIL import Image
 
 from config import SettingsError, load_settings
-from conftest import FAST, read_json, run_producer, wait_until
-from producer.editbench.sample import write_editbench_sample
+from conftest import FAST, one_pair_benchmark, read_json, run_producer, wait_until
 from producer.embedded import EmbeddedRedis
 from shared.editbench.data import decode_image_b64
 from shared.editbench.judge_scores import JudgeFailure
@@ -180,13 +179,6 @@ def test_an_api_key_the_server_echoes_stays_out_of_reasons_redis_and_logs(endpoi
     assert key not in out.getvalue() and "failed with **" in out.getvalue() and "the server said **" in out.getvalue()
 
 
-def _one_pair_benchmark(directory: Path) -> Path:
-    benchmark = write_editbench_sample(directory)
-    category, pairs = next(iter(read_json(benchmark).items()))
-    benchmark.write_text(json.dumps({category: pairs[:1]}, ensure_ascii=False), encoding="utf-8")
-    return benchmark
-
-
 def test_a_password_in_the_endpoint_url_stays_out_of_report_terminal_logs_and_redis(endpoint, model_cache,
                                                                                      tmp_path) -> None:
     url, server = endpoint(echoed_credentials)
@@ -197,7 +189,7 @@ def test_a_password_in_the_endpoint_url_stays_out_of_report_terminal_logs_and_re
     env = {**FAST, "EVALFLEET_MODEL_CACHE": str(model_cache), "EVALFLEET_WORK_DIR": str(work),
            "EVALFLEET_JUDGE_BACKEND": "endpoint", "EVALFLEET_JUDGE_ENDPOINT_URL": secret_url,
            "EVALFLEET_JUDGE_ENDPOINT_MODEL": MODEL}
-    proc = run_producer("run", "editbench", "--benchmark", str(_one_pair_benchmark(tmp_path / "sample")),
+    proc = run_producer("run", "editbench", "--benchmark", str(one_pair_benchmark(tmp_path / "sample")),
                         "--output", str(output), env=env)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     # The workers used the password (as Basic credentials); the server echoed them back.
