@@ -17,7 +17,7 @@ from kombu.serialization import loads as kombu_loads, prepare_accept_content
 
 from config import TINY_MODEL, Settings
 from producer.dispatch import celery_client
-from producer.embedded import EmbeddedRedis, LocalFleet
+from producer.embedded import PASSWORD_FILE, EmbeddedRedis, LocalFleet
 from producer.kombu_redis import unacked_messages
 from producer.editbench.sample import write_editbench_sample
 from producer.relations.sample import write_relations_sample
@@ -117,6 +117,11 @@ def run_producer(*args: str, env: dict[str, str], timeout: float = 300, wait: bo
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def embedded_url(work: Path, port: int) -> str:
+    """The URL of a one-command run's Redis: its password is kept in its data directory."""
+    return f"redis://:{(work / 'redis' / PASSWORD_FILE).read_text().strip()}@127.0.0.1:{port}/0"
 
 
 def one_pair_benchmark(directory: Path) -> Path:

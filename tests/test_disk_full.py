@@ -15,11 +15,12 @@ import contextlib
 import errno
 import json
 import resource
+from pathlib import Path
 
 import psutil
 import pytest
 
-from conftest import FAST, read_json, run_producer, wait_until
+from conftest import FAST, embedded_url, read_json, run_producer, wait_until
 from producer.editbench.sample import write_editbench_sample
 from shared.artifacts import write_atomic, write_once
 from shared.disk import DiskFull
@@ -53,7 +54,7 @@ def no_space_here():
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 
 
-def embedded_store(producer, run_id: str) -> RunStore:
+def embedded_store(producer, work_dir: str, run_id: str) -> RunStore:
     """The run's store in the one-command producer's own redis-server."""
     def port() -> int | None:
         for child in psutil.Process(producer.pid).children():
@@ -62,7 +63,7 @@ def embedded_store(producer, run_id: str) -> RunStore:
                     return next((c.laddr.port for c in child.net_connections(kind="tcp")
                                  if c.status == psutil.CONN_LISTEN), None)
         return None
-    return RunStore(connect(f"redis://127.0.0.1:{wait_until(port, 60, 'embedded Redis')}/0"), run_id)
+    return RunStore(connect(embedded_url(Path(work_dir), wait_until(port, 60, "embedded Redis"))), run_id)
 
 
 def run_args(job: str, tmp_path) -> list[str]:
@@ -79,7 +80,7 @@ def run_args(job: str, tmp_path) -> list[str]:
 
 def start_run(job: str, env: dict[str, str], tmp_path):
     producer = run_producer(*run_args(job, tmp_path), env=env, wait=False)
-    store = embedded_store(producer, "full")
+    store = embedded_store(producer, env["EVALFLEET_WORK_DIR"], "full")
     stage = FIRST_STAGE[job]
     wait_until(lambda: store.exists() and store.progress(stage).done >= 2, 240, "2 items done")
     return producer

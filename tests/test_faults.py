@@ -28,10 +28,10 @@ import psutil
 import pytest
 from PIL import Image
 
-from conftest import (FAST, ROOT, HeldQueue, frozen, kill_mid_task, private_env, read_json, record_figures,
-                      run_producer, started_fleet, wait_until, worker_processes)
+from conftest import (FAST, ROOT, HeldQueue, embedded_url, frozen, kill_mid_task, private_env, read_json,
+                      record_figures, run_producer, started_fleet, wait_until, worker_processes)
 from producer.editbench.sample import write_editbench_sample
-from producer.embedded import PASSWORD_FILE, EmbeddedRedis, free_port
+from producer.embedded import EmbeddedRedis, free_port
 from producer.kombu_redis import unacked_messages
 from producer.relations.sample import write_relations_sample
 from shared.artifacts import sha256_bytes, write_once
@@ -492,11 +492,6 @@ def wait_for_embedded_redis(producer) -> int:
     wait_until(lambda: server() is not None and server().net_connections(kind="tcp"), 60, "embedded Redis")
     [listen] = [c for c in server().net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN]
     return listen.laddr.port
-
-
-def embedded_url(work: Path, port: int) -> str:
-    """The URL of a one-command run's Redis: its password is kept in its data directory."""
-    return f"redis://:{(work / 'redis' / PASSWORD_FILE).read_text().strip()}@127.0.0.1:{port}/0"
 
 
 # --- a poison item ---------------------------------------------------------------------------------------
