@@ -6,9 +6,9 @@ Exit codes: 0 every item done; 1 the run finished but some items failed (the rep
 lists them); 2 bad usage, an unusable input file, a run name taken by other settings,
 an unknown run (nothing registered); 3 infrastructure: Redis unreachable, or the local
 workers died, or no space left on a disk it writes to; 4 crashed (a bug: one line here, the
-traceback in <work dir>/logs/producer.log, status.log for status); 130 interrupted (SIGINT, Ctrl-C),
-143 stopped by SIGTERM: the code of the first signal (a second one stops the local workers at once);
-run the same command again to resume.
+traceback in <work dir>/logs/producer.log, status.log for status, report.log for report);
+130 interrupted (SIGINT, Ctrl-C), 143 stopped by SIGTERM: the code of the first signal (a second
+one stops the local workers at once); run the same command again to resume.
 """
 
 from __future__ import annotations
@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import redis
+from kombu.utils.url import maybe_sanitize_url
 
 from config import (Settings, SettingsError, ignored_variables, load_settings, to_environ,
                     validate_settings)
 from producer.dispatch import celery_client
 from producer.editbench.comparison import (ApproximateComparisonError, compare_runs, comparison_files,
                                            comparison_markdown, load_run, write_comparison)
-from producer.embedded import EmbeddedRedis, InfrastructureError, LocalFleet
+from producer.embedded import EmbeddedRedis, InfrastructureError, LocalFleet, running_server_url
 from producer.interrupts import Interrupted
 from producer.job import Job, positive
 from producer.jobs import JOBS
@@ -51,12 +52,20 @@ LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 
 
 @contextlib.contextmanager
-def broker_for(settings: Settings) -> Iterator[tuple[Settings, bool]]:
-    """The configured broker, or an embedded redis-server over the work directory's data."""
+def broker_for(settings: Settings, watch: bool = False) -> Iterator[tuple[Settings, bool]]:
+    """The configured broker, or an embedded redis-server over the work directory's data.
+
+    ``watch`` (``status``, ``report``): a run going on over that data is read through its own
+    server, not waited for."""
     if settings.broker_url:
         yield settings, False
         return
     check_writable_dir(settings.work_dir / "redis", "EVALFLEET_WORK_DIR")
+    running = running_server_url(settings.work_dir / "redis") if watch else None
+    if running is not None:
+        log.info("reading the running run's Redis on %s", maybe_sanitize_url(running))
+        yield settings.replace(broker_url=running), False
+        return
     with EmbeddedRedis(settings.work_dir / "redis") as server:  # redacts its password
         yield settings.replace(broker_url=server.url), True
 
@@ -136,7 +145,7 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     if args.output:
         check_output_path(Path(args.output))
-    with broker_for(settings) as (settings, _):
+    with broker_for(settings, watch=True) as (settings, _):
         store = RunStore(connect(settings.store_url), args.run)
         if not store.exists():
             raise SystemExit(f"run {args.run!r} is not registered in this Redis "
@@ -152,7 +161,7 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    with broker_for(settings) as (settings, _):
+    with broker_for(settings, watch=True) as (settings, _):
         try:
             status = build_status(settings, celery_client(settings), args.run, args.timeout)
         except LookupError as exc:
@@ -229,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("job", choices=list(JOBS))
     report.add_argument("--run", required=True, type=check_run_name)
     report.add_argument("--output", help="default: " + " or ".join(job.report_name for job in JOBS.values()))
-    report.set_defaults(func=cmd_report)
+    # Its own log, as status's: a report of a running run does not write into the run's.
+    report.set_defaults(func=cmd_report, log_name="report.log")
 
     status = sub.add_parser("status", help="queue depths, run progress with rate and ETA, workers "
                                            "online and the models they hold")

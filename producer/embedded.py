@@ -11,7 +11,9 @@ killed outright (SIGKILL, a closed terminal): on Linux the kernel signals them
 (``PR_SET_PDEATHSIG``). Redis gets SIGTERM and flushes its file; the worker launcher gets
 SIGQUIT: running tasks stop at once (their messages, not acknowledged, are delivered again to
 the next run's workers) instead of running on, unwatched, as orphans. An exclusive lock on
-the data directory, held by the producer and its Redis, keeps a second run off it.
+the data directory, held by the producer and its Redis, keeps a second run off it; the lock file
+names the server's port, where ``status`` and ``report`` find a running run's server and read
+it without waiting for the run (``running_server_url``).
 
 The server asks for a password, random and kept in the data directory (``password``, 0600, in a
 directory of mode 0700 with the append-only file): other users of the machine can neither
@@ -69,6 +71,7 @@ def _quoted(value: str) -> str:
 
 
 PASSWORD_FILE = "password"
+LOCK_FILE = "redis.lock"  # held by a running server and its producer; holds the server's port
 _PASSWORD = re.compile(r"[A-Za-z0-9_-]{32,}")  # what secrets.token_urlsafe(32) makes
 
 
@@ -82,23 +85,28 @@ def owner_only_directory(directory: Path) -> None:
             log.warning("could not make %s readable by its owner only: %s", directory, exc)
 
 
-def data_dir_password(data_dir: Path) -> str:
-    """The password of the Redis over ``data_dir``: the one kept there if the file is ours,
-    regular, 0600 and holds one; else a new random one, written with mode 0600 first."""
-    path = data_dir / PASSWORD_FILE
+def kept_password(data_dir: Path) -> str | None:
+    """The password kept in ``data_dir``, if the file is ours, regular, 0600 and holds one."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
-        fd = None
-    except OSError as exc:  # a symbolic link (ELOOP), a directory, ...
-        log.warning("%s is not a usable password file (%s): a new password replaces it", path, exc)
-        fd = None
-    if fd is not None:
-        with os.fdopen(fd, "rb") as file:
-            info = os.fstat(file.fileno())
-            kept = file.read(1024).decode("ascii", "replace").strip() if stat.S_ISREG(info.st_mode) else ""
-        if info.st_uid == os.geteuid() and not stat.S_IMODE(info.st_mode) & 0o077 and _PASSWORD.fullmatch(kept):
-            return kept
+        fd = os.open(data_dir / PASSWORD_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:  # none, a symbolic link (ELOOP), ...
+        return None
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(file.fileno())
+        kept = file.read(1024).decode("ascii", "replace").strip() if stat.S_ISREG(info.st_mode) else ""
+    if info.st_uid == os.geteuid() and not stat.S_IMODE(info.st_mode) & 0o077 and _PASSWORD.fullmatch(kept):
+        return kept
+    return None
+
+
+def data_dir_password(data_dir: Path) -> str:
+    """The password of the Redis over ``data_dir``: the one kept there (``kept_password``), else
+    a new random one, written with mode 0600 first."""
+    path = data_dir / PASSWORD_FILE
+    kept = kept_password(data_dir)
+    if kept is not None:
+        return kept
+    if path.is_symlink() or path.exists():
         log.warning("%s is not a password file readable by its owner only: a new password replaces it", path)
     password = secrets.token_urlsafe(32)
     temporary = path.with_name(f".{PASSWORD_FILE}.{secrets.token_hex(8)}")
@@ -135,7 +143,7 @@ class EmbeddedRedis:
 
     @property
     def lockfile(self) -> Path:
-        return self.data_dir / "redis.lock"
+        return self.data_dir / LOCK_FILE
 
     def start(self, timeout: float = 15) -> str:
         owner_only_directory(self.data_dir)
@@ -150,6 +158,10 @@ class EmbeddedRedis:
         if self._password is None:  # under the lock: two starts never make two passwords
             self._password = data_dir_password(self.data_dir)
         add_secret(self.password)
+        # The lock file names the port: `status` and `report` over the same work directory
+        # find this server there while the lock is held (``running_server_url``).
+        os.ftruncate(self._lock_fd, 0)
+        os.pwrite(self._lock_fd, f"{self.port}\n".encode(), 0)
         # "-": the rest of the configuration comes on stdin, where the password goes: a
         # command-line argument would show in ps (and /proc/<pid>/cmdline) to every user.
         args = [redis_server_binary(), "-", "--port", str(self.port), "--bind", "127.0.0.1",
@@ -232,6 +244,53 @@ class EmbeddedRedis:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def running_server_url(data_dir: Path, timeout: float = 15) -> str | None:
+    """The URL of the redis-server a running command holds ``data_dir`` with, or None when none
+    does. Read only: the lock is not taken from the run, nothing is written. A server that holds
+    the lock but does not answer yet (it is starting, or replaying its file) is waited for."""
+    try:
+        fd = os.open(data_dir / LOCK_FILE, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        deadline = time.monotonic() + timeout
+        while _held(fd):
+            url = _answering_url(data_dir, os.pread(fd, 32, 0).decode("ascii", "replace").strip())
+            if url is not None:
+                return url
+            if time.monotonic() > deadline:
+                raise InfrastructureError(f"the running run's redis-server over {data_dir} does not "
+                                          f"answer; see {data_dir / 'redis.log'}")
+            time.sleep(0.1)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _held(fd: int) -> bool:
+    """Whether another process holds the lock (tried shared: a run's exclusive lock refuses it)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return False
+
+
+def _answering_url(data_dir: Path, port: str) -> str | None:
+    password = kept_password(data_dir)
+    if not port.isdigit() or password is None:
+        return None  # the run is starting: it writes both under the lock
+    add_secret(password)
+    url = f"redis://:{password}@127.0.0.1:{port}/0"
+    try:
+        with redis.Redis.from_url(url, socket_timeout=5) as client:
+            client.ping()
+    except redis.exceptions.RedisError:  # not up yet, or loading its file
+        return None
+    return url
 
 
 class LocalFleet:

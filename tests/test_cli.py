@@ -82,7 +82,7 @@ def test_a_crash_has_its_own_code_one_line_and_the_traceback_in_the_log(server, 
     client.hset("evalfleet:broken:meta", "meta", "{not json")  # a store no code path expects
     proc = run_producer("report", "relations", "--run", "broken", env=env)
     assert proc.returncode == EXIT_CRASH, output_of(proc)
-    log_path = (tmp_path / "work" / "logs" / "producer.log").resolve()
+    log_path = (tmp_path / "work" / "logs" / "report.log").resolve()
     [line] = [line for line in proc.stderr.splitlines() if "ERROR" in line]
     assert "crashed: JSONDecodeError" in line and str(log_path) in line
     assert "Traceback" not in output_of(proc)

@@ -46,6 +46,8 @@ def test_a_signal_to_the_process_group_stops_the_workers_before_redis_and_the_re
     producer = run.start()
     children = in_flight(producer, judge)
     os.killpg(producer.pid, sig)
+    # It says at once what it waits for: the task in flight is still held.
+    wait_until(lambda: "stopping the local workers" in run.log("producer.log"), 60, "the stopping line")
     # The workers stop (Celery's warm shutdown) and wait for their running task, which waits for
     # the judge: Redis must still be up, so that when the judge answers, the task stores its score.
     wait_until(lambda: "Warm shutdown" in run.log("workers.log"), 60, "the workers' warm shutdown")
