@@ -125,7 +125,7 @@ def test_image_paths_fail_alone_when_missing_doubled_or_outside_the_data_root(tm
     prepared = prepare_benchmark(path, data_root=path.parent)
     assert len(prepared.pairs) == 12
     missing, doubled, outside = (prepared.failures[f"物理|物理-{i}#{i - 1}"] for i in (1, 2, 3))
-    assert "field 'original_image_path'" in missing and "images/nowhere.png does not exist" in missing
+    assert "field 'original_image_path'" in missing and "images/nowhere.png: cannot read the file: it does not exist" in missing
     assert "not both" in doubled
     assert "outside the data root" in outside
 
