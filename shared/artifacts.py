@@ -13,6 +13,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 from shared.disk import writing_in
 
@@ -57,10 +58,19 @@ def temp_file_beside(path: Path, suffix: str = "") -> tuple[int, str]:
 def write_atomic(path: Path, data: bytes) -> None:
     """Readers see the old file or the whole new one; a write that fails (a full disk: DiskFull
     naming the folder) leaves neither a partial file nor its temporary one behind."""
+    write_atomic_with(path, lambda f: f.write(data))
+
+
+def write_atomic_with(path: Path, write: Callable[[BinaryIO], object], durable: bool = False) -> None:
+    """``write_atomic`` for content written by ``write(file)`` as it is made (a large report is
+    never held twice in memory); ``durable`` syncs it to the disk before it replaces the old one."""
     fd, tmp = temp_file_beside(path)
     try:
         with writing_in(path.parent), os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

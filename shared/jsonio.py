@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from shared.artifacts import temp_file_beside
-from shared.disk import writing_in
+from shared.artifacts import write_atomic_with
 from shared.errors import InputFileError, shown
 from shared.files import read_utf8
 
@@ -102,21 +101,17 @@ def read_json(path: Path) -> Any:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON so that readers see either the old file or the whole new one; a write that
-    fails (a full disk: DiskFull naming the folder) leaves no temporary file behind."""
-    path = Path(path)
-    fd, tmp = temp_file_beside(path, suffix=".tmp")
-    try:
-        with writing_in(path.parent), os.fdopen(fd, "w", encoding="utf-8") as f:
-            # allow_nan=False: NaN is not JSON; a report containing it is a bug to surface.
-            json.dump(data, f, ensure_ascii=False, indent=2, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write JSON so that readers see either the old file or the whole new one, synced to the
+    disk; a write that fails (a full disk: DiskFull naming the folder) leaves no temporary file."""
+
+    def dump(f: BinaryIO) -> None:
+        text = io.TextIOWrapper(f, encoding="utf-8", write_through=True)
+        # allow_nan=False: NaN is not JSON; a report containing it is a bug to surface.
+        json.dump(data, text, ensure_ascii=False, indent=2, allow_nan=False)
+        text.write("\n")
+        text.detach()  # the file stays open for write_atomic_with to sync and close
+
+    write_atomic_with(Path(path), dump, durable=True)
 
 
 def lone_surrogate_at(value: Any, where: str) -> str | None:
