@@ -82,6 +82,7 @@ class StepPlan:
     decode: list[Chunk] = field(default_factory=list)
     prefill: list[Chunk] = field(default_factory=list)
     preempted: list[Row] = field(default_factory=list)
+    prefixes: dict[int, Prefix] = field(default_factory=dict)  # the loaded images' prefixes
 
     @property
     def chunks(self) -> list[Chunk]:
@@ -136,6 +137,7 @@ class Scheduler:
             self._load_images()
             budget = self._run_prefixes(plan, budget, only_new=True)
             self._start_rows(plan, budget)
+        plan.prefixes = dict(self.loaded)
         if not plan.chunks and not self.finished:
             raise RuntimeError("the scheduler found nothing to run (a bug): "
                                f"{len(self.waiting)} waiting, {len(self.running)} running")

@@ -1,0 +1,97 @@
+"""Attention of one step's tokens over the paged cache: a prefix part and a row part, merged.
+
+A row's query attends to its image's prefix (every token of it) and to its own tokens up to
+its own position (causal); an image prefix's query only to its own. Each part gives an output
+and its log-sum-exp; ``merge`` makes them exactly the softmax over both key sets at once.
+
+Sequences are attended in groups, padded to the group's longest: the step's decoding rows
+(one query each) as one group, each prefill chunk as a group of its own.
+
+``ReferenceAttention`` is the plain torch reference (any device, any dtype: the CPU and the
+tests): it gathers each sequence's keys from its blocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from workers.relations.cascade_attention import additive, merge
+
+
+@dataclass
+class SequenceGroup:
+    """Sequences attended together, each padded to Q queries (a padded query repeats the
+    sequence's last one) and to the group's longest key sets."""
+
+    tokens: torch.Tensor  # (S, Q) the queries' places among the step's tokens
+    valid: torch.Tensor  # (S, Q) bool: the query is no padding
+    positions: torch.Tensor  # (S, Q) each query's position in its own sequence
+    own_slots: torch.Tensor  # (S, O) cache slots of each sequence's tokens 0..O-1
+    own_used: torch.Tensor  # (S,) its tokens in the cache after this step
+    prefix_slots: torch.Tensor | None = None  # (S, P) cache slots of a row's image prefix
+    prefix_used: torch.Tensor | None = None  # (S,) that prefix's length
+
+
+@dataclass
+class StepAttention:
+    """Where the step's new keys and values go (``slots``, one per token), and who reads what."""
+
+    slots: torch.Tensor  # (T,)
+    groups: list[SequenceGroup]
+
+
+class ReferenceAttention:
+    """The step's attention in plain products; called per layer by the model's layers with the
+    pre-scaled query (1, H, T, D) and key/value (1, kv_heads, T, D); returns (1, T, H, D)."""
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], step: StepAttention):
+        self.keys, self.values, self.step = keys, values, step
+
+    def __call__(self, layer: int, query, key, value) -> torch.Tensor:
+        keys, values = self.keys[layer], self.values[layer]
+        keys[self.step.slots] = key[0].transpose(0, 1)
+        values[self.step.slots] = value[0].transpose(0, 1)
+        queries = query[0].transpose(0, 1)  # (T, H, D)
+        output = torch.empty_like(queries)
+        for group in self.step.groups:
+            attended = group_attention(queries, keys, values, group)  # (S, Q, H, D)
+            output[group.tokens[group.valid]] = attended[group.valid]
+        return output[None]
+
+
+def group_attention(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                    group: SequenceGroup) -> torch.Tensor:
+    """(S, Q, H, D): each sequence's queries over [its image prefix | its own tokens]."""
+    count, width = group.tokens.shape
+    heads, dim = queries.shape[1:]
+    kv_heads = keys.shape[1]
+    grouped = queries[group.tokens].view(count, width, kv_heads, heads // kv_heads, dim)
+    grouped = grouped.permute(0, 2, 3, 1, 4)  # (S, kv, g, Q, D)
+    columns = torch.arange(group.own_slots.shape[1], device=queries.device)
+    own_visible = ((columns[None, None, :] <= group.positions[:, :, None])
+                   & (columns[None, None, :] < group.own_used[:, None, None]))  # (S, Q, O)
+    parts = [part_attention(grouped, keys, values, group.own_slots, own_visible[:, None, None])]
+    if group.prefix_slots is not None:
+        columns = torch.arange(group.prefix_slots.shape[1], device=queries.device)
+        prefix_visible = columns[None, :] < group.prefix_used[:, None]  # (S, P)
+        parts.append(part_attention(grouped, keys, values, group.prefix_slots,
+                                    prefix_visible[:, None, None, None]))
+    output = merge(*parts) if len(parts) > 1 else parts[0][0]
+    return output.permute(0, 3, 1, 2, 4).reshape(count, width, heads, dim)
+
+
+def part_attention(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                   slots: torch.Tensor, visible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(output (S, kv, g, Q, D), log-sum-exp (S, kv, g, Q) in float32) of pre-scaled queries
+    (S, kv, g, Q, D) over the keys at ``slots`` (S, K), where ``visible`` (broadcast to
+    (S, kv, g, Q, K)). Softmax in float32, cast back before the product with the values, as
+    transformers' eager attention does."""
+    part_keys = keys[slots].permute(0, 2, 1, 3)[:, :, None]  # (S, kv, 1, K, D)
+    part_values = values[slots].permute(0, 2, 1, 3)[:, :, None]
+    scores = torch.matmul(queries, part_keys.transpose(-1, -2)).float()
+    scores = scores + additive(visible, torch.float32)
+    lse = torch.logsumexp(scores, dim=-1)
+    weights = (scores - lse[..., None]).exp().to(values.dtype)
+    return torch.matmul(weights, part_values), lse
