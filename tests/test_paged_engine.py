@@ -11,6 +11,7 @@ import logging
 import pytest
 import torch
 
+from config.settings import SettingsError, load_settings
 from workers.models import load_vlm
 from workers.relations.engine.engine import PagedEngine
 from workers.relations.engine.kv_cache import bytes_per_block
@@ -103,3 +104,9 @@ def test_the_generator_answers_with_the_paged_engine(vlm, images, texts, expecte
                                    for j, text in enumerate(group))
     assert "paged cache:" in caplog.text and "occupancy" in caplog.text
 
+
+def test_the_engine_is_a_setting_slot_by_default() -> None:
+    assert load_settings({}).relations_engine == "slot"
+    assert load_settings({"EVALFLEET_RELATIONS_ENGINE": "paged"}).relations_engine == "paged"
+    with pytest.raises(SettingsError, match="RELATIONS_ENGINE='fast': use slot or paged"):
+        load_settings({"EVALFLEET_RELATIONS_ENGINE": "fast"})
