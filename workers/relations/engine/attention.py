@@ -8,7 +8,9 @@ Sequences are attended in groups, padded to the group's longest: the step's deco
 (one query each) as one group, each prefill chunk as a group of its own.
 
 ``ReferenceAttention`` is the plain torch reference (any device, any dtype: the CPU and the
-tests): it gathers each sequence's keys from its blocks.
+tests): it gathers each sequence's keys from its blocks. ``FlashAttention`` runs on CUDA in
+bf16/fp16: flash attention's varlen kernel over the keys gathered from the blocks, each
+image's prefix read once with all of its rows' queries as one sequence of queries.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from workers.relations.cascade_attention import additive, merge
+from workers.relations.cascade_attention import additive, flash_varlen, merge
 
 
 @dataclass
@@ -95,3 +97,46 @@ def part_attention(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tens
     lse = torch.logsumexp(scores, dim=-1)
     weights = (scores - lse[..., None]).exp().to(values.dtype)
     return torch.matmul(weights, part_values), lse
+
+
+@dataclass
+class FlashStep:
+    """What ``FlashAttention`` reads: sequences as varlen runs of queries and keys."""
+
+    slots: torch.Tensor  # (T,) where each token's key/value goes
+    query_starts: torch.Tensor  # (S + 1,) int32: sequence s's queries are tokens [s, s+1)
+    own_slots: torch.Tensor  # each sequence's own keys 0..used-1, one run after another
+    own_starts: torch.Tensor  # (S + 1,) int32: where each sequence's own keys start
+    most_queries: int
+    most_own: int
+    row_tokens: torch.Tensor  # rows' tokens, grouped by image
+    prefix_query_starts: torch.Tensor  # (I + 1,) int32: image i's rows' tokens in row_tokens
+    prefix_slots: torch.Tensor  # each image's prefix keys, one image after another
+    prefix_starts: torch.Tensor  # (I + 1,) int32
+    most_prefix_queries: int
+    most_prefix: int
+
+
+class FlashAttention:
+    """The step's attention on flash attention's varlen kernel (CUDA, bf16/fp16): each
+    sequence's own part (causal: its queries are its last keys), each image's prefix part with
+    all of its rows' queries, merged by log-sum-exp."""
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], step: FlashStep):
+        self.keys, self.values, self.step = keys, values, step
+
+    def __call__(self, layer: int, query, key, value) -> torch.Tensor:
+        step, keys, values = self.step, self.keys[layer], self.values[layer]
+        keys[step.slots] = key[0].transpose(0, 1)
+        values[step.slots] = value[0].transpose(0, 1)
+        queries = query[0].transpose(0, 1).contiguous()  # (T, H, D)
+        own = flash_varlen(queries, keys[step.own_slots], values[step.own_slots], step.query_starts,
+                     step.own_starts, step.most_queries, step.most_own, None, causal=True)
+        output = own[0]
+        if step.row_tokens.numel():
+            prefix = flash_varlen(queries[step.row_tokens], keys[step.prefix_slots],
+                            values[step.prefix_slots], step.prefix_query_starts,
+                            step.prefix_starts, step.most_prefix_queries, step.most_prefix, None)
+            merged = merge(prefix, (own[0][step.row_tokens], own[1][step.row_tokens]))
+            output = output.index_copy(0, step.row_tokens, merged)
+        return output[None]

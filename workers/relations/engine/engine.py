@@ -41,6 +41,7 @@ class EngineStats:
     prefills: int = 0  # image prefixes
     preemptions: int = 0
     blocks: int = 0
+    attention: str = ""  # the attention backend: flash or reference
     seconds: float = 0.0
     # Seconds per phase: images (waited for the processor), vision (the vision tower), steps.
     phases: dict[str, float] = field(default_factory=dict)
@@ -131,6 +132,7 @@ class PagedEngine:
                                   step_tokens=self.step_tokens, eos=self.adapter.eos_ids)
             runner = ModelRunner(self.adapter, self._cache, blocks, inputs,
                                  temperature=temperature, seed=seed, clock=clock)
+            self.stats.attention = "flash" if runner.flash else "reference"
             while not scheduler.finished:
                 plan = scheduler.schedule()
                 tokens = runner.run(plan)

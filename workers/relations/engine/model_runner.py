@@ -10,8 +10,15 @@ from __future__ import annotations
 
 import torch
 
+from workers.relations.cascade_attention import flash_available
 from workers.relations.decoding import PhaseClock, pick_tokens
-from workers.relations.engine.attention import ReferenceAttention, SequenceGroup, StepAttention
+from workers.relations.engine.attention import (
+    FlashAttention,
+    FlashStep,
+    ReferenceAttention,
+    SequenceGroup,
+    StepAttention,
+)
 from workers.relations.engine.kv_cache import BlockPool, KVCache
 from workers.relations.engine.qwen3_vl import PrefixInputs, Qwen3VL
 from workers.relations.engine.scheduler import Chunk, Prefix, Row, StepPlan
@@ -25,6 +32,8 @@ class ModelRunner:
                  temperature: float, seed: int, clock: PhaseClock) -> None:
         self.model, self.cache, self.blocks, self.images = model, cache, blocks, images
         self.clock = clock
+        # Flash attention where it runs (CUDA, bf16/fp16); the torch reference elsewhere.
+        self.flash = flash_available(model.device, model.dtype, model.head_dim)
         self.prefixes: dict[int, PrefixInputs] = {}  # images whose prefix is being prefilled
         self.next_position: dict[int, int] = {}  # the text position after each image's prefix
         config = model.model.generation_config
@@ -41,12 +50,14 @@ class ModelRunner:
                 self._encode(chunk.sequence)
         with self.clock.phase("steps"):
             chunks = plan.chunks
-            offsets = [0]
-            for chunk in chunks:
-                offsets.append(offsets[-1] + chunk.count)
+            offsets = token_offsets(plan)
             embeds, positions, deepstack = self._inputs(chunks, offsets)
-            attention = ReferenceAttention(self.cache.keys, self.cache.values,
-                                           self._attention(plan, offsets))
+            if self.flash:
+                attention = FlashAttention(self.cache.keys, self.cache.values,
+                                           self.flash_step(plan, offsets))
+            else:
+                attention = ReferenceAttention(self.cache.keys, self.cache.values,
+                                               self.reference_step(plan, offsets))
             hidden = self.model.forward(embeds, positions, attention, deepstack)
             last = [offsets[i + 1] - 1 for i, chunk in enumerate(chunks) if chunk.samples]
             tokens = []
@@ -105,7 +116,7 @@ class ModelRunner:
 
     # --- who reads what ------------------------------------------------------------------
 
-    def _attention(self, plan: StepPlan, offsets: list[int]) -> StepAttention:
+    def reference_step(self, plan: StepPlan, offsets: list[int]) -> StepAttention:
         slots, groups = [], []
         if plan.decode:
             starts = torch.tensor([chunk.start for chunk in plan.decode])[:, None]
@@ -136,6 +147,43 @@ class ModelRunner:
             group.prefix_used = lengths.to(device)
         return group
 
+    def flash_step(self, plan: StepPlan, offsets: list[int]) -> FlashStep:
+        chunks, device, i32 = plan.chunks, self.model.device, torch.int32
+        sequences = [chunk.sequence for chunk in chunks]
+        starts = torch.tensor([chunk.start for chunk in chunks])
+        counts = torch.tensor([chunk.count for chunk in chunks])
+        used = starts + counts
+        new = starts[:, None] + torch.arange(int(counts.max()))[None].minimum(counts[:, None] - 1)
+        new_slots = self._slots(sequences, new)[(torch.arange(new.shape[1])[None]
+                                                 < counts[:, None]).to(device)]
+        columns = self._columns(used)
+        own_slots = self._slots(sequences, columns)[(torch.arange(columns.shape[1])[None]
+                                                     < used[:, None]).to(device)]
+        by_image: dict[int, list[int]] = {}
+        for chunk, offset in zip(chunks, offsets):
+            if isinstance(chunk.sequence, Row):
+                by_image.setdefault(chunk.sequence.image, []).extend(
+                    range(offset, offset + chunk.count))
+        prefixes = [plan.prefixes[image] for image in by_image]
+        prefix_slots = [self._slots([p], torch.arange(p.length)[None])[0] for p in prefixes]
+        query_counts = [len(tokens) for tokens in by_image.values()]
+        lengths = [prefix.length for prefix in prefixes]
+
+        def starts_of(sizes) -> torch.Tensor:
+            return torch.tensor([0, *sizes]).cumsum(0).to(device=device, dtype=i32)
+
+        return FlashStep(
+            slots=new_slots, query_starts=starts_of(counts.tolist()), own_slots=own_slots,
+            own_starts=starts_of(used.tolist()), most_queries=int(counts.max()),
+            most_own=int(used.max()),
+            row_tokens=torch.tensor([t for tokens in by_image.values() for t in tokens],
+                                    dtype=torch.long, device=device),
+            prefix_query_starts=starts_of(query_counts),
+            prefix_slots=(torch.cat(prefix_slots) if prefix_slots
+                          else torch.zeros(0, dtype=torch.long, device=device)),
+            prefix_starts=starts_of(lengths), most_prefix_queries=max(query_counts, default=0),
+            most_prefix=max(lengths, default=0))
+
     @staticmethod
     def _columns(used: torch.Tensor) -> torch.Tensor:
         """(S, max used) positions 0.., each row's cut at its last used one (padding repeats it)."""
@@ -147,3 +195,11 @@ class ModelRunner:
         width = max(len(table) for table in tables)
         padded = torch.tensor([table + [0] * (width - len(table)) for table in tables])
         return self.cache.slots(padded, positions)
+
+
+def token_offsets(plan: StepPlan) -> list[int]:
+    """Where each of the plan's chunks starts among the step's tokens, and the total last."""
+    offsets = [0]
+    for chunk in plan.chunks:
+        offsets.append(offsets[-1] + chunk.count)
+    return offsets
