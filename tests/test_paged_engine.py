@@ -11,11 +11,11 @@ import logging
 import pytest
 import torch
 
-from config.settings import SettingsError, load_settings
+from config.settings import RELATIONS_ENGINES, SettingsError, load_settings
 from workers.models import load_vlm
 from workers.relations.engine.engine import PagedEngine
 from workers.relations.engine.kv_cache import bytes_per_block
-from workers.relations.generator import RelationGenerator
+from workers.relations.generator import ENGINES, RelationGenerator
 
 # Prompts of different lengths, one CPU thread, and the slot decoder's images and reference.
 from test_decoding import MAX_NEW_TOKENS, PROMPTS, one_cpu_thread  # noqa: E402,F401
@@ -107,6 +107,7 @@ def test_the_generator_answers_with_the_paged_engine(vlm, images, texts, expecte
 
 def test_the_engine_is_a_setting_slot_by_default() -> None:
     assert load_settings({}).relations_engine == "slot"
+    assert set(ENGINES) == set(RELATIONS_ENGINES)  # every engine the setting names exists
     assert load_settings({"EVALFLEET_RELATIONS_ENGINE": "paged"}).relations_engine == "paged"
     with pytest.raises(SettingsError, match="RELATIONS_ENGINE='fast': use slot or paged"):
         load_settings({"EVALFLEET_RELATIONS_ENGINE": "fast"})
