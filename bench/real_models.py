@@ -77,10 +77,12 @@ def qwen3_vl_30b_a3b_config(tokenizer) -> Qwen3VLMoeConfig:
                             vision_end_token_id=dense.vision_end_token_id)
 
 
-def random_qwen3_vl(kind: str = "8b", seed: int = 0):
-    """(processor, model) of a real-size Qwen3-VL ("8b" or "30b-a3b") with random bf16 weights,
-    built straight on the GPU (nothing saved), with the real image processor limits; "tiny" is
-    the tests' tiny model on the CPU in float32 (a smoke test of a benchmark)."""
+def random_qwen3_vl(kind: str = "8b", seed: int = 0, *, text_layers: int | None = None,
+                    dtype: torch.dtype = torch.bfloat16):
+    """(processor, model) of a real-size Qwen3-VL ("8b" or "30b-a3b") with random weights
+    (bf16 unless told), built straight on the GPU (nothing saved), with the real image
+    processor limits; ``text_layers`` cuts the text model to its first layers. "tiny" is the
+    tests' tiny model on the CPU in float32 (a smoke test of a benchmark)."""
     import tempfile
 
     from workers.models import load_vlm
@@ -97,9 +99,11 @@ def random_qwen3_vl(kind: str = "8b", seed: int = 0):
         config, model_class = qwen3_vl_8b_config(processor.tokenizer), Qwen3VLForConditionalGeneration
     else:
         config, model_class = qwen3_vl_30b_a3b_config(processor.tokenizer), Qwen3VLMoeForConditionalGeneration
+    if text_layers is not None:
+        config.text_config.num_hidden_layers = text_layers
     torch.manual_seed(seed)
     with torch.device("cuda"):
-        model = model_class._from_config(config, dtype=torch.bfloat16)
+        model = model_class._from_config(config, dtype=dtype)
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     model.generation_config.eos_token_id = [processor.tokenizer.convert_tokens_to_ids("<|im_end|>")]
     return processor, model.eval()

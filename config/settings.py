@@ -40,6 +40,7 @@ DEFAULT_BROKER_URL = "redis://localhost:6379/0"
 TIME_LIMIT_GRACE_SECONDS = 30
 
 JUDGE_MODES = ("score", "reasoning")
+RELATIONS_ENGINES = ("slot", "paged")
 JUDGE_BACKENDS = ("local", "endpoint")
 
 # URL schemes a broker or result URL may have.
@@ -162,6 +163,10 @@ class Settings:
     # The slot decoder's most rows at once; fewer when their KV cache would not fit the
     # memory left after the weights (EVALFLEET_MEMORY_BUDGET_GB).
     max_batch: int = 512
+    # The relations engine: "slot" (the slot decoder, workers/relations/slot_decoder.py) or
+    # "paged" (workers/relations/engine/: paged rows, prefills inside the step). Both give the
+    # same greedy text; the run records which one made it (the report's summary, "engine").
+    relations_engine: str = "slot"
     max_new_tokens: int = 512
     temperature: float = 0.1
     seed: int = 0
@@ -363,6 +368,9 @@ def validate_settings(s: Settings) -> None:
                             "threshold between 0 and 1 (e.g. 0.05)")
     if s.editor_compile not in ("auto", "on", "off"):
         raise SettingsError(f"{ENV_PREFIX}EDITOR_COMPILE={s.editor_compile!r}: use auto, on or off")
+    if s.relations_engine not in RELATIONS_ENGINES:
+        raise SettingsError(f"{ENV_PREFIX}RELATIONS_ENGINE={s.relations_engine!r}: use "
+                            f"{' or '.join(RELATIONS_ENGINES)}")
     if s.dtype not in ("auto", "bfloat16", "float16", "float32"):
         raise SettingsError(
             f"{ENV_PREFIX}DTYPE={s.dtype!r}: use auto, bfloat16, float16 or float32"

@@ -45,6 +45,7 @@ def run_settings(settings: Settings) -> RelationsRunSettings:
     """The settings a relations run is registered with."""
     return RelationsRunSettings(
         batch_size=settings.batch_size, max_batch=settings.max_batch,
+        relations_engine=settings.relations_engine,
         workers_per_gpu=settings.workers_per_gpu, relations_model=settings.relations_model,
         model_revision=settings.model_revision, dtype=settings.dtype, top_k=settings.top_k,
         max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, seed=settings.seed)

@@ -35,6 +35,7 @@ def relations_report(store: RunStore) -> dict[str, Any]:
         "workers_per_gpu": run.workers_per_gpu,
         "run_id": store.run_id,
         "model": run.relations_model,
+        "engine": run.relations_engine,
         "failed_pairs": len(failed),
         "pending_pairs": len(items) - len(done) - len(failed),
         # Stage-1 candidates left out of the top K (README, The relations job, Preparation).

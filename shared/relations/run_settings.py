@@ -12,6 +12,8 @@ class RelationsRunSettings(RunSettings):
     # Operational: the latest registration's.
     batch_size: int
     max_batch: int = 512  # the decoder's batch (a run registered before it: 512)
+    # The engine that decodes (both give the same greedy text, so it is not the run's identity).
+    relations_engine: str = "slot"
     workers_per_gpu: int
     # These change the generated text: the run's identity.
     relations_model: str = result()

@@ -4,4 +4,5 @@ its own; attention over [prefix | row] is ``cascade_attention`` (prefix part, me
 ``row_attention`` (the rows' Triton kernel); ``layers`` runs the model's decoder layers on
 that attention, ``decoding`` holds the shared pieces (prompt split, eos, sampling helpers) and
 ``image_inputs`` opens and processes the images beside the GPU; ``factory`` makes a run's
-generator over the worker's resident model."""
+generator over the worker's resident model. ``engine/`` is the paged engine, the other
+choice of EVALFLEET_RELATIONS_ENGINE."""

@@ -93,7 +93,7 @@ def flash_available(device: torch.device, dtype: torch.dtype, head_dim: int) -> 
         cu = torch.tensor([0, 1, 2], dtype=torch.int32, device=device)
         cu_k = torch.tensor([0, 2, 4], dtype=torch.int32, device=device)
         used = torch.tensor([1, 2], dtype=torch.int32, device=device)
-        _flash(q, k, k, cu, cu_k, 1, 2, used, causal=False)
+        flash_varlen(q, k, k, cu, cu_k, 1, 2, used, causal=False)
         return True
     except (RuntimeError, TypeError) as exc:
         logger.warning("flash attention unavailable (%s); the decoder uses plain products", exc)
@@ -189,7 +189,7 @@ class FlashDecode:
         sorted_queries = queries[caches.by_slot]
         if self.splits > 1:
             sorted_queries = sorted_queries.repeat(self.splits, 1, 1)
-        prefix = _flash(sorted_queries, caches.prefix_keys[layer].view(-1, kv_heads, dim),
+        prefix = flash_varlen(sorted_queries, caches.prefix_keys[layer].view(-1, kv_heads, dim),
                         caches.prefix_values[layer].view(-1, kv_heads, dim), self.prefix_queries,
                         self.prefix_starts, self.most_queries, self.prefix_most_keys,
                         self.prefix_used)
@@ -322,11 +322,11 @@ class FlashPrefill:
         queries = query.transpose(1, 2).reshape(count * width, heads, dim)
         own_keys = key.transpose(1, 2).reshape(count * width, kv_heads, dim)
         own_values = value.transpose(1, 2).reshape(count * width, kv_heads, dim)
-        prefix = _flash(queries, caches.prefix_keys[layer].view(-1, kv_heads, dim),
+        prefix = flash_varlen(queries, caches.prefix_keys[layer].view(-1, kv_heads, dim),
                         caches.prefix_values[layer].view(-1, kv_heads, dim),
                         self.per_slot_queries, self.prefix_starts, self.most_queries,
                         caches.prefix_length, self.prefix_used)
-        own = _flash(queries, own_keys, own_values, self.per_row, self.per_row, width, width,
+        own = flash_varlen(queries, own_keys, own_values, self.per_row, self.per_row, width, width,
                      None, causal=True)
         return merge(prefix, own).view(count, width, heads, dim)
 
@@ -359,7 +359,7 @@ def additive(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         ~visible, torch.finfo(dtype).min)
 
 
-def _flash(queries, keys, values, query_starts, key_starts, most_queries: int, most_keys: int,
+def flash_varlen(queries, keys, values, query_starts, key_starts, most_queries: int, most_keys: int,
            keys_used, causal: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(output (total_q, H, D), log-sum-exp (total_q, H)) of varlen flash attention; queries
     are pre-scaled. ``keys_used`` (per sequence) limits the keys read from each start."""

@@ -102,12 +102,26 @@ def run_layers(model: nn.Module, input_ids: torch.Tensor, positions: torch.Tenso
     ``attention(layer, query, key, value)`` gets the pre-scaled query (n, heads, L, dim) and
     key/value (n, kv_heads, L, dim), and returns (n, L, heads, dim).
     """
+    hidden = model.model.language_model.embed_tokens(input_ids)
+    return run_text_layers(model, hidden, positions[None].expand(3, -1, -1), attention,
+                           compiled=compiled)
+
+
+def run_text_layers(model: nn.Module, hidden: torch.Tensor, positions: torch.Tensor,
+                    attention: Attention, *, compiled: bool,
+                    deepstack: tuple[torch.Tensor, list[torch.Tensor]] | None = None
+                    ) -> torch.Tensor:
+    """``run_layers`` from input embeddings (n, L, hidden) at mrope positions (3, n, L).
+
+    ``deepstack`` (flat token indices (k,), one (k, hidden) tensor per early layer): features
+    of the image's visual tokens, added to the hidden states after the first layers as
+    Qwen3-VL's own forward does.
+    """
     fn = _functions(compiled)
     text_model = model.model.language_model
     layers = text_model.layers
-    hidden = text_model.embed_tokens(input_ids)
-    cos, sin = text_model.rotary_emb(hidden, positions[None].expand(3, -1, -1))
-    count, length = input_ids.shape
+    cos, sin = text_model.rotary_emb(hidden, positions)
+    count, length = hidden.shape[:2]
     residual = hidden
     normed = fn.rms_norm(hidden, layers[0].input_layernorm.weight, _eps(layers[0].input_layernorm))
     for index, layer in enumerate(layers):
@@ -122,6 +136,13 @@ def run_layers(model: nn.Module, input_ids: torch.Tensor, positions: torch.Tenso
         residual, normed = fn.add_rms_norm(residual, attn.o_proj(output.reshape(count, length, -1)),
                                            post.weight, _eps(post))
         following = layers[index + 1].input_layernorm if index + 1 < len(layers) else text_model.norm
+        if deepstack is not None and index < len(deepstack[1]):
+            tokens, features = deepstack
+            residual = (residual + _mlp(layer.mlp, normed, fn)).view(count * length, -1)
+            residual = residual.index_add(0, tokens, features[index].to(residual.dtype))
+            residual = residual.view(count, length, -1)
+            normed = fn.rms_norm(residual, following.weight, _eps(following))
+            continue
         residual, normed = fn.add_rms_norm(residual, _mlp(layer.mlp, normed, fn), following.weight,
                                            _eps(following))
     return normed

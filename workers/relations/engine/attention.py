@@ -1,0 +1,142 @@
+"""Attention of one step's tokens over the paged cache: a prefix part and a row part, merged.
+
+A row's query attends to its image's prefix (every token of it) and to its own tokens up to
+its own position (causal); an image prefix's query only to its own. Each part gives an output
+and its log-sum-exp; ``merge`` makes them exactly the softmax over both key sets at once.
+
+Sequences are attended in groups, padded to the group's longest: the step's decoding rows
+(one query each) as one group, each prefill chunk as a group of its own.
+
+``ReferenceAttention`` is the plain torch reference (any device, any dtype: the CPU and the
+tests): it gathers each sequence's keys from its blocks. ``FlashAttention`` runs on CUDA in
+bf16/fp16: flash attention's varlen kernel over the keys gathered from the blocks, each
+image's prefix read once with all of its rows' queries as one sequence of queries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from workers.relations.cascade_attention import additive, flash_varlen, merge
+
+
+@dataclass
+class SequenceGroup:
+    """Sequences attended together, each padded to Q queries (a padded query repeats the
+    sequence's last one) and to the group's longest key sets."""
+
+    tokens: torch.Tensor  # (S, Q) the queries' places among the step's tokens
+    valid: torch.Tensor  # (S, Q) bool: the query is no padding
+    positions: torch.Tensor  # (S, Q) each query's position in its own sequence
+    own_slots: torch.Tensor  # (S, O) cache slots of each sequence's tokens 0..O-1
+    own_used: torch.Tensor  # (S,) its tokens in the cache after this step
+    prefix_slots: torch.Tensor | None = None  # (S, P) cache slots of a row's image prefix
+    prefix_used: torch.Tensor | None = None  # (S,) that prefix's length
+
+
+@dataclass
+class StepAttention:
+    """Where the step's new keys and values go (``slots``, one per token), and who reads what."""
+
+    slots: torch.Tensor  # (T,)
+    groups: list[SequenceGroup]
+
+
+class ReferenceAttention:
+    """The step's attention in plain products; called per layer by the model's layers with the
+    pre-scaled query (1, H, T, D) and key/value (1, kv_heads, T, D); returns (1, T, H, D)."""
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], step: StepAttention):
+        self.keys, self.values, self.step = keys, values, step
+
+    def __call__(self, layer: int, query, key, value) -> torch.Tensor:
+        keys, values = self.keys[layer], self.values[layer]
+        keys[self.step.slots] = key[0].transpose(0, 1)
+        values[self.step.slots] = value[0].transpose(0, 1)
+        queries = query[0].transpose(0, 1)  # (T, H, D)
+        output = torch.empty_like(queries)
+        for group in self.step.groups:
+            attended = group_attention(queries, keys, values, group)  # (S, Q, H, D)
+            output[group.tokens[group.valid]] = attended[group.valid]
+        return output[None]
+
+
+def group_attention(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                    group: SequenceGroup) -> torch.Tensor:
+    """(S, Q, H, D): each sequence's queries over [its image prefix | its own tokens]."""
+    count, width = group.tokens.shape
+    heads, dim = queries.shape[1:]
+    kv_heads = keys.shape[1]
+    grouped = queries[group.tokens].view(count, width, kv_heads, heads // kv_heads, dim)
+    grouped = grouped.permute(0, 2, 3, 1, 4)  # (S, kv, g, Q, D)
+    columns = torch.arange(group.own_slots.shape[1], device=queries.device)
+    own_visible = ((columns[None, None, :] <= group.positions[:, :, None])
+                   & (columns[None, None, :] < group.own_used[:, None, None]))  # (S, Q, O)
+    parts = [part_attention(grouped, keys, values, group.own_slots, own_visible[:, None, None])]
+    if group.prefix_slots is not None:
+        columns = torch.arange(group.prefix_slots.shape[1], device=queries.device)
+        prefix_visible = columns[None, :] < group.prefix_used[:, None]  # (S, P)
+        parts.append(part_attention(grouped, keys, values, group.prefix_slots,
+                                    prefix_visible[:, None, None, None]))
+    output = merge(*parts) if len(parts) > 1 else parts[0][0]
+    return output.permute(0, 3, 1, 2, 4).reshape(count, width, heads, dim)
+
+
+def part_attention(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                   slots: torch.Tensor, visible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(output (S, kv, g, Q, D), log-sum-exp (S, kv, g, Q) in float32) of pre-scaled queries
+    (S, kv, g, Q, D) over the keys at ``slots`` (S, K), where ``visible`` (broadcast to
+    (S, kv, g, Q, K)). Softmax in float32, cast back before the product with the values, as
+    transformers' eager attention does."""
+    part_keys = keys[slots].permute(0, 2, 1, 3)[:, :, None]  # (S, kv, 1, K, D)
+    part_values = values[slots].permute(0, 2, 1, 3)[:, :, None]
+    scores = torch.matmul(queries, part_keys.transpose(-1, -2)).float()
+    scores = scores + additive(visible, torch.float32)
+    lse = torch.logsumexp(scores, dim=-1)
+    weights = (scores - lse[..., None]).exp().to(values.dtype)
+    return torch.matmul(weights, part_values), lse
+
+
+@dataclass
+class FlashStep:
+    """What ``FlashAttention`` reads: sequences as varlen runs of queries and keys."""
+
+    slots: torch.Tensor  # (T,) where each token's key/value goes
+    query_starts: torch.Tensor  # (S + 1,) int32: sequence s's queries are tokens [s, s+1)
+    own_slots: torch.Tensor  # each sequence's own keys 0..used-1, one run after another
+    own_starts: torch.Tensor  # (S + 1,) int32: where each sequence's own keys start
+    most_queries: int
+    most_own: int
+    row_tokens: torch.Tensor  # rows' tokens, grouped by image
+    prefix_query_starts: torch.Tensor  # (I + 1,) int32: image i's rows' tokens in row_tokens
+    prefix_slots: torch.Tensor  # each image's prefix keys, one image after another
+    prefix_starts: torch.Tensor  # (I + 1,) int32
+    most_prefix_queries: int
+    most_prefix: int
+
+
+class FlashAttention:
+    """The step's attention on flash attention's varlen kernel (CUDA, bf16/fp16): each
+    sequence's own part (causal: its queries are its last keys), each image's prefix part with
+    all of its rows' queries, merged by log-sum-exp."""
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], step: FlashStep):
+        self.keys, self.values, self.step = keys, values, step
+
+    def __call__(self, layer: int, query, key, value) -> torch.Tensor:
+        step, keys, values = self.step, self.keys[layer], self.values[layer]
+        keys[step.slots] = key[0].transpose(0, 1)
+        values[step.slots] = value[0].transpose(0, 1)
+        queries = query[0].transpose(0, 1).contiguous()  # (T, H, D)
+        own = flash_varlen(queries, keys[step.own_slots], values[step.own_slots], step.query_starts,
+                     step.own_starts, step.most_queries, step.most_own, None, causal=True)
+        output = own[0]
+        if step.row_tokens.numel():
+            prefix = flash_varlen(queries[step.row_tokens], keys[step.prefix_slots],
+                            values[step.prefix_slots], step.prefix_query_starts,
+                            step.prefix_starts, step.most_prefix_queries, step.most_prefix, None)
+            merged = merge(prefix, (own[0][step.row_tokens], own[1][step.row_tokens]))
+            output = output.index_copy(0, step.row_tokens, merged)
+        return output[None]

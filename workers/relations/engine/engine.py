@@ -1,0 +1,172 @@
+"""The paged engine's entry point: one call's prompts about several images, as a loop of
+schedule -> run -> postprocess over a paged KV cache (the parts: workers/relations/engine/)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from PIL import Image
+from transformers import PreTrainedModel, ProcessorMixin
+
+from workers.relations.decoding import PhaseClock
+from workers.relations.engine.kv_cache import (
+    BLOCK_SIZE,
+    BlockPool,
+    KVCache,
+    bytes_per_block,
+    pool_blocks,
+)
+from workers.relations.engine.model_runner import ModelRunner
+from workers.relations.engine.qwen3_vl import Qwen3VL
+from workers.relations.engine.scheduler import Row, Scheduler
+from workers.relations.image_inputs import ImageInputs
+
+logger = logging.getLogger(__name__)
+
+# Prefill tokens (rows' suffixes, image prefixes) a step runs beside its rows' next tokens.
+STEP_TOKENS = 2048
+
+
+@dataclass
+class EngineStats:
+    """What the last ``generate`` did, for logs and benchmarks."""
+
+    steps: int = 0
+    rows: int = 0  # the most rows at once (EVALFLEET_MAX_BATCH, fewer for fewer prompts)
+    live_row_steps: int = 0  # tokens picked for rows
+    prefills: int = 0  # image prefixes
+    preemptions: int = 0
+    blocks: int = 0
+    attention: str = ""  # the attention backend: flash or reference
+    seconds: float = 0.0
+    # Seconds per phase: images (waited for the processor), vision (the vision tower), steps.
+    phases: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def occupancy(self) -> float:
+        """Share of the steps' rows that picked a token."""
+        return self.live_row_steps / max(1, self.steps * self.rows)
+
+
+class PagedEngine:
+    """Generates answers to rendered prompts over several images; the slot decoder's interface
+    (``generate``, ``stats``, ``release``, ``cache_bytes``).
+
+    Keys and values live in blocks of ``block_size`` tokens; each step runs every running
+    row's next token and up to ``step_tokens`` prefill tokens in one forward, eagerly.
+    """
+
+    def __init__(self, processor: ProcessorMixin, model: PreTrainedModel, *,
+                 block_size: int = BLOCK_SIZE, step_tokens: int = STEP_TOKENS) -> None:
+        self.processor, self.model = processor, model
+        self.adapter = Qwen3VL(processor, model)
+        self.block_size, self.step_tokens = block_size, step_tokens
+        self.stats = EngineStats()
+        self._cache: KVCache | None = None
+
+    @property
+    def cache_bytes(self) -> int:
+        """Device bytes the cache holds now (0 after ``release``)."""
+        return 0 if self._cache is None else self._cache.bytes
+
+    def release(self) -> None:
+        """Free the cache (the next generate allocates it again)."""
+        self._cache = None
+
+    def generate(self, images: list[Image.Image], texts: list[list[str]], *, max_batch: int,
+                 cache_bytes: int | None = None, max_new_tokens: int | list[list[int]],
+                 temperature: float, seed: int,
+                 on_done: Callable[[int, int, list[int]], None] | None = None,
+                 ) -> list[list[list[int]]]:
+        """New token ids for every text of every image, each up to and including its first eos.
+
+        ``texts[i]`` are rendered prompts about ``images[i]``; ``max_new_tokens`` is one budget
+        for all or one per text. At most ``max_batch`` rows run at once, fewer while their
+        blocks do not fit ``cache_bytes``. Greedy at temperature 0, else sampled from a
+        generator seeded with ``seed``. ``on_done(image, index, tokens)`` as each answer ends.
+        """
+        started = time.perf_counter()
+        rows, prefix_texts = self._rows(texts, max_new_tokens)
+        self.stats = EngineStats()
+        clock = PhaseClock(self.model.device)
+        if rows:
+            with torch.inference_mode():
+                self._run(images, prefix_texts, rows, max_batch, cache_bytes, temperature, seed,
+                          clock, on_done)
+        self.stats.phases = clock.seconds()
+        self.stats.seconds = time.perf_counter() - started
+        result: list[list[list[int]]] = [[] for _ in texts]
+        for row in rows:
+            result[row.image].append(row.output)
+        return result
+
+    def _rows(self, texts: list[list[str]], max_new_tokens) -> tuple[list[Row], dict[int, str]]:
+        rows, prefixes = [], {}
+        for image, image_texts in enumerate(texts):
+            if not image_texts:
+                continue
+            prefixes[image], suffixes = self.adapter.split(image_texts)
+            for index, suffix in enumerate(suffixes):
+                budget = (max_new_tokens if isinstance(max_new_tokens, int)
+                          else max_new_tokens[image][index])
+                if budget < 1:
+                    raise ValueError("every prompt needs a token budget of at least 1")
+                rows.append(Row(image=image, index=index, suffix=suffix, max_new_tokens=budget))
+        return rows, prefixes
+
+    def _run(self, images, prefix_texts, rows, max_batch, cache_bytes, temperature, seed, clock,
+             on_done) -> None:
+        wanted = {image: images[image] for image in prefix_texts}
+        # Counted before the image thread starts: the two never share the tokenizer.
+        lengths = {i: self.adapter.prefix_tokens(image, prefix_texts[i]) for i, image in wanted.items()}
+        with ImageInputs(self.processor, wanted, prefix_texts) as inputs:
+            if None in lengths.values():  # this processor cannot count without processing
+                lengths = {image: inputs.tokens(image) for image in wanted}
+            max_rows = min(max_batch, len(rows))
+            blocks = self._pool(lengths, rows, max_rows, cache_bytes)
+            scheduler = Scheduler(rows, lengths, blocks, max_rows=max_rows,
+                                  step_tokens=self.step_tokens, eos=self.adapter.eos_ids)
+            runner = ModelRunner(self.adapter, self._cache, blocks, inputs,
+                                 temperature=temperature, seed=seed, clock=clock)
+            self.stats.attention = "flash" if runner.flash else "reference"
+            while not scheduler.finished:
+                plan = scheduler.schedule()
+                tokens = runner.run(plan)
+                for row in scheduler.postprocess(plan, tokens):
+                    if on_done is not None:
+                        on_done(row.image, row.index, row.output)
+                self.stats.steps += 1
+                self.stats.live_row_steps += len(tokens)
+            self.stats.rows, self.stats.prefills = max_rows, len(lengths)
+            self.stats.preemptions, self.stats.blocks = scheduler.preemptions, blocks.blocks
+        clock.host("images", inputs.waited)
+
+    def _pool(self, lengths: dict[int, int], rows: list[Row], max_rows: int,
+              cache_bytes: int | None) -> BlockPool:
+        """The call's blocks: as many as its prefixes and ``max_rows`` of its longest rows
+        want, at most what the memory left after the weights holds; the storage is kept for
+        later calls while it serves them."""
+        adapter, size = self.adapter, self.block_size
+        per_block = bytes_per_block(adapter.layers, adapter.kv_heads, adapter.head_dim,
+                                    adapter.dtype, size)
+        longest = max(-(-(len(row.suffix) + row.max_new_tokens) // size) for row in rows)
+        wanted = sum(-(-length // size) for length in lengths.values()) + max_rows * longest
+        count = pool_blocks(wanted, per_block, adapter.device, cache_bytes)
+        if count < 1:
+            raise MemoryError(f"no room for the decoder's cache: {cache_bytes or 0} bytes are "
+                              "left after the weights; raise EVALFLEET_MEMORY_BUDGET_GB")
+        if self._cache is None or not self._cache.fits(count, size, adapter.dtype, adapter.device):
+            self._cache = None  # the old storage goes before the new one is allocated
+            self._cache = KVCache(layers=adapter.layers, kv_heads=adapter.kv_heads,
+                                  head_dim=adapter.head_dim, blocks=count, block_size=size,
+                                  dtype=adapter.dtype, device=adapter.device)
+        most_prefix = max(-(-length // size) for length in lengths.values())
+        logger.info("paged cache: %d blocks of %d tokens (%.2f GiB); beside the largest prefix, "
+                    "%d rows of the longest fit at once; up to %d rows run (EVALFLEET_MAX_BATCH "
+                    "caps them)", count, size, count * per_block / 2**30,
+                    max(0, count - most_prefix) // longest, max_rows)
+        return BlockPool(count, size)
