@@ -164,7 +164,8 @@ def _score_all(judge: Judge, prompts: PromptManager, group: list[BenchmarkPair],
                edited: dict[str, Image.Image]) -> dict[str, float]:
     items = []
     for pair in group:
-        prompt = prompts.get_full_prompt(pair.category, pair.original_description, pair.edit_instruction)
+        prompt = prompts.get_full_prompt(pair.category, pair.original_description, pair.edit_instruction,
+                                         {**pair.fields, "pair_id": pair.pair_id})
         items.append(JudgeItem(original_image=Image.open(io.BytesIO(pair.image_bytes)).convert("RGB"),
                                edited_image=edited[pair.key], system_prompt=prompt["system_prompt"],
                                user_prompt=prompt["user_prompt"]))

@@ -2,6 +2,7 @@
 
 from config.settings import (
     ENV_PREFIX,
+    FIELD_SEPARATOR,
     LORA_SEPARATOR,
     TINY_EDITORS,
     TINY_MODEL,
@@ -14,6 +15,6 @@ from config.settings import (
     validate_settings,
 )
 
-__all__ = ["ENV_PREFIX", "LORA_SEPARATOR", "TINY_EDITORS", "TINY_MODEL", "Settings", "SettingsError",
+__all__ = ["ENV_PREFIX", "FIELD_SEPARATOR", "LORA_SEPARATOR", "TINY_EDITORS", "TINY_MODEL", "Settings", "SettingsError",
            "ignored_variables", "load_settings", "parse_lora", "to_environ",
            "validate_settings"]

@@ -30,6 +30,8 @@ TINY_EDITORS = {
 }
 # Separates the LoRAs of EVALFLEET_EDITOR_LORAS; each is PATH or PATH:SCALE.
 LORA_SEPARATOR = ","
+# Separates the NAME=SOURCE mappings of EVALFLEET_BENCHMARK_FIELDS.
+FIELD_SEPARATOR = ","
 # The largest LoRA scale, either sign (a negative scale subtracts the LoRA's direction).
 LORA_SCALE_MAX = 100
 
@@ -105,6 +107,13 @@ class Settings:
     edit_guidance: float = 0.0
     # Used by the families with true classifier-free guidance (the Qwen ones) when guidance > 1.
     edit_negative_prompt: str = " "
+    # How the benchmark is read (README, Public benchmarks): its format, "" to detect it (gedit,
+    # kris, imgedit, rise; records: any file of records read through the field mapping);
+    # NAME=SOURCE field mappings separated by FIELD_SEPARATOR (category=task_type); the folder
+    # its relative image paths are under ("" = the layout's own: beside the file).
+    benchmark_format: str = ""
+    benchmark_fields: str = ""
+    benchmark_images: str = ""
     # Pairs scored in one judge batch.
     judge_batch_size: int = 4
     # GPU memory (GiB) the models of one worker process may hold; 0 means
@@ -413,4 +422,4 @@ def _validate_judge(s: Settings) -> None:
 
 
 __all__ = ["Settings", "SettingsError", "load_settings", "validate_settings", "to_environ", "parse_lora",
-           "looks_like_variable_name", "TINY_MODEL", "TINY_EDITORS", "LORA_SEPARATOR", "ENV_PREFIX"]
+           "looks_like_variable_name", "TINY_MODEL", "TINY_EDITORS", "LORA_SEPARATOR", "FIELD_SEPARATOR", "ENV_PREFIX"]

@@ -260,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                "problem; registers nothing (exit 0 clean, 2 problems)")
     validate.add_argument("job", choices=[job.name for job in JOBS.values() if job.validates])
     validate.add_argument("file")
+    for job in JOBS.values():
+        if job.validates:
+            job.add_input_flags(validate)
     validate.set_defaults(func=cmd_validate)
 
     compare = sub.add_parser("compare", help="compare editbench runs: means with 95%% bootstrap "

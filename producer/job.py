@@ -53,6 +53,9 @@ class Job(ABC):
     def add_flags(self, parser: argparse.ArgumentParser) -> None:
         """The job's own flags of ``run`` (and ``enqueue``)."""
 
+    def add_input_flags(self, parser: argparse.ArgumentParser) -> None:
+        """The flags of how the job's input is read, ``validate``'s too. Only where ``validates``."""
+
     def flag_settings(self, args: argparse.Namespace) -> dict[str, Any]:
         """The settings the job's flags replace (raises SettingsError for an unusable one)."""
         return {}

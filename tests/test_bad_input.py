@@ -379,8 +379,9 @@ EDITBENCH_CASES = [
     ("decompression-bomb", _pair("original_image_b64", b64(bomb_png())), "物理|p-1#0", "original_image_b64",
      ["too large"]),
     ("image-null", _pair("original_image_b64", None), "物理|p-1#0", "original_image_b64", ["base64 string"]),
-    ("description-missing", _drop("original_description"), "物理|p-1#0", "original_description",
-     ["non-empty string"]),
+    # A description is optional (the public benchmarks have none); one given must be text.
+    ("description-not-text", _pair("original_description", 7), "物理|p-1#0", "original_description",
+     ["non-empty string", "got 7"]),
     ("instruction-null", _pair("edit_instruction", None), "物理|p-1#0", "edit_instruction",
      ["non-empty string"]),
     ("instruction-nan", _pair("edit_instruction", float("nan")), "物理|p-1#0", "edit_instruction", ["NaN"]),

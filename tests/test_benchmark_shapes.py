@@ -140,11 +140,15 @@ def test_validate_lists_every_problem_and_changes_nothing(tmp_path):
     assert "no problems" in clean.stdout
 
     with path.open("a", encoding="utf-8") as f:
-        f.write('{"category": "物理", "pair_id": "new", "original_description": "d"}\n')
+        f.write('{"category": "物理", "pair_id": "new", "original_description": 7}\n')
     bad = run_producer("validate", "editbench", str(path), env=env)
     assert bad.returncode == 2
     assert "5 categories, 15 usable pairs, 1 problems" in bad.stdout
-    assert "record line 16 (category '物理') (pair_id new): field 'edit_instruction'" in bad.stdout
+    # Every problem of the record at once, each with its field.
+    [line] = [line for line in bad.stdout.splitlines() if "pair_id new" in line]
+    assert "record line 16 (category '物理') (pair_id new): 3 problems: field 'original_description'" in line
+    assert "field 'edit_instruction': expected a non-empty string, got None" in line
+    assert "field 'original_image_b64': expected a base64 string" in line
     # No Redis was needed (the broker URL points nowhere), and no file but the log was written.
     assert [p for p in sorted(tmp_path.rglob("*")) if "work" not in p.parts] == before
 

@@ -91,8 +91,9 @@ def test_a_missing_default_names_the_file(prompts_dir: Path) -> None:
 
 
 def test_a_bad_placeholder_names_the_file(prompts_dir: Path) -> None:
-    (prompts_dir / "社会.user.txt").write_text("{instruction}", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"社会\.user\.txt.*\{instruction\}"):
+    # A name no record has is refused when the run is registered (tests/test_templates.py).
+    (prompts_dir / "社会.user.txt").write_text("{instruction!r}", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"社会\.user\.txt.*\{instruction!r\}"):
         PromptManager(prompts_dir).get_full_prompt("社会", "d", "i")
 
 

@@ -8,17 +8,19 @@ from typing import Any, Callable
 
 from celery import Celery
 
-from config import LORA_SEPARATOR, TINY_EDITORS, TINY_MODEL, Settings, SettingsError
+from config import FIELD_SEPARATOR, LORA_SEPARATOR, TINY_EDITORS, TINY_MODEL, Settings, SettingsError
 from producer.editbench.edit_speed import edit_speed
 from producer.editbench.phases import PHASE_SCOPES, PhaseController
 from producer.editbench.preflight import check_editbench_settings
-from producer.editbench.register import EditbenchRun, register_editbench
+from producer.editbench.register import EditbenchRun, benchmark_reading, register_editbench
 from producer.editbench.report import write_editbench_report
 from producer.editbench.sample import ensure_editbench_sample, write_editbench_sample
 from producer.editbench.validate import format_validation
 from producer.job import Job
 from shared.editbench.approximate import approximate_modes
 from shared.editbench.data import SHAPES, prepare_benchmark
+from shared.editbench.formats import FORMATS
+
 from shared.messages import EDIT_STAGE, SCORE_STAGE
 from shared.store import RunStore
 
@@ -31,7 +33,9 @@ class EditbenchJob(Job):
     validates = True
 
     def add_flags(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--benchmark", help="the benchmark JSON (default: the built-in sample)")
+        parser.add_argument("--benchmark", help="the benchmark: a file or a benchmark's folder "
+                                                "(default: the built-in sample)")
+        self.add_input_flags(parser)
         parser.add_argument("--phase-scope", choices=PHASE_SCOPES, default="run",
                             help="drain all edits of the run before scoring (run), or edit then score "
                                  "one category at a time like the seed scripts of README Baselines (category)")
@@ -43,8 +47,24 @@ class EditbenchJob(Job):
                                  "one), scale 1 by default; repeat for several (replaces "
                                  "EVALFLEET_EDITOR_LORAS)")
 
+    def add_input_flags(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--format", dest="benchmark_format", choices=list(FORMATS),
+                            help="the benchmark's layout (default: detected; EVALFLEET_BENCHMARK_FORMAT)")
+        parser.add_argument("--field", action="append", metavar="NAME=SOURCE",
+                            help="read evalfleet's NAME (category, pair_id, edit_instruction, "
+                                 "original_description, original_image_path) from the records' field "
+                                 "SOURCE; repeat for several (replaces EVALFLEET_BENCHMARK_FIELDS)")
+        parser.add_argument("--images", dest="benchmark_images", metavar="DIR",
+                            help="the folder the records' relative image paths are under (default: "
+                                 "beside the benchmark file; EVALFLEET_BENCHMARK_IMAGES)")
+
     def flag_settings(self, args: argparse.Namespace) -> dict[str, Any]:
         changes = {}
+        for name in ("benchmark_format", "benchmark_images"):
+            if getattr(args, name, None) is not None:
+                changes[name] = getattr(args, name)
+        if getattr(args, "field", None):
+            changes["benchmark_fields"] = FIELD_SEPARATOR.join(args.field)
         if getattr(args, "judge_rubric", None) is not None:
             changes["judge_rubric"] = args.judge_rubric
         if getattr(args, "lora", None):
@@ -124,5 +144,6 @@ class EditbenchJob(Job):
         return f"--benchmark {benchmark}"
 
     def validate(self, path: Path, settings: Settings) -> tuple[str, bool]:
-        prepared = prepare_benchmark(path, settings.data_root)
+        prepared = prepare_benchmark(path, settings.data_root, benchmark_reading(settings))
         return format_validation(path, prepared), not prepared.failures
+

@@ -10,12 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from config import Settings, SettingsError
+from config import FIELD_SEPARATOR, Settings, SettingsError
 from producer.run_identity import claim_run
 from shared.artifacts import ArtifactStore
-from shared.editbench.data import prepare_benchmark
-from shared.editbench.prompt_manager import PromptTemplateError
-from shared.editbench.rubric import RubricError, read_rubric_templates
+from shared.editbench.data import PreparedBenchmark, prepare_benchmark
+from shared.editbench.formats.fields import FieldMappingError, Reading, parse_field_mapping
+from shared.editbench.data import SHAPES
+from shared.editbench.prompt_manager import PLACEHOLDERS, PromptTemplateError, placeholders
+from shared.editbench.rubric import REASONING_FILE, RubricError, read_rubric_templates
 from shared.editbench.run_settings import EditbenchRunSettings, EditorLora
 from shared.keys import content_digest, derive_run_id, inputs_digest
 from shared.messages import EDIT_STAGE
@@ -57,6 +59,22 @@ def run_templates(settings: Settings) -> dict[str, str]:
         raise SettingsError(str(exc)) from None
 
 
+def check_template_fields(templates: dict[str, str], prepared: PreparedBenchmark) -> None:
+    """Every placeholder of the judge's templates is a value of the pairs or a field some record
+    has: a template naming one no record has is refused, naming the template and the fields."""
+    fields = set().union(*(pair.fields for pair in prepared.pairs))
+    known = set(PLACEHOLDERS) | fields
+    for name, text in sorted(templates.items()):
+        if not name.endswith(".txt") or name == REASONING_FILE:  # the reasoning suffix fills {min}, {max} itself
+            continue
+        unknown = [p for p in placeholders(text) if p not in known]
+        if unknown:
+            raise SettingsError(
+                f"judge template {name}: placeholder {{{unknown[0]}}} is no value of the pairs and no field "
+                f"of the benchmark's records; the pairs have {', '.join(PLACEHOLDERS)}, the records "
+                f"{', '.join(sorted(fields)) if fields else 'no fields'}")
+
+
 def run_settings(settings: Settings, templates: dict[str, str]) -> EditbenchRunSettings:
     """The settings an editbench run is registered with, ``templates`` those of its judge."""
     endpoint = settings.judge_backend == "endpoint"
@@ -91,8 +109,29 @@ def editor_loras(settings: Settings) -> tuple[EditorLora, ...]:
                  for path, scale in settings.loras)
 
 
+def benchmark_reading(settings: Settings) -> Reading:
+    """How the settings say to read the benchmark; a bad --field is a SettingsError."""
+    specs = [spec for spec in settings.benchmark_fields.split(FIELD_SEPARATOR) if spec.strip()]
+    try:
+        fields = parse_field_mapping(specs)
+    except FieldMappingError as exc:
+        raise SettingsError(str(exc)) from None
+    images = str(Path(settings.benchmark_images).resolve()) if settings.benchmark_images else ""
+    return Reading(format=settings.benchmark_format, fields=fields, images=images)
+
+
 # What an editbench run is: a run name with other values of these is another run.
-IDENTITY = ("inputs", *EditbenchRunSettings.identity_keys())
+# ``benchmark_reading`` is stored only for a benchmark read otherwise than by default (a
+# format named or detected, a field mapping): runs of evalfleet's own shapes keep their ids.
+IDENTITY = ("inputs", "benchmark_reading", *EditbenchRunSettings.identity_keys())
+
+
+def reading_identity(prepared: PreparedBenchmark) -> dict[str, Any]:
+    """What of the reading changes the pairs read from the same files (empty for evalfleet's own
+    shapes read by default)."""
+    native = prepared.shape not in SHAPES
+    reading = {**({"format": prepared.shape} if native else {}), **prepared.reading}
+    return {"benchmark_reading": reading} if reading else {}
 
 
 def register_editbench(settings: Settings, store_client, benchmark: Path,
@@ -102,28 +141,34 @@ def register_editbench(settings: Settings, store_client, benchmark: Path,
     Raises InputFileError before anything is registered if the file is unusable, and
     RunMismatchError if ``run_name`` is a run of another benchmark or other settings.
     """
-    prepared = prepare_benchmark(benchmark, settings.data_root)
+    prepared = prepare_benchmark(benchmark, settings.data_root, benchmark_reading(settings))
     # Images given by path are content of the benchmark too: another image is another run.
-    inputs = [benchmark, *prepared.image_files]
+    inputs = [*prepared.input_files, *prepared.image_files]
     templates = run_templates(settings)
+    check_template_fields(templates, prepared)
     run = run_settings(settings, templates)
-    run_id = run_name or derive_run_id("editbench", inputs, run.identity())
+    reading = reading_identity(prepared)
+    run_id = run_name or derive_run_id("editbench", inputs, {**run.identity(), **reading})
     store = RunStore(store_client, run_id)
     artifacts = ArtifactStore(settings.artifacts, run_id)
     claim_run(store, {"job": "editbench", "run_id": run_id, "created": time.time(),
                       "benchmark": str(benchmark), "benchmark_shape": prepared.shape,
-                      "inputs": inputs_digest(inputs),
+                      "inputs": inputs_digest(inputs), **reading,
                       "categories": prepared.categories, **run.record()},
               IDENTITY, restart, artifacts.dir)
     items: dict[str, dict[str, Any]] = {}
     keys_by_category: dict[str, list[str]] = {c: [] for c in prepared.categories}
     for order, pair in enumerate(prepared.pairs):
-        original, digest = artifacts.put_original(pair.image_bytes, pair.image_extension)
+        stored = [artifacts.put_original(image.data, image.extension) for image in pair.images]
+        (original, digest), *others = stored
         items[pair.key] = {"category": pair.category, "pair_id": pair.pair_id, "order": order,
                            "original_path": str(original), "original_digest": digest,
-                           "original_description": pair.original_description,
-                           "edit_instruction": pair.edit_instruction,
+                           **({"original_description": pair.original_description}
+                              if pair.original_description is not None else {}),
+                           "edit_instruction": pair.edit_instruction, "fields": pair.fields,
                            "edited_path": str(artifacts.edited_path(pair.category, pair.pair_id))}
+        if others:  # several input images: the first is original_path, all are here in order
+            items[pair.key]["original_paths"] = [str(path) for path, _ in stored]
         keys_by_category[pair.category].append(pair.key)
     store.add_items(EDIT_STAGE, items)
     store.add_items(EDIT_STAGE, {key: {"invalid": True} for key in prepared.failures})

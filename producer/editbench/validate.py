@@ -34,7 +34,7 @@ def category_counts(prepared: PreparedBenchmark) -> dict[str, dict[str, int | bo
 def format_validation(path: Path, prepared: PreparedBenchmark) -> str:
     counts = category_counts(prepared)
     usable = len(prepared.pairs)
-    lines = [f"{path}: shape {prepared.shape} ({SHAPES[prepared.shape]})",
+    lines = [f"{path}: {'shape' if prepared.shape in SHAPES else 'format'} {prepared.shape} ({prepared.described})",
              f"{len(prepared.categories)} categories, {usable} usable pairs, "
              f"{len(prepared.failures)} problems", "",
              f"  {'category':<20}{'usable':>8}{'problems':>10}"]

@@ -1,7 +1,10 @@
 """The editbench job's input: a benchmark file of categories, each a list of pairs, in one of four shapes.
 
-A pair is ``{"pair_id", "original_image_b64" or "original_image_path", "original_description",
-"edit_instruction"}``; a path is relative to the benchmark file's folder. The shapes (``SHAPES``):
+A pair is ``{"pair_id", "original_image_b64" or "original_image_path", "edit_instruction"}`` and
+optionally ``"original_description"``; a path is relative to the benchmark file's folder, and
+``original_image_path`` may list several images (an editor that takes several gets them all).
+Every other field of the record is kept with the pair (``fields``). evalfleet's own shapes
+(``SHAPES``):
 
 - ``category-map``: ``{"物理": [pairs], ...}``;
 - ``categories-key``: ``{"categories": {"物理": [pairs], ...}, ...}`` (other top-level keys are
@@ -10,10 +13,13 @@ A pair is ``{"pair_id", "original_image_b64" or "original_image_path", "original
 - ``json-lines``: one pair per line, each with a ``"category"`` field (a ``.jsonl`` or ``.ndjson``
   file, or any file of several JSON values, one per line).
 
+The public benchmarks' layouts (GEdit-Bench, KRIS-Bench, ImgEdit-Bench, RISEBench) and any file of
+records with a field mapping are read by ``shared/editbench/formats/``.
+
 Every shape of one benchmark gives the same pairs in the same order (categories in order of
 first appearance, pairs in file order within each). Each image is decoded and validated once,
 here; a bad pair (or a bad line) becomes a failure with a reason naming the file, the record and
-the field, and the other pairs go on. A category that is not a usable list (empty name, a '|'
+every field at fault, and the other pairs go on. A category that is not a usable list (empty name, a '|'
 in it, not a list, no pairs) fails as a whole under ``<category>|*``. Only a file that is none
 of the shapes stops the command.
 """
@@ -29,6 +35,10 @@ from pathlib import Path
 from PIL import Image
 
 from shared.editbench.editor_families import aspect_problem
+from shared.editbench.formats import FORMATS, native_format, read_native
+from shared.editbench.formats.fields import Reading
+from shared.editbench.formats.records import Group as _Group
+from shared.editbench.formats.records import category_problem
 from shared.errors import InputFileError, RecordError, shown
 from shared.files import UnreadableFile, read_bytes
 from shared.images import UnshowableImage, as_displayed, checked_data_root, checked_input_path, load_fully
@@ -37,6 +47,7 @@ from shared.keys import KEY_SEP, NAME_MAX, is_key_part, nfc, separate_failure_ke
 from shared.model_text import special_token_problem
 
 TEXT_FIELDS = ("original_description", "edit_instruction")
+OPTIONAL_FIELDS = ("original_description",)
 # Longest description or instruction: both go into the judge's prompt.
 TEXT_MAX = 10_000
 
@@ -50,18 +61,32 @@ JSON_LINES_SUFFIXES = (".jsonl", ".ndjson")
 
 
 @dataclass(frozen=True)
+class PairImage:
+    data: bytes
+    extension: str
+    file: str = ""  # where it was read from, for an image given by path
+
+
+@dataclass(frozen=True)
 class BenchmarkPair:
     category: str
     pair_id: str
-    image_bytes: bytes
-    image_extension: str
-    original_description: str
+    images: tuple[PairImage, ...]  # the input image(s), in the record's order
+    original_description: str | None  # None: the benchmark has none
     edit_instruction: str
-    image_file: str = ""  # where the image was read from, for a pair given original_image_path
+    fields: dict = field(default_factory=dict)  # the record's own fields, JSON values
 
     @property
     def key(self) -> str:
         return editbench_key(self.category, self.pair_id)
+
+    @property
+    def image_bytes(self) -> bytes:
+        return self.images[0].data
+
+    @property
+    def image_extension(self) -> str:
+        return self.images[0].extension
 
 
 @dataclass
@@ -69,36 +94,40 @@ class PreparedBenchmark:
     pairs: list[BenchmarkPair] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)  # item key -> reason
     categories: list[str] = field(default_factory=list)
-    shape: str = ""  # one of SHAPES
+    shape: str = ""  # one of SHAPES or FORMATS
+    input_files: list[Path] = field(default_factory=list)  # the benchmark's files read
+    reading: dict = field(default_factory=dict)  # how it was read, where not by default (Reading.record)
 
     @property
     def image_files(self) -> list[Path]:
         """The image files the pairs were read from: part of the benchmark's content."""
-        return [Path(p.image_file) for p in self.pairs if p.image_file]
+        return [Path(i.file) for p in self.pairs for i in p.images if i.file]
 
-
-@dataclass
-class _Group:
-    """One category as found in the file, before its pairs are checked."""
-
-    name: object
-    pairs: object
-    where: str  # how a message names the category's place in the file
-    labels: list[str] = field(default_factory=list)  # each pair's record name, when pairs is a list
-    problem: str = ""  # set when the entry is not a category at all: it fails under ``key``
-    key: str = ""
+    @property
+    def described(self) -> str:
+        """What the shape or format is, for messages."""
+        return SHAPES.get(self.shape) or FORMATS[self.shape]
 
 
 def editbench_key(category: str, pair_id: str) -> str:
     return f"{category}{KEY_SEP}{pair_id}"
 
 
-def prepare_benchmark(path: Path, data_root: str | Path = "") -> PreparedBenchmark:
-    """Read a benchmark in any of SHAPES; ``data_root`` (if set) confines image paths."""
+def prepare_benchmark(path: Path, data_root: str | Path = "", reading: Reading | None = None) -> PreparedBenchmark:
+    """Read a benchmark in any of SHAPES or FORMATS; ``data_root`` (if set) confines image paths."""
     path = Path(path)
+    reading = reading or Reading()
     root = checked_data_root(data_root)
-    prepared = PreparedBenchmark()
-    prepared.shape, groups = _read_groups(path, prepared)
+    prepared = PreparedBenchmark(reading=reading.record())
+    fmt = native_format(path, reading)
+    if fmt:
+        native = read_native(path, fmt, reading)
+        prepared.shape, groups, prepared.input_files = fmt, native.groups, native.input_files
+        for key, reason in native.failures:
+            _add_failure(prepared, key, reason)
+    else:
+        prepared.shape, groups = _read_groups(path, prepared)
+        prepared.input_files = [path]
     if not groups and not prepared.failures:
         raise InputFileError(path, "the benchmark has no categories")
     seen: set[str] = set()
@@ -239,15 +268,9 @@ def _add_failure(prepared: PreparedBenchmark, key: str, reason: str) -> None:
 
 
 def _category_problem(category: object, pairs: object) -> str | None:
-    if not isinstance(category, str):
-        return f"the category name must be a string, got {shown(category)}"
-    if not category.strip():
-        return "the category name is empty"
-    if len(category) > NAME_MAX:
-        return f"the category name is longer than {NAME_MAX} characters"
-    if KEY_SEP in category:
-        # Item keys are category|pair_id: "a|b" + "c" and "a" + "b|c" would be one key.
-        return f"the category name contains {KEY_SEP!r}, which item keys use as a separator; rename it"
+    problem = category_problem(category)
+    if problem:
+        return problem
     if not isinstance(pairs, list):
         return f"expected a list of pairs, got {shown(pairs)}"
     if not pairs:
@@ -265,18 +288,37 @@ def _category_key(category: object) -> str:
 
 def _prepare_category(path: Path, group: _Group, root: str, prepared: PreparedBenchmark) -> None:
     category = group.name
+    file = group.file or path
+    base = group.base or Path(file).resolve().parent
     seen: set[str] = set()
     for i, (raw, record) in enumerate(zip(group.pairs, group.labels)):
+        fields = group.fields[i] if group.fields else _own_fields(raw)
         try:
-            pair = _checked_pair(raw, category, path, record, root)
+            pair = _checked_pair(raw, category, file, record, root, base, fields)
             if pair.pair_id in seen:
-                raise RecordError(path, record, "pair_id",
+                raise RecordError(file, record, "pair_id",
                                   f"{pair.pair_id!r} repeats an earlier pair of {category!r}")
-        except RecordError as exc:
-            prepared.failures[_failure_key(category, raw, i)] = str(exc)
+        except (RecordError, RecordProblems) as exc:
+            problems = exc.problems if isinstance(exc, RecordProblems) else [exc]
+            named = [_as_benchmark_names(p, group.sources) for p in problems]
+            prepared.failures[_failure_key(category, raw, i)] = str(named[0] if len(named) == 1
+                                                                    else RecordProblems(named))
             continue
         seen.add(pair.pair_id)
         prepared.pairs.append(pair)
+
+
+def _as_benchmark_names(problem: RecordError, sources: dict[str, str]) -> RecordError:
+    """The problem naming the benchmark's own field (ImgEdit's ``id``), not evalfleet's name."""
+    name, bracket, index = problem.field.partition("[")
+    if name not in sources:
+        return problem
+    return RecordError(problem.path, problem.record, sources[name] + bracket + index, _message(problem))
+
+
+def _own_fields(raw: object) -> dict:
+    """A record of evalfleet's own shapes keeps its fields but its image data."""
+    return {k: v for k, v in raw.items() if k != "original_image_b64"} if isinstance(raw, dict) else {}
 
 
 def _failure_key(category: str, raw: object, index: int) -> str:
@@ -287,45 +329,106 @@ def _failure_key(category: str, raw: object, index: int) -> str:
     return editbench_key(category, f"{name}#{index}")
 
 
-def _checked_pair(raw: object, category: str, path: Path, record: str, root: str) -> BenchmarkPair:
+class RecordProblems(Exception):
+    """Every problem of one record (each a RecordError), said at once."""
+
+    def __init__(self, problems: list[RecordError]):
+        first = problems[0]
+        listed = "; ".join(f"field {p.field!r}: {_message(p)}" for p in problems)
+        super().__init__(f"{first.path}: record {first.record}: {len(problems)} problems: {listed}")
+        self.problems = problems
+
+
+def _message(problem: RecordError) -> str:
+    return str(problem).split(f"field {problem.field!r}: ", 1)[1]
+
+
+def _checked_pair(raw: object, category: str, path: Path, record: str, root: str, base: Path,
+                  fields: dict) -> BenchmarkPair:
+    """The pair, or RecordError (one problem) / RecordProblems (several) naming each field at fault."""
     if not isinstance(raw, dict):
         raise RecordError(path, record, "pair", f"expected an object, got {shown(raw)}")
+    problems: list[RecordError] = []
     pair_id = raw.get("pair_id")
     if isinstance(pair_id, bool) or not isinstance(pair_id, (str, int)) or str(pair_id).strip() == "":
-        raise RecordError(path, record, "pair_id", f"expected a non-empty string or integer, got {shown(pair_id)}")
-    if len(str(pair_id)) > NAME_MAX:
-        raise RecordError(path, record, "pair_id", f"longer than {NAME_MAX} characters: {shown(pair_id)}")
-    record = f"{record} (pair_id {pair_id})"
+        problems.append(RecordError(path, record, "pair_id",
+                                    f"expected a non-empty string or integer, got {shown(pair_id)}"))
+    elif len(str(pair_id)) > NAME_MAX:
+        problems.append(RecordError(path, record, "pair_id",
+                                    f"longer than {NAME_MAX} characters: {shown(pair_id)}"))
+    else:
+        record = f"{record} (pair_id {pair_id})"
+    texts = {}
     for name in TEXT_FIELDS:
-        value = raw.get(name)
-        if not isinstance(value, str) or not value.strip():
-            raise RecordError(path, record, name, f"expected a non-empty string, got {shown(value)}")
-        if len(value) > TEXT_MAX:
-            raise RecordError(path, record, name, f"{len(value)} characters; at most {TEXT_MAX} are accepted")
-        problem = special_token_problem(value)
-        if problem:
-            raise RecordError(path, record, name, problem)
-    image_bytes, extension, image_file = _pair_image(raw, path, record, root)
-    return BenchmarkPair(category=category, pair_id=str(pair_id), image_bytes=image_bytes,
-                         image_extension=extension, original_description=raw["original_description"],
-                         edit_instruction=raw["edit_instruction"], image_file=image_file)
+        try:
+            texts[name] = _checked_text(raw, name, path, record)
+        except RecordError as exc:
+            problems.append(exc)
+    images: list[PairImage] = []
+    try:
+        images = _pair_images(raw, path, record, root, base, problems)
+    except RecordError as exc:
+        problems.append(exc)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise RecordProblems(problems)
+    return BenchmarkPair(category=category, pair_id=str(pair_id), images=tuple(images),
+                         original_description=texts["original_description"],
+                         edit_instruction=texts["edit_instruction"], fields=fields)
 
 
-def _pair_image(raw: dict, path: Path, record: str, root: str) -> tuple[bytes, str, str]:
-    """The pair's image bytes, extension and file (or "") from ``original_image_b64`` or from
-    the file ``original_image_path``."""
+def _checked_text(raw: dict, name: str, path: Path, record: str) -> str | None:
+    value = raw.get(name)
+    if name in OPTIONAL_FIELDS and (value is None or value == ""):
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise RecordError(path, record, name, f"expected a non-empty string, got {shown(value)}")
+    if len(value) > TEXT_MAX:
+        raise RecordError(path, record, name, f"{len(value)} characters; at most {TEXT_MAX} are accepted")
+    problem = special_token_problem(value)
+    if problem:
+        raise RecordError(path, record, name, problem)
+    return value
+
+
+def _pair_images(raw: dict, path: Path, record: str, root: str, base: Path,
+                 problems: list[RecordError]) -> list[PairImage]:
+    """The pair's image(s) from ``original_image_b64`` or ``original_image_path`` (a path, a list
+    of them, or an image as a dataset file holds it: ``{"bytes", "path"}``); each bad image is
+    added to ``problems``."""
     if "original_image_path" not in raw:
-        return *decode_image_b64(raw.get("original_image_b64"), path, record), ""
-    if "original_image_b64" in raw:
-        raise RecordError(path, record, "original_image_path",
-                          "give either original_image_b64 or original_image_path, not both")
+        return [PairImage(*decode_image_b64(raw.get("original_image_b64"), path, record))]
     fld = "original_image_path"
-    image_file = Path(checked_input_path(raw[fld], path, record, fld, root))
+    if "original_image_b64" in raw:
+        raise RecordError(path, record, fld, "give either original_image_b64 or original_image_path, not both")
+    value = raw[fld]
+    several = isinstance(value, list)
+    if several and not value:
+        raise RecordError(path, record, fld, "an empty list of images")
+    images = []
+    for i, one in enumerate(value if several else [value]):
+        try:
+            images.append(_one_image(one, path, record, f"{fld}[{i}]" if several else fld, root, base))
+        except RecordError as exc:
+            problems.append(exc)
+    return images
+
+
+def _one_image(value: object, path: Path, record: str, fld: str, root: str, base: Path) -> PairImage:
+    if isinstance(value, dict) and isinstance(value.get("bytes"), (bytes, bytearray)):
+        data = bytes(value["bytes"])
+        return PairImage(data, _image_extension(data, path, record, fld))
+    if isinstance(value, dict):  # a dataset's image struct without bytes: its file
+        value = value.get("path")
+    if isinstance(value, str) and value.strip() and not Path(value).is_absolute():
+        value = str(Path(base) / value)
+    image_file = Path(checked_input_path(value, path, record, fld, root))
     try:
         data = read_bytes(image_file)
     except UnreadableFile as exc:
         raise RecordError(path, record, fld, str(exc)) from None
-    return data, _image_extension(data, path, record, fld), str(image_file)
+    return PairImage(data, _image_extension(data, path, record, fld), str(image_file))
 
 
 def decode_image_b64(value: object, path: Path, record: str) -> tuple[bytes, str]:

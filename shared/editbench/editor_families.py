@@ -63,6 +63,9 @@ class EditFamily:
     """One pipeline class: its defaults and how its call takes an edit."""
 
     pipeline_class: ClassVar[str]
+    # Whether its call takes several input images (a benchmark item with several, KRIS's
+    # temporal frames): a family that takes one fails such a pair alone, saying so.
+    takes_several_images: ClassVar[bool] = False
     default_steps: ClassVar[int]
     default_guidance: ClassVar[float]
     guidance_argument: ClassVar[str]
@@ -87,8 +90,17 @@ class EditFamily:
 
     def call_arguments(self, image: Any, instruction: str, settings: EditSettings,
                        width: int, height: int) -> dict[str, Any]:
-        """The pipeline call's arguments for one edit, but the steps, seed and output type."""
+        """The pipeline call's arguments for one edit, but the steps, seed and output type;
+        ``image`` a list of images for a family that takes several."""
         raise NotImplementedError
+
+    def several_images_problem(self, count: int) -> str | None:
+        """Why this family cannot edit from ``count`` input images, or None."""
+        if count <= 1 or self.takes_several_images:
+            return None
+        several = [f.pipeline_class for f in FAMILIES.values() if f.takes_several_images]
+        return (f"the item has {count} input images and the editor's {self.pipeline_class} takes one; "
+                f"{', '.join(several)} (Qwen/Qwen-Image-Edit-2509, -2511) takes several")
 
 
 class QwenImageEdit(EditFamily):
@@ -119,13 +131,15 @@ class QwenImageEdit(EditFamily):
 
 
 class QwenImageEditPlus(QwenImageEdit):
-    """Qwen/Qwen-Image-Edit-2509 and -2511: a list of images (here one), fewer default steps."""
+    """Qwen/Qwen-Image-Edit-2509 and -2511: a list of images (one, or a benchmark item's
+    several), fewer default steps."""
 
     pipeline_class = "QwenImageEditPlusPipeline"
+    takes_several_images = True
     default_steps = 40
 
     def images(self, image: Any) -> Any:
-        return [image]
+        return list(image) if isinstance(image, (list, tuple)) else [image]
 
 
 class FluxKontext(EditFamily):

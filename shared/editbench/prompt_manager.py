@@ -4,22 +4,29 @@
 may override either one with ``<category>.system.txt`` / ``<category>.user.txt``
 (e.g. ``物理.system.txt``); each falls back to the default on its own.
 
-Templates are ``str.format`` templates with the placeholders ``{original_description}``
-and ``{edit_instruction}``; write literal braces as ``{{`` and ``}}``. Pure Python, so
-the producer can import it without torch.
+Templates are ``str.format`` templates whose placeholders name a pair's values: ``{edit_instruction}``,
+``{original_description}``, ``{category}``, ``{pair_id}`` and every field of the benchmark's record
+(``{reference}``, ``{instruction_language}``...); write literal braces as ``{{`` and ``}}``. A line
+naming a value the pair does not have (a benchmark without descriptions) is left out of the
+prompt. Whether the records have a template's fields is checked when a run is registered
+(``producer/editbench/register.py``). Pure Python, so the producer can import it without torch.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from string import Formatter
+from typing import Any, Mapping
 
 from shared.errors import shown
 from shared.files import MissingFile, UnreadableFile, read_utf8
 
 DEFAULT_NAME = "default"
 KINDS = ("system", "user")
-PLACEHOLDERS = ("original_description", "edit_instruction")
+# The values every pair has (original_description: where the benchmark gives one); the fields of
+# its record come beside them.
+PLACEHOLDERS = ("original_description", "edit_instruction", "category", "pair_id")
 
 # Most file systems cap a file name at 255 bytes; longer names cannot have an override.
 _MAX_NAME_BYTES = 255
@@ -60,14 +67,13 @@ class PromptManager:
         for kind in KINDS:
             self._default(kind)
 
-    def get_full_prompt(
-        self, category: str, original_description: str, edit_instruction: str
-    ) -> dict[str, str]:
-        """``{"system_prompt": ..., "user_prompt": ...}`` for one benchmark pair."""
-        values = {"original_description": original_description, "edit_instruction": edit_instruction}
-        return {
-            f"{kind}_prompt": self.template(category, kind).format(**values) for kind in KINDS
-        }
+    def get_full_prompt(self, category: str, original_description: str | None, edit_instruction: str,
+                        fields: Mapping[str, Any] | None = None) -> dict[str, str]:
+        """``{"system_prompt": ..., "user_prompt": ...}`` for one benchmark pair, ``fields`` its
+        record's (``pair_fields``); a line naming a value the pair lacks is left out."""
+        values = {**(fields or {}), "category": category, "original_description": original_description,
+                  "edit_instruction": edit_instruction}
+        return {f"{kind}_prompt": filled(self.template(category, kind), values) for kind in KINDS}
 
     def template(self, category: str, kind: str) -> str:
         """The raw template the category uses for ``kind`` ("system" or "user")."""
@@ -103,6 +109,26 @@ class PromptManager:
         return self.prompts_dir / f"{name}.{kind}.txt"
 
 
+def pair_fields(item: Mapping[str, Any]) -> dict[str, Any]:
+    """The placeholder values of a stored pair beside its category, description and instruction:
+    its record's fields and its pair id."""
+    return {**item.get("fields", {}), "pair_id": item.get("pair_id")}
+
+
+def placeholders(text: str) -> list[str]:
+    """The names of a (checked) template's placeholders, in order."""
+    return [name for _, name, _, _ in Formatter().parse(text) if name is not None]
+
+
+def filled(template: str, values: Mapping[str, Any]) -> str:
+    """``template`` with ``values`` in, each line naming a missing value left out."""
+    shown_values = {k: v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
+                    for k, v in values.items() if v is not None}
+    kept = [line for line in template.split("\n")
+            if all(name in shown_values for name in placeholders(line))]
+    return "\n".join(kept).format(**shown_values)
+
+
 def is_safe_name(category: str) -> bool:
     """Whether ``category`` can name a file inside the prompts directory and nothing else."""
     if not category or "/" in category or "\\" in category or ".." in category or "\0" in category:
@@ -127,17 +153,17 @@ def _load_template(path: Path) -> str | None:
 
 
 def _check_placeholders(path: Path, text: str) -> None:
-    """Every placeholder is one of PLACEHOLDERS, plain: ``{x.attr}``, ``{x[0]}``, ``{x!r}`` and
-    ``{x:>{y}}`` would let a template read Python internals of the values or reshape them."""
+    """Every placeholder is a plain name: ``{x.attr}``, ``{x[0]}``, ``{x!r}`` and ``{x:>{y}}``
+    would let a template read Python internals of the values or reshape them."""
     # A bad template should fail when it is read, naming the file, not deep inside a task.
-    hint = (f"the placeholders are {', '.join('{' + p + '}' for p in PLACEHOLDERS)}, plain names "
-            "only (write literal braces as {{ and }})")
+    hint = (f"the placeholders are {', '.join('{' + p + '}' for p in PLACEHOLDERS)} and the fields of "
+            "the benchmark's records, plain names only (write literal braces as {{ and }})")
     try:
         fields = [(name, spec, conversion) for _, name, spec, conversion in Formatter().parse(text)
                   if name is not None]
     except ValueError as err:
         raise PromptTemplateError(f"{path}: not a valid template ({err}); {hint}") from None
     for name, spec, conversion in fields:
-        if name not in PLACEHOLDERS or spec or conversion:
+        if not (name.isidentifier() and name.isascii()) or spec or conversion:
             written = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
             raise PromptTemplateError(f"{path}: placeholder {shown(written)} is not allowed; {hint}")

@@ -47,15 +47,18 @@ class Editor:
         # Per-step progress bars would flood the worker logs.
         pipeline.set_progress_bar_config(disable=True)
 
-    def edit(self, image: Image.Image, instruction: str, seed: int) -> Image.Image:
-        """The edited image, about ``size`` x ``size`` pixels in the input's aspect ratio."""
-        image = as_displayed(image)  # an RGB image from open_image is kept as it is
-        problem = aspect_problem(image.width, image.height)
-        if problem:  # checked when the benchmark was read; a run registered before that was not
+    def edit(self, image: Image.Image | list[Image.Image], instruction: str, seed: int) -> Image.Image:
+        """The edited image, about ``size`` x ``size`` pixels in the (first) input's aspect ratio;
+        ``image`` a list of several for a family that takes them."""
+        images = [as_displayed(one) for one in (image if isinstance(image, list) else [image])]
+        problem = (self.family.several_images_problem(len(images))
+                   or next(filter(None, (aspect_problem(i.width, i.height) for i in images)), None))
+        if problem:  # checked before the call (and the aspect when the benchmark was read)
             raise ValueError(problem)
-        width, height = self.output_size(image.width, image.height)
+        width, height = self.output_size(images[0].width, images[0].height)
         generator = torch.Generator(device=self.pipeline.device).manual_seed(seed)
-        arguments = self.family.call_arguments(image, instruction, self.settings, width, height)
+        given = images if isinstance(image, list) else images[0]
+        arguments = self.family.call_arguments(given, instruction, self.settings, width, height)
         cache = step_cache_of(self.pipeline)
         if cache is not None:
             cache.reset()

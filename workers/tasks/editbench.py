@@ -13,6 +13,7 @@ from pathlib import Path
 
 from shared.artifacts import write_once
 from shared.editbench.judge_scores import JudgeFailure
+from shared.editbench.prompt_manager import pair_fields
 from shared.editbench.run_settings import EditbenchRunSettings
 from shared.images import ImageFileError, open_image
 from shared.messages import EDIT_STAGE, EDIT_TASK, SCORE_STAGE, SCORE_TASK
@@ -42,16 +43,21 @@ def _edit_pending(store: RunStore, keys: list[str]) -> dict[str, int]:
     for key, item in pending_items(store, EDIT_STAGE, keys).items():
         started = time.time()
         try:
-            original = open_image(item["original_path"])
+            originals = [open_image(path) for path in item.get("original_paths", [item["original_path"]])]
         except ImageFileError as exc:
             store.mark_failed(EDIT_STAGE, key, str(exc))
             continue
         if editor is None:
             editor = editor_for(model_host(store), run)
+        problem = editor.family.several_images_problem(len(originals))
+        if problem:  # this pair cannot be edited by this editor; the others go on
+            store.mark_failed(EDIT_STAGE, key, problem)
+            continue
         # Seeded by the run's seed and the item key: a rerun reproduces the image.
         seed = editor.seed_for(f"{run.seed}|{key}")
         compiled_before, edit_started = compile_seconds(), time.perf_counter()
-        image = editor.edit(original, item["edit_instruction"], seed=seed)
+        image = editor.edit(originals if len(originals) > 1 else originals[0], item["edit_instruction"],
+                            seed=seed)
         edit_seconds = time.perf_counter() - edit_started
         compiling = min(edit_seconds, compile_seconds() - compiled_before)
         path, digest = _save_png(image, Path(item["edited_path"]))
@@ -171,8 +177,8 @@ def _judge_inputs(store: RunStore, pending: dict[str, dict], judging) -> dict[st
             continue
         rows = {}
         for name, prompts in judging.prompts.items():
-            prompt = prompts.get_full_prompt(item["category"], item["original_description"],
-                                             item["edit_instruction"])
+            prompt = prompts.get_full_prompt(item["category"], item.get("original_description"),
+                                             item["edit_instruction"], pair_fields(item))
             user = prompt["user_prompt"]
             if judging.reasoning_suffix is not None:
                 user = f"{user}\n\n{judging.reasoning_suffix}"
