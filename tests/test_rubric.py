@@ -47,6 +47,31 @@ def test_shipped_rubrics_have_their_criteria_scales_and_prompts() -> None:
     assert kris.names == ("instruction_following", "detail_preservation", "visual_quality",
                           "knowledge_plausibility")
     assert kris.values == (1, 2, 3, 4, 5)
+    # KRIS scores knowledge plausibility in its knowledge categories only.
+    assert "knowledge_plausibility" not in [c.name for c in kris.criteria_for("color_change")]
+    assert "knowledge_plausibility" in [c.name for c in kris.criteria_for("chemistry")]
+
+
+def test_each_benchmark_has_its_protocol_rubric() -> None:
+    gedit, templates = _rubric("gedit")
+    assert (gedit.values, gedit.scoring, gedit.formula) == (tuple(range(11)), "stated", "viescore")
+    assert gedit.overall({"edit_success": 9, "overediting": 4, "naturalness": 9, "artifacts": 10}) == 6.0
+    assert gedit.report.average == "macro" and gedit.report.split_by == ("language",)
+    assert dict(gedit.report.subsets) == {"intersection": {"intersection": True}}
+    prompts = criterion_prompts(gedit, SHIPPED, templates)
+    assert "OVER-EDITING" in prompts["overediting"].get_full_prompt("x", "a ball", "move it")["system_prompt"]
+
+    imgedit, _ = _rubric("imgedit")
+    assert imgedit.names == ("instruction_adherence", "editing_quality", "detail_preservation")
+    assert imgedit.overall({"instruction_adherence": 5, "editing_quality": 4, "detail_preservation": 3}) == 4
+    assert imgedit.report.average == "macro"
+
+    rise, _ = _rubric("rise")
+    assert rise.overall({"consistency": 5, "reasoning": 3}, "logical_reasoning") == pytest.approx(1.5 + 2.1)
+    assert rise.overall({"consistency": 5, "reasoning": 1, "plausibility": 5}, "causal_reasoning") == \
+        pytest.approx((1.5 + 0.5 + 1.0) / 2)
+    assert rise.report.rows_by == ("category", "subtask") and dict(rise.report.shares) == {
+        "accuracy": "all_criteria_at_max"}
 
 
 def test_overall_formulas() -> None:
@@ -99,7 +124,7 @@ def test_a_bad_rubric_names_the_file_and_field(tmp_path: Path, definition: dict,
 
 
 def test_an_unknown_rubric_lists_the_known_ones() -> None:
-    with pytest.raises(RubricError, match="no rubric 'nope'.*default, kris, viescore"):
+    with pytest.raises(RubricError, match="no rubric 'nope'.*default, gedit, imgedit, kris, rise, viescore"):
         read_rubric_templates(SHIPPED, "nope")
     with pytest.raises(RubricError, match="letters, digits"):
         read_rubric_templates(SHIPPED, "../prompts")

@@ -160,6 +160,11 @@ class Rubric:
             value = max(float(self.scale_min), value * self.penalty.factor)
         return value
 
+    @property
+    def part_names(self) -> tuple[str, ...]:
+        """The names ``parts`` gives: VIEScore's SC and PQ, or none."""
+        return tuple(g.upper() for g in self.groups) if self.formula == "viescore" else ()
+
     def parts(self, scores: Mapping[str, float], category: str | None = None) -> dict[str, float]:
         """The scores the overall is made of beside the criteria: VIEScore's SC and PQ; {} otherwise."""
         if self.formula != "viescore":
