@@ -247,7 +247,8 @@ def test_criteria_and_weights_can_differ_per_category(tmp_path: Path) -> None:
     assert rubric.overall({"a": 5, "b": 1, "c": 5}, "causal") == pytest.approx((1.5 + 0.5 + 1.0) / 2)
     assert rubric.overall({"a": 1, "b": 1}, "logical") == 1.0
     described = rubric.describe()
-    assert described["weights"]["b"] == {"*": 0.5, "logical": 0.7} and described["only_in"] == {"c": ["temporal", "causal"]}
+    assert described["weights"]["b"] == {"*": 0.5, "logical": 0.7}
+    assert described["only_in"] == {"c": ["temporal", "causal"]}
     assert described["scoring"] == "stated" and described["penalty"] == {"criterion": "b", "at": 1, "factor": 0.5}
 
 

@@ -190,7 +190,8 @@ def with_criteria(data: dict, criteria: dict[str, dict[str, float]]) -> dict:
 
 def test_runs_of_different_scales_are_refused_unless_asked_then_every_output_says_so(tmp_path):
     zero_ten = write(tmp_path, "vie", report("vie", "d1", {"物理": {"p1": 6.0}}, rubric=VIESCORE))
-    one_five = write(tmp_path, "kris", report("kris", "d1", {"物理": {"p1": 4.0}, "环境": {"e1": 3.0}}, rubric=KRIS))
+    one_five = write(tmp_path, "kris", report("kris", "d1", {"物理": {"p1": 4.0}, "环境": {"e1": 3.0}},
+                                              rubric=KRIS))
     with pytest.raises(RubricComparisonError, match=r"vie: rubric viescore, scale 0-10.*kris: rubric kris, "
                                                     r"scale 1-5.*--allow-mixed-rubrics"):
         compare_runs([load_run(zero_ten), load_run(one_five)])

@@ -390,5 +390,5 @@ def _weights(where: str, raw: Any) -> tuple[float, dict[str, float]]:
     return default, {c: float(w) for c, w in per_category.items() if c != EVERY_CATEGORY}
 
 
-__all__ = ["Rubric", "Criterion", "Penalty", "ReportSpec", "RubricError", "read_rubric_templates", "rubric_from_templates",
-           "criterion_prompts", "reasoning_suffix", "DEFAULT_RUBRIC", "PromptTemplateError"]
+__all__ = ["Rubric", "Criterion", "Penalty", "ReportSpec", "RubricError", "read_rubric_templates",
+           "rubric_from_templates", "criterion_prompts", "reasoning_suffix", "DEFAULT_RUBRIC", "PromptTemplateError"]
