@@ -384,8 +384,9 @@ def _weights(where: str, raw: Any) -> tuple[float, dict[str, float]]:
     per_category = raw if isinstance(raw, dict) else {EVERY_CATEGORY: raw}
     for category, weight in per_category.items():
         if not _is_number(weight) or not 0 < weight <= WEIGHT_MAX:
-            raise RubricError(f"{where}.weight: a positive number at most {WEIGHT_MAX} (or a map of "
-                              f"category -> such a number, \"{EVERY_CATEGORY}\" for the others), not {shown(raw)}")
+            shape = (f"a map of category -> a positive number at most {WEIGHT_MAX} (\"{EVERY_CATEGORY}\": "
+                     f"the others)" if isinstance(raw, dict) else f"a positive number at most {WEIGHT_MAX}")
+            raise RubricError(f"{where}.weight: {shape}, not {shown(raw)}")
     default = float(per_category.get(EVERY_CATEGORY, 1))
     return default, {c: float(w) for c, w in per_category.items() if c != EVERY_CATEGORY}
 
