@@ -27,8 +27,8 @@ from kombu.utils.url import maybe_sanitize_url
 from config import (Settings, SettingsError, ignored_variables, load_settings, to_environ,
                     validate_settings)
 from producer.dispatch import celery_client
-from producer.editbench.comparison import (ApproximateComparisonError, compare_runs, comparison_files,
-                                           comparison_markdown, load_run, write_comparison)
+from producer.editbench.comparison import (ApproximateComparisonError, RubricComparisonError, compare_runs,
+                                           comparison_files, comparison_markdown, load_run, write_comparison)
 from producer.embedded import EmbeddedRedis, InfrastructureError, LocalFleet, running_server_url
 from producer.interrupts import Interrupted
 from producer.job import Job, positive
@@ -196,8 +196,9 @@ def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
     if args.output:
         check_output_path(Path(args.output))
         comparison_files(Path(args.output))
-    comparison = compare_runs([load_run(Path(run)) for run in args.runs],
-                              allow_approximate=args.allow_approximate)
+    comparison = compare_runs([load_run(Path(run), settings.work_dir) for run in args.runs],
+                              allow_approximate=args.allow_approximate,
+                              allow_rubrics=args.allow_mixed_rubrics)
     if args.output:
         markdown, chart = write_comparison(comparison, Path(args.output))
         _say(f"comparison: {args.output}\ntable: {markdown}\nchart: {chart}")
@@ -268,13 +269,16 @@ def build_parser() -> argparse.ArgumentParser:
     compare = sub.add_parser("compare", help="compare editbench runs: means with 95%% bootstrap "
                                              "intervals, paired differences against the first run")
     compare.add_argument("runs", nargs="+", metavar="RUN",
-                         help="a run's editbench_report.json, or the run directory holding it; "
-                              "the first is the baseline")
+                         help="a run's editbench_report.json, the run directory holding it, or a "
+                              "run's name (its report under the work directory); the first is the baseline")
     compare.add_argument("--output", help="write FILE.json, and FILE.md and FILE.png beside it "
                                           "(default: print the Markdown table)")
     compare.add_argument("--allow-approximate", action="store_true",
                          help="compare runs edited with different approximate modes (FP8, step "
                               "cache) too: refused by default")
+    compare.add_argument("--allow-mixed-rubrics", action="store_true",
+                         help="compare runs judged with different rubrics, scales or scorings too: "
+                              "refused by default; every output then says so")
     compare.set_defaults(func=cmd_compare)
     return parser
 
@@ -343,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("%s", line)
     try:
         return args.func(args, settings)
-    except (InputFileError, SettingsError, RunMismatchError, RunSettingsError, ApproximateComparisonError) as exc:
+    except (InputFileError, SettingsError, RunMismatchError, RunSettingsError, ApproximateComparisonError,
+            RubricComparisonError) as exc:
         log.error("%s", exc)
         return EXIT_USAGE
     except SystemExit as exc:

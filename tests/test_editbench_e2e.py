@@ -259,3 +259,30 @@ def test_reasoning_mode_fails_pairs_whose_answer_states_no_score(editbench_fleet
         assert failure["reason"].startswith("criterion score: the judge's answer states no score from 0 to 10")
     assert report["criteria"]["score"] == {"n": 0, "mean": None, "std": None, "ci95": None, "failed": 5}
     assert report["rubric"]["mode"] == "reasoning"
+
+
+def test_criteria_and_weights_per_category_reach_the_workers(editbench_fleet, fleet_env, redis_client, tmp_path):
+    prompts = tmp_path / "prompts"
+    shutil.copytree(Settings().prompts, prompts)
+    folder = prompts / "rubrics" / "per_category"
+    for criterion in ("a", "b"):
+        (folder / criterion).mkdir(parents=True)
+        (folder / criterion / "default.system.txt").write_text(f"Judge {criterion} of the edit.")
+        (folder / criterion / "default.user.txt").write_text("{edit_instruction}\nAnswer with an integer from 0 to 10.")
+    (folder / "rubric.json").write_text(json.dumps({
+        "scale": {"min": 0, "max": 10},
+        "criteria": [{"name": "a"}, {"name": "b", "weight": {"*": 1, "物理": 3}, "categories": ["物理"]}]}))
+    benchmark = one_pair_per_category(write_editbench_sample(tmp_path / "sample"))
+    proc, output = run_editbench({**fleet_env, "EVALFLEET_PROMPTS_DIR": str(prompts)}, benchmark, tmp_path,
+                                 "--rubric", "per_category")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = read_json(output)
+    for name, cat in report["categories"].items():
+        [result] = cat["results"]
+        a = result["criteria"]["a"]["score"]
+        if name == "物理":  # b is asked here only, weighted 3
+            assert result["score"] == pytest.approx((a + 3 * result["criteria"]["b"]["score"]) / 4)
+        else:
+            assert set(result["criteria"]) == {"a"} and result["score"] == pytest.approx(a)
+    assert report["criteria"]["b"]["n"] == 1 and report["criteria"]["b"]["failed"] == 0
+    assert report["scoring"] == {"logits": 6} and report["protocol"]["scoring"] == "expectation"

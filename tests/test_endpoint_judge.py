@@ -253,3 +253,11 @@ def test_score_phase_through_the_endpoint_loads_no_judge(server, tiny_judge, mod
     assert all(f["stage"] == "score" and "states no score" in f["reason"] for f in report["failures"])
     # The worker never loaded a judge model: it holds the editor only.
     assert resident and all(not any(name.startswith("vlm") for name in r) for r in resident)
+
+
+def test_stated_scoring_takes_the_stated_integer_over_the_logprobs() -> None:
+    response = read_json(DATA / "vllm_chat_logprobs_reasoning.json")
+    # The expectation there is 8.0 (above); the answer states 10, which stated scoring takes.
+    result = score_from_response(response, tuple(range(11)), reasoning=True, stated=True)
+    assert isinstance(result, JudgeScore) and (result.score, result.source) == (10.0, "answer")
+    assert result.probabilities["10"] == 1.0

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from config import Settings
-from shared.editbench.judge_scores import JudgeFailure, JudgeScore, find_stated_score, scale_probabilities
+from shared.editbench.judge_scores import (JudgeFailure, JudgeScore, find_stated_score, scale_probabilities,
+                                          stated_score)
 from shared.editbench.prompt_manager import read_templates
 from shared.editbench.rubric import (RubricError, criterion_prompts, read_rubric_templates, rubric_from_templates)
 from workers.judging.judge import Judge, JudgeItem
@@ -46,6 +47,31 @@ def test_shipped_rubrics_have_their_criteria_scales_and_prompts() -> None:
     assert kris.names == ("instruction_following", "detail_preservation", "visual_quality",
                           "knowledge_plausibility")
     assert kris.values == (1, 2, 3, 4, 5)
+    # KRIS scores knowledge plausibility in its knowledge categories only.
+    assert "knowledge_plausibility" not in [c.name for c in kris.criteria_for("color_change")]
+    assert "knowledge_plausibility" in [c.name for c in kris.criteria_for("chemistry")]
+
+
+def test_each_benchmark_has_its_protocol_rubric() -> None:
+    gedit, templates = _rubric("gedit")
+    assert (gedit.values, gedit.scoring, gedit.formula) == (tuple(range(11)), "stated", "viescore")
+    assert gedit.overall({"edit_success": 9, "overediting": 4, "naturalness": 9, "artifacts": 10}) == 6.0
+    assert gedit.report.average == "macro" and gedit.report.split_by == ("language",)
+    assert dict(gedit.report.subsets) == {"intersection": {"intersection": True}}
+    prompts = criterion_prompts(gedit, SHIPPED, templates)
+    assert "OVER-EDITING" in prompts["overediting"].get_full_prompt("x", "a ball", "move it")["system_prompt"]
+
+    imgedit, _ = _rubric("imgedit")
+    assert imgedit.names == ("instruction_adherence", "editing_quality", "detail_preservation")
+    assert imgedit.overall({"instruction_adherence": 5, "editing_quality": 4, "detail_preservation": 3}) == 4
+    assert imgedit.report.average == "macro"
+
+    rise, _ = _rubric("rise")
+    assert rise.overall({"consistency": 5, "reasoning": 3}, "logical_reasoning") == pytest.approx(1.5 + 2.1)
+    assert rise.overall({"consistency": 5, "reasoning": 1, "plausibility": 5}, "causal_reasoning") == \
+        pytest.approx((1.5 + 0.5 + 1.0) / 2)
+    assert rise.report.rows_by == ("category", "subtask") and dict(rise.report.shares) == {
+        "accuracy": "all_criteria_at_max"}
 
 
 def test_overall_formulas() -> None:
@@ -98,7 +124,7 @@ def test_a_bad_rubric_names_the_file_and_field(tmp_path: Path, definition: dict,
 
 
 def test_an_unknown_rubric_lists_the_known_ones() -> None:
-    with pytest.raises(RubricError, match="no rubric 'nope'.*default, kris, viescore"):
+    with pytest.raises(RubricError, match="no rubric 'nope'.*default, gedit, imgedit, kris, rise, viescore"):
         read_rubric_templates(SHIPPED, "nope")
     with pytest.raises(RubricError, match="letters, digits"):
         read_rubric_templates(SHIPPED, "../prompts")
@@ -199,3 +225,62 @@ def test_a_stated_score_is_read_with_the_probabilities_at_its_position(vlm, kris
     [first_token] = judge.score(kris_rows[:1])
     assert not math.isclose(read.score, first_token.score, abs_tol=1e-6)
     assert isinstance(failed, JudgeFailure) and "Nothing changed." in failed.reason
+
+
+# --- protocols as data: criteria and weights per category, penalties, stated scores ------------
+
+def test_criteria_and_weights_can_differ_per_category(tmp_path: Path) -> None:
+    # RISEBench's shape: 0.3 / 0.5 / 0.2, logical 0.3 / 0.7 without plausibility, halved at reasoning 1.
+    prompts = _own_rubric(tmp_path, {
+        "scale": {"min": 1, "max": 5}, "scoring": "stated",
+        "criteria": [{"name": "a", "weight": 0.3},
+                     {"name": "b", "weight": {"*": 0.5, "logical": 0.7}},
+                     {"name": "c", "weight": 0.2, "categories": ["temporal", "causal"]}],
+        "overall": {"formula": "mean", "penalty": {"criterion": "b", "at": 1, "factor": 0.5}}})
+    rubric, _ = _rubric("mine", prompts)
+    assert rubric.scoring == "stated"
+    assert [c.name for c in rubric.criteria_for("logical")] == ["a", "b"]
+    assert [c.name for c in rubric.criteria_for("temporal")] == ["a", "b", "c"]
+    assert rubric.overall({"a": 5, "b": 4, "c": 3}, "temporal") == pytest.approx(0.3 * 5 + 0.5 * 4 + 0.2 * 3)
+    assert rubric.overall({"a": 5, "b": 4}, "logical") == pytest.approx(0.3 * 5 + 0.7 * 4)
+    # Reasoning at 1 halves the score, never below the scale's minimum.
+    assert rubric.overall({"a": 5, "b": 1, "c": 5}, "causal") == pytest.approx((1.5 + 0.5 + 1.0) / 2)
+    assert rubric.overall({"a": 1, "b": 1}, "logical") == 1.0
+    described = rubric.describe()
+    assert described["weights"]["b"] == {"*": 0.5, "logical": 0.7}
+    assert described["only_in"] == {"c": ["temporal", "causal"]}
+    assert described["scoring"] == "stated" and described["penalty"] == {"criterion": "b", "at": 1, "factor": 0.5}
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"scoring": "mode"}, "scoring"),
+    ({"overall": {"formula": "mean", "penalty": {"criterion": "z", "at": 1, "factor": 0.5}}}, r"overall\.penalty"),
+    ({"report": {"average": "median"}}, r"report\.average"),
+    ({"report": {"split_by": "language"}}, r"report\.split_by"),
+    ({"report": {"shares": {"accuracy": "most"}}}, r"report\.shares"),
+    ({"criteria": [{"name": "a", "weight": {"*": 1, "x": -1}}]}, r"criteria\[0\]\.weight"),
+    ({"criteria": [{"name": "a", "categories": []}]}, r"criteria\[0\]\.categories"),
+    ({"criteria": [{"name": "a", "categories": ["x"]}, {"name": "b"}],
+      "overall": {"formula": "viescore", "sc": ["a"], "pq": ["b"]}}, "every category"),
+])
+def test_a_bad_protocol_field_names_the_file_and_field(tmp_path: Path, extra: dict, message: str) -> None:
+    prompts = _own_rubric(tmp_path, {"scale": {"min": 1, "max": 5}, "criteria": [{"name": "a"}], **extra})
+    with pytest.raises(RubricError, match=rf"rubrics/mine/rubric\.json.*{message}"):
+        _rubric("mine", prompts)
+
+
+def test_a_stated_score_is_the_integer_and_an_answer_without_one_is_a_listed_failure() -> None:
+    read = stated_score("The ball is there.\nScore: 4", range(1, 6), rationale="why")
+    assert isinstance(read, JudgeScore) and (read.score, read.source, read.rationale) == (4.0, "answer", "why")
+    assert read.probabilities == {"1": 0, "2": 0, "3": 0, "4": 1, "5": 0}
+    failed = stated_score("Somewhere between 3 and 4.", range(1, 6))
+    assert isinstance(failed, JudgeFailure) and "Somewhere between 3 and 4." in failed.reason
+
+
+def test_stated_scoring_on_the_tiny_judge_reads_its_answer_never_guesses(vlm, kris_rows) -> None:
+    # The tiny random model's greedy answer states no integer: each row fails with that answer;
+    # the same rows scored by expectation all get a score.
+    stated = Judge(*vlm, batch_size=4, values=(1, 2, 3, 4, 5), stated=True).score(kris_rows)
+    assert all(isinstance(r, JudgeFailure) and "answer: '" in r.reason for r in stated)
+    expected = Judge(*vlm, batch_size=4, values=(1, 2, 3, 4, 5)).score(kris_rows)
+    assert all(isinstance(r, JudgeScore) and r.source == "logits" for r in expected)

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from conftest import run_producer
-from producer.editbench.comparison import compare_runs, comparison_markdown, load_run
+from producer.editbench.comparison import (RubricComparisonError, compare_runs, comparison_figure, comparison_markdown,
+                                           load_run)
 from producer.editbench.report import error_bars
 from producer.editbench.score_statistics import mean_ci, paired_difference
 from shared.errors import InputFileError
@@ -74,10 +75,11 @@ def test_error_bars_are_the_distances_to_the_interval():
 
 
 def report(run_id: str, inputs: str, categories: dict[str, dict[str, float]], failed: dict[str, int] | None = None,
-           ) -> dict:
+           rubric: dict | None = None, settings: dict | None = None) -> dict:
     """A report in the format ``producer.editbench.report`` writes (the fields compare reads)."""
     failed = failed or {}
-    return {"run": {"run_id": run_id, "job": "editbench", "inputs": inputs},
+    return {"run": {"run_id": run_id, "job": "editbench", "inputs": inputs, **(settings or {})},
+            **({"rubric": rubric} if rubric else {}),
             "categories": {name: {"pairs": len(scores) + failed.get(name, 0), "scored": len(scores),
                                   "failed": failed.get(name, 0),
                                   "results": [{"pair_id": p, "score": s} for p, s in scores.items()]}
@@ -172,3 +174,77 @@ def test_compare_command_writes_json_markdown_and_chart(two_runs, tmp_path):
     missing = tmp_path / "nowhere" / "editbench_report.json"
     proc = run_producer("compare", str(base_path), str(missing), env=env)
     assert proc.returncode == 2 and f"{missing}: cannot read the file" in proc.stderr
+
+
+VIESCORE = {"name": "viescore", "criteria": ["SC", "PQ"], "scale": [0, 10], "scoring": "expectation"}
+KRIS = {"name": "kris", "criteria": ["instruction_following"], "scale": [1, 5], "scoring": "stated"}
+
+
+def with_criteria(data: dict, criteria: dict[str, dict[str, float]]) -> dict:
+    """``data`` whose results carry these criterion scores (pair id -> criterion -> score)."""
+    for cat in data["categories"].values():
+        for result in cat["results"]:
+            result["criteria"] = {n: {"score": v, "source": "logits"} for n, v in criteria[result["pair_id"]].items()}
+    return data
+
+
+def test_runs_of_different_scales_are_refused_unless_asked_then_every_output_says_so(tmp_path):
+    zero_ten = write(tmp_path, "vie", report("vie", "d1", {"物理": {"p1": 6.0}}, rubric=VIESCORE))
+    one_five = write(tmp_path, "kris", report("kris", "d1", {"物理": {"p1": 4.0}, "环境": {"e1": 3.0}},
+                                              rubric=KRIS))
+    with pytest.raises(RubricComparisonError, match=r"vie: rubric viescore, scale 0-10.*kris: rubric kris, "
+                                                    r"scale 1-5.*--allow-mixed-rubrics"):
+        compare_runs([load_run(zero_ten), load_run(one_five)])
+    env = {"EVALFLEET_WORK_DIR": str(tmp_path / "work"), "EVALFLEET_BROKER_URL": "redis://127.0.0.1:1/0"}
+    proc = run_producer("compare", str(zero_ten), str(one_five), env=env)
+    assert proc.returncode == 2 and "--allow-mixed-rubrics" in proc.stderr
+
+    output = tmp_path / "out" / "cmp.json"
+    proc = run_producer("compare", str(zero_ten), str(one_five), "--allow-mixed-rubrics", "--output", str(output),
+                        env=env)
+    assert proc.returncode == 0, proc.stderr
+    written = json.loads(output.read_text(encoding="utf-8"))
+    assert "different rubrics, scales or scorings" in written["mixed_rubrics"]
+    assert written["notes"][0].startswith("WARNING:")
+    assert written["differing_settings"]["rubric scale"] == {"vie": [0, 10], "kris": [1, 5]}
+    assert output.with_suffix(".md").read_text(encoding="utf-8").count("WARNING") >= 2  # on top and in the notes
+    comparison = compare_runs([load_run(zero_ten), load_run(one_five)], allow_rubrics=True)
+    fig = comparison_figure(comparison)
+    try:
+        [ax] = fig.axes
+        assert "WARNING" in ax.get_title()
+        # 环境 exists only in the 1-5 run: the 0-10 run has no bar there, an n/a instead.
+        assert len(ax.patches) == 2 + 3 and [t.get_text() for t in ax.texts] == ["n/a"]
+    finally:
+        import matplotlib.pyplot as plt
+        plt.close(fig)
+
+
+def test_the_settings_that_differ_and_per_criterion_differences_are_listed(tmp_path):
+    base = with_criteria(report("base", "d1", {"物理": {"p1": 4.0, "p2": 6.0}}, rubric=VIESCORE,
+                                settings={"judge_model": "Qwen/Qwen3-VL-8B", "seed": 0, "edit_steps": 28}),
+                         {"p1": {"SC": 4.0, "PQ": 4.0}, "p2": {"SC": 6.0, "PQ": 6.0}})
+    new = with_criteria(report("new", "d1", {"物理": {"p1": 5.0, "p2": 6.0}}, rubric=VIESCORE,
+                               settings={"judge_model": "Qwen/Qwen3-VL-8B", "seed": 1, "edit_steps": 28}),
+                        {"p1": {"SC": 6.0, "PQ": 4.0}, "p2": {"SC": 8.0, "PQ": 5.0}})
+    comparison = compare_runs([load_run(write(tmp_path, "base", base)), load_run(write(tmp_path, "new", new))])
+    assert comparison["differing_settings"] == {"seed": {"base": 0, "new": 1}}
+    assert comparison["mixed_rubrics"] is None
+    criteria = comparison["comparisons"][0]["criteria"]
+    assert criteria["SC"]["mean_difference"] == pytest.approx(2.0) and criteria["SC"]["n"] == 2
+    assert criteria["PQ"]["mean_difference"] == pytest.approx(-0.5)
+    assert (criteria["PQ"]["won"], criteria["PQ"]["tied"], criteria["PQ"]["lost"]) == (0, 1, 1)
+    markdown = comparison_markdown(comparison)
+    assert "| SC | 2 | +2.00" in markdown and "| seed | 0 | 1 |" in markdown
+
+
+def test_runs_are_found_by_name_under_the_work_directory(tmp_path):
+    work = tmp_path / "work"
+    write(work, "base-run", report("base-run", "d1", {"物理": {"p1": 5.0}}))
+    write(work, "new-run", report("new-run", "d1", {"物理": {"p1": 7.0}}))
+    comparison = compare_runs([load_run("base-run", work), load_run("new-run", work)])
+    assert comparison["comparisons"][0]["overall"]["mean_difference"] == pytest.approx(2.0)
+    env = {"EVALFLEET_WORK_DIR": str(work), "EVALFLEET_BROKER_URL": "redis://127.0.0.1:1/0"}
+    proc = run_producer("compare", "base-run", "new-run", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "| **overall** | 1 | +2.00 |" in proc.stdout

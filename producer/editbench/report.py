@@ -1,5 +1,7 @@
-"""The editbench report: JSON (written atomically) and a PNG bar chart of per-category means
-(with a rubric of several criteria: each criterion's mean, side by side)."""
+"""The editbench report: JSON (written atomically), the protocol's tables in Markdown, and a
+PNG bar chart of per-category means (with a rubric of several criteria: each criterion's mean,
+side by side; with columns by record fields: one bar per column). A category without a score
+is drawn as n/a, never as a bar at 0."""
 
 from __future__ import annotations
 
@@ -9,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from producer.editbench.edit_speed import edit_speed
+from producer.editbench.protocol_tables import PairLine, protocol_tables
+from producer.editbench.report_markdown import report_markdown
 from producer.editbench.score_statistics import mean_summary
 from shared.artifacts import write_atomic
-from shared.editbench.rubric import rubric_from_templates
+from shared.editbench.rubric import Rubric, rubric_from_templates
 from shared.editbench.run_settings import EditbenchRunSettings
 from shared.jsonio import write_json_atomic
 from shared.keys import KEY_SEP
@@ -44,21 +48,24 @@ def editbench_report(store: RunStore) -> dict[str, Any]:
     # The benchmark's own category order, also for categories with no valid pair.
     categories: dict[str, dict[str, Any]] = {
         name: {"pairs": 0, "results": []} for name in meta.get("categories", [])}
+    lines: list[PairLine] = []
     for key, item in sorted(items.items(), key=lambda kv: kv[1].get("order", -1)):
         category, _, pair_id = key.partition(KEY_SEP)
         if item.get("invalid") and pair_id == "*":  # an empty category: no pair to count
             continue
-        cat = categories.setdefault(item.get("category", category), {"pairs": 0, "results": []})
+        name = item.get("category", category)
+        cat = categories.setdefault(name, {"pairs": 0, "results": []})
         cat["pairs"] += 1
-        if key in scored:
-            cat["results"].append(_result(item, scored[key], edited[key]))
-    rubric = _rubric(run)
-    criteria = rubric["criteria"]
+        result = _result(item, scored[key], edited[key]) if key in scored else None
+        if result is not None:
+            cat["results"].append(result)
+        lines.append(PairLine(name, item.get("fields", {}), result))
+    rubric = rubric_from_templates(run.judge_rubric, run.prompt_templates)
     for name, cat in categories.items():
         scores = [r["score"] for r in cat["results"]]
         cat.update(scored=len(scores), count=len(scores), scores=scores,
                    failed=sum(f["category"] == name for f in failures), **_stats(scores))
-        cat["criteria"] = _criteria_stats(criteria, cat["results"], cat["pairs"])
+        cat["criteria"] = _criteria_stats(rubric, cat["results"], {name: cat["pairs"]})
     all_scores = [r["score"] for c in categories.values() for r in c["results"]]
     all_results = [r for c in categories.values() for r in c["results"]]
     return {
@@ -68,13 +75,14 @@ def editbench_report(store: RunStore) -> dict[str, Any]:
                 "approximate": run.approximate_modes,
                 # How the judge's workers ran its experts: grouped_mm, eager, or dense.
                 "judge_experts": store.judge_experts()},
-        "rubric": rubric,
+        "rubric": {**rubric.describe(), "mode": run.judge_mode, "backend": run.judge_backend},
         "categories": categories,
-        "criteria": _criteria_stats(criteria, all_results, sum(c["pairs"] for c in categories.values())),
+        "criteria": _criteria_stats(rubric, all_results, {n: c["pairs"] for n, c in categories.items()}),
         "scoring": _sources(all_results),
         "overall": {"n": len(all_scores), **{k: v for k, v in _stats(all_scores).items()
                                             if k in ("mean", "std", "ci95")},
                     "pairs": sum(c["pairs"] for c in categories.values()), "failed": len(failed_keys)},
+        "protocol": protocol_tables(rubric, lines, list(categories)),
         "failures": failures,
         "swaps": store.swaps(),
         "phases": _phase_seconds(store),
@@ -87,6 +95,8 @@ def _result(item: dict[str, Any], scored: dict[str, Any], edited: dict[str, Any]
     the reasoning mode) and, for a one-criterion rubric, its probabilities as before."""
     result = {"pair_id": item["pair_id"], "score": scored["score"], "edited_image": edited["edited_path"],
               "criteria": scored.get("criteria", {})}
+    if "fields" in item:  # the benchmark's own record fields (language, subtask, ...)
+        result["fields"] = item["fields"]
     if "probabilities" in scored:
         result["probabilities"] = scored["probabilities"]
     for name in ("edit_seconds", "step_cache"):  # step_cache: passes the cache skipped in this edit
@@ -95,19 +105,17 @@ def _result(item: dict[str, Any], scored: dict[str, Any], edited: dict[str, Any]
     return result
 
 
-def _rubric(run: EditbenchRunSettings) -> dict[str, Any]:
-    rubric = rubric_from_templates(run.judge_rubric, run.prompt_templates)
-    return {**rubric.describe(), "mode": run.judge_mode, "backend": run.judge_backend}
-
-
-def _criteria_stats(names: list[str], results: list[dict[str, Any]], pairs: int) -> dict[str, Any]:
-    """Per criterion: n, mean, std (with the mean's 95% interval), and failed (pairs without a score for it)."""
+def _criteria_stats(rubric: Rubric, results: list[dict[str, Any]], pairs: dict[str, int]) -> dict[str, Any]:
+    """Per criterion: n, mean, std (with the mean's 95% interval), and failed (pairs of the
+    categories it is scored in, ``pairs`` by category, without a score for it)."""
     out = {}
-    for name in names:
-        scores = [r["criteria"][name]["score"] for r in results if name in r.get("criteria", {})]
+    for criterion in rubric.criteria:
+        scores = [r["criteria"][criterion.name]["score"] for r in results
+                  if criterion.name in r.get("criteria", {})]
         stats = _stats(scores)
-        out[name] = {"n": len(scores), "mean": stats["mean"], "std": stats["std"], "ci95": stats["ci95"],
-                     "failed": pairs - len(scores)}
+        applicable = sum(n for category, n in pairs.items() if criterion.applies(category))
+        out[criterion.name] = {"n": len(scores), "mean": stats["mean"], "std": stats["std"],
+                               "ci95": stats["ci95"], "failed": applicable - len(scores)}
     return out
 
 
@@ -152,12 +160,14 @@ def _phase_seconds(store: RunStore) -> dict[str, dict[str, float]]:
 
 
 def write_editbench_report(store: RunStore, output: Path) -> dict[str, Any]:
-    """Write the JSON report and, beside it, ``<name>.png``: the chart of per-category means."""
+    """Write the JSON report and, beside it, ``<name>.png`` (the chart of per-category means)
+    and ``<name>.md`` (the protocol's tables)."""
     output = Path(output)
     report = redact_values(editbench_report(store))  # stored by earlier versions, or by hand
-    chart = output.with_suffix(".png")
-    report["chart"] = str(chart)
+    chart, markdown = output.with_suffix(".png"), output.with_suffix(".md")
+    report["chart"], report["markdown"] = str(chart), str(markdown)
     write_atomic(chart, render_chart(report))
+    write_atomic(markdown, report_markdown(report).encode("utf-8"))
     write_json_atomic(output, report)
     return report
 
@@ -203,7 +213,21 @@ def png_bytes(fig) -> bytes:
 
 
 def render_chart(report: dict[str, Any]) -> bytes:
-    """PNG bytes of a bar chart: mean score per category with its 95% interval, and n on each bar."""
+    """PNG bytes of ``chart_figure``."""
+    import matplotlib.pyplot as plt
+
+    fig = chart_figure(report)
+    try:
+        return png_bytes(fig)
+    finally:
+        plt.close(fig)
+
+
+def chart_figure(report: dict[str, Any]):
+    """The bar chart of per-category means: with one criterion, each with its 95% interval and
+    n; with several, each criterion's mean and the overall side by side; with the protocol's
+    columns (a language, a subset), the overall mean of each column side by side. A mean that
+    does not exist is marked n/a, with no bar. The caller closes the figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -211,50 +235,63 @@ def render_chart(report: dict[str, Any]) -> bytes:
 
     names = list(report["categories"])
     labels, font = chart_labels(names)
-    means = [report["categories"][n]["mean"] or 0.0 for n in names]
     criteria = report["rubric"]["criteria"]
+    columns = [c["name"] for c in report["protocol"]["columns"]]
     low, high = report["rubric"]["scale"]
-    width = 1.3 if len(criteria) == 1 else 0.35 * (len(criteria) + 1) + 0.5
+    series = len(columns) if len(columns) > 1 else len(criteria) + (len(criteria) > 1)
+    width = 1.3 if series == 1 else 0.35 * series + 0.5
     fig, ax = plt.subplots(figsize=(max(4.0, width * len(names) + 1), 3.6), dpi=100)
-    try:
-        if len(criteria) > 1:
-            _criteria_bars(ax, report, names, criteria)
-        else:
-            bars = ax.bar(range(len(names)), means, color="#4c72b0",
-                          yerr=error_bars([report["categories"][n] for n in names]), capsize=4,
-                          error_kw={"elinewidth": 1, "ecolor": "#333333"})
-            for bar, name in zip(bars, names):
-                cat = report["categories"][name]
-                top = (cat.get("ci95") or [0, bar.get_height()])[1]
-                ax.annotate(f"{cat['mean']:.2f}\nn={cat['count']}" if cat["mean"] is not None else "n=0",
-                            (bar.get_x() + bar.get_width() / 2, top),
-                            ha="center", va="bottom", fontsize=8)
-        ax.set_xticks(range(len(names)), labels, fontfamily=font or "sans-serif")
-        ax.set_ylim(0, high * (1.1 if len(criteria) == 1 else 1.35))
-        ax.set_ylabel(f"mean score ({low}-{high})" + (", 95% interval" if len(criteria) == 1 else ""))
-        overall = report["overall"]["mean"]
-        ax.set_title(f"{report['run']['run_id']}: overall mean "
-                     f"{overall:.2f}" if overall is not None else report["run"]["run_id"], fontsize=9)
-        return png_bytes(fig)
-    finally:
-        plt.close(fig)
+    if len(columns) > 1:
+        rows = report["protocol"]["tables"].get("category", {}).get("rows", {})
+        _grouped_bars(ax, names, {c: [rows.get(n, {}).get(c, {"mean": None}) for n in names] for c in columns})
+    elif len(criteria) > 1:
+        _grouped_bars(ax, names, {name: [report["categories"][n]["criteria"][name] for n in names]
+                                  for name in criteria}
+                      | {"overall": [report["categories"][n] for n in names]})
+    else:
+        _single_bars(ax, report, names)
+    ax.set_xticks(range(len(names)), labels, fontfamily=font or "sans-serif")
+    ax.set_ylim(0, high * (1.1 if series == 1 else 1.35))
+    ax.set_ylabel(f"mean score ({low}-{high})" + (", 95% interval" if series == 1 else ""))
+    ax.set_title(_chart_title(report), fontsize=9)
+    return fig
 
 
-def _criteria_bars(ax, report: dict[str, Any], names: list[str], criteria: list[str]) -> None:
-    """One bar per criterion in each category's group, and the overall score last."""
-    series = [*criteria, "overall"]
+def _chart_title(report: dict[str, Any]) -> str:
+    protocol = report["protocol"]
+    shown = [f"{name} {value:.2f}" for name, value in protocol["headline"].items() if value is not None]
+    if not shown:
+        return report["run"]["run_id"]
+    return f"{report['run']['run_id']}: {protocol['average']} mean " + ", ".join(shown)
+
+
+def _single_bars(ax, report: dict[str, Any], names: list[str]) -> None:
+    cats = [report["categories"][n] for n in names]
+    scored = [i for i, cat in enumerate(cats) if cat["mean"] is not None]
+    bars = ax.bar(scored, [cats[i]["mean"] for i in scored], color="#4c72b0",
+                  yerr=error_bars([cats[i] for i in scored]), capsize=4,
+                  error_kw={"elinewidth": 1, "ecolor": "#333333"})
+    for bar, i in zip(bars, scored):
+        top = (cats[i].get("ci95") or [0, bar.get_height()])[1]
+        ax.annotate(f"{cats[i]['mean']:.2f}\nn={cats[i]['count']}", (bar.get_x() + bar.get_width() / 2, top),
+                    ha="center", va="bottom", fontsize=8)
+    for i, cat in enumerate(cats):
+        if cat["mean"] is None:
+            ax.annotate(f"n/a\n{cat.get('failed', 0)} failed", (i, 0), ha="center", va="bottom", fontsize=8)
+
+
+def _grouped_bars(ax, names: list[str], series: dict[str, list[dict[str, Any]]]) -> None:
+    """One bar per series in each category's group; n/a where a series has no mean there."""
     step = 0.8 / len(series)
-    for i, series_name in enumerate(series):
-        means, counts = [], []
-        for name in names:
-            cat = report["categories"][name]
-            stats = cat if series_name == "overall" else cat["criteria"][series_name]
-            means.append(stats["mean"] or 0.0)
-            counts.append(stats["count"] if series_name == "overall" else stats["n"])
-        offsets = [x - 0.4 + step * (i + 0.5) for x in range(len(names))]
-        bars = ax.bar(offsets, means, width=step, label=series_name,
-                      color="#555555" if series_name == "overall" else None)
-        for bar, mean in zip(bars, means):
-            ax.annotate(f"{mean:.1f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+    for i, (label, stats) in enumerate(series.items()):
+        xs = [x - 0.4 + step * (i + 0.5) for x in range(len(names))]
+        present = [j for j, s in enumerate(stats) if s.get("mean") is not None]
+        bars = ax.bar([xs[j] for j in present], [stats[j]["mean"] for j in present], width=step, label=label,
+                      color="#555555" if label == "overall" else f"C{i}")
+        for bar, j in zip(bars, present):
+            ax.annotate(f"{stats[j]['mean']:.1f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                         ha="center", va="bottom", fontsize=6)
+        for j, s in enumerate(stats):
+            if s.get("mean") is None:
+                ax.annotate("n/a", (xs[j], 0), ha="center", va="bottom", fontsize=6, rotation=90)
     ax.legend(fontsize=7, ncols=min(len(series), 5), loc="upper center")

@@ -13,7 +13,10 @@ The documented answer format (reasoning judges, endpoint judges) is read by
 - else the ``"score"`` of the last JSON object in the answer (``{"reason": "...", "score": 7}``).
 
 An integer outside the scale, or none of these, is no score: the item fails with the
-answer attached. Nothing is guessed and nothing is scored 0 in its place. Pure Python.
+answer attached. Nothing is guessed and nothing is scored 0 in its place.
+
+A rubric whose ``scoring`` is ``stated`` takes that integer as the score (``stated_score``),
+as the public benchmarks' scorers do, rather than the expectation. Pure Python.
 """
 
 from __future__ import annotations
@@ -26,7 +29,10 @@ from typing import Mapping, Sequence
 # How a criterion's score was obtained, as the report lists it.
 FROM_LOGITS = "logits"  # the local judge: expectation under its next-token distribution
 FROM_LOGPROBS = "logprobs"  # an endpoint's top_logprobs: the same expectation
-FROM_ANSWER = "answer"  # the integer the answer states (no probabilities were available)
+FROM_ANSWER = "answer"  # the integer the answer states (stated scoring, or no probabilities available)
+
+# Enough for the answer "10" and its end when the judge is asked for the integer alone.
+SCORE_MODE_TOKENS = 4
 
 
 @dataclass
@@ -92,6 +98,16 @@ def find_stated_score(answer: str, values: Sequence[int]) -> StatedScore | None:
         last = lines[-1]
         return _within(StatedScore(int(last.group(1)), last.start(1)), values)
     return _within(_json_score(answer), values)
+
+
+def stated_score(answer: str, values: Sequence[int], rationale: str | None = None) -> "JudgeScore | JudgeFailure":
+    """The integer ``answer`` states, as the score (all its probability on that value), or a
+    failure with the answer attached when it states none on the scale."""
+    stated = find_stated_score(answer, values)
+    if stated is None:
+        return JudgeFailure(unreadable(answer, values))
+    return JudgeScore(score=float(stated.value), source=FROM_ANSWER, rationale=rationale,
+                      probabilities={str(v): float(v == stated.value) for v in values})
 
 
 def unreadable(answer: str, values: Sequence[int]) -> str:

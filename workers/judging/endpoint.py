@@ -30,9 +30,9 @@ from typing import Any, Sequence
 from PIL import Image
 
 from config.settings import API_KEY_ENV_PROBLEM, looks_like_variable_name
-from shared.editbench.judge_scores import (FROM_ANSWER, FROM_LOGPROBS, JudgeFailure, JudgeScore, StatedScore,
+from shared.editbench.judge_scores import (FROM_LOGPROBS, SCORE_MODE_TOKENS, JudgeFailure, JudgeScore, StatedScore,
                                  expectation, find_stated_score, first_digits, scale_probabilities,
-                                 unreadable)
+                                 stated_score)
 from shared.redaction import add_secret, add_url_secrets, redact, without_password
 from workers.judging.chat_completion import NotAChatCompletion, completion_problem, parse_chat_completion
 from workers.judging.endpoint_requests import ChatCompletions, EndpointError
@@ -40,8 +40,6 @@ from workers.judging.judge import JudgeItem
 
 log = logging.getLogger(__name__)
 
-# Enough for the answer "10" and its end in the score mode.
-SCORE_MODE_TOKENS = 4
 # As many alternatives per position as OpenAI allows: the scale's 10 digits fit.
 TOP_LOGPROBS = 20
 # How much of an answer that is not a chat completion a failure shows.
@@ -55,13 +53,14 @@ class EndpointJudge:
 
     def __init__(self, base_url: str, model: str, *, api_key_env: str, logprobs: bool,
                  values: Sequence[int], reasoning_tokens: int, concurrency: int,
-                 timeout_seconds: float, max_retries: int) -> None:
+                 timeout_seconds: float, max_retries: int, stated: bool = False) -> None:
         self.base_url = base_url
         self.model = model
         self.logprobs = logprobs
         self.values = tuple(values)
         self.max_tokens = reasoning_tokens or SCORE_MODE_TOKENS
         self.reasoning = bool(reasoning_tokens)
+        self.stated = stated  # the rubric's scoring takes the stated integer, whatever the logprobs say
         self.concurrency = concurrency
         api_key = _api_key(api_key_env)
         # Whatever the server echoes (the key in a 401, the URL), reasons and logs go without them.
@@ -89,7 +88,7 @@ class EndpointJudge:
         except NotAChatCompletion as exc:
             return JudgeFailure(redact(f"{where} sent something that is not a chat completion ({exc}); "
                                        f"its first bytes: {body[:FIRST_BYTES]!r}"))
-        return score_from_response(response, self.values, reasoning=self.reasoning)
+        return score_from_response(response, self.values, reasoning=self.reasoning, stated=self.stated)
 
     def request(self, item: JudgeItem) -> dict[str, Any]:
         """The chat-completions request of one row."""
@@ -109,24 +108,22 @@ class EndpointJudge:
         return request
 
 
-def score_from_response(response: dict[str, Any], values: Sequence[int], *, reasoning: bool
-                        ) -> JudgeScore | JudgeFailure:
+def score_from_response(response: dict[str, Any], values: Sequence[int], *, reasoning: bool,
+                        stated: bool = False) -> JudgeScore | JudgeFailure:
     """A row's result from a chat-completions response (as JSON): the logprobs' expectation
-    where the answer states its score, else the stated integer; a failure if none is stated."""
+    where the answer states its score, else (or when ``stated``) the stated integer; a failure
+    if none is stated."""
     problem = completion_problem(response)
     if problem:
         return JudgeFailure(f"the judge endpoint sent something that is not a chat completion ({problem})")
     choice = response["choices"][0]
     answer = choice["message"]["content"] or ""
-    stated = find_stated_score(answer, values)
-    if stated is None:
-        return JudgeFailure(unreadable(answer, values))
     rationale = answer if reasoning else None
+    position = find_stated_score(answer, values)
     content = (choice.get("logprobs") or {}).get("content") or []
-    probabilities = _logprob_probabilities(content, stated, values)
+    probabilities = _logprob_probabilities(content, position, values) if position is not None and not stated else None
     if probabilities is None:
-        return JudgeScore(score=float(stated.value), source=FROM_ANSWER, rationale=rationale,
-                          probabilities={str(v): float(v == stated.value) for v in values})
+        return stated_score(answer, values, rationale)
     return JudgeScore(score=expectation(probabilities, values), probabilities=probabilities,
                       source=FROM_LOGPROBS, rationale=rationale)
 

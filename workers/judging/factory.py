@@ -30,7 +30,7 @@ def judge_for(host: ModelHost, run: EditbenchRunSettings):
         url = endpoint_url(run.judge_endpoint_url, host.settings.judge_endpoint_url)
         return _endpoint_judge(host.settings, url, run.judge_endpoint_model,
                                run.judge_endpoint_api_key_env, run.judge_endpoint_logprobs,
-                               rubric.values, run.judge_reasoning_tokens)
+                               rubric.values, run.judge_reasoning_tokens, rubric.scoring == "stated")
     dtype = run_dtype(store.run_id, run.dtype, host.device)
     if store.stage_closed(EDIT_STAGE):
         # The phase controller says the run's last edit has finished: if the editor must
@@ -40,7 +40,8 @@ def judge_for(host: ModelHost, run: EditbenchRunSettings):
     store.add_judge_experts(experts_implementation(loaded.model))
     # The criteria of a pair go in one forward pass: the batch is pairs x criteria rows.
     return Judge(loaded.processor, loaded.model, batch_size=run.judge_batch_size * len(rubric.criteria),
-                 values=rubric.values, reasoning_tokens=run.judge_reasoning_tokens)
+                 values=rubric.values, reasoning_tokens=run.judge_reasoning_tokens,
+                 stated=rubric.scoring == "stated")
 
 
 def endpoint_url(stored: str, own: str) -> str:
@@ -57,13 +58,13 @@ def endpoint_url(stored: str, own: str) -> str:
 
 @functools.lru_cache(maxsize=4)
 def _endpoint_judge(settings: Settings, url: str, model: str, api_key_env: str, logprobs: bool,
-                    values: tuple[int, ...], reasoning_tokens: int):
+                    values: tuple[int, ...], reasoning_tokens: int, stated: bool):
     """One client per endpoint and process (its connection pool is reused across tasks)."""
     from workers.judging.endpoint import EndpointJudge
 
     try:
         return EndpointJudge(url, model, api_key_env=api_key_env, logprobs=logprobs, values=values,
-                             reasoning_tokens=reasoning_tokens,
+                             reasoning_tokens=reasoning_tokens, stated=stated,
                              concurrency=settings.judge_endpoint_concurrency,
                              timeout_seconds=settings.judge_endpoint_timeout_seconds,
                              max_retries=settings.judge_endpoint_max_retries)

@@ -15,6 +15,10 @@ is the expectation sum(s * P(s)) over the scale (shared/editbench/judge_scores.p
 The reasoning mode (``reason``) first generates an answer (a rationale, then the score in
 the documented format), then reads the score where the answer states it: one forward over
 prompt + the answer up to the score + "1" gives the same two distributions there.
+
+With ``stated`` (a rubric whose scoring is ``stated``) the judge answers greedily (the integer
+alone, or a rationale then the score in the reasoning mode) and its score is the integer the
+answer states; an answer that states none is a JudgeFailure with the answer attached.
 """
 
 from __future__ import annotations
@@ -27,8 +31,8 @@ import torch
 from PIL import Image
 from transformers import PreTrainedModel, ProcessorMixin
 
-from shared.editbench.judge_scores import (FROM_LOGITS, JudgeFailure, JudgeScore, expectation, find_stated_score,
-                                 first_digits, unreadable)
+from shared.editbench.judge_scores import (FROM_LOGITS, SCORE_MODE_TOKENS, JudgeFailure, JudgeScore, expectation,
+                                 find_stated_score, first_digits, stated_score, unreadable)
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +56,8 @@ class Judge:
     """
 
     def __init__(self, processor: ProcessorMixin, model: PreTrainedModel, *, batch_size: int,
-                 values: tuple[int, ...] = SCALE_0_10, reasoning_tokens: int = 0) -> None:
+                 values: tuple[int, ...] = SCALE_0_10, reasoning_tokens: int = 0,
+                 stated: bool = False) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         if not values or min(values) < 0 or max(values) > 10:
@@ -63,6 +68,7 @@ class Judge:
         self.values = tuple(values)
         # 0: score the answer's first token; else generate up to this many tokens first.
         self.reasoning_tokens = reasoning_tokens
+        self.stated = stated
         # Every row must end at the same column for the last two positions to be "before 1" and "after 1".
         self.processor.tokenizer.padding_side = "left"
         self.digit_ids = _digit_token_ids(processor.tokenizer)
@@ -86,11 +92,19 @@ class Judge:
         scores: list[JudgeScore | JudgeFailure] = []
         for start in range(0, len(items), self.batch_size):
             batch = items[start : start + self.batch_size]
-            if self.reasoning_tokens:
+            if self.stated:
+                scores.extend(self.stated_scores(batch))
+            elif self.reasoning_tokens:
                 scores.extend(self.score_answers(batch, self._generate(batch, self.reasoning_tokens)))
             else:
                 scores.extend(self._score_batch(batch))
         return scores
+
+    def stated_scores(self, items: list[JudgeItem]) -> list[JudgeScore | JudgeFailure]:
+        """Each row's greedy answer read for the integer it states (stated scoring)."""
+        answers = self._generate(items, self.reasoning_tokens or SCORE_MODE_TOKENS)
+        return [stated_score(answer, self.values, answer if self.reasoning_tokens else None)
+                for answer in answers]
 
     def score_answers(self, items: list[JudgeItem], answers: list[str]) -> list[JudgeScore | JudgeFailure]:
         """Each row's score at the place its ``answer`` states it (teacher-forced), or a failure."""

@@ -110,7 +110,8 @@ def _score_pending(store: RunStore, keys: list[str]) -> dict[str, int]:
         if failures:
             store.mark_failed(SCORE_STAGE, key, "; ".join(failures))
             continue
-        store.mark_done(SCORE_STAGE, key, {**_score_record(judging.rubric, rows),
+        category = pending[key]["category"]
+        store.mark_done(SCORE_STAGE, key, {**_score_record(judging.rubric, rows, category),
                                            "started_at": started, "finished_at": finished,
                                            "worker": worker_name()})
         scored += 1
@@ -119,13 +120,14 @@ def _score_pending(store: RunStore, keys: list[str]) -> dict[str, int]:
     return {"scored": scored}
 
 
-def _score_record(rubric, rows: dict) -> dict:
-    """The pair's stored result: its overall score and each criterion's. A one-criterion
-    rubric keeps the earlier shape too (``probabilities`` of its one score)."""
+def _score_record(rubric, rows: dict, category: str) -> dict:
+    """The pair's stored result: its overall score and each criterion's (those of its category).
+    A one-criterion rubric keeps the earlier shape too (``probabilities`` of its one score)."""
     criteria = {name: {"score": r.score, "probabilities": r.probabilities, "source": r.source,
                        **({"rationale": r.rationale} if r.rationale is not None else {})}
                 for name, r in rows.items()}
-    record = {"score": rubric.overall({name: r.score for name, r in rows.items()}), "criteria": criteria}
+    record = {"score": rubric.overall({name: r.score for name, r in rows.items()}, category),
+              "criteria": criteria}
     if len(rows) == 1:
         [only] = rows.values()
         record["probabilities"] = only.probabilities
@@ -165,7 +167,8 @@ def _scored_rows(judge, batch: dict[str, dict]) -> dict[str, dict]:
 
 
 def _judge_inputs(store: RunStore, pending: dict[str, dict], judging) -> dict[str, dict]:
-    """key -> {criterion -> JudgeItem}; a pair whose images cannot be read fails alone."""
+    """key -> {criterion -> JudgeItem}, the criteria of the pair's category; a pair whose images
+    cannot be read fails alone."""
     from workers.judging.judge import JudgeItem
 
     batch = {}
@@ -176,13 +179,14 @@ def _judge_inputs(store: RunStore, pending: dict[str, dict], judging) -> dict[st
             store.mark_failed(SCORE_STAGE, key, str(exc))
             continue
         rows = {}
-        for name, prompts in judging.prompts.items():
+        for criterion in judging.rubric.criteria_for(item["category"]):
+            prompts = judging.prompts[criterion.name]
             prompt = prompts.get_full_prompt(item["category"], item.get("original_description"),
                                              item["edit_instruction"], pair_fields(item))
             user = prompt["user_prompt"]
             if judging.reasoning_suffix is not None:
                 user = f"{user}\n\n{judging.reasoning_suffix}"
-            rows[name] = JudgeItem(original_image=original, edited_image=edited,
+            rows[criterion.name] = JudgeItem(original_image=original, edited_image=edited,
                                    system_prompt=prompt["system_prompt"], user_prompt=user)
         batch[key] = rows
     return batch
