@@ -56,13 +56,13 @@ def gedit_run(redis_client, tmp_path) -> RunStore:
     en, cn = "en", "cn"
     return filled_store(redis_client, "gedit", [
         # GEdit's pair identity is its key and language. SC x PQ in the comments.
-        ("background_change", "en/1", {"language": en, "intersection": True}, gedit(8, 6, 9, 4)),    # 6 x 4
-        ("background_change", "en/2", {"language": en, "intersection": False}, gedit(10, 10, 9, 9)),  # 10 x 9
-        ("background_change", "cn/1", {"language": cn, "intersection": True}, gedit(4, 9, 1, 9)),    # 4 x 1
-        ("color_alter", "en/1", {"language": en, "intersection": True}, gedit(9, 9, 4, 4)),          # 9 x 4
-        ("color_alter", "cn/1", {"language": cn, "intersection": False}, None),
-        ("style_change", "en/1", {"language": en, "intersection": True}, None),
-        ("style_change", "cn/1", {"language": cn, "intersection": True}, None),
+        ("background_change", "en/1", {"instruction_language": en, "Intersection_exist": True}, gedit(8, 6, 9, 4)),    # 6 x 4
+        ("background_change", "en/2", {"instruction_language": en, "Intersection_exist": False}, gedit(10, 10, 9, 9)),  # 10 x 9
+        ("background_change", "cn/1", {"instruction_language": cn, "Intersection_exist": True}, gedit(4, 9, 1, 9)),    # 4 x 1
+        ("color_alter", "en/1", {"instruction_language": en, "Intersection_exist": True}, gedit(9, 9, 4, 4)),          # 9 x 4
+        ("color_alter", "cn/1", {"instruction_language": cn, "Intersection_exist": False}, None),
+        ("style_change", "en/1", {"instruction_language": en, "Intersection_exist": True}, None),
+        ("style_change", "cn/1", {"instruction_language": cn, "Intersection_exist": True}, None),
     ], tmp_path)
 
 
@@ -97,7 +97,7 @@ def test_gedit_tables_by_task_type_language_and_intersection(gedit_run) -> None:
                                                   "cn": o3, "cn / intersection": o3})
     # Each pair keeps its benchmark fields.
     [first, _] = report["categories"]["background_change"]["results"][:2]
-    assert first["fields"] == {"language": "en", "intersection": True}
+    assert first["fields"] == {"instruction_language": "en", "Intersection_exist": True}
 
 
 def test_the_markdown_and_the_chart_show_a_category_without_a_score_as_n_a(gedit_run, tmp_path) -> None:

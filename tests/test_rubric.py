@@ -56,8 +56,8 @@ def test_each_benchmark_has_its_protocol_rubric() -> None:
     gedit, templates = _rubric("gedit")
     assert (gedit.values, gedit.scoring, gedit.formula) == (tuple(range(11)), "stated", "viescore")
     assert gedit.overall({"edit_success": 9, "overediting": 4, "naturalness": 9, "artifacts": 10}) == 6.0
-    assert gedit.report.average == "macro" and gedit.report.split_by == ("language",)
-    assert dict(gedit.report.subsets) == {"intersection": {"intersection": True}}
+    assert gedit.report.average == "macro" and gedit.report.split_by == ("instruction_language",)
+    assert dict(gedit.report.subsets) == {"intersection": {"Intersection_exist": True}}
     prompts = criterion_prompts(gedit, SHIPPED, templates)
     assert "OVER-EDITING" in prompts["overediting"].get_full_prompt("x", "a ball", "move it")["system_prompt"]
 

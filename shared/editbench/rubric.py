@@ -7,7 +7,7 @@ A rubric is a folder ``<prompts_dir>/rubrics/<name>/`` with a ``rubric.json``::
      "criteria": [{"name": "instruction_following", "prompts": "instruction_following", "weight": 1},
                   {"name": "knowledge", "categories": ["physics", "chemistry"]}, ...],
      "overall": {"formula": "mean"},
-     "report": {"average": "macro", "split_by": ["language"]}}
+     "report": {"average": "macro", "split_by": ["instruction_language"]}}
 
 - each criterion's ``prompts`` is a folder (relative to the rubric's) of judge templates laid
   out as the prompts directory is today: ``default.system.txt``, ``default.user.txt`` and
@@ -30,7 +30,7 @@ A rubric is a folder ``<prompts_dir>/rubrics/<name>/`` with a ``rubric.json``::
   pairs, the default) or ``macro`` (over the rows' means); ``rows_by`` the tables' rows
   (``category``, the default, and record fields such as ``subtask``); ``split_by`` record
   fields whose values make the columns (``language``); ``subsets`` named columns of the pairs
-  whose fields hold given values (``{"intersection": {"intersection": true}}``); ``shares``
+  whose fields hold given values (``{"intersection": {"Intersection_exist": true}}``); ``shares``
   the share of pairs meeting a condition (``{"accuracy": "all_criteria_at_max"}``).
 
 The rubric ``default`` is built in: today's single 0-10 score, its templates the prompts
