@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from benchmark_layouts import png, write_gedit_parquet, write_imgedit, write_kris, write_rise
+from conftest import run_producer
 from config import Settings
 from producer.editbench.export import MANIFEST, export_edits
 from producer.editbench.register import register_editbench
@@ -177,3 +178,15 @@ def test_rise_exports_edits_per_category_and_turns_a_jpeg_edit_into_png(tmp_path
     assert (np.asarray(exported.convert("RGB")) == np.asarray(Image.open(made / "logical_reasoning_1.jpg")
                                                               .convert("RGB"))).all()
     assert export.not_exported == []
+
+
+def test_edits_flags_that_cannot_be_used_stop_the_run_before_anything_is_registered(tmp_path):
+    env = {"EVALFLEET_WORK_DIR": str(tmp_path / "work")}
+    bench = write_rise(tmp_path / "RISEBench")
+    cases = [(["--layout", "kris"], "is the layout of the edits of --edits DIR"),
+             (["--edits", str(tmp_path / "nowhere")], "not a folder"),
+             (["--edits", str(tmp_path), "--lora", str(tmp_path / "a.safetensors")], "give one of them")]
+    for flags, said in cases:
+        proc = run_producer("run", "editbench", "--benchmark", str(bench), *flags, env=env, timeout=60)
+        assert proc.returncode == 2 and said in proc.stderr, proc.stdout + proc.stderr
+    assert not (tmp_path / "work" / "redis").exists()  # no Redis was started: nothing registered

@@ -53,7 +53,7 @@ def editor_summary(meta: dict[str, Any]) -> str:
 
 
 def check_edits_settings(settings: Settings) -> None:
-    """--edits is a folder, --layout one of the layouts and only given with --edits."""
+    """--edits is a folder, --layout one of the layouts and only given with it, no LoRA with it."""
     if settings.edits_layout and settings.edits_layout not in LAYOUTS:
         raise SettingsError(f"{ENV_PREFIX}EDITS_LAYOUT={settings.edits_layout!r} (--layout): use one of "
                             f"{', '.join(LAYOUTS)}")
@@ -62,6 +62,9 @@ def check_edits_settings(settings: Settings) -> None:
                             "(EVALFLEET_EDITS_DIR), which is not given")
     if settings.edits_dir and not Path(settings.edits_dir).is_dir():
         raise SettingsError(f"--edits {settings.edits_dir} (EVALFLEET_EDITS_DIR): not a folder")
+    if settings.edits_dir and settings.editor_loras:
+        raise SettingsError("--lora (EVALFLEET_EDITOR_LORAS) changes the editor, and with --edits "
+                            f"{settings.edits_dir} nothing is edited: give one of them")
 
 
 def find_edits(settings: Settings, benchmark_format: str, pairs: Iterable[BenchmarkPair]) -> ExternalEdits | None:
