@@ -114,6 +114,11 @@ class Settings:
     benchmark_format: str = ""
     benchmark_fields: str = ""
     benchmark_images: str = ""
+    # Edits made elsewhere (README, Public benchmarks): a folder of edited images judged instead
+    # of editing ("" = edit with editor_model), and its layout ("" = the benchmark's own format's,
+    # else flat; producer/editbench/edit_layouts.py).
+    edits_dir: str = ""
+    edits_layout: str = ""
     # Pairs scored in one judge batch.
     judge_batch_size: int = 4
     # GPU memory (GiB) the models of one worker process may hold; 0 means

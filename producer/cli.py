@@ -1,5 +1,6 @@
 """``python -m producer {run,enqueue,report,sample} {relations,editbench} ...``,
-``python -m producer status [--run NAME] [--json]``, ``python -m producer validate editbench FILE``
+``python -m producer status [--run NAME] [--json]``, ``python -m producer validate editbench FILE``,
+``python -m producer export editbench --run NAME --layout LAYOUT DIR``
 and ``python -m producer compare REPORT [REPORT ...] [--output FILE]``.
 
 Exit codes: 0 every item done; 1 the run finished but some items failed (the report
@@ -31,7 +32,7 @@ from producer.editbench.comparison import (ApproximateComparisonError, RubricCom
                                            comparison_files, comparison_markdown, load_run, write_comparison)
 from producer.embedded import EmbeddedRedis, InfrastructureError, LocalFleet, running_server_url
 from producer.interrupts import Interrupted
-from producer.job import Job, positive
+from producer.job import ExportError, Job, positive
 from producer.jobs import JOBS
 from producer.log_file import LogFile
 from producer.preflight import check_free_space_for, check_output_path, check_run_settings, check_writable_dir
@@ -146,18 +147,39 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     if args.output:
         check_output_path(Path(args.output))
     with broker_for(settings, watch=True) as (settings, _):
-        store = RunStore(connect(settings.store_url), args.run)
-        if not store.exists():
-            raise SystemExit(f"run {args.run!r} is not registered in this Redis "
-                             "(`python -m producer status` lists the runs)")
-        job, stored = JOBS[args.job], store.meta().get("job")
-        if stored != job.name:
-            raise SystemExit(f"run {args.run!r} is a run of the {stored} job, not {job.name}: "
-                             f"`python -m producer report {stored} --run {args.run}`")
+        job, store = _stored_run(args, settings)
         output = Path(args.output or job.report_name)
         failed = job.failures(job.write_report(store, output))
     _say(f"{len(failed)} failed: {output}")
     return EXIT_FAILED_ITEMS if failed else EXIT_OK
+
+
+def _stored_run(args: argparse.Namespace, settings: Settings) -> tuple[Job, RunStore]:
+    """The job and store of the registered run ``--run`` of the command's job (SystemExit otherwise)."""
+    store = RunStore(connect(settings.store_url), args.run)
+    if not store.exists():
+        raise SystemExit(f"run {args.run!r} is not registered in this Redis "
+                         "(`python -m producer status` lists the runs)")
+    job, stored = JOBS[args.job], store.meta().get("job")
+    if stored != job.name:
+        raise SystemExit(f"run {args.run!r} is a run of the {stored} job, not {job.name}: "
+                         f"`python -m producer {args.command} {stored} --run {args.run}`")
+    return job, store
+
+
+def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    """Write a run's outputs where a benchmark's own scorer reads them; exit 1 when some items
+    have none (listed), 2 when the export cannot be made (nothing written)."""
+    directory = Path(args.directory)
+    check_writable_dir(directory, "export DIR")
+    with broker_for(settings, watch=True) as (settings, _):
+        job, store = _stored_run(args, settings)
+        try:
+            text, complete = job.export(store, args.layout, directory)
+        except ExportError as exc:
+            raise SystemExit(str(exc)) from None
+    _say(text)
+    return EXIT_OK if complete else EXIT_FAILED_ITEMS
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -241,6 +263,16 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--output", help="default: " + " or ".join(job.report_name for job in JOBS.values()))
     # Its own log, as status's: a report of a running run does not write into the run's.
     report.set_defaults(func=cmd_report, log_name="report.log")
+
+    export = sub.add_parser("export", help="write a run's edits where a public benchmark's own evaluation "
+                                           "script reads them (exit 1: some pairs have none, listed)")
+    export.add_argument("job", choices=[job.name for job in JOBS.values() if job.export_layouts])
+    export.add_argument("--run", required=True, type=check_run_name)
+    export.add_argument("--layout", required=True,
+                        choices=sorted({layout for job in JOBS.values() for layout in job.export_layouts}),
+                        help="the benchmark whose scorer reads the folder")
+    export.add_argument("directory", help="the folder its scorer reads (created if needed)")
+    export.set_defaults(func=cmd_export, log_name="export.log")
 
     status = sub.add_parser("status", help="queue depths, run progress with rate and ETA, workers "
                                            "online and the models they hold")

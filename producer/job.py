@@ -17,6 +17,10 @@ from config import Settings
 from shared.store import RunStore
 
 
+class ExportError(Exception):
+    """An export cannot be made as asked; nothing was written."""
+
+
 def positive(text: str) -> int:
     """The type of a flag that counts something."""
     value = int(text)
@@ -46,6 +50,8 @@ class Job(ABC):
     enqueue_help: ClassVar[str | None] = None
     # Whether ``validate <name> FILE`` reads the job's input file.
     validates: ClassVar[bool] = False
+    # The layouts ``export <name> --layout L DIR`` writes a run's outputs in (none: no export).
+    export_layouts: ClassVar[tuple[str, ...]] = ()
 
     # --- command line ------------------------------------------------------------------
 
@@ -124,6 +130,11 @@ class Job(ABC):
     @abstractmethod
     def write_sample(self, directory: Path, args: argparse.Namespace) -> str:
         """Write the built-in sample into ``directory``; returns the flags that run it."""
+
+    def export(self, store: RunStore, layout: str, directory: Path) -> tuple[str, bool]:
+        """Write the run's outputs into ``directory`` as ``layout`` names them; what was written and
+        what was not (with why), and whether everything was. Only where ``export_layouts``."""
+        raise NotImplementedError(f"the {self.name} job has no export")
 
     def validate(self, path: Path, settings: Settings) -> tuple[str, bool]:
         """What ``path`` holds and what is wrong with it, read as a run reads it; and whether it

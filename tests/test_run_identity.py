@@ -119,6 +119,32 @@ def test_editbench_run_with_another_judge_or_prompts_is_refused(server, tmp_path
     assert run.store.progress(EDIT_STAGE).done == 0
 
 
+def test_edits_made_elsewhere_are_part_of_the_run_by_their_contents(server, tmp_path):
+    client = connect(server.url)
+    settings = Settings(broker_url=server.url, work_dir=tmp_path / "work")
+    benchmark = write_editbench_sample(tmp_path / "bench")
+    edits = tmp_path / "edits"
+    edits.mkdir()
+    for n, pair_id in enumerate(("物理-1", "物理-2", "环境-1")):  # flat: <pair id>.png
+        Image.new("RGB", (16, 16), (40 * n, 0, 0)).save(edits / f"{pair_id}.png")
+    plain = register_editbench(settings, client, benchmark)
+    made = settings.replace(edits_dir=str(edits))
+
+    first = register_editbench(made, client, benchmark)
+    assert first.run_id != plain.run_id
+    assert register_editbench(made, client, benchmark).run_id == first.run_id  # the same edits: resumed
+    moved = tmp_path / "moved"
+    edits.rename(moved)  # the folder's place is not the run's identity; its contents are
+    assert register_editbench(settings.replace(edits_dir=str(moved)), client, benchmark).run_id == first.run_id
+
+    Image.new("RGB", (16, 16), "white").save(moved / "物理-2.png")
+    changed = register_editbench(settings.replace(edits_dir=str(moved)), client, benchmark)
+    assert changed.run_id != first.run_id
+    with pytest.raises(RunMismatchError, match="edits: stored"):
+        register_editbench(settings.replace(edits_dir=str(moved)), client, benchmark, first.run_id)
+    assert first.store.meta()["editor"] == f"external ({moved})"  # the latest command's folder
+
+
 def test_run_editbench_with_another_judge_exits_2_before_waiting(server, model_cache, tmp_path):
     env = private_env(server, model_cache, tmp_path / "work")
     benchmark = write_editbench_sample(tmp_path / "bench")

@@ -9,7 +9,10 @@ from typing import Any, Callable
 from celery import Celery
 
 from config import FIELD_SEPARATOR, LORA_SEPARATOR, TINY_EDITORS, TINY_MODEL, Settings, SettingsError
+from producer.editbench.edit_layouts import EXPORT_LAYOUTS, LAYOUTS
 from producer.editbench.edit_speed import edit_speed
+from producer.editbench.export import export_edits, format_export
+from producer.editbench.external_edits import editor_summary
 from producer.editbench.phases import PHASE_SCOPES, PhaseController
 from producer.editbench.preflight import check_editbench_settings
 from producer.editbench.register import EditbenchRun, benchmark_reading, register_editbench
@@ -31,6 +34,7 @@ class EditbenchJob(Job):
     stages = (EDIT_STAGE, SCORE_STAGE)
     report_name = "editbench_report.json"
     validates = True
+    export_layouts = EXPORT_LAYOUTS
 
     def add_flags(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--benchmark", help="the benchmark: a file or a benchmark's folder "
@@ -42,6 +46,12 @@ class EditbenchJob(Job):
         parser.add_argument("--rubric", dest="judge_rubric",
                             help="the judge's rubric: default, viescore, kris, or a folder under "
                                  "<prompts dir>/rubrics/ (EVALFLEET_JUDGE_RUBRIC)")
+        parser.add_argument("--edits", dest="edits_dir", metavar="DIR",
+                            help="judge the edits in DIR, made elsewhere, instead of editing; each pair's "
+                                 "edit where --layout names it (EVALFLEET_EDITS_DIR)")
+        parser.add_argument("--layout", dest="edits_layout", choices=list(LAYOUTS),
+                            help="how the edits of --edits are named (default: the benchmark's own "
+                                 "scorer's for gedit, kris, imgedit, rise; else flat: DIR/<pair id>.png)")
         parser.add_argument("--lora", action="append", metavar="PATH[:SCALE]",
                             help="a LoRA on top of the editor (.safetensors file or a directory holding "
                                  "one), scale 1 by default; repeat for several (replaces "
@@ -60,7 +70,7 @@ class EditbenchJob(Job):
 
     def flag_settings(self, args: argparse.Namespace) -> dict[str, Any]:
         changes = {}
-        for name in ("benchmark_format", "benchmark_images"):
+        for name in ("benchmark_format", "benchmark_images", "edits_dir", "edits_layout"):
             if getattr(args, name, None) is not None:
                 changes[name] = getattr(args, name)
         if getattr(args, "field", None):
@@ -81,7 +91,8 @@ class EditbenchJob(Job):
                                     help="editbench: images as PNG files named by original_image_path")]
 
     def models(self, settings: Settings) -> list[tuple[str, str, tuple[str, ...]]]:
-        models = [("editor_model", settings.editor_model, TINY_EDITORS)]
+        # Edits made elsewhere need no editor.
+        models = [] if settings.edits_dir else [("editor_model", settings.editor_model, TINY_EDITORS)]
         if settings.judge_backend != "endpoint":  # the endpoint serves the judge: no model here
             models.append(("judge_model", settings.judge_model, (TINY_MODEL,)))
         return models
@@ -116,7 +127,7 @@ class EditbenchJob(Job):
         return report["failures"]
 
     def summary(self, report: dict[str, Any], output: Path) -> str:
-        lines = [f"run {report['run']['run_id']}",
+        lines = [f"run {report['run']['run_id']} (editor: {editor_summary(report['run'])})",
                  f"  {'category':<14}{'pairs':>6}{'scored':>7}{'failed':>7}{'mean':>8}"]
         for name, cat in report["categories"].items():
             mean = f"{cat['mean']:.3f}" if cat["mean"] is not None else "-"
@@ -142,6 +153,10 @@ class EditbenchJob(Job):
     def write_sample(self, directory: Path, args: argparse.Namespace) -> str:
         benchmark = write_editbench_sample(directory, args.shape or "category-map", args.image_files)
         return f"--benchmark {benchmark}"
+
+    def export(self, store: RunStore, layout: str, directory: Path) -> tuple[str, bool]:
+        export = export_edits(store, layout, directory)
+        return format_export(export), not export.not_exported
 
     def validate(self, path: Path, settings: Settings) -> tuple[str, bool]:
         prepared = prepare_benchmark(path, settings.data_root, benchmark_reading(settings))

@@ -51,7 +51,8 @@ class PhaseController:
         # edit stage is closed: only after the run's last edit phase.
         self.store.reopen_stage(EDIT_STAGE)
         for number, (label, keys) in enumerate(groups, 1):
-            self._phase(EDIT_STAGE, EDIT_TASK, self.settings.queue_edit, keys, 1, label)
+            if not self.run.external_edits:  # edits made elsewhere are registered done or failed
+                self._phase(EDIT_STAGE, EDIT_TASK, self.settings.queue_edit, keys, 1, label)
             if number == len(groups):
                 self.store.close_stage(EDIT_STAGE)
             score_keys = self._register_scores(keys)

@@ -9,6 +9,7 @@ from pathlib import Path
 from huggingface_hub import try_to_load_from_cache
 
 from config import ENV_PREFIX, TINY_EDITORS, Settings, SettingsError
+from producer.editbench.external_edits import check_edits_settings
 from producer.editbench.register import run_templates
 from shared.editbench.editor_families import FAMILIES, unsupported_message
 from shared.editbench.prompt_manager import PromptManager, PromptTemplateError
@@ -16,8 +17,10 @@ from shared.files import UnreadableFile, open_regular, read_utf8
 
 
 def check_editbench_settings(settings: Settings) -> None:
-    check_editor_family(settings.editor_model, settings.model_revision)
-    check_loras(settings)
+    check_edits_settings(settings)
+    if not settings.edits_dir:  # edits made elsewhere need no editor
+        check_editor_family(settings.editor_model, settings.model_revision)
+        check_loras(settings)
     try:
         PromptManager(settings.prompts)
     except (OSError, PromptTemplateError) as exc:

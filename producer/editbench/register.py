@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from config import FIELD_SEPARATOR, Settings, SettingsError
+from producer.editbench.external_edits import find_edits, mark_external_edits
 from producer.run_identity import claim_run
 from shared.artifacts import ArtifactStore
 from shared.editbench.data import PreparedBenchmark, prepare_benchmark
@@ -32,6 +33,7 @@ class EditbenchRun:
     store: RunStore
     keys_by_category: dict[str, list[str]]
     invalid: int
+    external_edits: bool = False  # the edits were made elsewhere (--edits): no edit phase
 
     @property
     def run_id(self) -> str:
@@ -123,7 +125,8 @@ def benchmark_reading(settings: Settings) -> Reading:
 # What an editbench run is: a run name with other values of these is another run.
 # ``benchmark_reading`` is stored only for a benchmark read otherwise than by default (a
 # format named or detected, a field mapping): runs of evalfleet's own shapes keep their ids.
-IDENTITY = ("inputs", "benchmark_reading", *EditbenchRunSettings.identity_keys())
+# ``edits`` (their layout and digests) only for a run of edits made elsewhere.
+IDENTITY = ("inputs", "benchmark_reading", "edits", *EditbenchRunSettings.identity_keys())
 
 
 def reading_identity(prepared: PreparedBenchmark) -> dict[str, Any]:
@@ -148,13 +151,16 @@ def register_editbench(settings: Settings, store_client, benchmark: Path,
     check_template_fields(templates, prepared)
     run = run_settings(settings, templates)
     reading = reading_identity(prepared)
-    run_id = run_name or derive_run_id("editbench", inputs, {**run.identity(), **reading})
+    edits = find_edits(settings, prepared.shape, prepared.pairs)
+    external = edits.identity() if edits else {}
+    run_id = run_name or derive_run_id("editbench", inputs, {**run.identity(), **reading, **external})
     store = RunStore(store_client, run_id)
     artifacts = ArtifactStore(settings.artifacts, run_id)
     claim_run(store, {"job": "editbench", "run_id": run_id, "created": time.time(),
                       "benchmark": str(benchmark), "benchmark_shape": prepared.shape,
                       "inputs": inputs_digest(inputs), **reading,
-                      "categories": prepared.categories, **run.record()},
+                      "categories": prepared.categories, **run.record(),
+                      **(edits.record() if edits else {})},
               IDENTITY, restart, artifacts.dir)
     items: dict[str, dict[str, Any]] = {}
     keys_by_category: dict[str, list[str]] = {c: [] for c in prepared.categories}
@@ -175,4 +181,6 @@ def register_editbench(settings: Settings, store_client, benchmark: Path,
     for key, reason in prepared.failures.items():
         store.mark_failed(EDIT_STAGE, key, reason)
         log.warning("not enqueued: %s", reason)
-    return EditbenchRun(store, keys_by_category, invalid=len(prepared.failures))
+    if edits:
+        mark_external_edits(store, items, edits)
+    return EditbenchRun(store, keys_by_category, invalid=len(prepared.failures), external_edits=edits is not None)
