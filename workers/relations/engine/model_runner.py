@@ -48,7 +48,8 @@ class ModelRunner:
         for chunk in plan.prefill:
             if isinstance(chunk.sequence, Prefix) and chunk.start == 0:
                 self._encode(chunk.sequence)
-        with self.clock.phase("steps"):
+        # Steps of running rows' next tokens alone, apart from those that also prefill.
+        with self.clock.phase("mixed" if plan.prefill else "decode"):
             chunks = plan.chunks
             offsets = token_offsets(plan)
             embeds, positions, deepstack = self._inputs(chunks, offsets)
