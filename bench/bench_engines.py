@@ -234,6 +234,10 @@ def run_engine(name: str, engine, images, texts, budgets, batch: int, floor: dic
         result["error"] = f"out of memory: {str(exc)[:200]}"
         print(result, flush=True)
         return result
+    except Exception as exc:  # report it; the other engines' runs still go
+        logging.exception("%s at batch %d failed", name, batch)
+        result["error"] = repr(exc)[:500]
+        return result
     finally:
         engine.release()
         empty_cache()
@@ -278,8 +282,8 @@ def bench(args) -> dict:
     print({k: v for k, v in result.items() if k != "runs"}, flush=True)
     profile_batch = max(int(b) for b in args.paged_batches.split(",")) if args.profile_dir else None
     with torch.inference_mode():
-        for name, engine, batches in (("slot", slot, args.slot_batches),
-                                      ("paged", paged, args.paged_batches)):
+        for name, engine, batches in (("paged", paged, args.paged_batches),
+                                      ("slot", slot, args.slot_batches)):
             for batch in [int(b) for b in batches.split(",") if b]:
                 profile = None
                 if name == "paged" and batch == profile_batch:
