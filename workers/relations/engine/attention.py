@@ -16,6 +16,7 @@ one sequence of queries.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -148,10 +149,9 @@ class FlashAttention:
             row_queries = queries[step.row_tokens]
             own = self.paged(row_queries, keys, values, step.row_tables, step.token_row,
                              step.token_used, step.block_size)
-            prefix = flash_varlen(row_queries, keys[step.prefix_slots], values[step.prefix_slots],
-                                  step.prefix_query_starts, step.prefix_starts,
-                                  step.most_prefix_queries, step.most_prefix, None)
-            output[step.row_tokens] = merge(prefix, own)
+            prefix = self._prefix_part(row_queries, keys[step.prefix_slots],
+                                       values[step.prefix_slots])
+            output[step.row_tokens] = merge_two(*prefix, *own)
         if step.chunk_tokens.numel():
             chunk = flash_varlen(queries[step.chunk_tokens].contiguous(), keys[step.chunk_slots],
                                  values[step.chunk_slots], step.chunk_query_starts,
@@ -159,3 +159,43 @@ class FlashAttention:
                                  step.most_chunk_keys, None, causal=True)
             output[step.chunk_tokens] = chunk[0]
         return output[None]
+
+    def _prefix_part(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor):
+        """Row tokens (N, H, D) over their images' prefixes. The ``group`` query heads that
+        share a kv head go in as ``group`` queries of that head: flash attention then reads
+        each prefix once per kv head, not per query head, and fills its 128-query tiles
+        ``group`` times fuller (an image's rows in a step are ~10-100 queries)."""
+        step = self.step
+        count, heads, dim = queries.shape
+        kv_heads = keys.shape[1]
+        group = heads // kv_heads
+        packed = queries.view(count, kv_heads, group, dim).transpose(1, 2)
+        output, lse = flash_varlen(packed.reshape(count * group, kv_heads, dim), keys, values,
+                                   step.prefix_query_starts * group, step.prefix_starts,
+                                   step.most_prefix_queries * group, step.most_prefix, None)
+        output = output.view(count, group, kv_heads, dim).transpose(1, 2).reshape(count, heads, dim)
+        lse = lse.reshape(count, group, kv_heads).transpose(1, 2).reshape(count, heads)
+        return output, lse
+
+
+def merge_two_parts(first: torch.Tensor, first_lse: torch.Tensor, second: torch.Tensor,
+                    second_lse: torch.Tensor) -> torch.Tensor:
+    """Outputs (N, H, D) of attention over two disjoint, non-empty key sets, with their
+    log-sum-exps (N, H), combined into attention over their union."""
+    lse = torch.logaddexp(first_lse, second_lse)[..., None]
+    combined = (first.float() * (first_lse[..., None] - lse).exp()
+                + second.float() * (second_lse[..., None] - lse).exp())
+    return combined.to(first.dtype)
+
+
+@functools.cache
+def _compiled_merge():
+    return torch.compile(merge_two_parts, fullgraph=True, dynamic=None)
+
+
+def merge_two(first, first_lse, second, second_lse) -> torch.Tensor:
+    """``merge_two_parts`` as one fused kernel (~10 small ones eager, per layer), compiled
+    once for every token count (only the first dim varies)."""
+    for tensor in (first, first_lse, second, second_lse):
+        torch._dynamo.maybe_mark_dynamic(tensor, 0)
+    return _compiled_merge()(first, first_lse, second, second_lse)
