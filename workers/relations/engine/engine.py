@@ -61,7 +61,7 @@ class PagedEngine:
     (``generate``, ``stats``, ``release``, ``cache_bytes``).
 
     Keys and values live in blocks of ``block_size`` tokens; each step runs every running
-    row's next token and up to ``step_tokens`` prefill tokens in one forward, eagerly.
+    row's next token and up to ``step_tokens`` prefill tokens in one forward (no CUDA graphs yet).
     """
 
     def __init__(self, processor: ProcessorMixin, model: PreTrainedModel, *,
