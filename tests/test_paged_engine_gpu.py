@@ -2,8 +2,9 @@
 
 In float32 (the torch reference attention) every row must equal ``model.generate``, for the
 tiny models and for Qwen3-VL-8B's shapes (real image sizes, ~1200-token prefixes, real mrope
-and deepstack; random weights, the text model cut to a few layers). In bf16 the flash
-attention backend must give the reference's outputs on a step that mixes decodes and prefill
+and deepstack; random weights, the text model cut to a few layers). In bf16 the paged kernel
+must give the plain reference's attention at the 8B's head shapes over scattered blocks, the
+flash attention backend the reference's outputs on a step that mixes decodes and prefill
 chunks of two images, and the full-size 8B (random bf16 weights) decodes a batch of 128 rows.
 """
 
@@ -24,6 +25,7 @@ from workers.relations.engine.attention import FlashAttention, ReferenceAttentio
 from workers.relations.engine.engine import PagedEngine
 from workers.relations.engine.kv_cache import BlockPool, KVCache
 from workers.relations.engine.model_runner import ModelRunner, token_offsets
+from workers.relations.engine.paged_attention import paged_attention, paged_attention_reference
 from workers.relations.engine.qwen3_vl import Qwen3VL
 from workers.relations.engine.scheduler import Row, Scheduler
 from workers.relations.generator import render_prompt
@@ -66,6 +68,24 @@ def test_tiny_models_on_cuda_in_float32_equal_generate(each_tiny_vlm_dir) -> Non
     engine = PagedEngine(processor, model, block_size=4, step_tokens=16)
     assert _greedy(engine, images, texts, 12, max_batch=3) == _reference(processor, model, images,
                                                                          texts, 12)
+
+
+def test_paged_kernel_equals_the_reference_over_scattered_blocks() -> None:
+    torch.manual_seed(0)
+    size, blocks, kv_heads, heads, dim = 16, 160, 8, 32, 128  # the 8B's heads
+    keys, values = (torch.randn(blocks * size, kv_heads, dim, dtype=torch.bfloat16, device="cuda")
+                    for _ in range(2))
+    tables = torch.randperm(blocks, device="cuda")[:150].view(3, 50).to(torch.int32)
+    # Rows' next tokens at lengths across block edges, and a prefill chunk of the last row.
+    token_row = torch.tensor([0, 0, 1, 1] + [2] * 40, dtype=torch.int32, device="cuda")
+    token_used = torch.tensor([1, 16, 17, 800] + list(range(600, 640)), dtype=torch.int32,
+                              device="cuda")
+    queries = torch.randn(len(token_row), heads, dim, dtype=torch.bfloat16, device="cuda") * dim**-0.5
+    output, lse = paged_attention(queries, keys, values, tables, token_row, token_used, size)
+    expected, expected_lse = paged_attention_reference(queries, keys, values, tables, token_row,
+                                                       token_used, size)
+    torch.testing.assert_close(output.float(), expected.float(), atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(lse, expected_lse, atol=1e-3, rtol=1e-3)
 
 
 def test_flash_attention_equals_the_reference_on_a_mixed_step(tiny_vlm_dir) -> None:

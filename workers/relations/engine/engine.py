@@ -38,12 +38,16 @@ class EngineStats:
     steps: int = 0
     rows: int = 0  # the most rows at once (EVALFLEET_MAX_BATCH, fewer for fewer prompts)
     live_row_steps: int = 0  # tokens picked for rows
+    mixed_steps: int = 0  # steps that also prefilled (the rest decoded running rows only)
+    # Tokens the steps ran: running rows' next tokens, rows' prefill, image prefixes.
+    tokens: dict[str, int] = field(default_factory=lambda: {"decode": 0, "rows": 0, "prefixes": 0})
     prefills: int = 0  # image prefixes
     preemptions: int = 0
     blocks: int = 0
     attention: str = ""  # the attention backend: flash or reference
     seconds: float = 0.0
-    # Seconds per phase: images (waited for the processor), vision (the vision tower), steps.
+    # Seconds per phase: images (waited for the processor), vision (the vision tower), decode
+    # (steps of running rows only), mixed (steps that also prefilled).
     phases: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -57,7 +61,7 @@ class PagedEngine:
     (``generate``, ``stats``, ``release``, ``cache_bytes``).
 
     Keys and values live in blocks of ``block_size`` tokens; each step runs every running
-    row's next token and up to ``step_tokens`` prefill tokens in one forward, eagerly.
+    row's next token and up to ``step_tokens`` prefill tokens in one forward (no CUDA graphs yet).
     """
 
     def __init__(self, processor: ProcessorMixin, model: PreTrainedModel, *,
@@ -139,11 +143,19 @@ class PagedEngine:
                 for row in scheduler.postprocess(plan, tokens):
                     if on_done is not None:
                         on_done(row.image, row.index, row.output)
-                self.stats.steps += 1
-                self.stats.live_row_steps += len(tokens)
+                self._count(plan, len(tokens))
             self.stats.rows, self.stats.prefills = max_rows, len(lengths)
             self.stats.preemptions, self.stats.blocks = scheduler.preemptions, blocks.blocks
         clock.host("images", inputs.waited)
+
+    def _count(self, plan, sampled: int) -> None:
+        stats = self.stats
+        stats.steps += 1
+        stats.live_row_steps += sampled
+        stats.mixed_steps += bool(plan.prefill)
+        stats.tokens["decode"] += len(plan.decode)
+        for chunk in plan.prefill:
+            stats.tokens["rows" if isinstance(chunk.sequence, Row) else "prefixes"] += chunk.count
 
     def _pool(self, lengths: dict[int, int], rows: list[Row], max_rows: int,
               cache_bytes: int | None) -> BlockPool:

@@ -8,6 +8,8 @@ vision tower when its first chunk runs; its embeddings are kept until its last c
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from workers.relations.cascade_attention import flash_available
@@ -36,6 +38,7 @@ class ModelRunner:
         self.flash = flash_available(model.device, model.dtype, model.head_dim)
         self.prefixes: dict[int, PrefixInputs] = {}  # images whose prefix is being prefilled
         self.next_position: dict[int, int] = {}  # the text position after each image's prefix
+        self.prefix_slots: dict[tuple[int, int], torch.Tensor] = {}  # (image, id) -> device slots
         config = model.model.generation_config
         generator = None
         if temperature > 0:
@@ -48,7 +51,8 @@ class ModelRunner:
         for chunk in plan.prefill:
             if isinstance(chunk.sequence, Prefix) and chunk.start == 0:
                 self._encode(chunk.sequence)
-        with self.clock.phase("steps"):
+        # Steps of running rows' next tokens alone, apart from those that also prefill.
+        with self.clock.phase("mixed" if plan.prefill else "decode"):
             chunks = plan.chunks
             offsets = token_offsets(plan)
             embeds, positions, deepstack = self._inputs(chunks, offsets)
@@ -82,7 +86,8 @@ class ModelRunner:
     def _inputs(self, chunks: list[Chunk], offsets: list[int]):
         """(embeddings (T, hidden), positions (3, T), deepstack features or None)."""
         device = self.model.device
-        ids, id_places, positions = [], [], torch.empty(3, offsets[-1], dtype=torch.long)
+        ids, id_places, id_positions = [], [], []
+        positions = torch.empty(3, offsets[-1], dtype=torch.long)
         prefix_parts, visual_places, visual_rows = [], [], []
         for chunk, offset in zip(chunks, offsets):
             places = slice(offset, offset + chunk.count)
@@ -90,8 +95,8 @@ class ModelRunner:
             if isinstance(sequence, Row):
                 ids += sequence.tokens(chunk.start, chunk.end)
                 id_places += range(offset, offset + chunk.count)
-                positions[:, places] = (self.next_position[sequence.image]
-                                        + torch.arange(chunk.start, chunk.end))
+                first = self.next_position[sequence.image]
+                id_positions += range(first + chunk.start, first + chunk.end)
                 continue
             inputs = self.prefixes[sequence.image]
             prefix_parts.append((offset, inputs.embeds[chunk.start:chunk.end]))
@@ -99,6 +104,8 @@ class ModelRunner:
             rank = inputs.visual_rank[chunk.start:chunk.end]
             visual_places.append(torch.nonzero(rank >= 0)[:, 0] + offset)
             visual_rows.append((inputs, rank[rank >= 0]))
+        if id_places:
+            positions[:, id_places] = torch.tensor(id_positions)
         embeds = torch.empty(offsets[-1], self.model.model.config.text_config.hidden_size,
                              dtype=self.model.dtype, device=device)
         if ids:
@@ -148,41 +155,71 @@ class ModelRunner:
         return group
 
     def flash_step(self, plan: StepPlan, offsets: list[int]) -> FlashStep:
-        chunks, device, i32 = plan.chunks, self.model.device, torch.int32
-        sequences = [chunk.sequence for chunk in chunks]
-        starts = torch.tensor([chunk.start for chunk in chunks])
-        counts = torch.tensor([chunk.count for chunk in chunks])
-        used = starts + counts
-        new = starts[:, None] + torch.arange(int(counts.max()))[None].minimum(counts[:, None] - 1)
-        new_slots = self._slots(sequences, new)[(torch.arange(new.shape[1])[None]
-                                                 < counts[:, None]).to(device)]
-        columns = self._columns(used)
-        own_slots = self._slots(sequences, columns)[(torch.arange(columns.shape[1])[None]
-                                                     < used[:, None]).to(device)]
-        by_image: dict[int, list[int]] = {}
-        for chunk, offset in zip(chunks, offsets):
+        """Built on the host in plain lists (a step has ~1,000 tokens of ~500 sequences), then
+        moved to the device in one copy per tensor."""
+        size, device = self.blocks.block_size, self.model.device
+        slots: list[int] = []
+        rows: list[Row] = []
+        by_image: dict[int, tuple[list[int], list[int], list[int]]] = {}
+        chunk_tokens, chunk_counts, chunk_slots, chunk_keys = [], [], [], []
+        for chunk, offset in zip(plan.chunks, offsets):
+            table = self.blocks.table(chunk.sequence)
+            slots += [table[p // size] * size + p % size for p in range(chunk.start, chunk.end)]
+            places = range(offset, offset + chunk.count)
             if isinstance(chunk.sequence, Row):
-                by_image.setdefault(chunk.sequence.image, []).extend(
-                    range(offset, offset + chunk.count))
+                tokens, token_row, token_used = by_image.setdefault(chunk.sequence.image,
+                                                                    ([], [], []))
+                tokens += places
+                token_row += [len(rows)] * chunk.count
+                token_used += range(chunk.start + 1, chunk.end + 1)
+                rows.append(chunk.sequence)
+                continue
+            chunk_tokens += places
+            chunk_counts.append(chunk.count)
+            chunk_keys.append(chunk.end)
+            chunk_slots += [table[p // size] * size + p % size for p in range(chunk.end)]
         prefixes = [plan.prefixes[image] for image in by_image]
-        prefix_slots = [self._slots([p], torch.arange(p.length)[None])[0] for p in prefixes]
-        query_counts = [len(tokens) for tokens in by_image.values()]
+        prefix_slots = [self._prefix_slots(prefix) for prefix in prefixes]
+        tables = [self.blocks.table(row) for row in rows]
+        width = max((len(table) for table in tables), default=1)
+        parts = list(by_image.values())
+        query_counts = [len(tokens) for tokens, _, _ in parts]
         lengths = [prefix.length for prefix in prefixes]
 
+        def long(values) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.long).to(device, non_blocking=True)
+
+        def int32(values) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.int32).to(device, non_blocking=True)
+
         def starts_of(sizes) -> torch.Tensor:
-            return torch.tensor([0, *sizes]).cumsum(0).to(device=device, dtype=i32)
+            return int32([0, *itertools.accumulate(sizes)])
 
         return FlashStep(
-            slots=new_slots, query_starts=starts_of(counts.tolist()), own_slots=own_slots,
-            own_starts=starts_of(used.tolist()), most_queries=int(counts.max()),
-            most_own=int(used.max()),
-            row_tokens=torch.tensor([t for tokens in by_image.values() for t in tokens],
-                                    dtype=torch.long, device=device),
+            slots=long(slots), block_size=size,
+            row_tokens=long([t for tokens, _, _ in parts for t in tokens]),
+            row_tables=int32([table + [0] * (width - len(table)) for table in tables] or [[0]]),
+            token_row=int32([r for _, token_row, _ in parts for r in token_row]),
+            token_used=int32([u for _, _, token_used in parts for u in token_used]),
             prefix_query_starts=starts_of(query_counts),
-            prefix_slots=(torch.cat(prefix_slots) if prefix_slots
-                          else torch.zeros(0, dtype=torch.long, device=device)),
+            prefix_slots=torch.cat(prefix_slots) if prefix_slots else long([]),
             prefix_starts=starts_of(lengths), most_prefix_queries=max(query_counts, default=0),
-            most_prefix=max(lengths, default=0))
+            most_prefix=max(lengths, default=0),
+            chunk_tokens=long(chunk_tokens), chunk_query_starts=starts_of(chunk_counts),
+            chunk_slots=long(chunk_slots), chunk_key_starts=starts_of(chunk_keys),
+            most_chunk_queries=max(chunk_counts, default=0),
+            most_chunk_keys=max(chunk_keys, default=0))
+
+    def _prefix_slots(self, prefix: Prefix) -> torch.Tensor:
+        """The cache slots of an image's prefix (its blocks are held whole while it is loaded)."""
+        key = (prefix.image, id(prefix))
+        if key not in self.prefix_slots:
+            size, table = self.blocks.block_size, self.blocks.table(prefix)
+            self.prefix_slots = {k: v for k, v in self.prefix_slots.items() if k[0] != prefix.image}
+            self.prefix_slots[key] = torch.tensor(
+                [table[p // size] * size + p % size for p in range(prefix.length)],
+                dtype=torch.long).to(self.model.device)
+        return self.prefix_slots[key]
 
     @staticmethod
     def _columns(used: torch.Tensor) -> torch.Tensor:

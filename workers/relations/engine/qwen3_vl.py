@@ -99,8 +99,10 @@ class Qwen3VL:
                 deepstack: tuple[torch.Tensor, list[torch.Tensor]] | None) -> torch.Tensor:
         """The text layers on one flat sequence of T tokens (embeddings (T, hidden) at
         positions (3, T)); the final-normed hidden states (T, hidden)."""
+        # On CUDA the elementwise work between the projections is compiled (one graph for
+        # every step's token count): eager, it was ~300 small kernels a step.
         hidden = run_text_layers(self.model, embeds[None], positions[:, None], attention,
-                                 compiled=False, deepstack=deepstack)
+                                 compiled=self.device.type == "cuda", deepstack=deepstack)
         return hidden[0]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

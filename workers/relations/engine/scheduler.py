@@ -54,6 +54,9 @@ class Row:
 
     def tokens(self, start: int, end: int) -> list[int]:
         """Its token ids ``start:end`` (suffix, then output)."""
+        known = len(self.suffix)
+        if start >= known:  # a running row's next token: no copy of the whole row
+            return self.output[start - known:end - known]
         return (self.suffix + self.output)[start:end]
 
 

@@ -1,0 +1,106 @@
+"""Attention of row tokens over their own keys in the paged cache: a Triton kernel.
+
+A row's own keys (its suffix and what it generated, ~100-600 tokens) live in blocks scattered
+over the cache. Gathering them into one run per step and layer, for flash attention's varlen
+kernel, moved every row's keys three times and ran a 128-query tile per (row, head) with one
+query in it: at batch 512 on an H200 that was 52 ms of a 83 ms step. Here one program per
+(query token, kv head) walks its row's block table and reads each key once, for the ``group``
+query heads that share the kv head, with an online softmax; it returns the output and the
+log-sum-exp, so the caller merges it with the prefix part. A prefill chunk's tokens are query
+tokens like any other (token ``j`` sees its row's keys ``0..used[j]-1``): they re-read the
+chunk's keys, which a chunk of ~100 tokens keeps in L2.
+
+``paged_attention_reference`` is the same in plain torch (the tests' reference).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK_KEYS = 64
+
+
+@triton.jit
+def _paged_kernel(
+    queries, keys, values, tables, token_row, token_used, output, lse,
+    query_token_stride, query_head_stride, key_slot_stride, key_head_stride, table_stride,
+    output_token_stride, output_head_stride, lse_token_stride,
+    BLOCK_SIZE: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, DIM: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    token = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    row = tl.load(token_row + token).to(tl.int64)
+    used = tl.load(token_used + token)
+    heads = kv_head * GROUP + tl.arange(0, GROUP_PAD)
+    head_ok = tl.arange(0, GROUP_PAD) < GROUP
+    dims = tl.arange(0, DIM)
+    query = tl.load(queries + token * query_token_stride + heads[:, None] * query_head_stride
+                    + dims[None, :], mask=head_ok[:, None], other=0.0)  # (GROUP_PAD, DIM)
+    maximum = tl.full([GROUP_PAD], float("-inf"), dtype=tl.float32)
+    total = tl.zeros([GROUP_PAD], dtype=tl.float32)
+    accumulator = tl.zeros([GROUP_PAD, DIM], dtype=tl.float32)
+    table = tables + row * table_stride
+    for start in range(0, used, BLOCK):
+        columns = start + tl.arange(0, BLOCK)
+        in_use = columns < used
+        block = tl.load(table + columns // BLOCK_SIZE, mask=in_use, other=0).to(tl.int64)
+        slots = block * BLOCK_SIZE + columns % BLOCK_SIZE
+        offsets = slots[:, None] * key_slot_stride + kv_head * key_head_stride + dims[None, :]
+        key = tl.load(keys + offsets, mask=in_use[:, None], other=0.0)  # (BLOCK, DIM)
+        value = tl.load(values + offsets, mask=in_use[:, None], other=0.0)
+        scores = tl.dot(query, tl.trans(key))  # (GROUP_PAD, BLOCK), float32
+        scores = tl.where(in_use[None, :], scores, float("-inf"))
+        new_maximum = tl.maximum(maximum, tl.max(scores, 1))
+        weights = tl.exp(scores - new_maximum[:, None])
+        rescale = tl.exp(maximum - new_maximum)
+        total = total * rescale + tl.sum(weights, 1)
+        accumulator = accumulator * rescale[:, None] + tl.dot(weights.to(value.dtype), value)
+        maximum = new_maximum
+    result = accumulator / total[:, None]
+    tl.store(output + token * output_token_stride + heads[:, None] * output_head_stride
+             + dims[None, :], result.to(output.dtype.element_ty), mask=head_ok[:, None])
+    tl.store(lse + token * lse_token_stride + heads, maximum + tl.log(total), mask=head_ok)
+
+
+def paged_attention(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                    tables: torch.Tensor, token_row: torch.Tensor, token_used: torch.Tensor,
+                    block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pre-scaled ``queries`` (N, H, D), token ``j`` over keys ``0..token_used[j]-1`` (>= 1)
+    of the row whose block table is ``tables[token_row[j]]`` (int32, (R, W)); ``keys`` and
+    ``values`` are the cache's (slots, kv_heads, D). (output (N, H, D), log-sum-exp (N, H) in
+    float32)."""
+    count, heads, dim = queries.shape
+    kv_heads = keys.shape[1]
+    group = heads // kv_heads
+    queries = queries.contiguous()
+    output = torch.empty_like(queries)
+    lse = torch.empty(count, heads, dtype=torch.float32, device=queries.device)
+    if count:
+        _paged_kernel[(count, kv_heads)](
+            queries, keys, values, tables, token_row, token_used, output, lse,
+            queries.stride(0), queries.stride(1), keys.stride(0), keys.stride(1), tables.stride(0),
+            output.stride(0), output.stride(1), lse.stride(0),
+            BLOCK_SIZE=block_size, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)),
+            DIM=dim, BLOCK=BLOCK_KEYS)
+    return output, lse
+
+
+def paged_attention_reference(queries, keys, values, tables, token_row, token_used,
+                              block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``paged_attention`` in float32 products, one token at a time."""
+    heads, kv_heads = queries.shape[1], keys.shape[1]
+    outputs, lses = [], []
+    for token in range(queries.shape[0]):
+        columns = torch.arange(int(token_used[token]), device=queries.device)
+        table = tables[int(token_row[token])].long()
+        slots = table[columns // block_size] * block_size + columns % block_size
+        key = keys[slots].float().repeat_interleave(heads // kv_heads, dim=1)  # (K, H, D)
+        value = values[slots].float().repeat_interleave(heads // kv_heads, dim=1)
+        scores = torch.einsum("hd,khd->hk", queries[token].float(), key)
+        lse = torch.logsumexp(scores, dim=-1)
+        outputs.append(torch.einsum("hk,khd->hd", (scores - lse[:, None]).exp(), value))
+        lses.append(lse)
+    return torch.stack(outputs).to(queries.dtype), torch.stack(lses)
