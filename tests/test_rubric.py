@@ -262,6 +262,10 @@ def test_criteria_and_weights_can_differ_per_category(tmp_path: Path) -> None:
     ({"criteria": [{"name": "a", "categories": []}]}, r"criteria\[0\]\.categories"),
     ({"criteria": [{"name": "a", "categories": ["x"]}, {"name": "b"}],
       "overall": {"formula": "viescore", "sc": ["a"], "pq": ["b"]}}, "every category"),
+    ({"criteria": [{"name": "a", "images": ["edited", "reference"]}]}, r"criteria\[0\]\.images"),
+    ({"criteria": [{"name": "a", "images": [{"field": "gt_img", "label": "GT"}]}]}, r"criteria\[0\]\.images"),
+    ({"criteria": [{"name": "a", "images": ["edited", "edited"]}]}, r"criteria\[0\]\.images"),
+    ({"fields": {"optional": "reference"}}, "fields"),
 ])
 def test_a_bad_protocol_field_names_the_file_and_field(tmp_path: Path, extra: dict, message: str) -> None:
     prompts = _own_rubric(tmp_path, {"scale": {"min": 1, "max": 5}, "criteria": [{"name": "a"}], **extra})
