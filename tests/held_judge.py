@@ -1,5 +1,6 @@
 """A judge endpoint (stdlib http.server on 127.0.0.1) that holds every request until the test
-releases it, then answers a chat completion scoring 7; and a one-command editbench run judged
+releases it, then answers a chat completion scoring 7 (or the answer it is given), keeping each
+request's body; and a one-command editbench run judged
 by it: a run with a score task in flight for as long as a test needs, without racing a clock.
 """
 
@@ -25,13 +26,16 @@ from shared.store import RunStore, connect
 RUN = "held"
 
 MODEL = "held-judge"
-ANSWER = json.dumps({"choices": [{"message": {"role": "assistant", "content": "7"}}]}).encode()
+def answer(text: str) -> bytes:
+    return json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode()
 
 
 class HeldJudge(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self):
+    def __init__(self, text: str = "7"):
+        self.answer = answer(text)
+        self.bodies: list[dict] = []  # every request, as JSON
         self.requests = 0
         self.received = threading.Event()  # a request arrived: a score task is running
         self.released = threading.Event()  # answer the held requests, and every later one at once
@@ -54,7 +58,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's name)
         judge: HeldJudge = self.server  # type: ignore[assignment]
-        self.rfile.read(int(self.headers["Content-Length"]))
+        judge.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
         judge.requests += 1
         judge.received.set()
         while not judge.released.wait(0.1):
@@ -63,17 +67,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client was killed
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(ANSWER)))
+            self.send_header("Content-Length", str(len(judge.answer)))
             self.end_headers()
-            self.wfile.write(ANSWER)
+            self.wfile.write(judge.answer)
 
     def log_message(self, *args) -> None:
         pass
 
 
 @contextlib.contextmanager
-def held_judge() -> Iterator[HeldJudge]:
-    judge = HeldJudge()
+def held_judge(text: str = "7") -> Iterator[HeldJudge]:
+    judge = HeldJudge(text)
     threading.Thread(target=judge.serve_forever, daemon=True).start()
     try:
         yield judge

@@ -88,8 +88,8 @@ def _judge(url: str, **changes) -> EndpointJudge:
 
 def _row() -> JudgeItem:
     image = Image.new("RGB", (8, 8), "beige")
-    return JudgeItem(original_image=image, edited_image=image, system_prompt="You judge edits.",
-                     user_prompt="Score the edit from 0 to 10.")
+    return JudgeItem.of_pair(image, image, system_prompt="You judge edits.",
+                             user_prompt="Score the edit from 0 to 10.")
 
 
 def _request_threads() -> list[threading.Thread]:

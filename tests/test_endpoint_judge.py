@@ -143,8 +143,8 @@ def _row(edited: Image.Image | None = None) -> JudgeItem:
     if edited is None:
         edited = original.copy()
         ImageDraw.Draw(edited).ellipse((10, 10, 80, 80), fill="red")
-    return JudgeItem(original_image=original, edited_image=edited, system_prompt="You judge edits.",
-                     user_prompt="Score the edit from 0 to 10. Answer with the integer only.")
+    return JudgeItem.of_pair(original, edited, system_prompt="You judge edits.",
+                             user_prompt="Score the edit from 0 to 10. Answer with the integer only.")
 
 
 def test_an_answer_without_a_score_fails_with_its_text(server, tiny_judge) -> None:

@@ -116,11 +116,8 @@ def items() -> list[JudgeItem]:
         ("指代", (128, 128), "blue", "左边是一个蓝色方块，右边是一个黄色圆", "把左边的物体变成绿色"),
     ]
     return [
-        JudgeItem(
-            original_image=_drawn(size, "white"),
-            edited_image=_drawn(size, colour),
-            **manager.get_full_prompt(category, description, instruction),
-        )
+        JudgeItem.of_pair(_drawn(size, "white"), _drawn(size, colour),
+                          **manager.get_full_prompt(category, description, instruction))
         for category, size, colour, description, instruction in cases
     ]
 

@@ -23,8 +23,7 @@ CPU = torch.device("cpu")
 def items() -> list[JudgeItem]:
     prompt = PromptManager(Settings().prompts).get_full_prompt("物理", "一个红色的球放在桌子上",
                                                                "让球从桌子边缘滚落")
-    return [JudgeItem(original_image=Image.new("RGB", (96, 96), "white"),
-                      edited_image=Image.new("RGB", size, colour), **prompt)
+    return [JudgeItem.of_pair(Image.new("RGB", (96, 96), "white"), Image.new("RGB", size, colour), **prompt)
             for size, colour in (((96, 96), "red"), ((128, 96), "green"), ((96, 128), "blue"))]
 
 

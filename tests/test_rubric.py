@@ -16,7 +16,7 @@ from shared.editbench.judge_scores import (JudgeFailure, JudgeScore, find_stated
                                           stated_score)
 from shared.editbench.prompt_manager import read_templates
 from shared.editbench.rubric import (RubricError, criterion_prompts, read_rubric_templates, rubric_from_templates)
-from workers.judging.judge import Judge, JudgeItem
+from workers.judging.judge import Judge, JudgeImage, JudgeItem
 
 SHIPPED = Settings().prompts
 
@@ -171,8 +171,8 @@ def kris_rows() -> list[JudgeItem]:
     original = Image.new("RGB", (96, 96), "beige")
     edited = original.copy()
     ImageDraw.Draw(edited).ellipse((10, 10, 80, 80), fill="red")
-    return [JudgeItem(original_image=original, edited_image=edited,
-                      **manager.get_full_prompt("物理", "一张桌子", "在桌上放一个红球"))
+    return [JudgeItem.of_pair(original, edited,
+                              **manager.get_full_prompt("物理", "一张桌子", "在桌上放一个红球"))
             for manager in criterion_prompts(rubric, SHIPPED, templates).values()]
 
 
@@ -200,7 +200,7 @@ def test_the_criteria_of_a_pair_encode_its_two_images_once(vlm, kris_rows) -> No
         hook.remove()
     assert encoded == [2]  # one pass over the pair's two images, not 4 x 2
     # The same scores as rows that each encode their own copies of the images.
-    copies = [JudgeItem(original_image=row.original_image.copy(), edited_image=row.edited_image.copy(),
+    copies = [JudgeItem([JudgeImage(shown.label, shown.image.copy()) for shown in row.images],
                         system_prompt=row.system_prompt, user_prompt=row.user_prompt)
               for row in kris_rows]
     apart = Judge(*vlm, batch_size=4, values=(1, 2, 3, 4, 5)).score(copies)
@@ -262,6 +262,10 @@ def test_criteria_and_weights_can_differ_per_category(tmp_path: Path) -> None:
     ({"criteria": [{"name": "a", "categories": []}]}, r"criteria\[0\]\.categories"),
     ({"criteria": [{"name": "a", "categories": ["x"]}, {"name": "b"}],
       "overall": {"formula": "viescore", "sc": ["a"], "pq": ["b"]}}, "every category"),
+    ({"criteria": [{"name": "a", "images": ["edited", "reference"]}]}, r"criteria\[0\]\.images"),
+    ({"criteria": [{"name": "a", "images": [{"field": "gt_img", "label": "GT"}]}]}, r"criteria\[0\]\.images"),
+    ({"criteria": [{"name": "a", "images": ["edited", "edited"]}]}, r"criteria\[0\]\.images"),
+    ({"fields": {"optional": "reference"}}, "fields"),
 ])
 def test_a_bad_protocol_field_names_the_file_and_field(tmp_path: Path, extra: dict, message: str) -> None:
     prompts = _own_rubric(tmp_path, {"scale": {"min": 1, "max": 5}, "criteria": [{"name": "a"}], **extra})

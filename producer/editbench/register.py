@@ -14,11 +14,12 @@ from config import FIELD_SEPARATOR, Settings, SettingsError
 from producer.editbench.external_edits import find_edits, mark_external_edits
 from producer.run_identity import claim_run
 from shared.artifacts import ArtifactStore
-from shared.editbench.data import PreparedBenchmark, prepare_benchmark
+from shared.editbench.data import PreparedBenchmark, field_images, prepare_benchmark
 from shared.editbench.formats.fields import FieldMappingError, Reading, parse_field_mapping
 from shared.editbench.data import SHAPES
 from shared.editbench.prompt_manager import PLACEHOLDERS, PromptTemplateError, placeholders
-from shared.editbench.rubric import REASONING_FILE, RubricError, read_rubric_templates
+from shared.editbench.rubric import REASONING_FILE, Rubric, RubricError, read_rubric_templates, rubric_from_templates
+from shared.errors import RecordError
 from shared.editbench.run_settings import EditbenchRunSettings, EditorLora
 from shared.keys import content_digest, derive_run_id, inputs_digest
 from shared.messages import EDIT_STAGE
@@ -61,11 +62,13 @@ def run_templates(settings: Settings) -> dict[str, str]:
         raise SettingsError(str(exc)) from None
 
 
-def check_template_fields(templates: dict[str, str], prepared: PreparedBenchmark) -> None:
-    """Every placeholder of the judge's templates is a value of the pairs or a field some record
-    has: a template naming one no record has is refused, naming the template and the fields."""
+def check_template_fields(templates: dict[str, str], prepared: PreparedBenchmark,
+                          optional: tuple[str, ...] = ()) -> None:
+    """Every placeholder of the judge's templates is a value of the pairs, a field some record
+    has or one the rubric declares ``optional``: a template naming another is refused, naming
+    the template and the fields."""
     fields = set().union(*(pair.fields for pair in prepared.pairs))
-    known = set(PLACEHOLDERS) | fields
+    known = set(PLACEHOLDERS) | fields | set(optional)
     for name, text in sorted(templates.items()):
         if not name.endswith(".txt") or name == REASONING_FILE:  # the reasoning suffix fills {min}, {max} itself
             continue
@@ -74,7 +77,33 @@ def check_template_fields(templates: dict[str, str], prepared: PreparedBenchmark
             raise SettingsError(
                 f"judge template {name}: placeholder {{{unknown[0]}}} is no value of the pairs and no field "
                 f"of the benchmark's records; the pairs have {', '.join(PLACEHOLDERS)}, the records "
-                f"{', '.join(sorted(fields)) if fields else 'no fields'}")
+                f"{', '.join(sorted(fields)) if fields else 'no fields'}"
+                + (f", the rubric's optional fields {', '.join(optional)}" if optional else ""))
+
+
+def read_judge_images(rubric: Rubric, prepared: PreparedBenchmark, data_root: str) -> dict[str, dict]:
+    """pair key -> {field -> its images, or why they cannot be read}, for the record fields whose
+    images the rubric's judge is shown: such a pair fails alone when it is judged, naming the file."""
+    names = sorted({s.field for c in rubric.criteria for s in c.images if s.kind == "field"})
+    found: dict[str, dict] = {}
+    for pair in prepared.pairs:
+        for name in names:
+            try:
+                images = field_images(pair, name, data_root)
+            except RecordError as exc:
+                found.setdefault(pair.key, {})[name] = str(exc)
+                continue
+            if images:
+                found.setdefault(pair.key, {})[name] = images
+    return found
+
+
+def _stored_judge_images(artifacts: ArtifactStore, images: dict) -> dict[str, dict]:
+    """The item's record of its judge images: stored paths by field, and problems by field."""
+    paths = {name: [str(artifacts.put_original(i.data, i.extension)[0]) for i in found]
+             for name, found in images.items() if not isinstance(found, str)}
+    problems = {name: found for name, found in images.items() if isinstance(found, str)}
+    return {**({"judge_images": paths} if paths else {}), **({"judge_image_problems": problems} if problems else {})}
 
 
 def run_settings(settings: Settings, templates: dict[str, str]) -> EditbenchRunSettings:
@@ -145,10 +174,14 @@ def register_editbench(settings: Settings, store_client, benchmark: Path,
     RunMismatchError if ``run_name`` is a run of another benchmark or other settings.
     """
     prepared = prepare_benchmark(benchmark, settings.data_root, benchmark_reading(settings))
-    # Images given by path are content of the benchmark too: another image is another run.
-    inputs = [*prepared.input_files, *prepared.image_files]
     templates = run_templates(settings)
-    check_template_fields(templates, prepared)
+    rubric = rubric_from_templates(settings.judge_rubric, templates)
+    check_template_fields(templates, prepared, rubric.optional_fields)
+    judge_images = read_judge_images(rubric, prepared, settings.data_root)
+    # Images given by path are content of the benchmark too: another image is another run.
+    inputs = [*prepared.input_files, *prepared.image_files,
+              *(Path(i.file) for found in judge_images.values() for images in found.values()
+                if not isinstance(images, str) for i in images if i.file)]
     run = run_settings(settings, templates)
     reading = reading_identity(prepared)
     edits = find_edits(settings, prepared.shape, prepared.pairs)
@@ -175,6 +208,7 @@ def register_editbench(settings: Settings, store_client, benchmark: Path,
                            "edited_path": str(artifacts.edited_path(pair.category, pair.pair_id))}
         if others:  # several input images: the first is original_path, all are here in order
             items[pair.key]["original_paths"] = [str(path) for path, _ in stored]
+        items[pair.key].update(_stored_judge_images(artifacts, judge_images.get(pair.key, {})))
         keys_by_category[pair.category].append(pair.key)
     store.add_items(EDIT_STAGE, items)
     store.add_items(EDIT_STAGE, {key: {"invalid": True} for key in prepared.failures})

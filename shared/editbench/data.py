@@ -75,6 +75,9 @@ class BenchmarkPair:
     original_description: str | None  # None: the benchmark has none
     edit_instruction: str
     fields: dict = field(default_factory=dict)  # the record's own fields, JSON values
+    source: str = ""  # the file it was read from, and its record there (for messages)
+    record: str = ""
+    folder: str = ""  # where its record's relative image paths are
 
     @property
     def key(self) -> str:
@@ -375,7 +378,21 @@ def _checked_pair(raw: object, category: str, path: Path, record: str, root: str
         raise RecordProblems(problems)
     return BenchmarkPair(category=category, pair_id=str(pair_id), images=tuple(images),
                          original_description=texts["original_description"],
-                         edit_instruction=texts["edit_instruction"], fields=fields)
+                         edit_instruction=texts["edit_instruction"], fields=fields,
+                         source=str(path), record=record, folder=str(base))
+
+
+def field_images(pair: BenchmarkPair, name: str, data_root: str | Path = "") -> list[PairImage]:
+    """The image(s) the record field ``name`` names (a path or a list of them, where the record's
+    own images are); [] when the record has none. RecordError names the file that cannot be read."""
+    value = pair.fields.get(name)
+    if value is None or value == "" or value == []:
+        return []
+    several = isinstance(value, list)
+    root = checked_data_root(data_root)
+    return [_one_image(one, Path(pair.source), pair.record, f"{name}[{i}]" if several else name, root,
+                       Path(pair.folder))
+            for i, one in enumerate(value if several else [value])]
 
 
 def _checked_text(raw: dict, name: str, path: Path, record: str) -> str | None:

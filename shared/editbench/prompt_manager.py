@@ -5,7 +5,8 @@ may override either one with ``<category>.system.txt`` / ``<category>.user.txt``
 (e.g. ``物理.system.txt``); each falls back to the default on its own.
 
 Templates are ``str.format`` templates whose placeholders name a pair's values: ``{edit_instruction}``,
-``{original_description}``, ``{category}``, ``{pair_id}`` and every field of the benchmark's record
+``{original_description}``, ``{category}``, ``{pair_id}``, ``{images}`` (which image the judge is
+shown where: ``shared/editbench/judge_images.py``) and every field of the benchmark's record
 (``{reference}``, ``{instruction_language}``...); write literal braces as ``{{`` and ``}}``. A line
 naming a value the pair does not have (a benchmark without descriptions) is left out of the
 prompt. Whether the records have a template's fields is checked when a run is registered
@@ -24,9 +25,9 @@ from shared.files import MissingFile, UnreadableFile, read_utf8
 
 DEFAULT_NAME = "default"
 KINDS = ("system", "user")
-# The values every pair has (original_description: where the benchmark gives one); the fields of
-# its record come beside them.
-PLACEHOLDERS = ("original_description", "edit_instruction", "category", "pair_id")
+# The values every pair has (original_description: where the benchmark gives one; images: when
+# the judge is asked); the fields of its record come beside them.
+PLACEHOLDERS = ("original_description", "edit_instruction", "category", "pair_id", "images")
 
 # Most file systems cap a file name at 255 bytes; longer names cannot have an override.
 _MAX_NAME_BYTES = 255

@@ -26,6 +26,12 @@ A rubric is a folder ``<prompts_dir>/rubrics/<name>/`` with a ``rubric.json``::
   criteria scored in the pair's category. ``overall.penalty`` (optional)
   ``{"criterion": "reasoning", "at": 1, "factor": 0.5}``: the overall score times ``factor``
   when that criterion's score is ``at`` (never below the scale's minimum);
+- a criterion's ``images`` (optional): what its judge is shown, in order: ``original``, ``edited``
+  and record fields' images (``shared/editbench/judge_images.py``); by default the input
+  image(s), then the edit;
+- ``fields`` (optional) ``{"optional": ["reference", ...]}``: record fields the templates may
+  name that a benchmark's records need not have (a line naming one is left out of the pairs
+  without it); any other placeholder no record has is refused when a run is registered;
 - ``report`` (optional) says how the headline numbers are formed: ``average`` ``micro`` (over
   pairs, the default) or ``macro`` (over the rows' means); ``rows_by`` the tables' rows
   (``category``, the default, and record fields such as ``subtask``); ``split_by`` record
@@ -46,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
+from shared.editbench.judge_images import DEFAULT_SOURCES, ImageSource, image_sources
 from shared.editbench.prompt_manager import PromptManager, PromptTemplateError, read_templates
 from shared.errors import shown
 from shared.files import MissingFile, UnreadableFile, read_utf8
@@ -88,6 +95,8 @@ class Criterion:
     category_weights: Mapping[str, float] = field(default_factory=dict)
     # The only categories it is scored in; None: every category.
     categories: tuple[str, ...] | None = None
+    # The images its judge is shown, in order (shared/editbench/judge_images.py).
+    images: tuple[ImageSource, ...] = DEFAULT_SOURCES
 
     def applies(self, category: str | None) -> bool:
         return self.categories is None or category in self.categories
@@ -132,6 +141,8 @@ class Rubric:
     scoring: str = "expectation"
     penalty: Penalty | None = None
     report: ReportSpec = field(default_factory=ReportSpec)
+    # Record fields its templates may name that a benchmark's records need not have.
+    optional_fields: tuple[str, ...] = ()
 
     @property
     def values(self) -> tuple[int, ...]:
@@ -178,12 +189,15 @@ class Rubric:
         weights = {c.name: ({EVERY_CATEGORY: c.weight, **c.category_weights} if c.category_weights else c.weight)
                    for c in self.criteria}
         only_in = {c.name: list(c.categories) for c in self.criteria if c.categories is not None}
+        images = {c.name: [s.describe() for s in c.images] for c in self.criteria if c.images != DEFAULT_SOURCES}
         return {"name": self.name, "criteria": list(self.names), "scale": [self.scale_min, self.scale_max],
                 "overall": self.formula, "scoring": self.scoring,
                 **({"weights": weights} if self.formula == "mean" else {}),
                 **({"groups": {k: list(v) for k, v in self.groups.items()}} if self.groups else {}),
                 **({"only_in": only_in} if only_in else {}),
                 **({"penalty": vars(self.penalty)} if self.penalty else {}),
+                **({"images": images} if images else {}),
+                **({"optional_fields": list(self.optional_fields)} if self.optional_fields else {}),
                 "report": self.report.describe()}
 
 
@@ -293,7 +307,15 @@ def _parse(name: str, source: str, data: Any) -> Rubric:
     return Rubric(name=name, criteria=criteria, scale_min=scale["min"], scale_max=scale["max"],
                   formula=formula, groups=_groups(source, overall, criteria), scoring=scoring,
                   penalty=_penalty(source, overall.get("penalty"), names, scale),
-                  report=_report_spec(source, data.get("report", {})))
+                  report=_report_spec(source, data.get("report", {})),
+                  optional_fields=_optional_fields(source, data.get("fields", {"optional": []})))
+
+
+def _optional_fields(source: str, raw: Any) -> tuple[str, ...]:
+    optional = raw.get("optional") if isinstance(raw, dict) and set(raw) <= {"optional"} else None
+    if not (isinstance(optional, list) and all(isinstance(n, str) and n.isidentifier() for n in optional)):
+        raise RubricError(f"{source}: fields must be {{\"optional\": [record field names]}}, not {shown(raw)}")
+    return tuple(optional)
 
 
 def _groups(source: str, overall: dict, criteria: tuple[Criterion, ...]) -> dict[str, tuple[str, ...]]:
@@ -368,6 +390,10 @@ def _criterion(source: str, rubric: str, index: int, raw: Any) -> Criterion:
     if not isinstance(prompts, str) or ".." in PurePosixPath(prompts).parts or prompts.startswith("/"):
         raise RubricError(f"{where}.prompts: a folder inside the rubric's, not {prompts!r}")
     weight, category_weights = _weights(where, raw.get("weight", 1))
+    try:
+        images = image_sources(f"{where}.images", raw.get("images"))
+    except ValueError as exc:
+        raise RubricError(str(exc)) from None
     categories = raw.get("categories")
     if categories is not None and not (isinstance(categories, list) and categories
                                        and all(isinstance(c, str) and c for c in categories)):
@@ -376,7 +402,7 @@ def _criterion(source: str, rubric: str, index: int, raw: Any) -> Criterion:
     base = "" if (rubric == DEFAULT_RUBRIC and not prompts) else f"{RUBRICS_DIR}/{rubric}"
     return Criterion(name=raw["name"], prompts=_join(base, prompts).rstrip("/"), weight=weight,
                      category_weights=category_weights,
-                     categories=tuple(categories) if categories is not None else None)
+                     categories=tuple(categories) if categories is not None else None, images=images)
 
 
 def _weights(where: str, raw: Any) -> tuple[float, dict[str, float]]:

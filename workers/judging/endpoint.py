@@ -1,7 +1,8 @@
 """The judge behind an OpenAI-compatible chat-completions endpoint (vLLM, SGLang, a hosted model).
 
 Each row (one criterion of one pair) is one request: the row's system prompt, then a user
-turn with the two images as PNG data URLs and the row's user prompt, greedy (temperature 0).
+turn with the row's images (the original and the edit by default) as PNG data URLs, in the
+order its prompt names them, and the row's user prompt, greedy (temperature 0).
 The answer is read in the documented format (shared/editbench/judge_scores.py). When the endpoint
 returns ``logprobs`` with ``top_logprobs`` (vLLM, SGLang and OpenAI do when asked), the
 score is the expectation over the scale's tokens at the position where the answer states
@@ -97,8 +98,7 @@ class EndpointJudge:
             "messages": [
                 {"role": "system", "content": item.system_prompt},
                 {"role": "user", "content": [
-                    {"type": "image_url", "image_url": {"url": data_url(item.original_image)}},
-                    {"type": "image_url", "image_url": {"url": data_url(item.edited_image)}},
+                    *({"type": "image_url", "image_url": {"url": data_url(shown.image)}} for shown in item.images),
                     {"type": "text", "text": item.user_prompt},
                 ]},
             ],

@@ -41,11 +41,24 @@ SCALE_0_10 = tuple(range(11))
 
 
 @dataclass
+class JudgeImage:
+    label: str  # what the prompt calls it ("ORIGINAL image")
+    image: Image.Image
+
+
+@dataclass
 class JudgeItem:
-    original_image: Image.Image
-    edited_image: Image.Image
+    """One row: the images the judge is shown, in the order the prompt names them, and its prompts."""
+
+    images: list[JudgeImage]
     system_prompt: str
     user_prompt: str
+
+    @classmethod
+    def of_pair(cls, original: Image.Image, edited: Image.Image, system_prompt: str, user_prompt: str) -> "JudgeItem":
+        """The default row: the original image, then the edit."""
+        return cls([JudgeImage("ORIGINAL image", original), JudgeImage("EDITED image", edited)],
+                   system_prompt, user_prompt)
 
 
 class Judge:
@@ -140,11 +153,8 @@ class Judge:
             {"role": "system", "content": [{"type": "text", "text": item.system_prompt}]},
             {
                 "role": "user",
-                "content": [
-                    {"type": "image"},
-                    {"type": "image"},
-                    {"type": "text", "text": item.user_prompt},
-                ],
+                "content": [*({"type": "image"} for _ in item.images),
+                            {"type": "text", "text": item.user_prompt}],
             },
         ]
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -154,7 +164,7 @@ class Judge:
 
     def _inputs(self, items: list[JudgeItem], texts: list[str]):
         # The processor takes the images in the order their placeholders appear in the texts.
-        images = [image for item in items for image in (item.original_image, item.edited_image)]
+        images = [shown.image for item in items for shown in item.images]
         inputs = self.processor(text=texts, images=images, padding=True, return_tensors="pt")
         return inputs.to(self.model.device)
 
@@ -171,11 +181,11 @@ class Judge:
     def _images_encoded_once(self, items: list[JudgeItem], inputs) -> dict:
         """``inputs`` with each distinct image of the batch through the vision tower once.
 
-        The criteria of a pair are rows showing the same two images; without this the vision
+        The criteria of a pair are rows showing the same images; without this the vision
         tower would encode them once per criterion. The encoder's outputs (embeddings and
         deepstack features) go to the model in place of the pixels, one entry per placeholder.
         """
-        images = [image for item in items for image in (item.original_image, item.edited_image)]
+        images = [shown.image for item in items for shown in item.images]
         first: dict[int, int] = {}
         sources = [first.setdefault(id(image), index) for index, image in enumerate(images)]
         if len(first) == len(images) or not self._takes_encoded_images:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from shared.artifacts import write_once
+from shared.editbench.judge_images import EDITED, INPUTS, ORIGINAL, images_sentence
 from shared.editbench.judge_scores import JudgeFailure
 from shared.editbench.prompt_manager import pair_fields
 from shared.editbench.run_settings import EditbenchRunSettings
@@ -166,27 +167,56 @@ def _scored_rows(judge, batch: dict[str, dict]) -> dict[str, dict]:
     return out
 
 
-def _judge_inputs(store: RunStore, pending: dict[str, dict], judging) -> dict[str, dict]:
-    """key -> {criterion -> JudgeItem}, the criteria of the pair's category; a pair whose images
-    cannot be read fails alone."""
-    from workers.judging.judge import JudgeItem
+class JudgeImageMissing(Exception):
+    """An image the judge is to be shown could not be read when the run was registered."""
 
+
+def _judge_inputs(store: RunStore, pending: dict[str, dict], judging) -> dict[str, dict]:
+    """key -> {criterion -> JudgeItem}, the criteria of the pair's category, each showing the
+    images its rubric lists; a pair whose images cannot be read fails alone, naming the file."""
     batch = {}
     for key, item in pending.items():
+        criteria = judging.rubric.criteria_for(item["category"])
         try:
-            original, edited = open_image(item["original_path"]), open_image(item["edited_path"])
-        except ImageFileError as exc:
+            images = _pair_judge_images(item, criteria)
+        except (ImageFileError, JudgeImageMissing) as exc:
             store.mark_failed(SCORE_STAGE, key, str(exc))
             continue
-        rows = {}
-        for criterion in judging.rubric.criteria_for(item["category"]):
-            prompts = judging.prompts[criterion.name]
-            prompt = prompts.get_full_prompt(item["category"], item.get("original_description"),
-                                             item["edit_instruction"], pair_fields(item))
-            user = prompt["user_prompt"]
-            if judging.reasoning_suffix is not None:
-                user = f"{user}\n\n{judging.reasoning_suffix}"
-            rows[criterion.name] = JudgeItem(original_image=original, edited_image=edited,
-                                   system_prompt=prompt["system_prompt"], user_prompt=user)
-        batch[key] = rows
+        batch[key] = {criterion.name: _judge_row(item, criterion, judging, images) for criterion in criteria}
     return batch
+
+
+def _pair_judge_images(item: dict, criteria) -> dict[tuple[str, str], list]:
+    """(kind, field) -> the opened images of each source the criteria show; each file opened once."""
+    wanted = {(s.kind, s.field) for c in criteria for s in c.images}
+    paths = {(ORIGINAL, ""): [item["original_path"]], (EDITED, ""): [item["edited_path"]],
+             (INPUTS, ""): item.get("original_paths", [item["original_path"]])}
+    problems = item.get("judge_image_problems", {})
+    opened: dict[str, object] = {}
+    images = {}
+    for kind, name in sorted(wanted):
+        if kind == "field" and name in problems:
+            raise JudgeImageMissing(f"the judge is to be shown the image of field {name!r}: {problems[name]}")
+        found = paths[(kind, name)] if kind != "field" else item.get("judge_images", {}).get(name, [])
+        for path in found:
+            if path not in opened:
+                opened[path] = open_image(path)
+        images[(kind, name)] = [opened[path] for path in found]
+    return images
+
+
+def _judge_row(item: dict, criterion, judging, images: dict[tuple[str, str], list]):
+    """One criterion's row: its images in the rubric's order (a record field's only where the
+    pair has it), and its prompts, told which image is which."""
+    from workers.judging.judge import JudgeImage, JudgeItem
+
+    shown = [(source.label_for(len(found)), found) for source in criterion.images
+             if (found := images[(source.kind, source.field)])]
+    prompt = judging.prompts[criterion.name].get_full_prompt(
+        item["category"], item.get("original_description"), item["edit_instruction"],
+        {**pair_fields(item), "images": images_sentence([(label, len(found)) for label, found in shown])})
+    user = prompt["user_prompt"]
+    if judging.reasoning_suffix is not None:
+        user = f"{user}\n\n{judging.reasoning_suffix}"
+    return JudgeItem([JudgeImage(label, image) for label, found in shown for image in found],
+                     system_prompt=prompt["system_prompt"], user_prompt=user)
