@@ -26,7 +26,12 @@ NO_KEY = "none"
 
 
 class EndpointFailure(Exception):
-    """A request that got no usable answer; the message is the reason to show, redacted."""
+    """A request that got no usable answer after ``attempts`` attempts; the message is the
+    reason to show, redacted."""
+
+    def __init__(self, reason: str, attempts: int):
+        super().__init__(reason)
+        self.attempts = attempts
 
 
 @dataclass(frozen=True)
@@ -64,11 +69,13 @@ class EndpointClient:
         try:
             reply = self.completions.create({"model": self.model, **request})
         except EndpointError as exc:
-            raise EndpointFailure(redact(f"{self.where} failed after {exc.attempts} attempt(s): {exc}")) from None
+            raise EndpointFailure(redact(f"{self.where} failed after {exc.attempts} attempt(s): {exc}"),
+                                  exc.attempts) from None
         try:
             response = parse_chat_completion(reply.body)
         except NotAChatCompletion as exc:
-            raise EndpointFailure(self.answer_problem(str(exc), reply.body)) from None
+            raise EndpointFailure(self.answer_problem(f"sent something that is not a chat completion ({exc})",
+                                                      reply.body), reply.attempts) from None
         return Completion(response, reply.body, reply.attempts)
 
     def submit(self, request: dict[str, Any]) -> Future[Completion]:
@@ -76,9 +83,8 @@ class EndpointClient:
         return self.pool.submit(self.send, request)
 
     def answer_problem(self, problem: str, body: bytes) -> str:
-        """The reason of an answer that cannot be used: where, what is wrong, its first bytes."""
-        return redact(f"{self.where} sent something that is not a chat completion ({problem}); "
-                      f"its first bytes: {body[:FIRST_BYTES]!r}")
+        """The reason of an answer that cannot be used: where, what is wrong with it, its first bytes."""
+        return redact(f"{self.where} {problem}; its first bytes: {body[:FIRST_BYTES]!r}")
 
 
 def data_url(data: bytes, mime_type: str) -> str:
