@@ -131,6 +131,7 @@ def through_endpoint(relations: EndpointRelations, paths, prompts) -> tuple[floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--repeat", type=int, default=5, help="times the sample's images are sent (more requests, less noise)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/bench_relations_endpoint.json"))
     args = parser.parse_args()
     from workers.models import resolve_model_path
@@ -138,6 +139,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = str(resolve_model_path(TINY_MODEL, Path(tmp) / "models"))
         paths, prompts, pairs = sample_prompts(Path(tmp) / "sample")
+        paths, prompts, pairs = paths * args.repeat, prompts * args.repeat, pairs * args.repeat
         requests = sum(map(len, prompts))
         rows = []
         with served(model_dir, Path(tmp) / "serve.log") as url:
