@@ -44,6 +44,9 @@ TIME_LIMIT_GRACE_SECONDS = 30
 JUDGE_MODES = ("score", "reasoning")
 RELATIONS_ENGINES = ("slot", "paged")
 JUDGE_BACKENDS = ("local", "endpoint")
+RELATIONS_BACKENDS = ("local", "endpoint")
+# The settings' names of the two endpoints (EVALFLEET_<NAME>_URL, ..._MODEL, ...).
+JUDGE_ENDPOINT, RELATIONS_ENDPOINT = "JUDGE_ENDPOINT", "RELATIONS_ENDPOINT"
 
 # URL schemes a broker or result URL may have.
 REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -148,7 +151,7 @@ class Settings:
     # Bounds each request as a whole, however slowly the server sends its answer.
     judge_endpoint_timeout_seconds: float = 120.0
     # Retries of a request on 408/409/429/5xx, lost connections and timeouts, with exponential
-    # back-off that honours Retry-After (workers/judging/endpoint_requests.py); then the item fails.
+    # back-off that honours Retry-After (workers/endpoints/chat_requests.py); then the item fails.
     judge_endpoint_max_retries: int = 4
     # Compile the editor's transformer (regional compilation, one block compiled and reused
     # by all 60): "auto" on a CUDA device (pays back within the first edits, bench/RESULTS.md,
@@ -183,6 +186,17 @@ class Settings:
     relations_engine: str = "slot"
     max_new_tokens: int = 512
     temperature: float = 0.1
+    # "local": relations_model on this worker's device; "endpoint": each prompt is a chat
+    # completion of an OpenAI-compatible server (vLLM, SGLang, a hosted model) serving
+    # relations_endpoint_model: no GPU and no model in the worker. The endpoint's settings
+    # mean what the judge endpoint's of the same names mean.
+    relations_backend: str = "local"
+    relations_endpoint_url: str = ""  # e.g. http://vllm-host:8000/v1
+    relations_endpoint_model: str = ""  # the served model's name, e.g. Qwen/Qwen3-VL-8B-Instruct
+    relations_endpoint_api_key_env: str = ""
+    relations_endpoint_concurrency: int = 8
+    relations_endpoint_timeout_seconds: float = 300.0
+    relations_endpoint_max_retries: int = 4
     seed: int = 0
     # Prompts (pairs x top-K) per task: small images share a task up to this many, an image
     # with more is split into tasks of at most this many.
@@ -307,8 +321,9 @@ def ignored_variables(settings: Settings, environ: Mapping[str, str] | None = No
     environ = os.environ if environ is None else environ
     settings_names = [f.name.upper() for f in fields(Settings)]
     known = {ENV_PREFIX + name for name in settings_names} | NOT_SETTINGS
-    if settings.judge_endpoint_api_key_env:
-        known.add(settings.judge_endpoint_api_key_env)  # the judge's API key may live here
+    for variable in (settings.judge_endpoint_api_key_env, settings.relations_endpoint_api_key_env):
+        if variable:
+            known.add(variable)  # an endpoint's API key may live here
     out = []
     for name in sorted(environ):
         if name.startswith(ENV_PREFIX) and name not in known:
@@ -330,7 +345,8 @@ MAXIMA = {
     "visibility_timeout": 10**7, "task_time_limit": 10**7, "stall_seconds": 10**7,
     "retry_backoff_seconds": 86_400, "poll_interval_seconds": 3600, "task_max_retries": 100,
     "judge_endpoint_timeout_seconds": 86_400, "judge_endpoint_max_retries": 100,
-    "judge_endpoint_concurrency": 1024, "judge_batch_size": 4096, "judge_reasoning_tokens": 131_072,
+    "judge_endpoint_concurrency": 1024, "relations_endpoint_timeout_seconds": 86_400,
+    "relations_endpoint_max_retries": 100, "relations_endpoint_concurrency": 1024, "judge_batch_size": 4096, "judge_reasoning_tokens": 131_072,
     "edit_steps": 1000, "edit_size": 16_384, "edit_guidance": 100, "memory_budget_gb": 100_000,
     "min_free_mb": 10**9, "top_k": 10_000, "batch_size": 1_000_000, "max_batch": 65_536, "max_new_tokens": 131_072,
     "task_prompts": 1_000_000, "workers_per_gpu": 64, "seed": 2**32 - 1,
@@ -356,7 +372,8 @@ def validate_settings(s: Settings) -> None:
                                 f"redis://[:password@]host:port/db (scheme {urlsplit(url).scheme!r})")
     positive = ("top_k", "batch_size", "max_batch", "max_new_tokens", "task_prompts",
                 "workers_per_gpu", "judge_batch_size", "task_time_limit", "retry_backoff_seconds",
-                "visibility_timeout", "judge_reasoning_tokens", "judge_endpoint_concurrency")
+                "visibility_timeout", "judge_reasoning_tokens", "judge_endpoint_concurrency",
+                "relations_endpoint_concurrency")
     for name in positive:
         if getattr(s, name) < 1:
             raise SettingsError(f"{ENV_PREFIX}{name.upper()} must be at least 1")
@@ -382,6 +399,7 @@ def validate_settings(s: Settings) -> None:
                             "threshold between 0 and 1 (e.g. 0.05)")
     if s.editor_compile not in ("auto", "on", "off"):
         raise SettingsError(f"{ENV_PREFIX}EDITOR_COMPILE={s.editor_compile!r}: use auto, on or off")
+    _validate_relations_backend(s)
     if s.relations_engine not in RELATIONS_ENGINES:
         raise SettingsError(f"{ENV_PREFIX}RELATIONS_ENGINE={s.relations_engine!r}: use "
                             f"{' or '.join(RELATIONS_ENGINES)}")
@@ -391,11 +409,11 @@ def validate_settings(s: Settings) -> None:
         )
 
 
-# The value is not shown: it may be the key itself.
-API_KEY_ENV_PROBLEM = (f"{ENV_PREFIX}JUDGE_ENDPOINT_API_KEY_ENV is the NAME of the environment variable that "
-                       "holds the endpoint's API key (e.g. OPENAI_API_KEY), not the key; its value (not "
-                       "shown) does not look like a name: letters, digits and _, all upper or all lower "
-                       "case, words of at most 16 characters")
+def api_key_env_problem(endpoint: str) -> str:
+    """Why EVALFLEET_<endpoint>_API_KEY_ENV is refused. The value is not shown: it may be the key itself."""
+    return (f"{ENV_PREFIX}{endpoint}_API_KEY_ENV is the NAME of the environment variable that holds the "
+            "endpoint's API key (e.g. OPENAI_API_KEY), not the key; its value (not shown) does not look "
+            "like a name: letters, digits and _, all upper or all lower case, words of at most 16 characters")
 
 
 def looks_like_variable_name(value: str) -> bool:
@@ -407,6 +425,21 @@ def looks_like_variable_name(value: str) -> bool:
     return all(len(word) <= 16 and sum(c.isdigit() for c in word) <= 4 for word in value.split("_"))
 
 
+def _validate_endpoint(s: Settings, endpoint: str, used: bool, what: str) -> None:
+    """The settings of one endpoint (``endpoint``: its name in the settings), ``used`` or not."""
+    def value(name: str):
+        return getattr(s, f"{endpoint.lower()}_{name}")
+
+    if used and (urlsplit(value("url")).scheme not in ("http", "https") or not value("model")):
+        raise SettingsError(f"{what} needs {ENV_PREFIX}{endpoint}_URL (http[s]://host:port/v1) "
+                            f"and {ENV_PREFIX}{endpoint}_MODEL (the served model's name)")
+    if value("api_key_env") and not looks_like_variable_name(value("api_key_env")):
+        raise SettingsError(api_key_env_problem(endpoint))
+    if value("timeout_seconds") <= 0 or value("max_retries") < 0:
+        raise SettingsError(f"{ENV_PREFIX}{endpoint}_TIMEOUT_SECONDS must be > 0 and "
+                            f"{ENV_PREFIX}{endpoint}_MAX_RETRIES >= 0")
+
+
 def _validate_judge(s: Settings) -> None:
     if s.judge_mode not in JUDGE_MODES:
         raise SettingsError(f"{ENV_PREFIX}JUDGE_MODE={s.judge_mode!r}: use {' or '.join(JUDGE_MODES)}")
@@ -415,16 +448,15 @@ def _validate_judge(s: Settings) -> None:
     if not re.fullmatch(r"[\w-]{1,64}", s.judge_rubric):
         raise SettingsError(f"{ENV_PREFIX}JUDGE_RUBRIC={s.judge_rubric!r}: a rubric folder's name "
                             "(letters, digits, _ or -)")
-    if s.judge_backend == "endpoint":
-        if urlsplit(s.judge_endpoint_url).scheme not in ("http", "https") or not s.judge_endpoint_model:
-            raise SettingsError(f"the endpoint judge needs {ENV_PREFIX}JUDGE_ENDPOINT_URL (http[s]://host:port/v1) "
-                                f"and {ENV_PREFIX}JUDGE_ENDPOINT_MODEL (the served model's name)")
-    if s.judge_endpoint_api_key_env and not looks_like_variable_name(s.judge_endpoint_api_key_env):
-        raise SettingsError(API_KEY_ENV_PROBLEM)
-    if s.judge_endpoint_timeout_seconds <= 0 or s.judge_endpoint_max_retries < 0:
-        raise SettingsError(f"{ENV_PREFIX}JUDGE_ENDPOINT_TIMEOUT_SECONDS must be > 0 and "
-                            f"{ENV_PREFIX}JUDGE_ENDPOINT_MAX_RETRIES >= 0")
+    _validate_endpoint(s, JUDGE_ENDPOINT, s.judge_backend == "endpoint", "the endpoint judge")
+
+
+def _validate_relations_backend(s: Settings) -> None:
+    if s.relations_backend not in RELATIONS_BACKENDS:
+        raise SettingsError(f"{ENV_PREFIX}RELATIONS_BACKEND={s.relations_backend!r}: use "
+                            f"{' or '.join(RELATIONS_BACKENDS)}")
+    _validate_endpoint(s, RELATIONS_ENDPOINT, s.relations_backend == "endpoint", "the relations endpoint")
 
 
 __all__ = ["Settings", "SettingsError", "load_settings", "validate_settings", "to_environ", "parse_lora",
-           "looks_like_variable_name", "TINY_MODEL", "TINY_EDITORS", "LORA_SEPARATOR", "FIELD_SEPARATOR", "ENV_PREFIX"]
+           "looks_like_variable_name", "api_key_env_problem", "TINY_MODEL", "TINY_EDITORS", "LORA_SEPARATOR", "FIELD_SEPARATOR", "ENV_PREFIX"]

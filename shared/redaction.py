@@ -1,7 +1,7 @@
 """The secrets a process knows, kept out of every reason, log line and report.
 
-The secrets are the passwords in the Redis and endpoint URLs, the endpoint judge's API key (the
-value of the variable the settings name) and Flower's and Redis's passwords where they are in
+The secrets are the passwords in the Redis and endpoint URLs, the endpoints' API keys (the
+values of the variables the settings name) and Flower's and Redis's passwords where they are in
 the environment (``FLOWER_BASIC_AUTH``, ``REDIS_PASSWORD``, docker-compose.yml). Each process
 adds the ones it learns (settings at start, a run's endpoint when it makes the judge);
 ``redact`` replaces each by ``**`` wherever it appears, whoever wrote it: a server that echoes
@@ -47,10 +47,12 @@ def add_url_secrets(url: str | None) -> None:
 def add_settings_secrets(settings: Any, environ: Mapping[str, str] | None = None) -> None:
     """Redact the secrets the settings and the environment hold (see the module's doc)."""
     environ = os.environ if environ is None else environ
-    for url in (settings.broker_url, settings.result_url, settings.judge_endpoint_url):
+    for url in (settings.broker_url, settings.result_url, settings.judge_endpoint_url,
+                settings.relations_endpoint_url):
         add_url_secrets(url)
-    if settings.judge_endpoint_api_key_env:
-        add_secret(environ.get(settings.judge_endpoint_api_key_env))
+    for variable in (settings.judge_endpoint_api_key_env, settings.relations_endpoint_api_key_env):
+        if variable:
+            add_secret(environ.get(variable))
     for name in PASSWORD_VARIABLES:
         add_secret(environ.get(name))
     for name in BASIC_AUTH_VARIABLES:

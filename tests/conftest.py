@@ -6,9 +6,13 @@ import base64
 import contextlib
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -360,6 +364,47 @@ def tiny_editor_lora(tiny_editor_dir, model_cache) -> Path:
     """A LoRA of the tiny Qwen-Image-Edit's transformer; tests read it and never change it."""
     from workers.models.tiny import build_tiny_lora
     return build_tiny_lora(tiny_editor_dir, model_cache / "tiny-qwen-image-edit-lora")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def transformers_serve(tiny_vlm_dir, tmp_path_factory):
+    """The base URL of `transformers serve` on the tiny Qwen3-VL, on the CPU, on a free port: the
+    command users run. Its model is asked for by its directory's name (str(tiny_vlm_dir))."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1"
+    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+    # The console script installed beside this Python; no update check over the network.
+    command = [str(Path(sys.executable).parent / "transformers"), "serve", str(tiny_vlm_dir),
+               "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "HF_HUB_DISABLE_UPDATE_CHECK": "1"})
+
+    def answers() -> bool:
+        if proc.poll() is not None:
+            pytest.fail(f"transformers serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(f"{url}/models", timeout=2).read()
+            return True
+        except (urllib.error.URLError, ConnectionError):
+            return False
+
+    try:
+        wait_until(answers, 180, "transformers serve to answer", interval=0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 @pytest.fixture(scope="module")

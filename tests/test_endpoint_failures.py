@@ -27,8 +27,8 @@ from shared.errors import RecordError
 from shared.redaction import redact_logs
 from shared.store import RunStore, connect
 from workers.errors import PermanentError
+from workers.endpoints.client import endpoint_url
 from workers.judging.endpoint import EndpointJudge
-from workers.judging.factory import endpoint_url
 from workers.judging.judge import JudgeItem
 
 MODEL = "judge-under-test"
@@ -209,11 +209,12 @@ def test_a_password_in_the_endpoint_url_stays_out_of_report_terminal_logs_and_re
 
 def test_workers_take_the_endpoint_password_from_their_own_setting_or_say_to_set_it() -> None:
     stored = "http://judge:**@10.0.0.7:8000/v1"
-    assert endpoint_url(stored, "http://judge:pw@10.0.0.7:8000/v1") == "http://judge:pw@10.0.0.7:8000/v1"
-    assert endpoint_url("http://10.0.0.7:8000/v1", "") == "http://10.0.0.7:8000/v1"
+    own = "http://judge:pw@10.0.0.7:8000/v1"
+    assert endpoint_url(stored, own, "JUDGE_ENDPOINT") == own
+    assert endpoint_url("http://10.0.0.7:8000/v1", "", "JUDGE_ENDPOINT") == "http://10.0.0.7:8000/v1"
     for own in ("", "http://judge:pw@10.0.0.8:8000/v1"):
         with pytest.raises(PermanentError, match="set EVALFLEET_JUDGE_ENDPOINT_URL to that URL with its password"):
-            endpoint_url(stored, own)
+            endpoint_url(stored, own, "JUDGE_ENDPOINT")
 
 
 # --- a key put where the variable's name goes --------------------------------------------------------

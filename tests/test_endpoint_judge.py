@@ -5,24 +5,16 @@ tests/data), since `transformers serve` returns no logprobs."""
 
 from __future__ import annotations
 
-import http.server
 import json
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 from PIL import Image, ImageDraw
 
-from conftest import private_env, read_json, run_producer, started_fleet, wait_until
+from conftest import private_env, read_json, run_producer, started_fleet
+from endpoint_proxy import Reply, ScriptedProxy
 from producer.editbench.sample import write_editbench_sample
 from producer.embedded import EmbeddedRedis
 from shared.editbench.judge_scores import JudgeFailure, JudgeScore
@@ -33,12 +25,6 @@ from workers.judging.judge import JudgeItem
 DATA = Path(__file__).parent / "data"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def tiny_judge(tiny_vlm_dir) -> str:
     """The model the server serves, by the name the judge asks for: its directory."""
@@ -46,90 +32,24 @@ def tiny_judge(tiny_vlm_dir) -> str:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_judge, tmp_path_factory):
-    """`transformers serve` on the tiny Qwen3-VL, on the CPU, on a free port: the command users run."""
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}/v1"
-    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
-    # The console script installed beside this Python; no update check over the network.
-    command = [str(Path(sys.executable).parent / "transformers"), "serve", tiny_judge,
-               "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "HF_HUB_DISABLE_UPDATE_CHECK": "1"})
-
-    def answers() -> bool:
-        if proc.poll() is not None:
-            pytest.fail(f"transformers serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-        try:
-            urllib.request.urlopen(f"{url}/models", timeout=2).read()
-            return True
-        except (urllib.error.URLError, ConnectionError):
-            return False
-
-    try:
-        wait_until(answers, 180, "transformers serve to answer", interval=0.2)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-class _Proxy(http.server.ThreadingHTTPServer):
-    """Answers the first ``refuse`` POSTs with ``status`` (and Retry-After: 1), then forwards."""
-
-    def __init__(self, upstream: str, refuse: int, status: int):
-        self.upstream, self.refuse, self.status = upstream, refuse, status
-        self.requests: list[float] = []
-        super().__init__(("127.0.0.1", 0), _ProxyHandler)
-
-
-class _ProxyHandler(http.server.BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-        proxy: _Proxy = self.server  # type: ignore[assignment]
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        proxy.requests.append(time.monotonic())
-        if len(proxy.requests) <= proxy.refuse:
-            self._reply(proxy.status, b'{"error": {"message": "busy"}}', {"Retry-After": "1"})
-            return
-        request = urllib.request.Request(proxy.upstream + self.path.removeprefix("/v1"), data=body,
-                                         headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                self._reply(response.status, response.read(), {})
-        except urllib.error.HTTPError as err:
-            self._reply(err.code, err.read(), {})
-
-    def _reply(self, status: int, body: bytes, headers: dict[str, str]) -> None:
-        self.send_response(status)
-        for name, value in {"Content-Type": "application/json", **headers}.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:
-        pass
+def server(transformers_serve) -> str:
+    return transformers_serve
 
 
 @pytest.fixture
 def proxy(server):
+    """start(refuse, status) -> (URL, proxy) answering the first ``refuse`` POSTs with ``status``
+    (and Retry-After: 1), then forwarding to the server."""
     started = []
 
-    def start(refuse: int, status: int) -> tuple[str, _Proxy]:
-        p = _Proxy(server, refuse, status)
-        threading.Thread(target=p.serve_forever, daemon=True).start()
+    def start(refuse: int, status: int) -> tuple[str, ScriptedProxy]:
+        p = ScriptedProxy(server, [Reply(status, headers={"Retry-After": "1"})] * refuse)
         started.append(p)
-        return f"http://127.0.0.1:{p.server_address[1]}/v1", p
+        return p.url, p
 
     yield start
     for p in started:
-        p.shutdown()
-        p.server_close()
+        p.stop()
 
 
 def _judge(url: str, model: str, **changes) -> EndpointJudge:

@@ -15,6 +15,7 @@ from producer.run_identity import claim_run
 from producer.stale_messages import take_out_stale_messages
 from shared.keys import derive_run_id, inputs_digest, normalize_image_id, relation_key
 from shared.messages import RELATIONS_STAGE, RELATIONS_TASK
+from shared.redaction import without_password
 from shared.relations.data import prepare_data_for_inference
 from shared.relations.run_settings import RelationsRunSettings
 from shared.store import RunStore, connect
@@ -43,12 +44,20 @@ class Enqueued:
 
 def run_settings(settings: Settings) -> RelationsRunSettings:
     """The settings a relations run is registered with."""
+    local = settings.relations_backend == "local"
     return RelationsRunSettings(
         batch_size=settings.batch_size, max_batch=settings.max_batch,
-        relations_engine=settings.relations_engine,
-        workers_per_gpu=settings.workers_per_gpu, relations_model=settings.relations_model,
-        model_revision=settings.model_revision, dtype=settings.dtype, top_k=settings.top_k,
-        max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, seed=settings.seed)
+        relations_engine=settings.relations_engine, workers_per_gpu=settings.workers_per_gpu,
+        # Its password is not stored: the workers' own setting gives it.
+        relations_endpoint_url="" if local else without_password(settings.relations_endpoint_url),
+        relations_endpoint_api_key_env="" if local else settings.relations_endpoint_api_key_env,
+        relations_backend=settings.relations_backend,
+        relations_endpoint_model="" if local else settings.relations_endpoint_model,
+        # The local model's settings make no endpoint's text.
+        relations_model=settings.relations_model if local else "",
+        model_revision=settings.model_revision if local else "", dtype=settings.dtype if local else "",
+        top_k=settings.top_k, max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
+        seed=settings.seed)
 
 
 def result_settings(settings: Settings) -> dict[str, Any]:

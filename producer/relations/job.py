@@ -46,6 +46,8 @@ class RelationsJob(Job):
         return {name: getattr(args, name) for name in SETTING_FLAGS if getattr(args, name, None) is not None}
 
     def models(self, settings: Settings) -> list[tuple[str, str, tuple[str, ...]]]:
+        if settings.relations_backend == "endpoint":  # the endpoint serves the model: none here
+            return []
         return [("relations_model", settings.relations_model, (TINY_MODEL,))]
 
     def queues(self, settings: Settings) -> list[str]:

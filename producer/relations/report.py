@@ -25,6 +25,7 @@ def relations_report(store: RunStore) -> dict[str, Any]:
     failed = store.failed(RELATIONS_STAGE)
     ordered = sorted((k for k in done if k in items), key=lambda k: items[k].get("order", 0))
     results = [report_record(done[k]) for k in ordered]
+    stats = store.stats(RELATIONS_STAGE)
     summary = {
         "total_pairs": len(results),
         "total_images": len({normalize_image_id(r["image_id"]) for r in results}),
@@ -34,13 +35,20 @@ def relations_report(store: RunStore) -> dict[str, Any]:
         "num_gpus": sum("/cuda:" in d for d in store.devices()),
         "workers_per_gpu": run.workers_per_gpu,
         "run_id": store.run_id,
-        "model": run.relations_model,
-        "engine": run.relations_engine,
+        "model": run.model,
+        "backend": run.relations_backend,
+        "engine": "" if run.endpoint else run.relations_engine,
+        # Descriptions cut at generation_max_tokens (an endpoint's finish_reason "length"; the
+        # local engines do not flag them).
+        "truncated_descriptions": sum(bool(d.get("truncated")) for r in results for d in r["stage2_generated"]),
         "failed_pairs": len(failed),
         "pending_pairs": len(items) - len(done) - len(failed),
         # Stage-1 candidates left out of the top K (README, The relations job, Preparation).
         **meta.get("preparation", NOTHING_PREPARED),
     }
+    if run.endpoint:
+        summary["endpoint_url"] = run.relations_endpoint_url  # stored without its password
+        summary["endpoint_retries"] = stats.get("endpoint_retries", 0)
     failures = [{"key": k, "reason": v["reason"], "attempts": v["attempts"]}
                 for k, v in sorted(failed.items())]
     return {"summary": summary, "results": results, "failed": failures}

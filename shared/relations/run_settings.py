@@ -15,7 +15,15 @@ class RelationsRunSettings(RunSettings):
     # The engine that decodes (both give the same greedy text, so it is not the run's identity).
     relations_engine: str = "slot"
     workers_per_gpu: int
-    # These change the generated text: the run's identity.
+    # Where the endpoint is (without its URL's password) and its key's variable: the latest
+    # command's, as for the judge's endpoint.
+    relations_endpoint_url: str = ""
+    relations_endpoint_api_key_env: str = ""
+    # These change the generated text: the run's identity. An endpoint run's text is the served
+    # model's: relations_model, model_revision and dtype are "" there. The backend and the served
+    # model are stored only when not local, so local runs keep the run ids they had.
+    relations_backend: str = result("local", only_when_set=True)
+    relations_endpoint_model: str = result("", only_when_set=True)
     relations_model: str = result()
     model_revision: str = result("")
     dtype: str = result()
@@ -24,3 +32,13 @@ class RelationsRunSettings(RunSettings):
     temperature: float = result()
     seed: int = result()
 
+
+    @property
+    def endpoint(self) -> bool:
+        """Whether an OpenAI-compatible server makes the descriptions (no model in the worker)."""
+        return self.relations_backend == "endpoint"
+
+    @property
+    def model(self) -> str:
+        """The model that makes the descriptions: the served one for an endpoint run."""
+        return self.relations_endpoint_model if self.endpoint else self.relations_model

@@ -13,40 +13,33 @@ the stated integer is used.
 
 No model and no device: a worker scoring through an endpoint needs no GPU. Requests run
 ``concurrency`` at a time, each bounded as a whole by ``timeout_seconds`` and retried on 408,
-409, 429, 5xx, lost connections and timeouts (endpoint_requests.py); after the last retry the
-row fails with the endpoint's answer and the number of attempts made. The API key is read from
-the environment variable the run names and is never logged.
+409, 429, 5xx, lost connections and timeouts; after the last retry the row fails with the
+endpoint's answer and the number of attempts made. The API key is read from the environment
+variable the run names and is never logged (workers/endpoints/client.py, shared with the
+relations job).
 """
 
 from __future__ import annotations
 
-import base64
 import io
 import logging
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
 from PIL import Image
 
-from config.settings import API_KEY_ENV_PROBLEM, looks_like_variable_name
+from config.settings import JUDGE_ENDPOINT
 from shared.editbench.judge_scores import (FROM_LOGPROBS, SCORE_MODE_TOKENS, JudgeFailure, JudgeScore, StatedScore,
                                  expectation, find_stated_score, first_digits, scale_probabilities,
                                  stated_score)
-from shared.redaction import add_secret, add_url_secrets, redact, without_password
-from workers.judging.chat_completion import NotAChatCompletion, completion_problem, parse_chat_completion
-from workers.judging.endpoint_requests import ChatCompletions, EndpointError
+from workers.endpoints.chat_completion import completion_problem
+from workers.endpoints.client import EndpointClient, EndpointFailure, data_url as encoded_url
 from workers.judging.judge import JudgeItem
 
 log = logging.getLogger(__name__)
 
 # As many alternatives per position as OpenAI allows: the scale's 10 digits fit.
 TOP_LOGPROBS = 20
-# How much of an answer that is not a chat completion a failure shows.
-FIRST_BYTES = 200
-# What a server without authentication is sent (the client requires some key).
-NO_KEY = "none"
 
 
 class EndpointJudge:
@@ -62,34 +55,22 @@ class EndpointJudge:
         self.max_tokens = reasoning_tokens or SCORE_MODE_TOKENS
         self.reasoning = bool(reasoning_tokens)
         self.stated = stated  # the rubric's scoring takes the stated integer, whatever the logprobs say
-        self.concurrency = concurrency
-        api_key = _api_key(api_key_env)
-        # Whatever the server echoes (the key in a 401, the URL), reasons and logs go without them.
-        add_url_secrets(base_url)
-        if api_key_env:
-            add_secret(api_key)
-        self.completions = ChatCompletions(base_url, api_key, timeout_seconds=timeout_seconds,
-                                           max_retries=max_retries)
+        self.client = EndpointClient(base_url, model, what="the judge endpoint", setting=JUDGE_ENDPOINT,
+                                     api_key_env=api_key_env, concurrency=concurrency,
+                                     timeout_seconds=timeout_seconds, max_retries=max_retries)
+        self.completions = self.client.completions
 
     def score(self, items: list[JudgeItem]) -> list[JudgeScore | JudgeFailure]:
         """One result per row, in order; a row that fails (after retries) fails alone."""
-        if not items:
-            return []
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(items))) as pool:
-            return list(pool.map(self._score_row, items))
+        return [self._score_row(row) for row in [self.client.submit(self.request(item)) for item in items]]
 
-    def _score_row(self, item: JudgeItem) -> JudgeScore | JudgeFailure:
-        where = f"the judge endpoint {without_password(self.base_url)} (model {self.model!r})"
+    def _score_row(self, sent) -> JudgeScore | JudgeFailure:
         try:
-            body = self.completions.create(self.request(item))
-        except EndpointError as exc:
-            return JudgeFailure(redact(f"{where} failed after {exc.attempts} attempt(s): {exc}"))
-        try:
-            response = parse_chat_completion(body)
-        except NotAChatCompletion as exc:
-            return JudgeFailure(redact(f"{where} sent something that is not a chat completion ({exc}); "
-                                       f"its first bytes: {body[:FIRST_BYTES]!r}"))
-        return score_from_response(response, self.values, reasoning=self.reasoning, stated=self.stated)
+            completion = sent.result()
+        except EndpointFailure as exc:
+            return JudgeFailure(str(exc))
+        return score_from_response(completion.response, self.values, reasoning=self.reasoning,
+                                   stated=self.stated)
 
     def request(self, item: JudgeItem) -> dict[str, Any]:
         """The chat-completions request of one row."""
@@ -173,19 +154,7 @@ def _digit_probabilities(token: dict[str, Any], digits: Sequence[str]) -> dict[s
 
 
 def data_url(image: Image.Image) -> str:
+    """``image`` as a PNG data URL (the judge's images are decoded pictures, not files)."""
     buf = io.BytesIO()
     image.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _api_key(variable: str) -> str:
-    if not variable:
-        return NO_KEY
-    if not looks_like_variable_name(variable):
-        raise KeyError(API_KEY_ENV_PROBLEM)  # a run registered before the producer checked it
-    key = os.environ.get(variable)
-    if not key:
-        # Names the variable, never a value.
-        raise KeyError(f"the endpoint judge's API key variable {variable} is not set in this "
-                       "worker's environment: set it where the workers run")
-    return key
+    return encoded_url(buf.getvalue(), "image/png")

@@ -4,12 +4,12 @@ judge model, or a client of the run's OpenAI-compatible endpoint."""
 from __future__ import annotations
 
 import functools
-from urllib.parse import urlsplit
 
 from config import Settings
+from config.settings import JUDGE_ENDPOINT
 from shared.editbench.run_settings import EditbenchRunSettings
 from shared.messages import EDIT_STAGE
-from shared.redaction import MASK, without_password
+from workers.endpoints.client import endpoint_url
 from workers.errors import PermanentError
 from workers.judging.run_rubric import rubric_of
 from workers.model_host import ModelHost
@@ -27,7 +27,7 @@ def judge_for(host: ModelHost, run: EditbenchRunSettings):
     rubric = rubric_of(store.run_id, run).rubric
     if run.judge_backend == "endpoint":
         # No model and no device: the score phase of an endpoint judge needs no GPU.
-        url = endpoint_url(run.judge_endpoint_url, host.settings.judge_endpoint_url)
+        url = endpoint_url(run.judge_endpoint_url, host.settings.judge_endpoint_url, JUDGE_ENDPOINT)
         return _endpoint_judge(host.settings, url, run.judge_endpoint_model,
                                run.judge_endpoint_api_key_env, run.judge_endpoint_logprobs,
                                rubric.values, run.judge_reasoning_tokens, rubric.scoring == "stated")
@@ -42,18 +42,6 @@ def judge_for(host: ModelHost, run: EditbenchRunSettings):
     return Judge(loaded.processor, loaded.model, batch_size=run.judge_batch_size * len(rubric.criteria),
                  values=rubric.values, reasoning_tokens=run.judge_reasoning_tokens,
                  stated=rubric.scoring == "stated")
-
-
-def endpoint_url(stored: str, own: str) -> str:
-    """The run's endpoint URL, with its password: the run stores it without one (``**``), and
-    this worker's own EVALFLEET_JUDGE_ENDPOINT_URL gives it back when it is the same URL."""
-    if urlsplit(stored).password != MASK:
-        return stored
-    if own and without_password(own) == stored:
-        return own
-    raise PermanentError(f"the run's judge endpoint {stored} wants a password, which is not stored with "
-                         "the run: set EVALFLEET_JUDGE_ENDPOINT_URL to that URL with its password where "
-                         "the workers run")
 
 
 @functools.lru_cache(maxsize=4)

@@ -1,4 +1,5 @@
-"""The relations task: the pairs of one or more images, every top-K predicate, one generation."""
+"""The relations task: the pairs of one or more images, every top-K predicate, one generation
+(on this worker's device, or through the run's endpoint)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from shared.relations.result import relation_result
 from shared.relations.run_settings import RelationsRunSettings
 from shared.store import RunStore
 from workers.celery_app import app, settings
-from workers.relations.factory import relation_generator
+from workers.relations.endpoint import EndpointAnswer, EndpointRelations
+from workers.relations.factory import endpoint_relations, relation_generator
 from workers.run_settings import read_run_settings
 from workers.runtime import device_name, model_host, run_store, worker_name
 from workers.tasks.base import ItemTask, pending_items, sample_progress
@@ -46,16 +48,27 @@ def _generate_pending(store: RunStore, keys: list[str]) -> dict[str, int]:
     if not pending:
         return {"generated": 0}
     run = read_run_settings(store, RelationsRunSettings)
-    generator = relation_generator(model_host(store), run)
-    images, jobs = _usable_images(store, generator, _by_image(pending))
+    # An endpoint run loads no model: the server makes the text.
+    generator = endpoint_relations(settings, run) if run.endpoint else relation_generator(model_host(store), run)
+    images, paths, jobs = _usable_images(store, generator, _by_image(pending))
     if not jobs:
         return {"generated": 0}
     prompts = [[prompt for _, _, prompt in image_jobs] for image_jobs in jobs]
     results = PairResults(store, pending, jobs)
-    _generate(generator, run.seed, images, prompts, keys[0], results.answer)
+    if isinstance(generator, EndpointRelations):
+        seeds = [[prompt_seed(run.seed, key, entry["predicate"]) for key, entry, _ in image_jobs] for image_jobs in jobs]
+        generator.describe(paths, prompts, seeds, results.endpoint_answer)
+    else:
+        _generate(generator, run.seed, images, prompts, keys[0], results.answer)
+        store.add_device(device_name())
     store.count(RELATIONS_STAGE, "tasks_generated")
-    store.add_device(device_name())
     return {"generated": results.descriptions}
+
+
+def prompt_seed(run_seed: int, key: str, predicate: str) -> int:
+    """A prompt's own seed: the same whichever task carries it, so a redelivered or repacked
+    prompt samples the same text where the server honours seeds."""
+    return run_seed + zlib.crc32(f"{key}|{predicate}".encode())
 
 
 def _by_image(pending: dict[str, dict]) -> list[dict[str, dict]]:
@@ -66,9 +79,9 @@ def _by_image(pending: dict[str, dict]) -> list[dict[str, dict]]:
     return list(groups.values())
 
 
-def _usable_images(store: RunStore, generator: RelationGenerator,
-                   groups: list[dict[str, dict]]) -> tuple[list[Image.Image], list[list[tuple]]]:
-    """(images, their prompt jobs) for the groups of pending pairs (one group per image).
+def _usable_images(store: RunStore, generator: RelationGenerator | EndpointRelations, groups: list[dict[str, dict]]
+                   ) -> tuple[list[Image.Image], list[str], list[list[tuple]]]:
+    """(images, their files, their prompt jobs) for the groups of pending pairs (one group per image).
 
     An image that cannot be used (the file, or the model's processor refuses it) fails its own
     pairs, and only they; so does a pair with a bad box.
@@ -76,8 +89,8 @@ def _usable_images(store: RunStore, generator: RelationGenerator,
     # Decoding a task's images (40 PNGs when small images share a task) lets go of the GIL.
     with ThreadPoolExecutor(OPEN_THREADS) as pool:
         opened = list(pool.map(_open_pair_image, groups))
-    images, jobs = [], []
-    for image_pending, (image, problem) in zip(groups, opened):
+    images, paths, jobs = [], [], []
+    for image_pending, (image, path, problem) in zip(groups, opened):
         if image is not None and (refused := generator.image_problem(image)):
             problem = f"image file {next(iter(image_pending.values()))['image_path']}: {refused}"
         if problem is not None:
@@ -87,8 +100,9 @@ def _usable_images(store: RunStore, generator: RelationGenerator,
         image_jobs = _prompts(store, image_pending, image.width, image.height)
         if image_jobs:
             images.append(image)
+            paths.append(path)
             jobs.append(image_jobs)
-    return images, jobs
+    return images, paths, jobs
 
 
 def failure_reason(item: dict, field: str, message: str) -> str:
@@ -99,16 +113,16 @@ def failure_reason(item: dict, field: str, message: str) -> str:
     return str(RecordError(source["file"], source["record"], field, message))
 
 
-def _open_pair_image(pending: dict) -> tuple[Image.Image | None, str | None]:
-    """(the image the pending pairs share, None), or (None, why it cannot be used)."""
+def _open_pair_image(pending: dict) -> tuple[Image.Image | None, str, str | None]:
+    """(the image the pending pairs share, its file, None), or (None, its file, why it cannot be used)."""
     image_path = next(iter(pending.values()))["image_path"]
     try:
         if settings.data_root:
             # Checked again here: the file may have been swapped for a link since preparation.
             image_path = resolve_inside(image_path, settings.data_root)
-        return open_image(image_path), None
+        return open_image(image_path), image_path, None
     except (ImageFileError, PathOutsideRoot) as exc:
-        return None, str(exc)
+        return None, image_path, str(exc)
 
 
 def _box_problem(item: dict, width: int, height: int) -> str | None:
@@ -167,16 +181,32 @@ class PairResults:
         self.worker = worker_name()
         self.descriptions = 0
 
-    def answer(self, image: int, index: int, text: str) -> None:
+    def answer(self, image: int, index: int, text: str, truncated: bool = False) -> None:
         """One prompt's answer; the pair is stored once it has all of its own."""
         key, place = self.place[image, index]
+        if key not in self.descriptions_of:
+            return  # the pair failed with another of its prompts
         entry = self.jobs[image][index][1]
-        self.descriptions_of[key][place] = {"predicate": entry["predicate"],
-                                            "similarity": entry["similarity"],
-                                            "generated_description": text}
+        description = {"predicate": entry["predicate"], "similarity": entry["similarity"],
+                       "generated_description": text}
+        if truncated:
+            description["truncated"] = True  # cut at max_new_tokens: said, not hidden
+        self.descriptions_of[key][place] = description
         self.left[key] -= 1
         if self.left[key] == 0:
             self._store(key)
+
+    def endpoint_answer(self, image: int, index: int, answer: EndpointAnswer) -> None:
+        """One prompt's outcome through an endpoint: a failed prompt fails its pair, once."""
+        if answer.attempts > 1:
+            self.store.count(RELATIONS_STAGE, "endpoint_retries", answer.attempts - 1)
+        if answer.text is not None:
+            self.answer(image, index, answer.text, answer.truncated)
+            return
+        key, _ = self.place[image, index]
+        if self.descriptions_of.pop(key, None) is not None:
+            self.store.mark_failed(RELATIONS_STAGE, key, answer.failure)
+            sample_progress(self.store, RELATIONS_STAGE)
 
     def _store(self, key: str) -> None:
         descriptions = self.descriptions_of.pop(key)

@@ -1,5 +1,5 @@
-"""Chat-completions requests to an OpenAI-compatible endpoint, each bounded as a whole, retried
-as the README says, and read as a chat completion or refused.
+"""Chat-completions requests to an OpenAI-compatible endpoint (the judge's and the relations
+job's), each bounded as a whole and retried as the README says.
 
 The ``openai`` client's timeout bounds each connect, read and write, not the request: a server
 that sends a byte every few seconds would hold a request forever. So each attempt runs in its
@@ -20,6 +20,7 @@ import queue
 import random
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import openai
@@ -45,21 +46,34 @@ class _Failed(Exception):
         self.reason, self.retryable, self.retry_after = reason, retryable, retry_after
 
 
-class ChatCompletions:
-    """``create(request)``: the endpoint's answer to one chat-completions request, as bytes."""
+@dataclass(frozen=True)
+class Reply:
+    """The body of a 2xx answer, and how many attempts it took (1: no retry)."""
 
-    def __init__(self, base_url: str, api_key: str, *, timeout_seconds: float, max_retries: int) -> None:
+    body: bytes
+    attempts: int
+
+
+class ChatCompletions:
+    """``create(request)``: the endpoint's answer to one chat-completions request.
+
+    ``setting`` is the settings' name of this endpoint (``JUDGE_ENDPOINT``): messages name its
+    timeout setting, and the request threads are named after it."""
+
+    def __init__(self, base_url: str, api_key: str, *, timeout_seconds: float, max_retries: int,
+                 setting: str) -> None:
         self.base_url = base_url
         self.api_key = api_key
         self.timeout_seconds = timeout_seconds
         self.max_retries = max_retries
+        self.setting = setting
         self._idle: queue.SimpleQueue[openai.OpenAI] = queue.SimpleQueue()
 
-    def create(self, request: dict[str, Any]) -> bytes:
-        """The response body of the first attempt that got a 2xx answer; EndpointError otherwise."""
+    def create(self, request: dict[str, Any]) -> Reply:
+        """The answer of the first attempt that got a 2xx answer; EndpointError otherwise."""
         for attempt in range(1, self.max_retries + 2):
             try:
-                return self._attempt(request)
+                return Reply(self._attempt(request), attempt)
             except _Failed as failed:
                 wait = _backoff(attempt) if failed.retry_after is None else failed.retry_after
                 if not failed.retryable or attempt > self.max_retries:
@@ -74,13 +88,13 @@ class ChatCompletions:
         client = self._client()
         outcome: list[Any] = []
         thread = threading.Thread(target=_send, args=(client, request, outcome), daemon=True,
-                                  name="judge-endpoint-request")
+                                  name=f"{self.setting.lower().replace('_', '-')}-request")
         thread.start()
         thread.join(self.timeout_seconds)
         if thread.is_alive():
             client.close()  # its connections close: the thread ends at its next read
             raise _Failed(f"no whole answer within {self.timeout_seconds:g} s "
-                          "(EVALFLEET_JUDGE_ENDPOINT_TIMEOUT_SECONDS bounds each request)", retryable=True)
+                          f"(EVALFLEET_{self.setting}_TIMEOUT_SECONDS bounds each request)", retryable=True)
         self._idle.put(client)
         [result] = outcome
         if isinstance(result, BaseException):

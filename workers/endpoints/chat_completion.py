@@ -1,4 +1,4 @@
-"""What an endpoint's answer must be for the judge to read it: a chat completion, as JSON, whose
+"""What an endpoint's answer must be to be read (by the judge, by the relations job): a chat completion, as JSON, whose
 first choice has a text message and, when given, logprobs of the documented shape. Anything
 else (HTML from a proxy, another API's JSON, no choices, a logprob that is not a number) is
 refused with what is wrong, never read half-way into an internal error."""
