@@ -9,7 +9,7 @@ from typing import Any, Iterable
 
 from shared.editbench.formats.fields import mapped_record, own_fields
 from shared.errors import RecordError, shown
-from shared.keys import KEY_SEP, NAME_MAX, is_key_part, nfc
+from shared.keys import KEY_SEP, NAME_MAX, nfc
 
 
 @dataclass
