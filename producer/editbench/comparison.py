@@ -337,13 +337,7 @@ def _difference_cell(diff: dict[str, Any]) -> str:
 
 def render_comparison_chart(comparison: dict[str, Any]) -> bytes:
     """PNG bytes of ``comparison_figure``."""
-    import matplotlib.pyplot as plt
-
-    fig = comparison_figure(comparison)
-    try:
-        return png_bytes(fig)
-    finally:
-        plt.close(fig)
+    return png_bytes(comparison_figure(comparison))
 
 
 def comparison_figure(comparison: dict[str, Any]):

@@ -205,22 +205,21 @@ def error_bars(summaries: list[dict[str, Any]]) -> list[list[float]]:
 
 
 def png_bytes(fig) -> bytes:
-    """A finished matplotlib figure as PNG bytes (laid out tight)."""
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+    """A finished matplotlib figure as PNG bytes (laid out tight); the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    try:
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        return buf.getvalue()
+    finally:
+        plt.close(fig)
 
 
 def render_chart(report: dict[str, Any]) -> bytes:
     """PNG bytes of ``chart_figure``."""
-    import matplotlib.pyplot as plt
-
-    fig = chart_figure(report)
-    try:
-        return png_bytes(fig)
-    finally:
-        plt.close(fig)
+    return png_bytes(chart_figure(report))
 
 
 def chart_figure(report: dict[str, Any]):
