@@ -64,8 +64,14 @@ class Settings:
     # Where results and run state live; empty means "the broker's Redis".
     result_url: str = ""
     work_dir: Path = Path("evalfleet-work")
-    # Empty means <work_dir>/artifacts.
+    # Empty means <work_dir>/artifacts. An object-store URL (s3://bucket/prefix) puts a run's
+    # originals and edits there, for workers on hosts that share no filesystem (README, Fleet).
     artifact_root: str = ""
+    # Where a worker keeps the objects it fetched from an object-store artifact root, so an
+    # image many tasks of one host read is fetched once; empty means <work_dir>/object-cache.
+    # At most object_cache_mb megabytes (the least recently used go first); 0: no cache.
+    object_cache_dir: str = ""
+    object_cache_mb: float = 1024.0
     # Free space (MB) `run` needs on the work directory's disk (and the artifact root's) to
     # start: below it the run is refused (exit 3) rather than fail its writes part-way. 0: no check.
     min_free_mb: float = 100.0
@@ -228,8 +234,23 @@ class Settings:
         return self.task_time_limit + min(TIME_LIMIT_GRACE_SECONDS, self.task_time_limit)
 
     @property
+    def artifacts_in_store(self) -> bool:
+        """The artifact root is an object-store URL, not a folder."""
+        return "://" in self.artifact_root
+
+    @property
+    def artifact_location(self) -> str:
+        """The artifact root as a location (``shared/storage.py``): the URL, or the folder."""
+        return self.artifact_root if self.artifacts_in_store else str(self.artifacts)
+
+    @property
     def artifacts(self) -> Path:
+        """The artifact root's folder (not for an object-store root: artifact_location)."""
         return Path(self.artifact_root) if self.artifact_root else self.work_dir / "artifacts"
+
+    @property
+    def object_cache(self) -> Path:
+        return Path(self.object_cache_dir) if self.object_cache_dir else self.work_dir / "object-cache"
 
     @property
     def models_dir(self) -> Path:
@@ -379,6 +400,8 @@ def validate_settings(s: Settings) -> None:
             raise SettingsError(f"{ENV_PREFIX}{name.upper()} must be at least 1")
     if s.min_free_mb < 0:
         raise SettingsError(f"{ENV_PREFIX}MIN_FREE_MB must be >= 0 (0: no check)")
+    if s.object_cache_mb < 0:
+        raise SettingsError(f"{ENV_PREFIX}OBJECT_CACHE_MB must be >= 0 (0: no cache)")
     if s.edit_steps < 0 or s.edit_size < 0 or s.edit_guidance < 0 or s.memory_budget_gb < 0:
         raise SettingsError(
             f"{ENV_PREFIX}EDIT_STEPS, EDIT_SIZE, EDIT_GUIDANCE and MEMORY_BUDGET_GB must be >= 0 "

@@ -41,8 +41,9 @@ from producer.status import build_status, format_status
 from shared.disk import as_disk_full, is_disk_full
 from shared.errors import InputFileError, escaped
 from shared.keys import check_run_name
-from shared.run_settings import RunSettingsError
 from shared.redaction import add_settings_secrets, redact, redact_logs
+from shared.run_settings import RunSettingsError
+from shared.storage import StorageError, StoreUnreachable
 from shared.store import (RunStore, check_redis_persisting, connect, redis_data_dir, redis_disk_full,
                           refuses_writes)
 
@@ -379,8 +380,11 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("%s", line)
     try:
         return args.func(args, settings)
+    except StoreUnreachable as exc:  # infrastructure: the same command resumes once it answers
+        log.error("%s", exc)
+        return EXIT_INFRA
     except (InputFileError, SettingsError, RunMismatchError, RunSettingsError, ApproximateComparisonError,
-            RubricComparisonError) as exc:
+            RubricComparisonError, StorageError) as exc:
         log.error("%s", exc)
         return EXIT_USAGE
     except SystemExit as exc:

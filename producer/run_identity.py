@@ -11,10 +11,9 @@ over instead: its stored results and artifacts are deleted first.
 from __future__ import annotations
 
 import logging
-import shutil
-from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from shared import storage
 from shared.errors import shown
 from shared.store import RunStore
 
@@ -28,7 +27,7 @@ class RunMismatchError(Exception):
 
 
 def claim_run(store: RunStore, meta: Mapping[str, Any], identity: Iterable[str],
-              restart: bool = False, artifacts_dir: Path | None = None) -> None:
+              restart: bool = False, artifacts_dir: str | None = None) -> None:
     """Register the run with ``meta``, or check that the stored run is the same run.
 
     ``identity`` names the keys of ``meta`` that change results (the job always does).
@@ -53,9 +52,9 @@ def mismatch_message(run_id: str, differences: list[tuple[str, Any, Any]]) -> st
             "(its stored results are deleted)")
 
 
-def _start_over(store: RunStore, artifacts_dir: Path | None) -> None:
+def _start_over(store: RunStore, artifacts_dir: str | None) -> None:
     deleted = store.delete()
-    if artifacts_dir is not None and artifacts_dir.exists():
+    if artifacts_dir is not None:
         # Edited images are written once: old ones would stand in for the new run's.
-        shutil.rmtree(artifacts_dir)
+        storage.remove_under(artifacts_dir)
     log.warning("run %s started over: %d stored keys deleted", store.run_id, deleted)

@@ -1,9 +1,6 @@
-"""Files a run produces or needs, under ``<artifact root>/<run id>/``.
+"""Writing local files safely (atomically, or once) and naming files after arbitrary ids.
 
-Originals are content-addressed (``originals/<sha256>.<ext>``): the same image is
-stored once and its name proves its content. Edited images are named after their
-item, so a person finds them, and carry the digest of the exact id, so two items never
-share a file: ``edited/<category>-<digest>/<pair id>-<digest>.png`` (see safe_name).
+Where a run's files go under its artifact root: ``shared/run_artifacts.py``.
 """
 
 from __future__ import annotations
@@ -96,19 +93,3 @@ def write_once(path: Path, data: bytes) -> str:
     finally:
         os.unlink(tmp)
     return sha256_bytes(data)
-
-
-class ArtifactStore:
-    def __init__(self, root: Path, run_id: str):
-        self.dir = Path(root).resolve() / run_id
-
-    def put_original(self, data: bytes, extension: str) -> tuple[Path, str]:
-        """Store an original image's bytes once; returns (path, sha256)."""
-        digest = sha256_bytes(data)
-        path = self.dir / "originals" / f"{digest}.{extension}"
-        if not path.exists():
-            write_atomic(path, data)
-        return path, digest
-
-    def edited_path(self, category: str, pair_id: str) -> Path:
-        return self.dir / "edited" / safe_name(category) / f"{safe_name(pair_id)}.png"

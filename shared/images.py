@@ -130,22 +130,37 @@ def open_image(path: str | Path) -> Image.Image:
     """Decode an image fully as the RGB a viewer shows (see as_displayed), refusing decompression
     bombs (see load_fully) and files that are not regular files (see shared/files.py)."""
     try:
-        with open_regular(path) as f, load_fully(f) as img:
+        f = open_regular(path)
+    except UnreadableFile as exc:
+        raise ImageFileError(f"image file {exc}") from None
+    with f:
+        return _decoded(f, path)
+
+
+def image_from_bytes(data: bytes, name: str) -> Image.Image:
+    """``open_image`` for an image's bytes (an object fetched from a store); ``name`` (its URL)
+    is the one its errors give."""
+    return _decoded(io.BytesIO(data), name)
+
+
+def _decoded(source: IO[bytes], name: str | Path) -> Image.Image:
+    try:
+        with load_fully(source) as img:
             return as_displayed(img)
     except UnreadableFile as exc:
         raise ImageFileError(f"image file {exc}") from None
     except UnshowableImage as exc:
-        raise ImageFileError(f"image file {path} cannot be shown: {exc}") from None
+        raise ImageFileError(f"image file {name} cannot be shown: {exc}") from None
     except Image.DecompressionBombError as exc:
-        raise ImageFileError(f"image file {path} is too large to decode safely: {exc}") from None
+        raise ImageFileError(f"image file {name} is too large to decode safely: {exc}") from None
     except UnidentifiedImageError:
-        raise ImageFileError(f"image file {path} is not an image Pillow can read") from None
+        raise ImageFileError(f"image file {name} is not an image Pillow can read") from None
     except MemoryError:
-        raise ImageFileError(f"image file {path} does not fit in memory") from None
+        raise ImageFileError(f"image file {name} does not fit in memory") from None
     except SoftTimeLimitExceeded:
         raise  # the task's time limit, not the file: the task's own handling reports it
     except Exception as exc:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError...
-        raise ImageFileError(f"image file {path} cannot be decoded ({exc})") from None
+        raise ImageFileError(f"image file {name} cannot be decoded ({exc})") from None
 
 
 def resolve_inside(path: str | Path, root: str | Path) -> str:

@@ -1,8 +1,9 @@
 """The secrets a process knows, kept out of every reason, log line and report.
 
-The secrets are the passwords in the Redis and endpoint URLs, the endpoints' API keys (the
-values of the variables the settings name) and Flower's and Redis's passwords where they are in
-the environment (``FLOWER_BASIC_AUTH``, ``REDIS_PASSWORD``, docker-compose.yml). Each process
+The secrets are the passwords in the Redis, endpoint and artifact-root URLs, the endpoints' API
+keys (the values of the variables the settings name), Flower's and Redis's passwords where they
+are in the environment (``FLOWER_BASIC_AUTH``, ``REDIS_PASSWORD``, docker-compose.yml) and an
+object store's secret key and session token (``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``). Each process
 adds the ones it learns (settings at start, a run's endpoint when it makes the judge);
 ``redact`` replaces each by ``**`` wherever it appears, whoever wrote it: a server that echoes
 the key in its error message does not get it into the report, the terminal or Redis.
@@ -19,7 +20,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 MASK = "**"
 # Passwords other programs of a deployment read from the environment.
-PASSWORD_VARIABLES = ("REDIS_PASSWORD",)
+PASSWORD_VARIABLES = ("REDIS_PASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 BASIC_AUTH_VARIABLES = ("FLOWER_BASIC_AUTH",)  # user:password[,user:password...]
 
 _secrets: set[str] = set()
@@ -48,7 +49,7 @@ def add_settings_secrets(settings: Any, environ: Mapping[str, str] | None = None
     """Redact the secrets the settings and the environment hold (see the module's doc)."""
     environ = os.environ if environ is None else environ
     for url in (settings.broker_url, settings.result_url, settings.judge_endpoint_url,
-                settings.relations_endpoint_url):
+                settings.relations_endpoint_url, settings.artifact_root):
         add_url_secrets(url)
     for variable in (settings.judge_endpoint_api_key_env, settings.relations_endpoint_api_key_env):
         if variable:

@@ -452,3 +452,16 @@ def own_broker(tmp_path):
     messages a test sends to their queues."""
     with EmbeddedRedis(tmp_path / "redis") as server:
         yield server, celery_client(Settings(broker_url=server.url))
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server (SeaweedFS) with the bucket ``seaweedfs.BUCKET``; the tests
+    that need it are skipped, saying why, where its binary cannot run."""
+    from seaweedfs import started_seaweedfs, why_weed_cannot_run
+
+    reason = why_weed_cannot_run()
+    if reason:
+        pytest.skip(reason)
+    with started_seaweedfs(tmp_path_factory.mktemp("seaweedfs"), wait_until) as server:
+        yield server

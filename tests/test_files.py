@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from shared.artifacts import ArtifactStore, safe_name, write_once
+from shared.artifacts import safe_name, write_once
 from shared.jsonio import write_json_atomic
+from shared.run_artifacts import ArtifactStore
 
 # Ids chosen to collide under a cleaning that maps unsafe characters to "_" and keeps
 # safe ids as they are, or that cuts long ids to a prefix.
@@ -31,7 +32,7 @@ def test_safe_names_are_injective_even_against_each_others_cleaned_form():
 
 @pytest.mark.parametrize("pair_id", ["物" * 100, "😀" * 256, "a" * 256, "é" * 256])
 def test_an_edited_file_name_stays_within_255_bytes_and_can_be_written(tmp_path, pair_id):
-    path = ArtifactStore(tmp_path, "run").edited_path("物" * 256, pair_id)
+    path = Path(ArtifactStore(tmp_path, "run").edited_path("物" * 256, pair_id))
     assert all(len(part.encode()) <= 255 for part in path.parts)
     write_once(path, b"png bytes")  # the temporary file beside it too
     assert path.read_bytes() == b"png bytes"

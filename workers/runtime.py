@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 from celery import current_task
 
+from shared.object_cache import ObjectCache
 from shared.store import WORKER_OUTAGE_SECONDS, WORKERS_KEY, RunStore, connect
 from workers.celery_app import settings
 from workers.errors import PermanentError
@@ -44,6 +45,12 @@ def _store_client():
 
 def run_store(run_id: str) -> RunStore:
     return RunStore(_store_client(), run_id)
+
+
+@functools.cache
+def object_cache() -> ObjectCache:
+    """This host's copies of the objects its workers fetched (the processes share the folder)."""
+    return ObjectCache(settings.object_cache, int(settings.object_cache_mb * 2**20))
 
 
 @functools.cache

@@ -21,8 +21,9 @@ from PIL import Image, UnidentifiedImageError
 from producer.editbench.edit_layouts import LAYOUTS, Layout, Pair, placements
 from producer.job import ExportError
 from shared.artifacts import write_atomic
-from shared.files import UnreadableFile, read_bytes
-from shared.images import ImageFileError, open_image
+from shared import storage
+from shared.files import UnreadableFile
+from shared.images import ImageFileError, image_from_bytes
 from shared.jsonio import write_json_atomic
 from shared.messages import EDIT_STAGE
 from shared.store import RunStore
@@ -68,7 +69,7 @@ def export_edits(store: RunStore, layout_name: str, directory: Path) -> Export:
         else:
             writes.append((key, item, edited[key]["edited_path"], place))
     for key, item, edited_path, place in writes:
-        problem = _write_pair(directory, layout, item, Path(edited_path), place)
+        problem = _write_pair(directory, layout, item, edited_path, place)
         if problem:
             export.not_exported.append({"key": key, "category": item["category"], "pair_id": item["pair_id"],
                                         "reason": problem})
@@ -97,31 +98,31 @@ def _refuse_stale(directory: Path, layout: Layout, place: PurePosixPath, key: st
                               "export into an empty folder (nothing was written)")
 
 
-def _write_pair(directory: Path, layout: Layout, item: dict, edited: Path, place: PurePosixPath) -> str:
+def _write_pair(directory: Path, layout: Layout, item: dict, edited: str, place: PurePosixPath) -> str:
     """Write one pair's files; what went wrong with its images, or ""."""
     try:
         write_atomic(directory / f"{place}{layout.extensions[0]}", image_as(edited, layout.image_format))
         source = layout.source_name(place)
         if source is not None:
-            write_atomic(directory / source, image_as(Path(item["original_path"]), "PNG"))
-    except (ImageFileError, UnreadableFile) as exc:
+            write_atomic(directory / source, image_as(item["original_path"], "PNG"))
+    except (ImageFileError, UnreadableFile, storage.StorageError) as exc:
         return f"not exported: {exc}"
     return ""
 
 
-def image_as(path: Path, image_format: str) -> bytes:
-    """The image file's bytes in ``image_format``: as they are when the file is in that format
-    already (an edit is exported bit for bit), else decoded as shown and encoded."""
-    data = read_bytes(path)
+def image_as(location: str, image_format: str) -> bytes:
+    """The image's bytes (a file's or an object's) in ``image_format``: as they are when the image
+    is in that format already (an edit is exported bit for bit), else decoded as shown and encoded."""
+    data = storage.read_bytes(location)
     try:
         with Image.open(io.BytesIO(data)) as img:
             if img.format == image_format:
                 return data
     except (UnidentifiedImageError, OSError):
-        pass  # open_image says what is wrong with it
+        pass  # image_from_bytes says what is wrong with it
     buf = io.BytesIO()
     options = {"quality": JPEG_QUALITY} if image_format == "JPEG" else {}
-    open_image(path).save(buf, format=image_format, **options)
+    image_from_bytes(data, location).save(buf, format=image_format, **options)
     return buf.getvalue()
 
 

@@ -15,7 +15,8 @@ from typing import Any, Iterable
 
 from config import ENV_PREFIX, Settings, SettingsError
 from producer.editbench.edit_layouts import LAYOUTS, Layout, Pair, layout_for, placements
-from shared.artifacts import sha256_bytes, write_once
+from shared import storage
+from shared.artifacts import sha256_bytes
 from shared.editbench.data import BenchmarkPair
 from shared.files import UnreadableFile, read_bytes
 from shared.keys import file_digest
@@ -101,8 +102,8 @@ def mark_external_edits(store: RunStore, items: dict[str, dict[str, Any]], edits
             store.mark_failed(EDIT_STAGE, key, f"the edit {source} changed while the run was registered; "
                                                "run the command again")
             continue
-        target = Path(items[key]["edited_path"]).with_suffix(source.suffix.lower())
-        store.mark_done(EDIT_STAGE, key, {"edited_path": str(target), "edited_digest": write_once(target, data),
+        target = items[key]["edited_path"].removesuffix(".png") + source.suffix.lower()
+        store.mark_done(EDIT_STAGE, key, {"edited_path": target, "edited_digest": storage.write_once(target, data),
                                           "external": str(source)})
     for key, reason in edits.missing.items():
         store.mark_failed(EDIT_STAGE, key, reason)

@@ -101,7 +101,8 @@ class EditbenchJob(Job):
         check_editbench_settings(settings)
 
     def directories(self, settings: Settings) -> list[tuple[Path, str]]:
-        return [(settings.artifacts, "EVALFLEET_ARTIFACT_ROOT")]
+        # An object store's room is not a disk's: it is not checked.
+        return [] if settings.artifacts_in_store else [(settings.artifacts, "EVALFLEET_ARTIFACT_ROOT")]
 
     def queues(self, settings: Settings) -> list[str]:
         return [settings.queue_edit, settings.queue_score]

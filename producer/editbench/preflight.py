@@ -13,6 +13,7 @@ from producer.editbench.external_edits import check_edits_settings
 from producer.editbench.register import run_templates
 from shared.editbench.editor_families import FAMILIES, unsupported_message
 from shared.editbench.prompt_manager import PromptManager, PromptTemplateError
+from shared import storage
 from shared.files import UnreadableFile, open_regular, read_utf8
 
 
@@ -26,6 +27,17 @@ def check_editbench_settings(settings: Settings) -> None:
     except (OSError, PromptTemplateError) as exc:
         raise SettingsError(f"{ENV_PREFIX}PROMPTS_DIR={settings.prompts_dir!r}: {exc}") from None
     run_templates(settings)  # the rubric's files and numbers, before anything starts
+    check_artifact_store(settings)
+
+
+def check_artifact_store(settings: Settings) -> None:
+    """An object-store artifact root can be written (its bucket exists, the credentials may write):
+    else every edit would fail on the workers."""
+    if settings.artifacts_in_store:
+        try:
+            storage.check_writable(settings.artifact_root)
+        except storage.StorageError as exc:
+            raise SettingsError(f"{ENV_PREFIX}ARTIFACT_ROOT: {exc}") from None
 
 
 def check_editor_family(ref: str, revision: str) -> None:

@@ -13,7 +13,6 @@ from typing import Any
 from config import FIELD_SEPARATOR, Settings, SettingsError
 from producer.editbench.external_edits import find_edits, mark_external_edits
 from producer.run_identity import claim_run
-from shared.artifacts import ArtifactStore
 from shared.editbench.data import PreparedBenchmark, field_images, prepare_benchmark
 from shared.editbench.formats.fields import FieldMappingError, Reading, parse_field_mapping
 from shared.editbench.data import SHAPES
@@ -24,6 +23,7 @@ from shared.editbench.run_settings import EditbenchRunSettings, EditorLora
 from shared.keys import content_digest, derive_run_id, inputs_digest
 from shared.messages import EDIT_STAGE
 from shared.redaction import without_password
+from shared.run_artifacts import ArtifactStore
 from shared.store import RunStore
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def read_judge_images(rubric: Rubric, prepared: PreparedBenchmark, data_root: st
 
 def _stored_judge_images(artifacts: ArtifactStore, images: dict) -> dict[str, dict]:
     """The item's record of its judge images: stored paths by field, and problems by field."""
-    paths = {name: [str(artifacts.put_original(i.data, i.extension)[0]) for i in found]
+    paths = {name: [artifacts.put_original(i.data, i.extension)[0] for i in found]
              for name, found in images.items() if not isinstance(found, str)}
     problems = {name: found for name, found in images.items() if isinstance(found, str)}
     return {**({"judge_images": paths} if paths else {}), **({"judge_image_problems": problems} if problems else {})}
@@ -188,7 +188,7 @@ def register_editbench(settings: Settings, store_client, benchmark: Path,
     external = edits.identity() if edits else {}
     run_id = run_name or derive_run_id("editbench", inputs, {**run.identity(), **reading, **external})
     store = RunStore(store_client, run_id)
-    artifacts = ArtifactStore(settings.artifacts, run_id)
+    artifacts = ArtifactStore(settings.artifact_location, run_id)
     claim_run(store, {"job": "editbench", "run_id": run_id, "created": time.time(),
                       "benchmark": str(benchmark), "benchmark_shape": prepared.shape,
                       "inputs": inputs_digest(inputs), **reading,
@@ -201,13 +201,13 @@ def register_editbench(settings: Settings, store_client, benchmark: Path,
         stored = [artifacts.put_original(image.data, image.extension) for image in pair.images]
         (original, digest), *others = stored
         items[pair.key] = {"category": pair.category, "pair_id": pair.pair_id, "order": order,
-                           "original_path": str(original), "original_digest": digest,
+                           "original_path": original, "original_digest": digest,
                            **({"original_description": pair.original_description}
                               if pair.original_description is not None else {}),
                            "edit_instruction": pair.edit_instruction, "fields": pair.fields,
-                           "edited_path": str(artifacts.edited_path(pair.category, pair.pair_id))}
+                           "edited_path": artifacts.edited_path(pair.category, pair.pair_id)}
         if others:  # several input images: the first is original_path, all are here in order
-            items[pair.key]["original_paths"] = [str(path) for path, _ in stored]
+            items[pair.key]["original_paths"] = [location for location, _ in stored]
         items[pair.key].update(_stored_judge_images(artifacts, judge_images.get(pair.key, {})))
         keys_by_category[pair.category].append(pair.key)
     store.add_items(EDIT_STAGE, items)

@@ -4,7 +4,7 @@ A task's arguments are ``(run_id, keys)``. Its body stores results for the items
 finishes and records the failures it can attribute to one item (a bad image). For
 everything else this class decides, with Celery's own retry machinery:
 
-- transient errors (CUDA out of memory, Redis unreachable, TransientError) are retried
+- transient errors (CUDA out of memory, Redis or an object store unreachable, TransientError) are retried
   with exponential back-off (``autoretry_for``, ``retry_backoff``);
 - any other exception is permanent (bad input, a bug, a time limit): retrying cannot
   help, so it is not retried;
@@ -29,6 +29,7 @@ from celery.signals import task_postrun
 
 from shared.disk import as_disk_full, is_disk_full
 from shared.messages import STAGE_OF_TASK
+from shared.storage import StoreUnreachable
 from shared.store import OUTAGE_ERRORS, RunStore
 from workers.celery_app import settings
 from workers.errors import PermanentError, TransientError
@@ -38,10 +39,11 @@ log = logging.getLogger(__name__)
 
 
 def _transient_errors() -> tuple[type[BaseException], ...]:
-    """What is worth a retry. CUDA running out of memory is, when another process freed it."""
+    """What is worth a retry. CUDA running out of memory is, when another process freed it; an
+    object store that did not answer may answer the next attempt."""
     import torch
 
-    return (TransientError, torch.cuda.OutOfMemoryError, *OUTAGE_ERRORS)
+    return (TransientError, torch.cuda.OutOfMemoryError, StoreUnreachable, *OUTAGE_ERRORS)
 
 
 # What is worth a retry (the task's autoretry_for).

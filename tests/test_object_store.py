@@ -1,0 +1,147 @@
+"""Artifacts in an object store (a real S3-compatible server, SeaweedFS): what a fleet on hosts
+that share no filesystem relies on."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, private_env, read_json, run_producer, started_fleet, worker_processes
+from producer.editbench.sample import write_editbench_sample
+from producer.embedded import EmbeddedRedis
+from seaweedfs import BUCKET, READER
+from shared import storage
+from shared.messages import EDIT_STAGE, SCORE_STAGE
+from shared.store import RunStore, connect
+
+# Each writer waits for the file "go", then writes its own bytes to the same URL once.
+WRITER = """
+import pathlib, sys, time
+from shared import storage
+go = pathlib.Path(sys.argv[1])
+while not go.exists():
+    time.sleep(0.01)
+print(storage.write_once(sys.argv[2], sys.argv[3].encode()))
+"""
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """This process reads the server's endpoint and the writer's credentials from the standard
+    variables, as a producer or worker does."""
+    import s3fs
+
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield s3_server.env()
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_of_two_concurrent_writers_one_object_stays_and_both_name_its_bytes(s3_env, tmp_path):
+    url = f"s3://{BUCKET}/write-once/edit.png"
+    go = tmp_path / "go"
+    env = {**s3_env, "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(go), url, text], cwd=ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for text in ("first writer", "second writer")]
+    go.touch()
+    outputs = [w.communicate(timeout=120) for w in writers]
+    assert [w.returncode for w in writers] == [0, 0], outputs
+
+    assert storage.list_under(f"s3://{BUCKET}/write-once") == [url]
+    stayed = storage.read_bytes(url)
+    assert stayed in (b"first writer", b"second writer")
+    assert {out.strip() for out, _ in outputs} == {hashlib.sha256(stayed).hexdigest()}
+    # A later execution (a redelivered task) leaves it too, and learns its digest.
+    assert storage.write_once(url, b"third") == hashlib.sha256(stayed).hexdigest()
+    assert storage.read_bytes(url) == stayed
+
+
+def test_a_missing_object_is_an_error_naming_its_url(s3_env):
+    url = f"s3://{BUCKET}/nothing/here.png"
+    assert not storage.exists(url)
+    with pytest.raises(storage.ObjectMissing, match=f"^{url}: cannot read the object: no such object"):
+        storage.read_bytes(url)
+
+
+def test_a_missing_bucket_or_denied_credentials_stop_the_run_at_its_start_naming_the_url(s3_server, tmp_path):
+    benchmark = write_editbench_sample(tmp_path / "sample")
+    base = {"EVALFLEET_WORK_DIR": str(tmp_path / "work")}
+    cases = [("s3://no-such-bucket/runs", s3_server.env(), "NoSuchBucket"),
+             (f"s3://{BUCKET}/runs", s3_server.env(READER), "AccessDenied"),
+             (f"s3://{BUCKET}/runs", {**s3_server.env(), "AWS_SECRET_ACCESS_KEY": "not-the-secret"},
+              "SignatureDoesNotMatch")]
+    for root, credentials, answer in cases:
+        proc = run_producer("run", "editbench", "--benchmark", str(benchmark),
+                            env={**base, **credentials, "EVALFLEET_ARTIFACT_ROOT": root}, timeout=120)
+        said = proc.stdout + proc.stderr
+        assert proc.returncode == 2, said
+        assert f"EVALFLEET_ARTIFACT_ROOT: {root}: cannot write under it" in said and answer in said, said
+        assert credentials["AWS_SECRET_ACCESS_KEY"] not in said
+    assert not (tmp_path / "work" / "redis").exists()  # nothing was started or registered
+
+
+def _host(tmp_path: Path, name: str, server: EmbeddedRedis, s3_server) -> dict[str, str]:
+    """A worker host's environment: its own work directory, HOME and model cache; the object
+    store's endpoint and credentials; no artifact root (the items name their objects)."""
+    home = tmp_path / name
+    (home / "home").mkdir(parents=True)
+    return private_env(server, home / "models", home / "work", HOME=str(home / "home"), **s3_server.env())
+
+
+def test_editbench_on_two_hosts_sharing_no_directory_scores_as_a_local_run(s3_server, tmp_path):
+    categories = json.loads(write_editbench_sample(tmp_path / "sample").read_text(encoding="utf-8"))
+    benchmark = tmp_path / "benchmark.json"  # the first category's pairs: three edits, three scores
+    first = next(iter(categories))
+    benchmark.write_text(json.dumps({first: categories[first]}, ensure_ascii=False), encoding="utf-8")
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        producer = private_env(server, tmp_path / "producer" / "models", tmp_path / "producer" / "work",
+                               **s3_server.env())
+        editing, scoring = _host(tmp_path, "edit-host", server, s3_server), _host(tmp_path, "score-host", server,
+                                                                                 s3_server)
+        with (started_fleet(editing, ["edit"], tmp_path / "edit-host", name="edithost") as edit_fleet,
+              started_fleet(scoring, ["score"], tmp_path / "score-host", name="scorehost") as score_fleet):
+            stored = run_producer("run", "editbench", "--benchmark", str(benchmark), "--run", "in-store",
+                                  "--output", str(tmp_path / "in-store.json"),
+                                  env={**producer, "EVALFLEET_ARTIFACT_ROOT": f"s3://{BUCKET}/runs"})
+            assert stored.returncode == 0, stored.stdout + stored.stderr
+            local = run_producer("run", "editbench", "--benchmark", str(benchmark), "--run", "local",
+                                 "--output", str(tmp_path / "local.json"),
+                                 env={**producer, "EVALFLEET_ARTIFACT_ROOT": str(tmp_path / "shared-disk")})
+            assert local.returncode == 0, local.stdout + local.stderr
+            editors = {p.pid for p in worker_processes(edit_fleet.proc.pid)[1]}
+            scorers = {p.pid for p in worker_processes(score_fleet.proc.pid)[1]}
+        exported = run_producer("export", "editbench", "--run", "in-store", "--layout", "imgedit",
+                                str(tmp_path / "exported"), env=producer)
+        store = RunStore(connect(server.url), "in-store")
+        edits, scores = store.done(EDIT_STAGE), store.done(SCORE_STAGE)
+        executed = (store.stats(EDIT_STAGE)["edits_executed"], store.stats(SCORE_STAGE)["scores_executed"])
+        local_edits = RunStore(connect(server.url), "local").done(EDIT_STAGE)
+
+    assert len(edits) == len(scores) == 3 and executed == (3, 3)  # every pair done once
+    fs = s3_server.filesystem()
+    for key, edit in edits.items():
+        # The edit is an object of the store, made on one host and scored on the other.
+        assert edit["edited_path"].startswith(f"s3://{BUCKET}/runs/in-store/edited/")
+        assert hashlib.sha256(fs.cat_file(edit["edited_path"])).hexdigest() == edit["edited_digest"]
+        assert int(edit["worker"].rpartition(":")[2]) in editors
+        assert int(scores[key]["worker"].rpartition(":")[2]) in scorers
+        assert edit["edited_digest"] == local_edits[key]["edited_digest"]
+    # Neither host kept a run's file of its own: the scoring host's only copies are its cache's.
+    for host in ("edit-host", "score-host"):
+        assert not list((tmp_path / host).rglob("*.png"))
+    assert len(list((tmp_path / "score-host" / "work" / "object-cache").iterdir())) >= 3
+
+    in_store, on_disk = read_json(tmp_path / "in-store.json"), read_json(tmp_path / "local.json")
+    assert ([(r["pair_id"], r["score"]) for r in in_store["categories"][first]["results"]]
+            == [(r["pair_id"], r["score"]) for r in on_disk["categories"][first]["results"]])
+    assert exported.returncode == 0, exported.stdout + exported.stderr
+    written = sorted(p for p in (tmp_path / "exported").rglob("*.png"))
+    assert sorted(hashlib.sha256(p.read_bytes()).hexdigest() for p in written) == sorted(
+        e["edited_digest"] for e in edits.values())
