@@ -14,6 +14,7 @@ import pytest
 from conftest import ROOT, private_env, read_json, run_producer, started_fleet, worker_processes
 from producer.editbench.sample import write_editbench_sample
 from producer.embedded import EmbeddedRedis
+from producer.relations.sample import write_relations_sample
 from seaweedfs import BUCKET, READER
 from shared import storage
 from shared.messages import EDIT_STAGE, SCORE_STAGE
@@ -145,3 +146,35 @@ def test_editbench_on_two_hosts_sharing_no_directory_scores_as_a_local_run(s3_se
     written = sorted(p for p in (tmp_path / "exported").rglob("*.png"))
     assert sorted(hashlib.sha256(p.read_bytes()).hexdigest() for p in written) == sorted(
         e["edited_digest"] for e in edits.values())
+
+
+def test_relations_images_by_url_describe_as_local_files_and_a_missing_object_fails_its_pairs(
+        s3_server, model_cache, tmp_path):
+    stage1, input_path = write_relations_sample(tmp_path / "sample")
+    records = read_json(input_path)
+    fs = s3_server.filesystem()
+    for record in records[1:]:  # the first image's object is never uploaded
+        fs.pipe_file(f"{BUCKET}/inputs/{record['image_path']}", (input_path.parent / record["image_path"]).read_bytes())
+    missing = f"s3://{BUCKET}/inputs/{records[0]['image_path']}"
+    remote = tmp_path / "remote" / "input.json"  # a folder without the images: only the URLs lead to them
+    remote.parent.mkdir()
+    remote.write_text(json.dumps([{**r, "image_path": f"s3://{BUCKET}/inputs/{r['image_path']}"} for r in records]),
+                      encoding="utf-8")
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        env = private_env(server, model_cache, tmp_path / "work", **s3_server.env())
+        with started_fleet(_host(tmp_path, "worker-host", server, s3_server) | {
+                "EVALFLEET_MODEL_CACHE": str(model_cache)}, ["relations"], tmp_path / "worker-host"):
+            by_url = run_producer("run", "relations", "--stage1", str(stage1), "--input", str(remote),
+                                  "--output", str(tmp_path / "by-url.json"), env=env)
+            local = run_producer("run", "relations", "--stage1", str(stage1), "--input", str(input_path),
+                                 "--output", str(tmp_path / "local.json"), env=env)
+    assert local.returncode == 0, local.stdout + local.stderr
+    assert (tmp_path / "by-url.json").exists(), by_url.stdout + by_url.stderr
+    on_disk, in_store = read_json(tmp_path / "local.json"), read_json(tmp_path / "by-url.json")
+    first = str(records[0]["image_id"])
+    texts = {(str(r["image_id"]), r["subject"], r["object"]): r["stage2_generated"] for r in on_disk["results"]}
+    assert {(str(r["image_id"]), r["subject"], r["object"]): r["stage2_generated"] for r in in_store["results"]} == {
+        key: generated for key, generated in texts.items() if key[0] != first}
+    failed = in_store["failed"]
+    assert failed and all(f"{missing}: cannot read the object" in json.dumps(f) for f in failed), failed
+    assert len(failed) == sum(1 for key in texts if key[0] == first)
