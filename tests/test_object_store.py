@@ -15,6 +15,7 @@ from conftest import ROOT, private_env, read_json, run_producer, started_fleet, 
 from producer.editbench.sample import write_editbench_sample
 from producer.embedded import EmbeddedRedis
 from producer.relations.sample import write_relations_sample
+from shared.editbench.data import prepare_benchmark
 from seaweedfs import BUCKET, READER
 from shared import storage
 from shared.messages import EDIT_STAGE, SCORE_STAGE
@@ -178,3 +179,28 @@ def test_relations_images_by_url_describe_as_local_files_and_a_missing_object_fa
     failed = in_store["failed"]
     assert failed and all(f"{missing}: cannot read the object" in json.dumps(f) for f in failed), failed
     assert len(failed) == sum(1 for key in texts if key[0] == first)
+
+
+def test_editbench_original_images_by_url_read_as_the_files_and_a_missing_object_fails_its_pair(
+        s3_env, tmp_path):
+    local = write_editbench_sample(tmp_path / "local", image_files=True)
+    categories = json.loads(local.read_text(encoding="utf-8"))
+    pairs = [pair for category in categories.values() for pair in category]
+    for pair in pairs[1:]:  # the first pair's object is never uploaded
+        storage.write_once(f"s3://{BUCKET}/benchmark/{pair['original_image_path']}",
+                      (local.parent / pair["original_image_path"]).read_bytes())
+    missing = f"s3://{BUCKET}/benchmark/{pairs[0]['original_image_path']}"
+    for pair in pairs:
+        pair["original_image_path"] = f"s3://{BUCKET}/benchmark/{pair['original_image_path']}"
+    remote = tmp_path / "remote" / "benchmark.json"  # a folder without the images
+    remote.parent.mkdir()
+    remote.write_text(json.dumps(categories), encoding="utf-8")
+
+    on_disk, by_url = prepare_benchmark(local), prepare_benchmark(remote)
+    [(failed_key, reason)] = by_url.failures.items()
+    assert f"{missing}: cannot read the object: no such object" in reason
+    images = {(p.category, p.pair_id): [i.data for i in p.images] for p in by_url.pairs}
+    assert images == {(p.category, p.pair_id): [i.data for i in p.images] for p in on_disk.pairs
+                      if (p.category, p.pair_id) in images}
+    assert len(images) == len(on_disk.pairs) - 1
+    assert by_url.image_digests == [hashlib.sha256(data).hexdigest() for found in images.values() for data in found]
