@@ -3,10 +3,13 @@ that share no filesystem relies on."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import http.server
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -204,3 +207,26 @@ def test_editbench_original_images_by_url_read_as_the_files_and_a_missing_object
                       if (p.category, p.pair_id) in images}
     assert len(images) == len(on_disk.pairs) - 1
     assert by_url.image_digests == [hashlib.sha256(data).hexdigest() for found in images.values() for data in found]
+
+
+def test_an_image_by_http_url_reads_as_its_file_and_a_missing_one_fails_its_pair(tmp_path):
+    local = write_editbench_sample(tmp_path / "local", image_files=True)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(local.parent))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        categories = json.loads(local.read_text(encoding="utf-8"))
+        pairs = [pair for category in categories.values() for pair in category]
+        for pair in pairs:
+            pair["original_image_path"] = f"{base}/{pair['original_image_path']}"
+        pairs[0]["original_image_path"] = missing = f"{base}/images/not-there.png"
+        remote = tmp_path / "remote" / "benchmark.json"
+        remote.parent.mkdir()
+        remote.write_text(json.dumps(categories), encoding="utf-8")
+        by_url = prepare_benchmark(remote)
+        server.shutdown()
+    [reason] = by_url.failures.values()
+    assert f"{missing}: cannot read the object" in reason
+    on_disk = {(p.category, p.pair_id): [i.data for i in p.images] for p in prepare_benchmark(local).pairs}
+    assert len(by_url.pairs) == len(on_disk) - 1
+    assert all([i.data for i in p.images] == on_disk[(p.category, p.pair_id)] for p in by_url.pairs)
