@@ -13,6 +13,7 @@ from billiard.exceptions import SoftTimeLimitExceeded  # celery's, raised inside
 import numpy as np
 from PIL import Image, ImageCms, UnidentifiedImageError
 
+from shared import storage
 from shared.errors import InputFileError, RecordError, shown
 from shared.files import UnreadableFile, open_regular
 
@@ -175,7 +176,9 @@ def resolve_inside(path: str | Path, root: str | Path) -> str:
 
 def checked_input_path(value: object, path: Path, record: str, field: str, root: str | Path) -> str:
     """An input record's image path: relative ones are relative to the input file ``path``,
-    wherever the command runs; with a data root, it must resolve inside it.
+    wherever the command runs; with a data root, it must resolve inside it. A URL (``s3://``,
+    ``https://``: anything shared/storage.py reads) is kept as it is: the data root confines
+    local files only, and the store's own credentials decide what a URL may read.
 
     Raises RecordError naming the file, the record and the field.
     """
@@ -184,6 +187,8 @@ def checked_input_path(value: object, path: Path, record: str, field: str, root:
     if len(value) > PATH_MAX or "\0" in value:
         raise RecordError(path, record, field,
                           f"expected a path of at most {PATH_MAX} characters without NUL, got {shown(value)}")
+    if storage.is_url(value):
+        return value
     resolved = Path(value)
     if not resolved.is_absolute():
         resolved = Path(path).resolve().parent / resolved

@@ -9,6 +9,7 @@ import unicodedata
 from pathlib import Path
 from typing import Mapping
 
+from shared import storage
 from shared.files import open_regular
 
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -78,19 +79,28 @@ def content_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def inputs_digest(inputs: list[Path]) -> str:
-    """One digest of the input files' contents, in order: part of a run's identity."""
+def location_digest(location: str | Path) -> str:
+    """The sha256 of a file's or an object's content (an object is read whole, once: no store's
+    ETag is used, see shared/storage.py)."""
+    return storage.digest(location) if storage.is_url(location) else file_digest(Path(location))
+
+
+def inputs_digest(inputs: list[Path], digests: list[str] | None = None) -> str:
+    """One digest of the input files' contents, in order: part of a run's identity. ``digests``:
+    the inputs' own digests where the caller has them already (objects are not read again)."""
     h = hashlib.sha256()
-    for path in inputs:
-        h.update(file_digest(path).encode())
+    for one in digests if digests is not None else [file_digest(path) for path in inputs]:
+        h.update(one.encode())
     return h.hexdigest()[:16]
 
 
-def derive_run_id(job: str, inputs: list[Path], settings: Mapping[str, object]) -> str:
-    """``<job>-<12 hex>`` from the input files' contents and the settings that change results."""
+def derive_run_id(job: str, inputs: list[Path], settings: Mapping[str, object],
+                  digests: list[str] | None = None) -> str:
+    """``<job>-<12 hex>`` from the input files' contents (``digests``, as for inputs_digest) and
+    the settings that change results."""
     h = hashlib.sha256(job.encode())
-    for path in inputs:
-        h.update(file_digest(path).encode())
+    for one in digests if digests is not None else [file_digest(path) for path in inputs]:
+        h.update(one.encode())
     h.update(json.dumps(dict(settings), sort_keys=True, default=str).encode())
     return f"{job}-{h.hexdigest()[:12]}"
 

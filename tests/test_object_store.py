@@ -3,10 +3,13 @@ that share no filesystem relies on."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import http.server
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,8 @@ import pytest
 from conftest import ROOT, private_env, read_json, run_producer, started_fleet, worker_processes
 from producer.editbench.sample import write_editbench_sample
 from producer.embedded import EmbeddedRedis
+from producer.relations.sample import write_relations_sample
+from shared.editbench.data import prepare_benchmark
 from seaweedfs import BUCKET, READER
 from shared import storage
 from shared.messages import EDIT_STAGE, SCORE_STAGE
@@ -145,3 +150,83 @@ def test_editbench_on_two_hosts_sharing_no_directory_scores_as_a_local_run(s3_se
     written = sorted(p for p in (tmp_path / "exported").rglob("*.png"))
     assert sorted(hashlib.sha256(p.read_bytes()).hexdigest() for p in written) == sorted(
         e["edited_digest"] for e in edits.values())
+
+
+def test_relations_images_by_url_describe_as_local_files_and_a_missing_object_fails_its_pairs(
+        s3_server, model_cache, tmp_path):
+    stage1, input_path = write_relations_sample(tmp_path / "sample")
+    records = read_json(input_path)
+    fs = s3_server.filesystem()
+    for record in records[1:]:  # the first image's object is never uploaded
+        fs.pipe_file(f"{BUCKET}/inputs/{record['image_path']}", (input_path.parent / record["image_path"]).read_bytes())
+    missing = f"s3://{BUCKET}/inputs/{records[0]['image_path']}"
+    remote = tmp_path / "remote" / "input.json"  # a folder without the images: only the URLs lead to them
+    remote.parent.mkdir()
+    remote.write_text(json.dumps([{**r, "image_path": f"s3://{BUCKET}/inputs/{r['image_path']}"} for r in records]),
+                      encoding="utf-8")
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        env = private_env(server, model_cache, tmp_path / "work", **s3_server.env())
+        with started_fleet(_host(tmp_path, "worker-host", server, s3_server) | {
+                "EVALFLEET_MODEL_CACHE": str(model_cache)}, ["relations"], tmp_path / "worker-host"):
+            by_url = run_producer("run", "relations", "--stage1", str(stage1), "--input", str(remote),
+                                  "--output", str(tmp_path / "by-url.json"), env=env)
+            local = run_producer("run", "relations", "--stage1", str(stage1), "--input", str(input_path),
+                                 "--output", str(tmp_path / "local.json"), env=env)
+    assert local.returncode == 0, local.stdout + local.stderr
+    assert (tmp_path / "by-url.json").exists(), by_url.stdout + by_url.stderr
+    on_disk, in_store = read_json(tmp_path / "local.json"), read_json(tmp_path / "by-url.json")
+    first = str(records[0]["image_id"])
+    texts = {(str(r["image_id"]), r["subject"], r["object"]): r["stage2_generated"] for r in on_disk["results"]}
+    assert {(str(r["image_id"]), r["subject"], r["object"]): r["stage2_generated"] for r in in_store["results"]} == {
+        key: generated for key, generated in texts.items() if key[0] != first}
+    failed = in_store["failed"]
+    assert failed and all(f"{missing}: cannot read the object" in json.dumps(f) for f in failed), failed
+    assert len(failed) == sum(1 for key in texts if key[0] == first)
+
+
+def test_editbench_original_images_by_url_read_as_the_files_and_a_missing_object_fails_its_pair(
+        s3_env, tmp_path):
+    local = write_editbench_sample(tmp_path / "local", image_files=True)
+    categories = json.loads(local.read_text(encoding="utf-8"))
+    pairs = [pair for category in categories.values() for pair in category]
+    for pair in pairs[1:]:  # the first pair's object is never uploaded
+        storage.write_once(f"s3://{BUCKET}/benchmark/{pair['original_image_path']}",
+                      (local.parent / pair["original_image_path"]).read_bytes())
+    missing = f"s3://{BUCKET}/benchmark/{pairs[0]['original_image_path']}"
+    for pair in pairs:
+        pair["original_image_path"] = f"s3://{BUCKET}/benchmark/{pair['original_image_path']}"
+    remote = tmp_path / "remote" / "benchmark.json"  # a folder without the images
+    remote.parent.mkdir()
+    remote.write_text(json.dumps(categories), encoding="utf-8")
+
+    on_disk, by_url = prepare_benchmark(local), prepare_benchmark(remote)
+    [(failed_key, reason)] = by_url.failures.items()
+    assert f"{missing}: cannot read the object: no such object" in reason
+    images = {(p.category, p.pair_id): [i.data for i in p.images] for p in by_url.pairs}
+    assert images == {(p.category, p.pair_id): [i.data for i in p.images] for p in on_disk.pairs
+                      if (p.category, p.pair_id) in images}
+    assert len(images) == len(on_disk.pairs) - 1
+    assert by_url.image_digests == [hashlib.sha256(data).hexdigest() for found in images.values() for data in found]
+
+
+def test_an_image_by_http_url_reads_as_its_file_and_a_missing_one_fails_its_pair(tmp_path):
+    local = write_editbench_sample(tmp_path / "local", image_files=True)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(local.parent))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        categories = json.loads(local.read_text(encoding="utf-8"))
+        pairs = [pair for category in categories.values() for pair in category]
+        for pair in pairs:
+            pair["original_image_path"] = f"{base}/{pair['original_image_path']}"
+        pairs[0]["original_image_path"] = missing = f"{base}/images/not-there.png"
+        remote = tmp_path / "remote" / "benchmark.json"
+        remote.parent.mkdir()
+        remote.write_text(json.dumps(categories), encoding="utf-8")
+        by_url = prepare_benchmark(remote)
+        server.shutdown()
+    [reason] = by_url.failures.values()
+    assert f"{missing}: cannot read the object" in reason
+    on_disk = {(p.category, p.pair_id): [i.data for i in p.images] for p in prepare_benchmark(local).pairs}
+    assert len(by_url.pairs) == len(on_disk) - 1
+    assert all([i.data for i in p.images] == on_disk[(p.category, p.pair_id)] for p in by_url.pairs)

@@ -20,7 +20,8 @@ from shared.editbench.prompt_manager import PLACEHOLDERS, PromptTemplateError, p
 from shared.editbench.rubric import REASONING_FILE, Rubric, RubricError, read_rubric_templates, rubric_from_templates
 from shared.errors import RecordError
 from shared.editbench.run_settings import EditbenchRunSettings, EditorLora
-from shared.keys import content_digest, derive_run_id, inputs_digest
+from shared.artifacts import sha256_bytes
+from shared.keys import content_digest, derive_run_id, file_digest, inputs_digest
 from shared.messages import EDIT_STAGE
 from shared.redaction import without_password
 from shared.run_artifacts import ArtifactStore
@@ -179,19 +180,22 @@ def register_editbench(settings: Settings, store_client, benchmark: Path,
     check_template_fields(templates, prepared, rubric.optional_fields)
     judge_images = read_judge_images(rubric, prepared, settings.data_root)
     # Images given by path are content of the benchmark too: another image is another run.
-    inputs = [*prepared.input_files, *prepared.image_files,
-              *(Path(i.file) for found in judge_images.values() for images in found.values()
-                if not isinstance(images, str) for i in images if i.file)]
+    # Their digests are of the bytes read (a URL's object is read once, here).
+    judge_files = [i for found in judge_images.values() for images in found.values()
+                   if not isinstance(images, str) for i in images if i.file]
+    inputs = [*prepared.input_files, *prepared.image_files, *(i.file for i in judge_files)]
+    digests = [*(file_digest(p) for p in prepared.input_files), *prepared.image_digests,
+               *(sha256_bytes(i.data) for i in judge_files)]
     run = run_settings(settings, templates)
     reading = reading_identity(prepared)
     edits = find_edits(settings, prepared.shape, prepared.pairs)
     external = edits.identity() if edits else {}
-    run_id = run_name or derive_run_id("editbench", inputs, {**run.identity(), **reading, **external})
+    run_id = run_name or derive_run_id("editbench", inputs, {**run.identity(), **reading, **external}, digests)
     store = RunStore(store_client, run_id)
     artifacts = ArtifactStore(settings.artifact_location, run_id)
     claim_run(store, {"job": "editbench", "run_id": run_id, "created": time.time(),
                       "benchmark": str(benchmark), "benchmark_shape": prepared.shape,
-                      "inputs": inputs_digest(inputs), **reading,
+                      "inputs": inputs_digest(inputs, digests), **reading,
                       "categories": prepared.categories, **run.record(),
                       **(edits.record() if edits else {})},
               IDENTITY, restart, artifacts.dir)

@@ -13,7 +13,8 @@ from celery import Celery
 from config import Settings
 from producer.run_identity import claim_run
 from producer.stale_messages import take_out_stale_messages
-from shared.keys import derive_run_id, inputs_digest, normalize_image_id, relation_key
+from shared import storage
+from shared.keys import derive_run_id, file_digest, inputs_digest, normalize_image_id, relation_key
 from shared.messages import RELATIONS_STAGE, RELATIONS_TASK
 from shared.redaction import without_password
 from shared.relations.data import prepare_data_for_inference
@@ -80,16 +81,23 @@ def enqueue_relations(settings: Settings, app: Celery, store_client, stage1: Pat
                                           data_root=settings.data_root)
     run = run_settings(settings)
     # The images are content of the input too: another image is another run (as for editbench).
-    inputs = [stage1, input_path, *prepared.image_files]
-    run_id = run_name or derive_run_id("relations", inputs, run.identity())
+    # Each is read once here; an object's digest also goes with its pairs, so a worker notices
+    # an object changed since (see workers/images.py).
+    images = prepared.image_digests()
+    inputs = [stage1, input_path, *images]
+    digests = [file_digest(stage1), file_digest(input_path), *images.values()]
+    run_id = run_name or derive_run_id("relations", inputs, run.identity(), digests)
     store = RunStore(store_client, run_id)
     claim_run(store, {"job": "relations", "run_id": run_id, "created": time.time(),
-                      "stage1": str(stage1), "input": str(input_path), "inputs": inputs_digest(inputs),
+                      "stage1": str(stage1), "input": str(input_path), "inputs": inputs_digest(inputs, digests),
                       "preparation": {"dropped_no_relation": prepared.dropped_no_relation,
                                       "merged_repeated_predicates": prepared.merged_repeats},
                       **run.record()},
               IDENTITY, restart)
     items = {relation_key(p["image_id"], p["subject"], p["object"]): p for p in prepared.pairs}
+    for pair in items.values():
+        if storage.is_url(pair["image_path"]) and pair["image_path"] in images:
+            pair["image_sha256"] = images[pair["image_path"]]
     store.add_items(RELATIONS_STAGE, items)
     store.add_items(RELATIONS_STAGE, {key: {"invalid": True} for key in prepared.failures})
     for key, reason in prepared.failures.items():

@@ -40,7 +40,9 @@ from shared.editbench.formats.fields import Reading
 from shared.editbench.formats.records import Group as _Group
 from shared.editbench.formats.records import category_problem
 from shared.errors import InputFileError, RecordError, shown
-from shared.files import UnreadableFile, read_bytes
+from shared import storage
+from shared.artifacts import sha256_bytes
+from shared.files import UnreadableFile
 from shared.images import UnshowableImage, as_displayed, checked_data_root, checked_input_path, load_fully
 from shared.jsonio import JsonProblem, parse_json, read_text
 from shared.keys import KEY_SEP, NAME_MAX, is_key_part, nfc, separate_failure_keys
@@ -102,9 +104,14 @@ class PreparedBenchmark:
     reading: dict = field(default_factory=dict)  # how it was read, where not by default (Reading.record)
 
     @property
-    def image_files(self) -> list[Path]:
-        """The image files the pairs were read from: part of the benchmark's content."""
-        return [Path(i.file) for p in self.pairs for i in p.images if i.file]
+    def image_files(self) -> list[str]:
+        """The image files (or objects) the pairs were read from: part of the benchmark's content."""
+        return [i.file for p in self.pairs for i in p.images if i.file]
+
+    @property
+    def image_digests(self) -> list[str]:
+        """The sha256 of each of image_files' content, as read (an object is not read again)."""
+        return [sha256_bytes(i.data) for p in self.pairs for i in p.images if i.file]
 
     @property
     def described(self) -> str:
@@ -438,14 +445,15 @@ def _one_image(value: object, path: Path, record: str, fld: str, root: str, base
         return PairImage(data, _image_extension(data, path, record, fld))
     if isinstance(value, dict):  # a dataset's image struct without bytes: its file
         value = value.get("path")
-    if isinstance(value, str) and value.strip() and not Path(value).is_absolute():
+    if isinstance(value, str) and value.strip() and not storage.is_url(value) and not Path(value).is_absolute():
         value = str(Path(base) / value)
-    image_file = Path(checked_input_path(value, path, record, fld, root))
+    # A URL (s3://, https://) is read here, once, like a file: the run uploads the bytes read.
+    image_file = checked_input_path(value, path, record, fld, root)
     try:
-        data = read_bytes(image_file)
-    except UnreadableFile as exc:
+        data = storage.read_bytes(image_file)
+    except (UnreadableFile, storage.StorageError) as exc:
         raise RecordError(path, record, fld, str(exc)) from None
-    return PairImage(data, _image_extension(data, path, record, fld), str(image_file))
+    return PairImage(data, _image_extension(data, path, record, fld), image_file)
 
 
 def decode_image_b64(value: object, path: Path, record: str) -> tuple[bytes, str]:

@@ -28,11 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shared import storage
 from shared.errors import InputFileError, RecordError, shown
 from shared.images import checked_data_root, checked_input_path
 from shared.jsonio import invalid_number_at, read_json
-from shared.keys import (KEY_SEP, NAME_MAX, is_key_part, nfc, normalize_image_id, relation_key,
-                         separate_failure_keys)
+from shared.keys import (KEY_SEP, NAME_MAX, is_key_part, location_digest, nfc, normalize_image_id,
+                         relation_key, separate_failure_keys)
 from shared.model_text import special_token_problem
 
 log = logging.getLogger(__name__)
@@ -52,13 +53,21 @@ class PreparedRelations:
     dropped_no_relation: int = 0
     merged_repeats: int = 0
 
-    @property
-    def image_files(self) -> list[Path]:
-        """The pairs' image files, each once, in order: part of the run's content (another image
-        is another run). One that is not a regular file now is left out: its pairs fail on the
-        worker, and the file, once there, makes another run."""
-        paths = dict.fromkeys(p["image_path"] for p in self.pairs)
-        return [Path(p) for p in paths if os.path.isfile(p)]
+    def image_digests(self) -> dict[str, str]:
+        """The pairs' images (files or objects), each once, in order, with the sha256 of their
+        content, each read once here: part of the run's content (another image is another run).
+        One that is not a regular file or no object now is left out: its pairs fail on the
+        worker, and the image, once there, makes another run."""
+        digests = {}
+        for location in dict.fromkeys(p["image_path"] for p in self.pairs):
+            if storage.is_url(location):
+                try:
+                    digests[location] = location_digest(location)
+                except storage.ObjectMissing as exc:
+                    log.warning("%s", exc)
+            elif os.path.isfile(location):
+                digests[location] = location_digest(location)
+        return digests
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ from typing import Any, Callable
 
 from PIL import Image
 
-from shared.files import UnreadableFile, read_bytes
+from shared import storage
+from shared.files import UnreadableFile
 from workers.endpoints.client import Completion, EndpointClient, EndpointFailure, data_url
 
 # finish_reason values (OpenAI's, which vLLM and SGLang send too).
@@ -107,11 +108,14 @@ def _description(response: dict[str, Any]) -> tuple[str | None, str, str | None]
 
 
 def image_data_url(path: str) -> str:
-    """The image file's bytes as a data URL of its own type; ValueError if it cannot be read."""
+    """The image's bytes (a file, or an object by URL) as a data URL of its own type; ValueError
+    if it cannot be read."""
     try:
-        data = read_bytes(path)
+        data = storage.read_bytes(path)
     except UnreadableFile as exc:
         raise ValueError(f"image file {exc}") from None
+    except storage.StorageError as exc:
+        raise ValueError(f"image {exc}") from None
     try:
         with Image.open(io.BytesIO(data)) as image:
             mime_type = Image.MIME[image.format]

@@ -15,7 +15,7 @@ from shared.editbench.judge_images import EDITED, INPUTS, ORIGINAL, images_sente
 from shared.editbench.judge_scores import JudgeFailure
 from shared.editbench.prompt_manager import pair_fields
 from shared.editbench.run_settings import EditbenchRunSettings
-from shared.images import ImageFileError, image_from_bytes, open_image
+from shared.images import ImageFileError
 from shared.messages import EDIT_STAGE, EDIT_TASK, SCORE_STAGE, SCORE_TASK
 from shared.store import RunStore
 from workers.celery_app import app
@@ -24,7 +24,8 @@ from workers.editing.factory import editor_for
 from workers.judging.factory import judge_for
 from workers.judging.run_rubric import rubric_of
 from workers.run_settings import read_run_settings
-from workers.runtime import model_host, object_cache, run_store, worker_name
+from workers.images import open_location
+from workers.runtime import model_host, run_store, worker_name
 from workers.tasks.base import TASK_LEVEL_ERRORS, ItemTask, failure_message, pending_items
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ def _edit_pending(store: RunStore, keys: list[str]) -> dict[str, int]:
     for key, item in pending_items(store, EDIT_STAGE, keys).items():
         started = time.time()
         try:
-            originals = [_open_image(path) for path in item.get("original_paths", [item["original_path"]])]
+            originals = [open_location(path) for path in item.get("original_paths", [item["original_path"]])]
         except ImageFileError as exc:
             store.mark_failed(EDIT_STAGE, key, str(exc))
             continue
@@ -84,21 +85,6 @@ def _save_png(image, location: str) -> str:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return storage.write_once(location, buf.getvalue())
-
-
-def _open_image(location: str):
-    """An image of the run: a local file through open_image's checks, an object through this
-    host's cache. An object that cannot be read fails its pair (ImageFileError naming the URL
-    and the store's answer); a store that does not answer retries the task."""
-    if not storage.is_url(location):
-        return open_image(location)
-    try:
-        data = object_cache().read(location)
-    except storage.StoreUnreachable:
-        raise
-    except storage.StorageError as exc:
-        raise ImageFileError(f"image {exc}") from None
-    return image_from_bytes(data, location)
 
 
 @app.task(bind=True, base=ItemTask, stage=SCORE_STAGE, name=SCORE_TASK)
@@ -215,7 +201,7 @@ def _pair_judge_images(item: dict, criteria) -> dict[tuple[str, str], list]:
         found = paths[(kind, name)] if kind != "field" else item.get("judge_images", {}).get(name, [])
         for path in found:
             if path not in opened:
-                opened[path] = _open_image(path)
+                opened[path] = open_location(path)
         images[(kind, name)] = [opened[path] for path in found]
     return images
 

@@ -12,13 +12,15 @@ from typing import TYPE_CHECKING, Callable
 from PIL import Image
 
 from shared.errors import RecordError
-from shared.images import ImageFileError, PathOutsideRoot, open_image, resolve_inside
+from shared import storage
+from shared.images import ImageFileError, PathOutsideRoot, resolve_inside
 from shared.messages import RELATIONS_STAGE, RELATIONS_TASK
 from shared.relations.prompt import BoxOutsideImage, build_relation_prompt, normalize_bbox
 from shared.relations.result import relation_result
 from shared.relations.run_settings import RelationsRunSettings
 from shared.store import RunStore
 from workers.celery_app import app, settings
+from workers.images import open_location
 from workers.relations.endpoint import EndpointAnswer, EndpointRelations
 from workers.relations.factory import endpoint_relations, relation_generator
 from workers.run_settings import read_run_settings
@@ -115,12 +117,13 @@ def failure_reason(item: dict, field: str, message: str) -> str:
 
 def _open_pair_image(pending: dict) -> tuple[Image.Image | None, str, str | None]:
     """(the image the pending pairs share, its file, None), or (None, its file, why it cannot be used)."""
-    image_path = next(iter(pending.values()))["image_path"]
+    item = next(iter(pending.values()))
+    image_path = item["image_path"]
     try:
-        if settings.data_root:
+        if settings.data_root and not storage.is_url(image_path):
             # Checked again here: the file may have been swapped for a link since preparation.
             image_path = resolve_inside(image_path, settings.data_root)
-        return open_image(image_path), image_path, None
+        return open_location(image_path, item.get("image_sha256")), image_path, None
     except (ImageFileError, PathOutsideRoot) as exc:
         return None, image_path, str(exc)
 
