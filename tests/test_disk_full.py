@@ -105,14 +105,22 @@ def others(producer, names: tuple[str, ...]) -> list[psutil.Process]:
     """The producer and its redis-server, as ``names`` asks."""
     chosen = [psutil.Process(producer.pid)] if "producer" in names else []
     if "redis" in names:
-        chosen += [p for p in psutil.Process(producer.pid).children(recursive=True)
-                   if "redis-server" in " ".join(p.cmdline())]
+        chosen += [p for p, command in children(producer) if "redis-server" in command]
     return chosen
 
 
 def worker_processes(producer) -> list[psutil.Process]:
-    return [p for p in psutil.Process(producer.pid).children(recursive=True)
-            if "redis-server" not in " ".join(p.cmdline())]
+    return [p for p, command in children(producer) if "redis-server" not in command]
+
+
+def children(producer) -> list[tuple[psutil.Process, str]]:
+    """The producer's descendants alive now, with their command lines (one that ends while
+    they are listed, such as a short-lived helper of a starting worker, is left out)."""
+    alive = []
+    for process in psutil.Process(producer.pid).children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            alive.append((process, " ".join(process.cmdline())))
+    return alive
 
 
 @pytest.fixture
