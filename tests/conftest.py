@@ -169,6 +169,14 @@ def private_env(server: EmbeddedRedis, model_cache: Path, work_dir: Path, **extr
     return env
 
 
+def command_line(process: psutil.Process) -> str:
+    """A process's command line, "" once it has ended (a child listed a moment before may be
+    gone by the time it is read: a short-lived helper of a starting worker)."""
+    with contextlib.suppress(psutil.Error):
+        return " ".join(process.cmdline())
+    return ""
+
+
 def worker_processes(launcher_pid: int) -> tuple[psutil.Process, list[psutil.Process]]:
     """(Celery main process, its prefork children) under a launcher."""
     [main] = psutil.Process(launcher_pid).children()

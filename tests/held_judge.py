@@ -18,7 +18,7 @@ from typing import Iterator
 
 import psutil
 
-from conftest import FAST, ROOT, one_pair_benchmark, wait_until
+from conftest import FAST, ROOT, command_line, one_pair_benchmark, wait_until
 from producer.embedded import EmbeddedRedis
 from shared.messages import EDIT_STAGE, SCORE_STAGE
 from shared.store import RunStore, connect
@@ -122,6 +122,6 @@ def in_flight(producer: subprocess.Popen, judge: HeldJudge) -> list[psutil.Proce
     wait_until(lambda: judge.received.is_set() or producer.poll() is not None, 300, "a score request")
     assert producer.poll() is None, producer.communicate()[0]
     children = psutil.Process(producer.pid).children(recursive=True)
-    commands = " | ".join(" ".join(p.cmdline()) for p in children)
+    commands = " | ".join(command_line(p) for p in children)
     assert "redis-server" in commands and "workers launch" in commands and "celery" in commands, commands
     return children

@@ -5,7 +5,6 @@ to the same items; a bad record or line fails alone; a file of no known shape sa
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 

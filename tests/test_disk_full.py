@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import FAST, embedded_url, frozen, read_json, run_producer, wait_until
+from conftest import FAST, command_line, embedded_url, frozen, read_json, run_producer, wait_until
 from producer.editbench.sample import write_editbench_sample
 from shared.artifacts import write_atomic, write_once
 from shared.disk import DiskFull
@@ -105,22 +105,15 @@ def others(producer, names: tuple[str, ...]) -> list[psutil.Process]:
     """The producer and its redis-server, as ``names`` asks."""
     chosen = [psutil.Process(producer.pid)] if "producer" in names else []
     if "redis" in names:
-        chosen += [p for p, command in children(producer) if "redis-server" in command]
+        chosen += [p for p in psutil.Process(producer.pid).children(recursive=True)
+                   if "redis-server" in command_line(p)]
     return chosen
 
 
 def worker_processes(producer) -> list[psutil.Process]:
-    return [p for p, command in children(producer) if "redis-server" not in command]
-
-
-def children(producer) -> list[tuple[psutil.Process, str]]:
-    """The producer's descendants alive now, with their command lines (one that ends while
-    they are listed, such as a short-lived helper of a starting worker, is left out)."""
-    alive = []
-    for process in psutil.Process(producer.pid).children(recursive=True):
-        with contextlib.suppress(psutil.NoSuchProcess):
-            alive.append((process, " ".join(process.cmdline())))
-    return alive
+    """The producer's descendants but its redis-server (and any that already ended)."""
+    return [p for p in psutil.Process(producer.pid).children(recursive=True)
+            if (command := command_line(p)) and "redis-server" not in command]
 
 
 @pytest.fixture

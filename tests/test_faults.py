@@ -28,7 +28,7 @@ import psutil
 import pytest
 from PIL import Image
 
-from conftest import (FAST, ROOT, HeldQueue, embedded_url, frozen, kill_mid_task, private_env, read_json,
+from conftest import (FAST, ROOT, HeldQueue, command_line, embedded_url, frozen, kill_mid_task, private_env, read_json,
                       record_figures, run_producer, started_fleet, wait_until, worker_processes)
 from producer.editbench.sample import write_editbench_sample
 from producer.embedded import EmbeddedRedis, free_port
@@ -397,7 +397,7 @@ def test_one_command_mode_workers_die_at_once_with_a_killed_producer_mid_task(mo
         started = time.monotonic()
         _, alive = psutil.wait_procs(descendants, timeout=20)
         seconds = time.monotonic() - started
-        assert alive == [], f"still running: {[_cmdline(p) for p in alive]}"
+        assert alive == [], f"still running: {[command_line(p) for p in alive]}"
     finally:
         if producer.poll() is None:
             producer.kill()
@@ -436,12 +436,6 @@ def kill_all(processes: list[psutil.Process]) -> None:
             p.kill()
 
 
-def _cmdline(p: psutil.Process) -> list[str]:
-    with contextlib.suppress(psutil.Error):
-        return p.cmdline()
-    return []
-
-
 @pytest.mark.slow
 def test_one_command_mode_killed_then_rerun_redoes_nothing(model_cache, tmp_path):
     env = {**FAST, "EVALFLEET_WORK_DIR": str(tmp_path / "work"), "EVALFLEET_MODEL_CACHE": str(model_cache),
@@ -455,7 +449,7 @@ def test_one_command_mode_killed_then_rerun_redoes_nothing(model_cache, tmp_path
         """The producer killed while its workers are held still inside the run."""
         assert producer.poll() is None, "the run ended before the producer could be killed"
         descendants[:] = psutil.Process(producer.pid).children(recursive=True)
-        with frozen([p for p in descendants if "redis-server" not in " ".join(_cmdline(p))]):
+        with frozen([p for p in descendants if "redis-server" not in command_line(p)]):
             progress = store.progress(RELATIONS_STAGE) if store.exists() else None
             if progress is None or not 3 <= progress.done < progress.total:
                 return False
@@ -485,7 +479,7 @@ def test_one_command_mode_killed_then_rerun_redoes_nothing(model_cache, tmp_path
 def wait_for_embedded_redis(producer) -> int:
     def server() -> psutil.Process | None:
         for p in psutil.Process(producer.pid).children():
-            if "redis-server" in " ".join(_cmdline(p)):
+            if "redis-server" in command_line(p):
                 return p
         return None
 

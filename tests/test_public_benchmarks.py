@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from benchmark_layouts import (GEDIT, gedit_rows, png, write_gedit_jsonl, write_gedit_parquet, write_imgedit,
+from benchmark_layouts import (GEDIT, png, write_gedit_jsonl, write_gedit_parquet, write_imgedit,
                                write_kris, write_rise)
 from config import Settings
 from conftest import run_producer

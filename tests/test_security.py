@@ -14,7 +14,7 @@ import pytest
 import redis
 from celery import Celery
 
-from conftest import private_env, read_json, run_producer, started_fleet, wait_until
+from conftest import command_line, private_env, read_json, run_producer, started_fleet, wait_until
 from held_judge import RUN, OneCommandRun, held_judge, in_flight
 from producer.embedded import PASSWORD_FILE, EmbeddedRedis
 from producer.relations.sample import write_relations_sample
@@ -130,7 +130,7 @@ def test_the_one_command_redis_takes_no_client_without_its_password_and_never_sh
         run = OneCommandRun(tmp_path, model_cache, judge)
         producer = run.start()
         children = in_flight(producer, judge)  # the run is going: a score task waits for the judge
-        [server] = [p for p in children if "redis-server" in " ".join(p.cmdline())]
+        [server] = [p for p in children if "redis-server" in command_line(p)]
         port = _listening_port(server)
         data = run.work / "redis"
         password = (data / PASSWORD_FILE).read_text().strip()
