@@ -78,8 +78,10 @@ def test_rows_stop_at_their_own_budgets_and_eos(vlm, images, texts, expected, mo
     assert _greedy(engine, images, texts, max_batch=2) == _reference(vlm, images, texts)
 
 
-def test_sampling_is_seeded(vlm, images, texts) -> None:
-    engine = PagedEngine(*vlm)
+@pytest.mark.parametrize("name", list(ENGINES))
+def test_sampling_is_seeded(vlm, images, texts, name) -> None:
+    """Either engine: the same seed samples the same tokens, another seed others."""
+    engine = ENGINES[name](*vlm)
 
     def sample(seed: int):
         return engine.generate(images, texts, max_batch=4, max_new_tokens=MAX_NEW_TOKENS,

@@ -116,16 +116,6 @@ def test_rows_that_end_early_give_their_slot_to_the_next_prompt(vlm, decoder, im
     assert decoder.stats.live_row_steps == kept
 
 
-def test_sampling_is_seeded(decoder, images, texts) -> None:
-    def sample(seed: int):
-        return decoder.generate(images, texts, max_batch=4, max_new_tokens=MAX_NEW_TOKENS,
-                                temperature=1.0, seed=seed)
-
-    first = sample(1)
-    assert sample(1) == first
-    assert sample(2) != first
-
-
 def test_the_generator_answers_each_image_in_order(vlm, images, texts, monkeypatch,
                                                    caplog) -> None:
     # A token the first row emits at step 3 for the first time becomes the eos: answers end

@@ -28,6 +28,14 @@ def split_after_image(text: str) -> tuple[str, str]:
     return prefix + marker, suffix
 
 
+def prompt_budget(max_new_tokens: int | list[list[int]], image: int, index: int) -> int:
+    """The token budget of prompt ``index`` of image ``image``: one budget for all, or one each."""
+    budget = max_new_tokens if isinstance(max_new_tokens, int) else max_new_tokens[image][index]
+    if budget < 1:
+        raise ValueError("every prompt needs a token budget of at least 1")
+    return budget
+
+
 def power_of_two(n: int) -> int:
     """The smallest power of two >= n (n >= 1)."""
     return 1 << (max(n, 1) - 1).bit_length()

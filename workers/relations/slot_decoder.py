@@ -60,6 +60,7 @@ from workers.relations.decoding import (
     pad_token_id,
     pick_tokens,
     power_of_two,
+    prompt_budget,
     split_after_image,
     weight_pointers,
 )
@@ -251,11 +252,8 @@ class SlotDecoder:
                 continue
             suffixes = self.processor.tokenizer([s for _, s in parts], add_special_tokens=False)
             for index, ids in enumerate(suffixes["input_ids"]):
-                budget = (max_new_tokens if isinstance(max_new_tokens, int)
-                          else max_new_tokens[image][index])
-                if budget < 1:
-                    raise ValueError("every prompt needs a token budget of at least 1")
-                requests.append(Request(image=image, suffix=ids, max_new_tokens=budget, index=index))
+                requests.append(Request(image=image, suffix=ids, index=index,
+                                        max_new_tokens=prompt_budget(max_new_tokens, image, index)))
         return requests, prefixes
 
     # --- the loop ------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from transformers import PreTrainedModel, ProcessorMixin
 
-from workers.relations.decoding import PhaseClock
+from workers.relations.decoding import PhaseClock, prompt_budget
 from workers.relations.engine.kv_cache import (
     BLOCK_SIZE,
     BlockPool,
@@ -115,11 +115,8 @@ class PagedEngine:
                 continue
             prefixes[image], suffixes = self.adapter.split(image_texts)
             for index, suffix in enumerate(suffixes):
-                budget = (max_new_tokens if isinstance(max_new_tokens, int)
-                          else max_new_tokens[image][index])
-                if budget < 1:
-                    raise ValueError("every prompt needs a token budget of at least 1")
-                rows.append(Row(image=image, index=index, suffix=suffix, max_new_tokens=budget))
+                rows.append(Row(image=image, index=index, suffix=suffix,
+                                max_new_tokens=prompt_budget(max_new_tokens, image, index)))
         return rows, prefixes
 
     def _run(self, images, prefix_texts, rows, max_batch, cache_bytes, temperature, seed, clock,
