@@ -20,9 +20,10 @@ from typing import Any, Callable
 
 from PIL import Image
 
-from shared import storage
 from shared.files import UnreadableFile
+from shared.images import ImageFileError
 from workers.endpoints.client import Completion, EndpointClient, EndpointFailure, data_url
+from workers.images import read_location
 
 # finish_reason values (OpenAI's, which vLLM and SGLang send too).
 LENGTH, CONTENT_FILTER = "length", "content_filter"
@@ -59,14 +60,17 @@ class EndpointRelations:
                     {"type": "text", "text": prompt}]}]}
 
     def describe(self, paths: list[str], prompts: list[list[str]], seeds: list[list[int]],
-                 on_answer: Callable[[int, int, EndpointAnswer], None]) -> None:
-        """Every prompt of every image (``paths``), ``on_answer(image, index, answer)`` in this
-        thread as each ends, in the order they end."""
+                 on_answer: Callable[[int, int, EndpointAnswer], None],
+                 digests: list[str | None] | None = None) -> None:
+        """Every prompt of every image (``paths``; ``digests``: the sha256 each object's content
+        was registered with, where known), ``on_answer(image, index, answer)`` in this thread as
+        each ends, in the order they end."""
+        digests = digests or [None] * len(paths)
         sent: dict[Future[Completion], tuple[int, int]] = {}
         try:
-            for image, (path, image_prompts) in enumerate(zip(paths, prompts)):
+            for image, (path, digest, image_prompts) in enumerate(zip(paths, digests, prompts)):
                 try:
-                    url = image_data_url(path)
+                    url = image_data_url(path, digest)
                 except ValueError as exc:
                     for index in range(len(image_prompts)):
                         on_answer(image, index, EndpointAnswer(None, failure=str(exc), attempts=0))
@@ -107,15 +111,16 @@ def _description(response: dict[str, Any]) -> tuple[str | None, str, str | None]
     return None, text, finish
 
 
-def image_data_url(path: str) -> str:
-    """The image's bytes (a file, or an object by URL) as a data URL of its own type; ValueError
-    if it cannot be read."""
+def image_data_url(path: str, sha256: str | None = None) -> str:
+    """The image's bytes (a file, or an object by URL: read as the task opened it, through the
+    host's cache and checked against ``sha256``) as a data URL of its own type; ValueError if
+    it cannot be read."""
     try:
-        data = storage.read_bytes(path)
+        data = read_location(path, sha256)
     except UnreadableFile as exc:
         raise ValueError(f"image file {exc}") from None
-    except storage.StorageError as exc:
-        raise ValueError(f"image {exc}") from None
+    except ImageFileError as exc:
+        raise ValueError(str(exc)) from None
     try:
         with Image.open(io.BytesIO(data)) as image:
             mime_type = Image.MIME[image.format]

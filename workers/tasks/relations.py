@@ -59,7 +59,9 @@ def _generate_pending(store: RunStore, keys: list[str]) -> dict[str, int]:
     results = PairResults(store, pending, jobs)
     if isinstance(generator, EndpointRelations):
         seeds = [[prompt_seed(run.seed, key, entry["predicate"]) for key, entry, _ in image_jobs] for image_jobs in jobs]
-        generator.describe(paths, prompts, seeds, results.endpoint_answer)
+        # The content each object was registered with: read again as the task opened it.
+        digests = [pending[image_jobs[0][0]].get("image_sha256") for image_jobs in jobs]
+        generator.describe(paths, prompts, seeds, results.endpoint_answer, digests)
     else:
         _generate(generator, run.seed, images, prompts, keys[0], results.answer)
         store.add_device(device_name())
