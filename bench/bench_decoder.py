@@ -387,7 +387,9 @@ def profile_step(name: str, step, directory: Path) -> dict:
 
 def _kernel_group(name: str) -> str:
     lowered = name.lower()
-    for group, marks in (("attention", ("flash", "attention", "fmha", "efficient")),
+    for group, marks in (("attention: rows' own keys", ("_paged_kernel",)),
+                         ("attention: image prefixes", ("_prefix_kernel",)),
+                         ("attention", ("flash", "attention", "fmha", "efficient")),
                          ("gemm", ("gemm", "nvjet", "cutlass", "sm90", "cublas", "matmul", "mm")),
                          ("softmax/exp", ("softmax", "exp")), ("reduce", ("reduce", "amax", "sum")),
                          ("copy/index", ("copy", "index", "scatter", "gather", "cat"))):

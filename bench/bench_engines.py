@@ -253,7 +253,8 @@ def run_engine(name: str, engine, images, texts, budgets, batch: int, floor: dic
                   floor_fraction=round(floor["seconds"] / seconds, 3) if floor["seconds"] else None)
     if torch.cuda.is_available():
         result["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
-    for extra in ("mixed_steps", "tokens", "preemptions", "blocks", "attention"):
+    for extra in ("mixed_steps", "tokens", "preemptions", "blocks", "attention", "peak_rows",
+                  "capture_seconds"):
         if hasattr(stats, extra):
             result[extra] = getattr(stats, extra)
     print(result, flush=True)

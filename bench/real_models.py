@@ -104,6 +104,10 @@ def random_qwen3_vl(kind: str = "8b", seed: int = 0, *, text_layers: int | None 
     torch.manual_seed(seed)
     with torch.device("cuda"):
         model = model_class._from_config(config, dtype=dtype)
+    if kind != "8b":  # the experts as the product loads them (workers/models/loading.py)
+        from workers.models.loading import FAST_EXPERTS
+
+        model.set_experts_implementation(FAST_EXPERTS)
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     model.generation_config.eos_token_id = [processor.tokenizer.convert_tokens_to_ids("<|im_end|>")]
     return processor, model.eval()

@@ -6,7 +6,11 @@ must be those of ``model.generate`` on its whole prompt.
 
 from __future__ import annotations
 
+import json
 import logging
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -47,6 +51,27 @@ def test_every_row_equals_generate_across_blocks_and_chunks(vlm, images, texts, 
     # One block per row and a budget wider than any suffix: rows start whole.
     engine = PagedEngine(*vlm, block_size=64, step_tokens=4096)
     assert _greedy(engine, images, texts, max_batch=4) == expected
+
+
+def test_the_cuda_path_equals_generate_under_tritons_interpreter(
+        each_tiny_vlm_dir, images, texts, expected, tmp_path) -> None:
+    """The GPU's path (step buffers, block tables, tiles, the two Triton kernels), run by
+    Triton's interpreter on the CPU: 3 rows at a time, so rows start, end and reuse places."""
+    paths = []
+    for index, image in enumerate(images):
+        paths.append(str(tmp_path / f"{index}.png"))
+        image.save(paths[-1])
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps({"images": paths, "texts": texts, "block_size": 4,
+                                   "step_tokens": 16, "max_batch": 3,
+                                   "max_new_tokens": MAX_NEW_TOKENS}))
+    script = Path(__file__).parent / "interpreted_engine.py"
+    done = subprocess.run([sys.executable, str(script), str(each_tiny_vlm_dir), str(request)],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.splitlines()[-1])
+    assert got["attention"] == "kernels"
+    assert got["tokens"] == expected
 
 
 def test_rows_preempted_when_blocks_run_out_are_recomputed_to_the_same_tokens(

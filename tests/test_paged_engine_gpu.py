@@ -4,8 +4,9 @@ In float32 (the torch reference attention) every row must equal ``model.generate
 tiny models and for Qwen3-VL-8B's shapes (real image sizes, ~1200-token prefixes, real mrope
 and deepstack; random weights, the text model cut to a few layers). In bf16 the paged kernel
 must give the plain reference's attention at the 8B's head shapes over scattered blocks, the
-flash attention backend the reference's outputs on a step that mixes decodes and prefill
-chunks of two images, and the full-size 8B (random bf16 weights) decodes a batch of 128 rows.
+Triton kernels the reference's outputs on a step that mixes decodes, rows' prefill chunks and
+an image prefix's chunk, steps replayed from CUDA graphs the eager steps' tokens, and the
+full-size 8B (random bf16 weights) decodes a batch of 128 rows.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from bench.real_models import random_qwen3_vl
 from bench.static_decoder import cut_after_eos
 from workers.models import load_vlm
 from workers.relations.decoding import PhaseClock, eos_token_ids
-from workers.relations.engine.attention import FlashAttention, ReferenceAttention
+from workers.relations.engine.attention import PagedAttention, ReferenceAttention
 from workers.relations.engine.engine import PagedEngine
 from workers.relations.engine.kv_cache import BlockPool, KVCache
 from workers.relations.engine.model_runner import ModelRunner, token_offsets
 from workers.relations.engine.paged_attention import paged_attention, paged_attention_reference
 from workers.relations.engine.qwen3_vl import Qwen3VL
-from workers.relations.engine.scheduler import Row, Scheduler
+from workers.relations.engine.scheduler import Prefix, Row, Scheduler
+from workers.relations.engine.step_inputs import Capacity, Places, StepInputs, fill
 from workers.relations.generator import render_prompt
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -88,33 +90,68 @@ def test_paged_kernel_equals_the_reference_over_scattered_blocks() -> None:
     torch.testing.assert_close(lse, expected_lse, atol=1e-3, rtol=1e-3)
 
 
-def test_flash_attention_equals_the_reference_on_a_mixed_step(tiny_vlm_dir) -> None:
+def test_paged_attention_equals_the_reference_on_a_mixed_step(tiny_vlm_dir) -> None:
     processor, model = load_vlm(str(tiny_vlm_dir), revision="", dtype=torch.bfloat16,
                                 device=torch.device("cuda"))
-    # A step with running rows' next tokens and prefill chunks of rows of two images.
+    # A step with running rows' next tokens, prefill chunks of rows of two images, and a
+    # prefix chunk of a third image.
     blocks = BlockPool(64, 4)
-    rows = [Row(image=i % 2, index=i, suffix=[5] * (3 + i), max_new_tokens=8) for i in range(6)]
-    scheduler = Scheduler(rows, {0: 10, 1: 7}, blocks, max_rows=6, step_tokens=9, eos=set())
+    rows = [Row(image=i % 3, index=i, suffix=[5] * (3 + i), max_new_tokens=8) for i in range(7)]
+    scheduler = Scheduler(rows, {0: 10, 1: 7, 2: 9}, blocks, max_rows=5, step_tokens=9, eos=set())
     plan = scheduler.schedule()
-    while not (plan.decode and any(isinstance(c.sequence, Row) for c in plan.prefill)):
+    while not (plan.decode and any(isinstance(c.sequence, Row) for c in plan.prefill)
+               and any(isinstance(c.sequence, Prefix) for c in plan.prefill)):
         scheduler.postprocess(plan, [1] * len(plan.sampling))
         plan = scheduler.schedule()
     heads, kv_heads, dim = 8, 2, 64
     cache = KVCache(layers=1, kv_heads=kv_heads, head_dim=dim, blocks=64, block_size=4,
                     dtype=torch.bfloat16, device=torch.device("cuda"))
-    runner = ModelRunner(Qwen3VL(processor, model), cache, blocks, images=None, temperature=0.0,
+    adapter = Qwen3VL(processor, model)
+    runner = ModelRunner(adapter, cache, blocks, images=None, temperature=0.0,
                          seed=0, clock=PhaseClock(model.device))
     offsets = token_offsets(plan)
+    capacity = Capacity(tokens=64, rows=8, row_blocks=8, images=4, prefix_blocks=4,
+                        group=heads // kv_heads)
+    inputs = StepInputs(capacity, torch.device("cuda"))
+    positions = {image: torch.zeros(3, prefix.length, dtype=torch.long)
+                 for image, prefix in plan.prefixes.items()}
+    layout = fill(inputs, plan, blocks, {image: 0 for image in plan.prefixes}, positions,
+                  cache.scratch_slot, Places())
+    inputs.upload()
+    fields = inputs.views(layout.bucket)
     torch.manual_seed(0)
     stored = torch.randn(2, *cache.keys[0].shape, dtype=torch.bfloat16, device="cuda")
-    query = torch.randn(1, heads, offsets[-1], dim, dtype=torch.bfloat16, device="cuda") * dim**-0.5
-    key, value = (torch.randn(1, kv_heads, offsets[-1], dim, dtype=torch.bfloat16, device="cuda")
+    query = torch.randn(1, heads, layout.bucket, dim, dtype=torch.bfloat16, device="cuda") * dim**-0.5
+    key, value = (torch.randn(1, kv_heads, layout.bucket, dim, dtype=torch.bfloat16, device="cuda")
                   for _ in range(2))
+    tokens = offsets[-1]
     reference = ReferenceAttention([stored[0].clone()], [stored[1].clone()],
-                                   runner.reference_step(plan, offsets))(0, query, key, value)
-    flash = FlashAttention([stored[0].clone()], [stored[1].clone()],
-                           runner.flash_step(plan, offsets))(0, query, key, value)
-    torch.testing.assert_close(flash.float(), reference.float(), atol=2e-2, rtol=2e-2)
+                                   runner.reference_step(plan, offsets))(
+        0, query[:, :, :tokens], key[:, :, :tokens], value[:, :, :tokens])
+    paged = PagedAttention([stored[0].clone()], [stored[1].clone()], fields,
+                           tiles=capacity.tiles_for(layout.bucket), block_size=4)(0, query, key, value)
+    torch.testing.assert_close(paged[:, :tokens].float(), reference.float(), atol=2e-2, rtol=2e-2)
+
+
+def test_steps_replayed_from_cuda_graphs_equal_eager_steps() -> None:
+    """The same kernels at the same bucket sizes: replayed, every token is the eager one's."""
+    processor, model = random_qwen3_vl("8b", text_layers=4)
+    images = [Image.linear_gradient("L").resize((1280, 960)).convert("RGB"),
+              Image.radial_gradient("L").resize((960, 640)).convert("RGB")]
+    texts = [[render_prompt(processor, p) for p in relation_prompts(24, seed)] for seed in (0, 24)]
+    budgets = [[8 + (i * 7 + j * 5) % 40 for j in range(24)] for i in range(2)]
+    got = {}
+    for graphs in (False, True):
+        engine = PagedEngine(processor, model, step_tokens=256, graphs=graphs)
+        got[graphs] = engine.generate(images, texts, max_batch=32, max_new_tokens=budgets,
+                                      temperature=0.0, seed=0)
+        stats = engine.stats
+        del engine
+    del model
+    _free()
+    assert stats.attention == "kernels and CUDA graphs" and stats.capture_seconds > 0
+    assert got[True] == got[False]
+    assert [[len(row) for row in group] for group in got[True]] == budgets
 
 
 def test_qwen3_vl_8b_shapes_in_float32_equal_generate() -> None:
@@ -142,7 +179,7 @@ def test_qwen3_vl_8b_decodes_a_batch_of_128_rows_in_bf16() -> None:
     stats = engine.stats
     del engine, model
     _free()
-    assert stats.attention == "flash"
+    assert stats.attention == "kernels and CUDA graphs"
     assert all(0 < len(row) <= budget for group, group_budgets in zip(got, budgets)
                for row, budget in zip(group, group_budgets))
     assert sum(len(row) for group in got for row in group) == stats.live_row_steps

@@ -109,13 +109,14 @@ def run_layers(model: nn.Module, input_ids: torch.Tensor, positions: torch.Tenso
 
 def run_text_layers(model: nn.Module, hidden: torch.Tensor, positions: torch.Tensor,
                     attention: Attention, *, compiled: bool,
-                    deepstack: tuple[torch.Tensor, list[torch.Tensor]] | None = None
-                    ) -> torch.Tensor:
+                    deepstack: tuple[torch.Tensor, list[torch.Tensor]] | list[torch.Tensor]
+                    | None = None) -> torch.Tensor:
     """``run_layers`` from input embeddings (n, L, hidden) at mrope positions (3, n, L).
 
     ``deepstack`` (flat token indices (k,), one (k, hidden) tensor per early layer): features
     of the image's visual tokens, added to the hidden states after the first layers as
-    Qwen3-VL's own forward does.
+    Qwen3-VL's own forward does. Or one (n * L, hidden) tensor per early layer, zero but at
+    the visual tokens: the same sum at a fixed shape (what a CUDA graph replays).
     """
     fn = _functions(compiled)
     text_model = model.model.language_model
@@ -136,16 +137,28 @@ def run_text_layers(model: nn.Module, hidden: torch.Tensor, positions: torch.Ten
         residual, normed = fn.add_rms_norm(residual, attn.o_proj(output.reshape(count, length, -1)),
                                            post.weight, _eps(post))
         following = layers[index + 1].input_layernorm if index + 1 < len(layers) else text_model.norm
-        if deepstack is not None and index < len(deepstack[1]):
-            tokens, features = deepstack
-            residual = (residual + _mlp(layer.mlp, normed, fn)).view(count * length, -1)
-            residual = residual.index_add(0, tokens, features[index].to(residual.dtype))
-            residual = residual.view(count, length, -1)
+        if deepstack is not None and index < _deepstack_layers(deepstack):
+            residual = _add_deepstack(residual + _mlp(layer.mlp, normed, fn), deepstack, index)
             normed = fn.rms_norm(residual, following.weight, _eps(following))
             continue
         residual, normed = fn.add_rms_norm(residual, _mlp(layer.mlp, normed, fn), following.weight,
                                            _eps(following))
     return normed
+
+
+def _deepstack_layers(deepstack) -> int:
+    return len(deepstack[1]) if isinstance(deepstack, tuple) else len(deepstack)
+
+
+def _add_deepstack(residual: torch.Tensor, deepstack, index: int) -> torch.Tensor:
+    count, length = residual.shape[:2]
+    flat = residual.view(count * length, -1)
+    if isinstance(deepstack, tuple):
+        tokens, features = deepstack
+        flat = flat.index_add(0, tokens, features[index].to(flat.dtype))
+    else:
+        flat = flat + deepstack[index]
+    return flat.view(count, length, -1)
 
 
 def _mlp(mlp: nn.Module, hidden: torch.Tensor, fn: _Functions) -> torch.Tensor:

@@ -8,20 +8,18 @@ Sequences are attended in groups, padded to the group's longest: the step's deco
 (one query each) as one group, each prefill chunk as a group of its own.
 
 ``ReferenceAttention`` is the plain torch reference (any device, any dtype: the CPU and the
-tests): it gathers each sequence's keys from its blocks. ``FlashAttention`` runs on CUDA in
-bf16/fp16: rows' own keys read in place from their blocks by a Triton kernel, and flash
-attention's varlen kernel for each image's prefix, read once with all of its rows' queries as
-one sequence of queries.
+tests): it gathers each sequence's keys from its blocks. ``PagedAttention`` runs on CUDA in
+bf16/fp16: two Triton kernels read the keys in place from their blocks, an image's prefix once
+per tile of its tokens, each row's own keys once per token.
 """
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
 
-from workers.relations.cascade_attention import additive, flash_varlen, merge
+from workers.relations.cascade_attention import additive, merge
 
 
 @dataclass
@@ -101,101 +99,38 @@ def part_attention(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tens
     return torch.matmul(weights, part_values), lse
 
 
-@dataclass
-class FlashStep:
-    """What ``FlashAttention`` reads. Row tokens (running rows' next tokens and rows' prefill
-    chunks) in image order: their own part from the paged kernel, their image's prefix part
-    from flash attention's varlen kernel (each image's prefix keys gathered once, all of its
-    rows' tokens one sequence of queries). Image prefix chunks (causal over their own keys)
-    from the varlen kernel over their gathered keys."""
+class PagedAttention:
+    """The step's attention on CUDA (bf16/fp16) with the Triton kernels, over a step's fields
+    on the device (workers/relations/engine/step_inputs.py): each token's part over its
+    image's prefix (prefix_attention.py, read once per tile of an image's tokens), then its
+    part over its own row's keys, merged into it (paged_attention.py). Launch shapes depend
+    only on the step's bucket: a CUDA graph of the step replays them."""
 
-    slots: torch.Tensor  # (T,) where each token's key/value goes
-    block_size: int
-    row_tokens: torch.Tensor  # (N,) the row tokens' places among the step's tokens, by image
-    row_tables: torch.Tensor  # (R, W) int32: block tables of the step's rows
-    token_row: torch.Tensor  # (N,) int32: each row token's row in ``row_tables``
-    token_used: torch.Tensor  # (N,) int32: the keys of its row it sees (its position + 1)
-    prefix_query_starts: torch.Tensor  # (I + 1,) int32: image i's tokens in row_tokens
-    prefix_slots: torch.Tensor  # each image's prefix keys, one image after another
-    prefix_starts: torch.Tensor  # (I + 1,) int32
-    most_prefix_queries: int
-    most_prefix: int
-    chunk_tokens: torch.Tensor  # (M,) the image prefix chunks' tokens among the step's
-    chunk_query_starts: torch.Tensor  # (C + 1,) int32
-    chunk_slots: torch.Tensor  # each chunk's prefix keys 0..end-1, one after another
-    chunk_key_starts: torch.Tensor  # (C + 1,) int32
-    most_chunk_queries: int
-    most_chunk_keys: int
-
-
-class FlashAttention:
-    """The step's attention on CUDA (bf16/fp16): rows' own parts from the paged kernel
-    (workers/relations/engine/paged_attention.py), prefix parts and prefix chunks from flash
-    attention's varlen kernel, merged by log-sum-exp."""
-
-    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], step: FlashStep):
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor],
+                 fields: dict[str, torch.Tensor], tiles: int, block_size: int) -> None:
+        # Imported here: Triton is needed on CUDA only.
         from workers.relations.engine.paged_attention import paged_attention
+        from workers.relations.engine.prefix_attention import prefix_attention
 
-        self.paged = paged_attention
-        self.keys, self.values, self.step = keys, values, step
+        self.paged, self.prefix = paged_attention, prefix_attention
+        self.keys, self.values, self.block_size = keys, values, block_size
+        self.fields = fields
+        self.slots = fields["slots"].long()
+        self.tiles = tiles
 
     def __call__(self, layer: int, query, key, value) -> torch.Tensor:
-        step, keys, values = self.step, self.keys[layer], self.values[layer]
-        keys[step.slots] = key[0].transpose(0, 1)
-        values[step.slots] = value[0].transpose(0, 1)
+        fields, keys, values = self.fields, self.keys[layer], self.values[layer]
+        keys[self.slots] = key[0].transpose(0, 1)
+        values[self.slots] = value[0].transpose(0, 1)
         queries = query[0].transpose(0, 1)  # (T, H, D)
-        output = torch.empty_like(queries)
-        if step.row_tokens.numel():
-            row_queries = queries[step.row_tokens]
-            own = self.paged(row_queries, keys, values, step.row_tables, step.token_row,
-                             step.token_used, step.block_size)
-            prefix = self._prefix_part(row_queries, keys[step.prefix_slots],
-                                       values[step.prefix_slots])
-            output[step.row_tokens] = merge_two(*prefix, *own)
-        if step.chunk_tokens.numel():
-            chunk = flash_varlen(queries[step.chunk_tokens].contiguous(), keys[step.chunk_slots],
-                                 values[step.chunk_slots], step.chunk_query_starts,
-                                 step.chunk_key_starts, step.most_chunk_queries,
-                                 step.most_chunk_keys, None, causal=True)
-            output[step.chunk_tokens] = chunk[0]
-        return output[None]
-
-    def _prefix_part(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor):
-        """Row tokens (N, H, D) over their images' prefixes. The ``group`` query heads that
-        share a kv head go in as ``group`` queries of that head: flash attention then reads
-        each prefix once per kv head, not per query head, and fills its 128-query tiles
-        ``group`` times fuller (an image's rows in a step are ~10-100 queries)."""
-        step = self.step
         count, heads, dim = queries.shape
-        kv_heads = keys.shape[1]
-        group = heads // kv_heads
-        packed = queries.view(count, kv_heads, group, dim).transpose(1, 2)
-        output, lse = flash_varlen(packed.reshape(count * group, kv_heads, dim), keys, values,
-                                   step.prefix_query_starts * group, step.prefix_starts,
-                                   step.most_prefix_queries * group, step.most_prefix, None)
-        output = output.view(count, group, kv_heads, dim).transpose(1, 2).reshape(count, heads, dim)
-        lse = lse.reshape(count, group, kv_heads).transpose(1, 2).reshape(count, heads)
-        return output, lse
-
-
-def merge_two_parts(first: torch.Tensor, first_lse: torch.Tensor, second: torch.Tensor,
-                    second_lse: torch.Tensor) -> torch.Tensor:
-    """Outputs (N, H, D) of attention over two disjoint, non-empty key sets, with their
-    log-sum-exps (N, H), combined into attention over their union."""
-    lse = torch.logaddexp(first_lse, second_lse)[..., None]
-    combined = (first.float() * (first_lse[..., None] - lse).exp()
-                + second.float() * (second_lse[..., None] - lse).exp())
-    return combined.to(first.dtype)
-
-
-@functools.cache
-def _compiled_merge():
-    return torch.compile(merge_two_parts, fullgraph=True, dynamic=None)
-
-
-def merge_two(first, first_lse, second, second_lse) -> torch.Tensor:
-    """``merge_two_parts`` as one fused kernel (~10 small ones eager, per layer), compiled
-    once for every token count (only the first dim varies)."""
-    for tensor in (first, first_lse, second, second_lse):
-        torch._dynamo.maybe_mark_dynamic(tensor, 0)
-    return _compiled_merge()(first, first_lse, second, second_lse)
+        prefix_output = torch.empty(count, heads, dim, dtype=queries.dtype, device=queries.device)
+        prefix_lse = torch.empty(count, heads, dtype=torch.float32, device=queries.device)
+        self.prefix(queries, keys, values, fields["prefix_tables"], fields["order"],
+                    fields["prefix_used"], fields["tile_image"][:self.tiles],
+                    fields["tile_start"][:self.tiles], fields["tile_end"][:self.tiles],
+                    fields["tile_count"], self.block_size, prefix_output, prefix_lse)
+        output, _ = self.paged(queries, keys, values, fields["row_tables"],
+                               fields["token_row"], fields["own_used"], self.block_size,
+                               prefix=(prefix_output, prefix_lse, fields["prefix_used"]))
+        return output[None]

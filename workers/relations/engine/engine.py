@@ -22,7 +22,9 @@ from workers.relations.engine.kv_cache import (
 )
 from workers.relations.engine.model_runner import ModelRunner
 from workers.relations.engine.qwen3_vl import Qwen3VL
-from workers.relations.engine.scheduler import Row, Scheduler
+from workers.relations.engine.scheduler import MAX_LOADED_IMAGES, Row, Scheduler
+from workers.relations.engine.static_step import StaticStep, kernels_run
+from workers.relations.engine.step_inputs import Capacity
 from workers.relations.image_inputs import ImageInputs
 
 logger = logging.getLogger(__name__)
@@ -37,6 +39,7 @@ class EngineStats:
 
     steps: int = 0
     rows: int = 0  # the most rows at once (EVALFLEET_MAX_BATCH, fewer for fewer prompts)
+    peak_rows: int = 0  # the most rows that ran at once (fewer than ``rows`` if blocks ran out)
     live_row_steps: int = 0  # tokens picked for rows
     mixed_steps: int = 0  # steps that also prefilled (the rest decoded running rows only)
     # Tokens the steps ran: running rows' next tokens, rows' prefill, image prefixes.
@@ -44,7 +47,8 @@ class EngineStats:
     prefills: int = 0  # image prefixes
     preemptions: int = 0
     blocks: int = 0
-    attention: str = ""  # the attention backend: flash or reference
+    attention: str = ""  # the step's backend: "kernels" (+ " and CUDA graphs") or "reference"
+    capture_seconds: float = 0.0  # spent capturing CUDA graphs in this call
     seconds: float = 0.0
     # Seconds per phase: images (waited for the processor), vision (the vision tower), decode
     # (steps of running rows only), mixed (steps that also prefilled).
@@ -61,16 +65,20 @@ class PagedEngine:
     (``generate``, ``stats``, ``release``, ``cache_bytes``).
 
     Keys and values live in blocks of ``block_size`` tokens; each step runs every running
-    row's next token and up to ``step_tokens`` prefill tokens in one forward (no CUDA graphs yet).
+    row's next token and up to ``step_tokens`` prefill tokens in one forward. On CUDA in
+    bf16/fp16 a step is replayed from a CUDA graph of its bucket (``graphs``; False runs the
+    same kernels eagerly), elsewhere its attention is the torch reference.
     """
 
     def __init__(self, processor: ProcessorMixin, model: PreTrainedModel, *,
-                 block_size: int = BLOCK_SIZE, step_tokens: int = STEP_TOKENS) -> None:
+                 block_size: int = BLOCK_SIZE, step_tokens: int = STEP_TOKENS,
+                 graphs: bool = True) -> None:
         self.processor, self.model = processor, model
         self.adapter = Qwen3VL(processor, model)
-        self.block_size, self.step_tokens = block_size, step_tokens
+        self.block_size, self.step_tokens, self.graphs = block_size, step_tokens, graphs
         self.stats = EngineStats()
         self._cache: KVCache | None = None
+        self._static: StaticStep | None = None
 
     @property
     def cache_bytes(self) -> int:
@@ -78,7 +86,8 @@ class PagedEngine:
         return 0 if self._cache is None else self._cache.bytes
 
     def release(self) -> None:
-        """Free the cache (the next generate allocates it again)."""
+        """Free the cache and the graphs over it (the next generate makes them again)."""
+        self._static = None
         self._cache = None
 
     def generate(self, images: list[Image.Image], texts: list[list[str]], *, max_batch: int,
@@ -131,18 +140,24 @@ class PagedEngine:
             blocks = self._pool(lengths, rows, max_rows, cache_bytes)
             scheduler = Scheduler(rows, lengths, blocks, max_rows=max_rows,
                                   step_tokens=self.step_tokens, eos=self.adapter.eos_ids)
+            static = self._static_step(rows, lengths, max_batch)
             runner = ModelRunner(self.adapter, self._cache, blocks, inputs,
-                                 temperature=temperature, seed=seed, clock=clock)
-            self.stats.attention = "flash" if runner.flash else "reference"
+                                 temperature=temperature, seed=seed, clock=clock, static=static)
+            self.stats.attention = ("reference" if static is None else
+                                    "kernels and CUDA graphs" if static.use_graphs else "kernels")
+            captured = 0.0 if static is None else static.capture_seconds
             while not scheduler.finished:
                 plan = scheduler.schedule()
                 tokens = runner.run(plan)
+                self.stats.peak_rows = max(self.stats.peak_rows, len(scheduler.running))
                 for row in scheduler.postprocess(plan, tokens):
                     if on_done is not None:
                         on_done(row.image, row.index, row.output)
                 self._count(plan, len(tokens))
             self.stats.rows, self.stats.prefills = max_rows, len(lengths)
             self.stats.preemptions, self.stats.blocks = scheduler.preemptions, blocks.blocks
+            if static is not None:
+                self.stats.capture_seconds = static.capture_seconds - captured
         clock.host("images", inputs.waited)
 
     def _count(self, plan, sampled: int) -> None:
@@ -153,6 +168,25 @@ class PagedEngine:
         stats.tokens["decode"] += len(plan.decode)
         for chunk in plan.prefill:
             stats.tokens["rows" if isinstance(chunk.sequence, Row) else "prefixes"] += chunk.count
+
+    def _static_step(self, rows: list[Row], lengths: dict[int, int],
+                     max_batch: int) -> StaticStep | None:
+        """The step buffers (and graphs) for this call, kept from the last call where they
+        hold it: sized from the batch setting, not the call, so a run's calls share them."""
+        adapter = self.adapter
+        if not kernels_run(adapter):
+            return None
+        size = self.block_size
+        capacity = Capacity(
+            tokens=max_batch + self.step_tokens, rows=max_batch,
+            row_blocks=max(-(-(len(row.suffix) + row.max_new_tokens) // size) for row in rows),
+            images=min(len(lengths), MAX_LOADED_IMAGES),
+            prefix_blocks=max(-(-length // size) for length in lengths.values()),
+            group=adapter.heads // adapter.kv_heads).rounded()
+        if self._static is None or not self._static.holds(self._cache, capacity):
+            self._static = None  # its graphs' memory goes before the new ones are captured
+            self._static = StaticStep(adapter, self._cache, capacity, graphs=self.graphs)
+        return self._static
 
     def _pool(self, lengths: dict[int, int], rows: list[Row], max_rows: int,
               cache_bytes: int | None) -> BlockPool:
@@ -169,6 +203,7 @@ class PagedEngine:
             raise MemoryError(f"no room for the decoder's cache: {cache_bytes or 0} bytes are "
                               "left after the weights; raise EVALFLEET_MEMORY_BUDGET_GB")
         if self._cache is None or not self._cache.fits(count, size, adapter.dtype, adapter.device):
+            self._static = None  # its graphs hold the old storage
             self._cache = None  # the old storage goes before the new one is allocated
             self._cache = KVCache(layers=adapter.layers, kv_heads=adapter.kv_heads,
                                   head_dim=adapter.head_dim, blocks=count, block_size=size,

@@ -82,13 +82,16 @@ def pool_blocks(wanted: int, block_bytes: int, device: torch.device,
 class KVCache:
     """Keys and values of every layer, each (blocks x block_size, kv_heads, head_dim): token
     ``t`` of a sequence whose table is ``table`` is at ``table[t // block_size] * block_size +
-    t % block_size``. Zeros, not empty: padded reads are multiplied by 0, and 0 x NaN is NaN."""
+    t % block_size``. Zeros, not empty: padded reads are multiplied by 0, and 0 x NaN is NaN.
+    One more block than the pool's, which no sequence holds: padding tokens of a step replayed
+    at a fixed size write their keys there (``scratch_slot``)."""
 
     def __init__(self, *, layers: int, kv_heads: int, head_dim: int, blocks: int,
                  block_size: int, dtype: torch.dtype, device: torch.device) -> None:
         self.blocks, self.block_size = blocks, block_size
-        storage = torch.zeros(2 * layers, blocks * block_size, kv_heads, head_dim, dtype=dtype,
-                              device=device)
+        self.scratch_slot = blocks * block_size
+        storage = torch.zeros(2 * layers, (blocks + 1) * block_size, kv_heads, head_dim,
+                              dtype=dtype, device=device)
         self.keys, self.values = list(storage[0::2]), list(storage[1::2])
         self.bytes = storage.numel() * storage.element_size()
         self.dtype, self.device = dtype, device

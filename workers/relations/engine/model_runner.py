@@ -8,22 +8,16 @@ vision tower when its first chunk runs; its embeddings are kept until its last c
 
 from __future__ import annotations
 
-import itertools
 
 import torch
 
-from workers.relations.cascade_attention import flash_available
 from workers.relations.decoding import PhaseClock, pick_tokens
-from workers.relations.engine.attention import (
-    FlashAttention,
-    FlashStep,
-    ReferenceAttention,
-    SequenceGroup,
-    StepAttention,
-)
+from workers.relations.engine.attention import ReferenceAttention, SequenceGroup, StepAttention
 from workers.relations.engine.kv_cache import BlockPool, KVCache
 from workers.relations.engine.qwen3_vl import PrefixInputs, Qwen3VL
 from workers.relations.engine.scheduler import Chunk, Prefix, Row, StepPlan
+from workers.relations.engine.static_step import StaticStep
+from workers.relations.engine.step_inputs import Places, fill
 from workers.relations.image_inputs import ImageInputs
 
 
@@ -31,14 +25,16 @@ class ModelRunner:
     """One call's forwards over ``cache``, whose blocks ``blocks`` hands out."""
 
     def __init__(self, model: Qwen3VL, cache: KVCache, blocks: BlockPool, images: ImageInputs, *,
-                 temperature: float, seed: int, clock: PhaseClock) -> None:
+                 temperature: float, seed: int, clock: PhaseClock,
+                 static: StaticStep | None = None) -> None:
         self.model, self.cache, self.blocks, self.images = model, cache, blocks, images
         self.clock = clock
-        # Flash attention where it runs (CUDA, bf16/fp16); the torch reference elsewhere.
-        self.flash = flash_available(model.device, model.dtype, model.head_dim)
+        # The step's buffers and graphs with the Triton kernels (CUDA, bf16/fp16); None: the
+        # torch reference (the CPU, float32).
+        self.static = static
         self.prefixes: dict[int, PrefixInputs] = {}  # images whose prefix is being prefilled
         self.next_position: dict[int, int] = {}  # the text position after each image's prefix
-        self.prefix_slots: dict[tuple[int, int], torch.Tensor] = {}  # (image, id) -> device slots
+        self.places = Places()  # rows' and images' places in the step's block tables
         config = model.model.generation_config
         generator = None
         if temperature > 0:
@@ -53,24 +49,52 @@ class ModelRunner:
                 self._encode(chunk.sequence)
         # Steps of running rows' next tokens alone, apart from those that also prefill.
         with self.clock.phase("mixed" if plan.prefill else "decode"):
-            chunks = plan.chunks
-            offsets = token_offsets(plan)
-            embeds, positions, deepstack = self._inputs(chunks, offsets)
-            if self.flash:
-                attention = FlashAttention(self.cache.keys, self.cache.values,
-                                           self.flash_step(plan, offsets))
+            if self.static is None:
+                hidden = self._reference_forward(plan)
             else:
-                attention = ReferenceAttention(self.cache.keys, self.cache.values,
-                                               self.reference_step(plan, offsets))
-            hidden = self.model.forward(embeds, positions, attention, deepstack)
-            last = [offsets[i + 1] - 1 for i, chunk in enumerate(chunks) if chunk.samples]
+                hidden = self._static_forward(plan)
             tokens = []
-            if last:
-                tokens = self.pick(self.model.logits(hidden[last])).tolist()
+            if hidden.shape[0]:
+                tokens = self.pick(self.model.logits(hidden)).tolist()
         for chunk in plan.prefill:
             if isinstance(chunk.sequence, Prefix) and chunk.end == chunk.sequence.length:
                 del self.prefixes[chunk.sequence.image]
         return tokens
+
+    def _reference_forward(self, plan: StepPlan) -> torch.Tensor:
+        """The sampling tokens' final hidden states, attention in plain products."""
+        offsets = token_offsets(plan)
+        embeds, positions, deepstack = self._inputs(plan.chunks, offsets)
+        attention = ReferenceAttention(self.cache.keys, self.cache.values,
+                                       self.reference_step(plan, offsets))
+        hidden = self.model.forward(embeds, positions, attention, deepstack)
+        return hidden[[offsets[i + 1] - 1 for i, chunk in enumerate(plan.chunks) if chunk.samples]]
+
+    def _static_forward(self, plan: StepPlan) -> torch.Tensor:
+        """The sampling tokens' final hidden states, from the step's buffers (a CUDA graph)."""
+        static = self.static
+        layout = fill(static.inputs, plan, self.blocks, self.next_position,
+                      {image: inputs.positions for image, inputs in self.prefixes.items()},
+                      self.cache.scratch_slot, self.places)
+        static.inputs.upload()
+        fields, bucket = static.inputs.device, layout.bucket
+        static.embeds[:bucket] = self.model.embed(fields["ids"][:bucket].long())
+        visual = []
+        for image, start, end, place in layout.prefix_chunks:
+            inputs = self.prefixes[image]
+            static.embeds[place:place + end - start] = inputs.embeds[start:end]
+            rank = inputs.visual_rank[start:end]
+            where = torch.nonzero(rank >= 0)[:, 0]
+            if where.numel():
+                places = (where + place).to(static.embeds.device)
+                ranks = rank[where].to(static.embeds.device)
+                for layer, features in enumerate(inputs.deepstack):
+                    static.deepstack[layer, places] = features[ranks]
+                visual.append(places)
+        hidden = static.run(bucket)[fields["samples"][:layout.samples].long()]
+        for places in visual:  # the next step's image tokens are elsewhere
+            static.deepstack[:, places] = 0
+        return hidden
 
     def _encode(self, prefix: Prefix) -> None:
         with self.clock.phase("vision"):
@@ -153,73 +177,6 @@ class ModelRunner:
             group.prefix_slots = self._slots(prefixes, self._columns(lengths))
             group.prefix_used = lengths.to(device)
         return group
-
-    def flash_step(self, plan: StepPlan, offsets: list[int]) -> FlashStep:
-        """Built on the host in plain lists (a step has ~1,000 tokens of ~500 sequences), then
-        moved to the device in one copy per tensor."""
-        size, device = self.blocks.block_size, self.model.device
-        slots: list[int] = []
-        rows: list[Row] = []
-        by_image: dict[int, tuple[list[int], list[int], list[int]]] = {}
-        chunk_tokens, chunk_counts, chunk_slots, chunk_keys = [], [], [], []
-        for chunk, offset in zip(plan.chunks, offsets):
-            table = self.blocks.table(chunk.sequence)
-            slots += [table[p // size] * size + p % size for p in range(chunk.start, chunk.end)]
-            places = range(offset, offset + chunk.count)
-            if isinstance(chunk.sequence, Row):
-                tokens, token_row, token_used = by_image.setdefault(chunk.sequence.image,
-                                                                    ([], [], []))
-                tokens += places
-                token_row += [len(rows)] * chunk.count
-                token_used += range(chunk.start + 1, chunk.end + 1)
-                rows.append(chunk.sequence)
-                continue
-            chunk_tokens += places
-            chunk_counts.append(chunk.count)
-            chunk_keys.append(chunk.end)
-            chunk_slots += [table[p // size] * size + p % size for p in range(chunk.end)]
-        prefixes = [plan.prefixes[image] for image in by_image]
-        prefix_slots = [self._prefix_slots(prefix) for prefix in prefixes]
-        tables = [self.blocks.table(row) for row in rows]
-        width = max((len(table) for table in tables), default=1)
-        parts = list(by_image.values())
-        query_counts = [len(tokens) for tokens, _, _ in parts]
-        lengths = [prefix.length for prefix in prefixes]
-
-        def long(values) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.long).to(device, non_blocking=True)
-
-        def int32(values) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.int32).to(device, non_blocking=True)
-
-        def starts_of(sizes) -> torch.Tensor:
-            return int32([0, *itertools.accumulate(sizes)])
-
-        return FlashStep(
-            slots=long(slots), block_size=size,
-            row_tokens=long([t for tokens, _, _ in parts for t in tokens]),
-            row_tables=int32([table + [0] * (width - len(table)) for table in tables] or [[0]]),
-            token_row=int32([r for _, token_row, _ in parts for r in token_row]),
-            token_used=int32([u for _, _, token_used in parts for u in token_used]),
-            prefix_query_starts=starts_of(query_counts),
-            prefix_slots=torch.cat(prefix_slots) if prefix_slots else long([]),
-            prefix_starts=starts_of(lengths), most_prefix_queries=max(query_counts, default=0),
-            most_prefix=max(lengths, default=0),
-            chunk_tokens=long(chunk_tokens), chunk_query_starts=starts_of(chunk_counts),
-            chunk_slots=long(chunk_slots), chunk_key_starts=starts_of(chunk_keys),
-            most_chunk_queries=max(chunk_counts, default=0),
-            most_chunk_keys=max(chunk_keys, default=0))
-
-    def _prefix_slots(self, prefix: Prefix) -> torch.Tensor:
-        """The cache slots of an image's prefix (its blocks are held whole while it is loaded)."""
-        key = (prefix.image, id(prefix))
-        if key not in self.prefix_slots:
-            size, table = self.blocks.block_size, self.blocks.table(prefix)
-            self.prefix_slots = {k: v for k, v in self.prefix_slots.items() if k[0] != prefix.image}
-            self.prefix_slots[key] = torch.tensor(
-                [table[p // size] * size + p % size for p in range(prefix.length)],
-                dtype=torch.long).to(self.model.device)
-        return self.prefix_slots[key]
 
     @staticmethod
     def _columns(used: torch.Tensor) -> torch.Tensor:

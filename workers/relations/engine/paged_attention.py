@@ -24,11 +24,12 @@ BLOCK_KEYS = 64
 
 @triton.jit
 def _paged_kernel(
-    queries, keys, values, tables, token_row, token_used, output, lse,
+    queries, keys, values, tables, token_row, token_used, prefix_output, prefix_lse,
+    prefix_used, output, lse,
     query_token_stride, query_head_stride, key_slot_stride, key_head_stride, table_stride,
     output_token_stride, output_head_stride, lse_token_stride,
     BLOCK_SIZE: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, DIM: tl.constexpr,
-    BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr, MERGE: tl.constexpr,
 ):
     token = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -59,32 +60,55 @@ def _paged_kernel(
         total = total * rescale + tl.sum(weights, 1)
         accumulator = accumulator * rescale[:, None] + tl.dot(weights.to(value.dtype), value)
         maximum = new_maximum
-    result = accumulator / total[:, None]
+    # No own keys (a token of an image prefix, a padding token): weight 0, never 0/0.
+    own_lse = tl.where(total > 0, maximum + tl.log(tl.where(total > 0, total, 1.0)), float("-inf"))
+    result = accumulator / tl.where(total > 0, total, 1.0)[:, None]
+    if MERGE:
+        # The same token's part over its image's prefix (prefix_attention.py), if it read one.
+        has_prefix = tl.load(prefix_used + token) > 0
+        other = tl.load(prefix_output + token * output_token_stride
+                        + heads[:, None] * output_head_stride + dims[None, :],
+                        mask=head_ok[:, None] & has_prefix, other=0.0).to(tl.float32)
+        other_lse = tl.load(prefix_lse + token * lse_token_stride + heads,
+                            mask=head_ok & has_prefix, other=float("-inf"))
+        both = tl.maximum(own_lse, other_lse)
+        both = tl.where(both == float("-inf"), 0.0, both)
+        own_weight = tl.exp(own_lse - both)
+        other_weight = tl.exp(other_lse - both)
+        norm = own_weight + other_weight
+        safe_norm = tl.where(norm > 0, norm, 1.0)
+        result = (result * own_weight[:, None] + other * other_weight[:, None]) / safe_norm[:, None]
+        own_lse = tl.where(norm > 0, both + tl.log(safe_norm), float("-inf"))
     tl.store(output + token * output_token_stride + heads[:, None] * output_head_stride
              + dims[None, :], result.to(output.dtype.element_ty), mask=head_ok[:, None])
-    tl.store(lse + token * lse_token_stride + heads, maximum + tl.log(total), mask=head_ok)
+    tl.store(lse + token * lse_token_stride + heads, own_lse, mask=head_ok)
 
 
 def paged_attention(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                     tables: torch.Tensor, token_row: torch.Tensor, token_used: torch.Tensor,
-                    block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pre-scaled ``queries`` (N, H, D), token ``j`` over keys ``0..token_used[j]-1`` (>= 1)
-    of the row whose block table is ``tables[token_row[j]]`` (int32, (R, W)); ``keys`` and
-    ``values`` are the cache's (slots, kv_heads, D). (output (N, H, D), log-sum-exp (N, H) in
-    float32)."""
+                    block_size: int, prefix: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+                    | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pre-scaled ``queries`` (N, H, D), token ``j`` over keys ``0..token_used[j]-1`` (none
+    for 0) of the row whose block table is ``tables[token_row[j]]`` (int32, (R, W)); ``keys``
+    and ``values`` are the cache's (slots, kv_heads, D). ``prefix``: (output (N, H, D),
+    log-sum-exp (N, H), used (N,)) of the tokens' attention over their images' prefixes,
+    merged in where ``used[j] > 0``. (output (N, H, D), log-sum-exp (N, H) in float32); a
+    token that saw no key at all gets zeros and -inf."""
     count, heads, dim = queries.shape
     kv_heads = keys.shape[1]
     group = heads // kv_heads
     queries = queries.contiguous()
     output = torch.empty_like(queries)
     lse = torch.empty(count, heads, dtype=torch.float32, device=queries.device)
+    prefix_output, prefix_lse, prefix_used = prefix if prefix is not None else (output, lse, token_used)
     if count:
         _paged_kernel[(count, kv_heads)](
-            queries, keys, values, tables, token_row, token_used, output, lse,
+            queries, keys, values, tables, token_row, token_used, prefix_output, prefix_lse,
+            prefix_used, output, lse,
             queries.stride(0), queries.stride(1), keys.stride(0), keys.stride(1), tables.stride(0),
             output.stride(0), output.stride(1), lse.stride(0),
             BLOCK_SIZE=block_size, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)),
-            DIM=dim, BLOCK=BLOCK_KEYS)
+            DIM=dim, BLOCK=BLOCK_KEYS, MERGE=prefix is not None)
     return output, lse
 
 

@@ -48,7 +48,11 @@ class Qwen3VL:
         self.processor, self.model = processor, model
         config = model.config.text_config
         self.layers, self.kv_heads = config.num_hidden_layers, config.num_key_value_heads
-        self.head_dim = config.head_dim
+        self.head_dim, self.hidden_size = config.head_dim, config.hidden_size
+        self.heads = config.num_attention_heads
+        # Early text layers that add the vision tower's deepstack features at image tokens.
+        self.deepstack_layers = len(getattr(model.config.vision_config, "deepstack_visual_indexes",
+                                            None) or [])
         self.eos_ids = set(eos_token_ids(model))
         self.pad_id = pad_token_id(model, processor)
 
@@ -96,7 +100,8 @@ class Qwen3VL:
         return self.model.model.language_model.embed_tokens(ids)
 
     def forward(self, embeds: torch.Tensor, positions: torch.Tensor, attention: Attention,
-                deepstack: tuple[torch.Tensor, list[torch.Tensor]] | None) -> torch.Tensor:
+                deepstack: tuple[torch.Tensor, list[torch.Tensor]] | list[torch.Tensor] | None,
+                ) -> torch.Tensor:
         """The text layers on one flat sequence of T tokens (embeddings (T, hidden) at
         positions (3, T)); the final-normed hidden states (T, hidden)."""
         # On CUDA the elementwise work between the projections is compiled (one graph for

@@ -20,6 +20,10 @@ from dataclasses import dataclass, field
 
 from workers.relations.engine.kv_cache import BlockPool
 
+# Images loaded at once, at most: beyond what the rows need, more only hold prefix blocks (and
+# the step's buffers hold a block table per loaded image).
+MAX_LOADED_IMAGES = 128
+
 
 @dataclass(eq=False)
 class Prefix:
@@ -216,7 +220,7 @@ class Scheduler:
     def _load_images(self) -> None:
         """Load the next images while the prompts of those loaded would leave rows idle and
         their prefix's blocks are free (one row of the longest still fits beside them)."""
-        while self.images_left:
+        while self.images_left and len(self.loaded) < MAX_LOADED_IMAGES:
             waiting = sum(row.image in self.loaded for row in self.waiting)
             if waiting >= self.max_rows - len(self.running):
                 return
