@@ -187,6 +187,8 @@ class Scheduler:
     def _grow(self, row: Row, tokens: int, plan: StepPlan) -> bool:
         """Hold blocks for ``tokens`` of ``row``, preempting the latest rows to start as
         needed; False if ``row`` itself had to go."""
+        if len(self.blocks.table(row)) * self.blocks.block_size >= tokens:
+            return True  # most steps of a row: its last block has room
         while not self.blocks.can_hold(row, tokens):
             victim = self.running[-1]
             self._preempt(victim, plan)
