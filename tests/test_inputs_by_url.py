@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from benchmark_layouts import write_gedit_jsonl, write_gedit_parquet, write_imgedit, write_kris, write_rise
-from conftest import private_env, read_json, run_producer, started_fleet
+from conftest import private_env, read_json, run_producer
 from producer.editbench.sample import write_editbench_sample
 from producer.embedded import EmbeddedRedis
 from producer.relations.sample import write_relations_sample
@@ -20,6 +20,7 @@ from seaweedfs import BUCKET
 from shared.editbench.data import prepare_benchmark
 from shared.editbench.formats.fields import Reading
 from shared.relations.data import prepare_data_for_inference
+from shared.store import RunStore, connect
 
 # Each benchmark layout as a writer of a folder; it returns the path a run is given (the folder
 # itself for the folder layouts). ImgEdit's images are in a folder of their own (--images).
@@ -68,38 +69,33 @@ def test_a_benchmark_by_url_reads_as_its_local_copy_its_images_beside_it(layout,
     assert all(str(file).startswith(f"s3://{BUCKET}/benchmarks/{layout}/") for file in by_url.input_files)
 
 
-def test_relations_inputs_by_url_find_their_images_beside_them_and_the_local_copy_is_the_same_run(
-        s3_server, model_cache, tmp_path):
+def test_relations_inputs_by_url_name_their_images_beside_them_and_are_the_run_of_their_local_copy(
+        s3_env, s3_server, tmp_path):
     stage1, input_path = write_relations_sample(tmp_path / "sample")
     stage1_url = uploaded(s3_server, tmp_path / "sample", "relations", stage1)
     input_url = uploaded(s3_server, tmp_path / "sample", "relations", input_path)
-    (tmp_path / "worker").mkdir()
-    with EmbeddedRedis(tmp_path / "redis") as server:
-        env = private_env(server, model_cache, tmp_path / "producer", **s3_server.env())
-        worker = private_env(server, model_cache, tmp_path / "worker" / "work", HOME=str(tmp_path / "worker"),
-                             **s3_server.env())
-        with started_fleet(worker, ["relations"], tmp_path / "worker"):
-            by_url = run_producer("run", "relations", "--stage1", stage1_url, "--input", input_url,
-                                  "--output", str(tmp_path / "by-url.json"), env=env)
-            assert by_url.returncode == 0, by_url.stdout + by_url.stderr
-            local = run_producer("run", "relations", "--stage1", str(stage1), "--input", str(input_path),
-                                 "--output", str(tmp_path / "local.json"), env=env)
-    assert local.returncode == 0, local.stdout + local.stderr
-    run = read_json(tmp_path / "by-url.json")["summary"]["run_id"]
-    # The same bytes are the same run: the local files find every pair done, and send none.
-    assert read_json(tmp_path / "local.json")["summary"]["run_id"] == run
-    assert "sent 0 pairs in 0 tasks" in local.stdout + local.stderr
-    assert not list((tmp_path / "worker").rglob("*.png"))  # the worker read the objects
-    report = read_json(tmp_path / "by-url.json")
-    assert not report["failed"] and report["summary"]["total_pairs"] == len(
-        prepare_data_for_inference(stage1, input_path, 10).pairs)
+    with EmbeddedRedis(tmp_path / "redis") as server:  # no worker: registering is what is looked at
+        env = private_env(server, tmp_path / "models", tmp_path / "work", **s3_server.env())
+        by_url = run_producer("enqueue", "relations", "--stage1", stage1_url, "--input", input_url, env=env)
+        assert by_url.returncode == 0, by_url.stdout + by_url.stderr
+        meta = RunStore(connect(server.url), run := by_url.stdout.strip()).meta()
+        local = run_producer("enqueue", "relations", "--stage1", str(stage1), "--input", str(input_path), env=env)
+        assert local.returncode == 0, local.stdout + local.stderr
+    # The same bytes are the same run, whether read from the store or from the disk.
+    assert local.stdout.split() == [run]
+    assert meta["input"] == input_url and meta["stage1"] == stage1_url
+    images = {r["image_path"] for r in read_json(input_path)}
+    pairs = prepare_data_for_inference(stage1_url, input_url, 10).pairs
+    assert {p["image_path"] for p in pairs} == {f"s3://{BUCKET}/relations/{image}" for image in images}
 
 
 def test_an_input_that_cannot_be_read_stops_the_run_at_its_start_naming_the_url(s3_server, tmp_path):
     stage1, input_path = write_relations_sample(tmp_path / "sample")
     stage1_url = uploaded(s3_server, tmp_path / "sample", "errors", stage1)
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "sample"))
-    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as web:
+    with (EmbeddedRedis(tmp_path / "redis") as server,
+          http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as web):
+        env = private_env(server, tmp_path / "models", tmp_path / "work")
         threading.Thread(target=web.serve_forever, daemon=True).start()
         port = web.server_address[1]
         wrong_secret = {**s3_server.env(), "AWS_SECRET_ACCESS_KEY": "not-the-secret-4f1a"}
@@ -116,8 +112,7 @@ def test_an_input_that_cannot_be_read_stops_the_run_at_its_start_naming_the_url(
              s3_server.env(), f"http://reader:**@127.0.0.1:{port}/missing.json", "no such object"),
         ]
         for flags, credentials, named, answer in cases:
-            proc = run_producer("run", *flags, env={"EVALFLEET_WORK_DIR": str(tmp_path / "work"), **credentials},
-                                timeout=120)
+            proc = run_producer("run", *flags, env={**env, **credentials}, timeout=120)
             said = proc.stdout + proc.stderr
             assert proc.returncode == 2, said
             assert f"{named}: " in said and answer in said, said
