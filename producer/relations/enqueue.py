@@ -89,7 +89,8 @@ def enqueue_relations(settings: Settings, app: Celery, store_client, stage1: str
     run_id = run_name or derive_run_id("relations", inputs, run.identity(), digests)
     store = RunStore(store_client, run_id)
     claim_run(store, {"job": "relations", "run_id": run_id, "created": time.time(),
-                      "stage1": without_password(str(stage1)), "input": without_password(str(input_path)), "inputs": inputs_digest(inputs, digests),
+                      "stage1": without_password(str(stage1)), "input": without_password(str(input_path)),
+                      "inputs": inputs_digest(inputs, digests),
                       "preparation": {"dropped_no_relation": prepared.dropped_no_relation,
                                       "merged_repeated_predicates": prepared.merged_repeats},
                       **run.record()},

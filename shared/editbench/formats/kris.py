@@ -25,8 +25,8 @@ def annotation_files(path: str | Path) -> list[str | Path]:
         return [path]
     if storage.is_url(path):
         folder = str(path).rstrip("/") + "/"
-        return [url for url in storage.list_under(path)
-                if url.startswith(folder) and url[len(folder):].count("/") == 1 and storage.name(url) == ANNOTATION]
+        return [url for url in storage.list_under(path)  # <folder><category>/annotation.json
+                if url.removeprefix(folder).count("/") == 1 and storage.name(url) == ANNOTATION]
     return sorted(p for p in Path(path).glob(f"*/{ANNOTATION}") if p.is_file())
 
 
