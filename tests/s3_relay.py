@@ -35,6 +35,12 @@ class StoreRelay:
         self._listener = socket.create_server(("127.0.0.1", 0))
         threading.Thread(target=self._accept, daemon=True).start()
 
+    def __enter__(self) -> StoreRelay:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self._listener.getsockname()[1]}"

@@ -41,14 +41,15 @@ def test_an_edit_worker_killed_mid_upload_leaves_no_torn_object_and_the_rerun_re
     benchmark, run = first_category(tmp_path / "sample"), "killed-upload"
     edited = f"s3://{BUCKET}/runs/{run}/edited/"
     # The second edit's upload is held: its head and first bytes reach the store, the rest never.
-    relay = StoreRelay(s3_server.endpoint, f"PUT /{BUCKET}/runs/{run}/edited/".encode(), let_through=1)
-    with EmbeddedRedis(tmp_path / "redis") as server:
+    hold = f"PUT /{BUCKET}/runs/{run}/edited/".encode()
+    with EmbeddedRedis(tmp_path / "redis") as server, StoreRelay(s3_server.endpoint, hold, let_through=1) as relay:
         producer = private_env(server, model_cache, tmp_path / "producer", **s3_server.env())
         host = {**private_env(server, model_cache, tmp_path / "host"), **s3_server.env(),
                 "AWS_ENDPOINT_URL": relay.endpoint}
         with started_fleet(host, ["edit", "score"], tmp_path) as fleet:
             proc = editbench_run(benchmark, run, producer, wait=False)
             wait_until(lambda: relay.holding.is_set() or proc.poll() is not None, 300, "an upload held mid-way")
+            assert relay.holding.is_set(), proc.communicate()[0]
             main, [child] = worker_processes(fleet.proc.pid)
             with frozen([main]):  # no task is redelivered until the store is looked at
                 child.kill()
@@ -76,8 +77,8 @@ def test_an_edit_worker_killed_mid_upload_leaves_no_torn_object_and_the_rerun_re
 def test_the_store_stopped_mid_run_fails_what_is_left_with_its_answer_after_retries(
         s3_server, model_cache, tmp_path):
     benchmark, run = first_category(tmp_path / "sample"), "store-stopped"
-    relay = StoreRelay(s3_server.endpoint, f"PUT /{BUCKET}/runs/{run}/edited/".encode(), let_through=1)
-    with EmbeddedRedis(tmp_path / "redis") as server:
+    hold = f"PUT /{BUCKET}/runs/{run}/edited/".encode()
+    with EmbeddedRedis(tmp_path / "redis") as server, StoreRelay(s3_server.endpoint, hold, let_through=1) as relay:
         producer = private_env(server, model_cache, tmp_path / "producer", **s3_server.env())
         # One attempt per request of the store's client; one retry per task.
         host = {**private_env(server, model_cache, tmp_path / "host"), **s3_server.env(),
@@ -85,6 +86,7 @@ def test_the_store_stopped_mid_run_fails_what_is_left_with_its_answer_after_retr
         with started_fleet(host, ["edit", "score"], tmp_path):
             proc = editbench_run(benchmark, run, producer, wait=False)
             wait_until(lambda: relay.holding.is_set() or proc.poll() is not None, 300, "an upload held mid-way")
+            assert relay.holding.is_set(), proc.communicate()[0]
             relay.stop()  # mid-upload of the second edit, the first one stored
             output, _ = proc.communicate(timeout=300)
         store = RunStore(connect(server.url), run)
