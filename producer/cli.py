@@ -38,6 +38,7 @@ from producer.log_file import LogFile
 from producer.preflight import check_free_space_for, check_output_path, check_run_settings, check_writable_dir
 from producer.run_identity import RESTART_FLAG, RunMismatchError
 from producer.status import build_status, format_status
+from shared import storage
 from shared.disk import as_disk_full, is_disk_full
 from shared.errors import InputFileError, escaped
 from shared.keys import check_run_name
@@ -209,7 +210,7 @@ def cmd_sample(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     """Read the file as a run would; register nothing. Exit 0 when clean, 2 with problems."""
-    text, clean = JOBS[args.job].validate(Path(args.file), settings)
+    text, clean = JOBS[args.job].validate(storage.as_location(args.file), settings)
     _say(text)
     return EXIT_OK if clean else EXIT_USAGE
 

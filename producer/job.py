@@ -90,11 +90,12 @@ class Job(ABC):
         """The queues the job's tasks go to, in the order its stages run."""
 
     @abstractmethod
-    def inputs(self, args: argparse.Namespace, settings: Settings, sample: bool = True) -> list[Path]:
-        """The input files the flags name, or (with ``sample``) the built-in sample's."""
+    def inputs(self, args: argparse.Namespace, settings: Settings, sample: bool = True) -> list[str | Path]:
+        """The input files the flags name (a path, or an object's URL: shared/storage.py's
+        as_location), or (with ``sample``) the built-in sample's."""
 
     @abstractmethod
-    def register(self, settings: Settings, app: Celery, store_client, inputs: list[Path],
+    def register(self, settings: Settings, app: Celery, store_client, inputs: list[str | Path],
                  run_name: str | None, restart: bool) -> Registered:
         """Register the run (its identity: inputs and result-changing settings) and its items.
 
@@ -136,7 +137,7 @@ class Job(ABC):
         what was not (with why), and whether everything was. Only where ``export_layouts``."""
         raise NotImplementedError(f"the {self.name} job has no export")
 
-    def validate(self, path: Path, settings: Settings) -> tuple[str, bool]:
+    def validate(self, path: str | Path, settings: Settings) -> tuple[str, bool]:
         """What ``path`` holds and what is wrong with it, read as a run reads it; and whether it
         is clean. Only where ``validates``."""
         raise NotImplementedError(f"the {self.name} job has no input file check")

@@ -69,7 +69,11 @@ def read_bytes(path: str | Path) -> bytes:
 
 def read_utf8(path: str | Path) -> str:
     """The text of the regular file ``path`` (UTF-8, a byte-order mark dropped); UnreadableFile otherwise."""
-    data = read_bytes(path)
+    return decode_utf8(read_bytes(path), path)
+
+
+def decode_utf8(data: bytes, path: str | Path) -> str:
+    """``data`` read from ``path`` (a file or an object) as UTF-8 text, a byte-order mark dropped."""
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

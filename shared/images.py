@@ -174,11 +174,13 @@ def resolve_inside(path: str | Path, root: str | Path) -> str:
     return real
 
 
-def checked_input_path(value: object, path: Path, record: str, field: str, root: str | Path) -> str:
-    """An input record's image path: relative ones are relative to the input file ``path``,
-    wherever the command runs; with a data root, it must resolve inside it. A URL (``s3://``,
-    ``https://``: anything shared/storage.py reads) is kept as it is: the data root confines
-    local files only, and the store's own credentials decide what a URL may read.
+def checked_input_path(value: object, path: str | Path, record: str, field: str, root: str | Path) -> str:
+    """An input record's image path: relative ones are relative to the input file ``path``
+    (a file's folder, or an object's: ``images/1.png`` in ``s3://b/in.json`` is
+    ``s3://b/images/1.png``), wherever the command runs; with a data root, it must resolve
+    inside it. A URL (``s3://``, ``https://``: anything shared/storage.py reads) is kept as it
+    is: the data root confines local files only, and the store's own credentials decide what a
+    URL may read.
 
     Raises RecordError naming the file, the record and the field.
     """
@@ -187,11 +189,10 @@ def checked_input_path(value: object, path: Path, record: str, field: str, root:
     if len(value) > PATH_MAX or "\0" in value:
         raise RecordError(path, record, field,
                           f"expected a path of at most {PATH_MAX} characters without NUL, got {shown(value)}")
-    if storage.is_url(value):
-        return value
-    resolved = Path(value)
-    if not resolved.is_absolute():
-        resolved = Path(path).resolve().parent / resolved
+    located = storage.resolve_under(storage.parent(path), value)
+    if storage.is_url(located):
+        return located
+    resolved = Path(located)
     if not root:
         return str(resolved)
     try:

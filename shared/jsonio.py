@@ -8,9 +8,10 @@ import math
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from shared import storage
 from shared.artifacts import write_atomic_with
 from shared.errors import InputFileError, shown
-from shared.files import read_utf8
+from shared.files import decode_utf8
 
 
 class InvalidNumber:
@@ -61,9 +62,10 @@ class JsonProblem(ValueError):
     """A text that is not usable JSON; the message says why and where, without the file's name."""
 
 
-def read_text(path: Path) -> str:
-    """A file's text: UTF-8 (a byte-order mark is fine) and not empty, else an InputFileError."""
-    text = read_utf8(path)  # UnreadableFile is an InputFileError
+def read_text(path: str | Path) -> str:
+    """A file's or an object's text: UTF-8 (a byte-order mark is fine) and not empty, else an
+    InputFileError (a StorageError naming the URL for an object that cannot be read)."""
+    text = decode_utf8(storage.read_bytes(path), path)  # UnreadableFile is an InputFileError
     if not text.strip():
         raise InputFileError(path, "the file is empty")
     return text
@@ -92,8 +94,8 @@ def parse_json(text: str) -> Any:
     return data
 
 
-def read_json(path: Path) -> Any:
-    """Load a JSON file, turning every way it can be unusable into an InputFileError."""
+def read_json(path: str | Path) -> Any:
+    """Load a JSON file (or object), turning every way it can be unusable into an InputFileError."""
     try:
         return parse_json(read_text(path))
     except JsonProblem as exc:

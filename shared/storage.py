@@ -19,27 +19,37 @@ For a URL:
   (a multipart upload's ETag is no digest of the content, and stores differ);
 - every failure is a StorageError whose message names the URL (its password, if any, hidden)
   and the store's answer.
+
+An input file (a relations input, a benchmark) may be a URL too: ``parent``, ``name``,
+``suffix`` and ``resolve_under`` are its path operations, so the paths inside it resolve
+against its own location, local or remote; ``is_folder`` and ``list_under`` read a folder
+layout from a store.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import posixpath
 import re
 import shutil
 import uuid
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit, urlunsplit
 
 from shared.artifacts import sha256_bytes
 from shared.artifacts import write_once as write_file_once
 from shared.files import read_bytes as read_file
-from shared.redaction import redact, without_password
+from shared.redaction import add_url_secrets, redact, without_password
 
 log = logging.getLogger(__name__)
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 # Answers of a store that a later attempt may not get (HTTP status codes).
 _RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
+# The objects read within ``reads_held`` (URL -> bytes); None outside it.
+_held: contextvars.ContextVar[dict[str, bytes] | None] = contextvars.ContextVar("held_reads", default=None)
 
 
 class StorageError(Exception):
@@ -66,6 +76,46 @@ def is_url(location: str | Path) -> bool:
     return isinstance(location, str) and bool(_URL.match(location))
 
 
+def as_location(text: str | Path) -> str | Path:
+    """A file a user names (a command's argument): a URL stays a string, its password (if any)
+    redacted from now on wherever it would be shown; anything else is a Path."""
+    if is_url(text):
+        add_url_secrets(str(text))
+        return str(text)
+    return Path(text)
+
+
+def parent(location: str | Path) -> str | Path:
+    """The folder ``location`` is in: a URL's (without its query), or a path's, made absolute."""
+    if not is_url(location):
+        return Path(location).resolve().parent
+    parts = urlsplit(str(location))
+    return urlunsplit(parts._replace(path=posixpath.dirname(parts.path), query="", fragment=""))
+
+
+def name(location: str | Path) -> str:
+    """The last part of ``location`` (``in.json`` of ``s3://b/runs/in.json?v=2``)."""
+    return posixpath.basename(urlsplit(str(location)).path) if is_url(location) else Path(location).name
+
+
+def suffix(location: str | Path) -> str:
+    """The extension of ``location``'s name, as ``Path.suffix`` gives it (``.json``)."""
+    return PurePosixPath(name(location)).suffix
+
+
+def resolve_under(folder: str | Path, path: str) -> str:
+    """``path`` (as an input file writes it) relative to ``folder``: ``images/1.png`` under
+    ``s3://b/runs`` is ``s3://b/runs/images/1.png``. A URL, or an absolute path (a file of the
+    host that reads it), stays as it is."""
+    if is_url(path) or Path(path).is_absolute():
+        return path
+    if not is_url(folder):
+        return str(Path(folder) / path)
+    parts = urlsplit(str(folder))
+    return urlunsplit(parts._replace(path=posixpath.normpath(posixpath.join(parts.path or "/", path)),
+                                     query="", fragment=""))
+
+
 def join(root: str | Path, *names: str) -> str:
     """``root``'s child ``names``: a URL joined with ``/``, a path as a path (made absolute)."""
     if is_url(root):
@@ -77,11 +127,32 @@ def read_bytes(location: str | Path) -> bytes:
     """The whole content; a local file as ``shared.files.read_bytes`` reads it (UnreadableFile)."""
     if not is_url(location):
         return read_file(location)
+    held = _held.get()
+    if held is not None and location in held:
+        return held[location]
     fs, path = _filesystem(location)
     try:
-        return fs.cat_file(path)
+        data = fs.cat_file(path)
     except Exception as exc:  # noqa: BLE001 - each store's client raises its own kinds
         raise _error(location, "cannot read the object", exc) from None
+    if held is not None:
+        held[location] = data
+    return data
+
+
+@contextlib.contextmanager
+def reads_held():
+    """Within the block, each object is fetched once: a later read of its URL gets the bytes of
+    the first. An input file is read in several passes (its format, its records, its digest):
+    each sees the same version of the object, the one the run's identity names."""
+    if _held.get() is not None:
+        yield
+        return
+    token = _held.set({})
+    try:
+        yield
+    finally:
+        _held.reset(token)
 
 
 def write_once(location: str | Path, data: bytes) -> str:
@@ -116,6 +187,19 @@ def exists(location: str | Path) -> bool:
 def digest(location: str | Path) -> str:
     """The sha256 of the content (read whole: the producer computes it once, at registration)."""
     return sha256_bytes(read_bytes(location))
+
+
+def is_folder(location: str | Path) -> bool:
+    """A local directory, or a URL that names no object but a prefix of some (a folder of a store)."""
+    if not is_url(location):
+        return Path(location).is_dir()
+    fs, path = _filesystem(location)
+    try:
+        return fs.info(path).get("type") == "directory"
+    except FileNotFoundError:
+        return False  # reading it says what is missing
+    except Exception as exc:  # noqa: BLE001
+        raise _error(location, "cannot look for the object", exc) from None
 
 
 def list_under(location: str | Path) -> list[str]:
@@ -221,8 +305,8 @@ def _answer(exc: BaseException) -> str:
     if status is None:
         cause = exc.__cause__ or exc.__context__
         return f"{type(exc).__name__}: {text}" + (f" ({type(cause).__name__}: {cause})" if cause else "")
-    return f"the store answered {status} {code}: {text}" if code and code not in text else \
-        f"the store answered {status}: {text}"
+    shown = code and code != str(status) and code not in text  # a HEAD's error has no code but its status
+    return f"the store answered {status} {code}: {text}" if shown else f"the store answered {status}: {text}"
 
 
 def _client_answer(exc: BaseException) -> tuple[int | None, str]:

@@ -473,3 +473,16 @@ def s3_server(tmp_path_factory):
         pytest.skip(reason)
     with started_seaweedfs(tmp_path_factory.mktemp("seaweedfs"), wait_until) as server:
         yield server
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """This process reads the server's endpoint and the writer's credentials from the standard
+    variables, as a producer or worker does."""
+    import s3fs
+
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield s3_server.env()
+    s3fs.S3FileSystem.clear_instance_cache()

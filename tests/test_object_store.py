@@ -35,19 +35,6 @@ print(storage.write_once(sys.argv[2], sys.argv[3].encode()))
 """
 
 
-@pytest.fixture
-def s3_env(s3_server, monkeypatch):
-    """This process reads the server's endpoint and the writer's credentials from the standard
-    variables, as a producer or worker does."""
-    import s3fs
-
-    for name, value in s3_server.env().items():
-        monkeypatch.setenv(name, value)
-    s3fs.S3FileSystem.clear_instance_cache()
-    yield s3_server.env()
-    s3fs.S3FileSystem.clear_instance_cache()
-
-
 def test_of_two_concurrent_writers_one_object_stays_and_both_name_its_bytes(s3_env, tmp_path):
     url = f"s3://{BUCKET}/write-once/edit.png"
     go = tmp_path / "go"

@@ -20,6 +20,7 @@ from producer.editbench.report import write_editbench_report
 from producer.editbench.sample import ensure_editbench_sample, write_editbench_sample
 from producer.editbench.validate import format_validation
 from producer.job import Job
+from shared import storage
 from shared.editbench.approximate import approximate_modes
 from shared.editbench.data import SHAPES, prepare_benchmark
 from shared.editbench.formats import FORMATS
@@ -107,12 +108,12 @@ class EditbenchJob(Job):
     def queues(self, settings: Settings) -> list[str]:
         return [settings.queue_edit, settings.queue_score]
 
-    def inputs(self, args: argparse.Namespace, settings: Settings, sample: bool = True) -> list[Path]:
-        if args.benchmark:
-            return [Path(args.benchmark)]
+    def inputs(self, args: argparse.Namespace, settings: Settings, sample: bool = True) -> list[str | Path]:
+        if args.benchmark:  # a file, a folder, or an object's URL
+            return [storage.as_location(args.benchmark)]
         return [ensure_editbench_sample(settings.work_dir / "sample")]
 
-    def register(self, settings: Settings, app: Celery, store_client, inputs: list[Path],
+    def register(self, settings: Settings, app: Celery, store_client, inputs: list[str | Path],
                  run_name: str | None, restart: bool) -> EditbenchRun:
         benchmark, = inputs
         return register_editbench(settings, store_client, benchmark, run_name, restart)
@@ -159,7 +160,7 @@ class EditbenchJob(Job):
         export = export_edits(store, layout, directory)
         return format_export(export), not export.not_exported
 
-    def validate(self, path: Path, settings: Settings) -> tuple[str, bool]:
+    def validate(self, path: str | Path, settings: Settings) -> tuple[str, bool]:
         prepared = prepare_benchmark(path, settings.data_root, benchmark_reading(settings))
         return format_validation(path, prepared), not prepared.failures
 

@@ -20,8 +20,9 @@ from shared.editbench.prompt_manager import PLACEHOLDERS, PromptTemplateError, p
 from shared.editbench.rubric import REASONING_FILE, Rubric, RubricError, read_rubric_templates, rubric_from_templates
 from shared.errors import RecordError
 from shared.editbench.run_settings import EditbenchRunSettings, EditorLora
+from shared import storage
 from shared.artifacts import sha256_bytes
-from shared.keys import content_digest, derive_run_id, file_digest, inputs_digest
+from shared.keys import content_digest, derive_run_id, inputs_digest
 from shared.messages import EDIT_STAGE
 from shared.redaction import without_password
 from shared.run_artifacts import ArtifactStore
@@ -148,7 +149,9 @@ def benchmark_reading(settings: Settings) -> Reading:
         fields = parse_field_mapping(specs)
     except FieldMappingError as exc:
         raise SettingsError(str(exc)) from None
-    images = str(Path(settings.benchmark_images).resolve()) if settings.benchmark_images else ""
+    images = settings.benchmark_images
+    if images and not storage.is_url(images):
+        images = str(Path(images).resolve())
     return Reading(format=settings.benchmark_format, fields=fields, images=images)
 
 
@@ -167,7 +170,7 @@ def reading_identity(prepared: PreparedBenchmark) -> dict[str, Any]:
     return {"benchmark_reading": reading} if reading else {}
 
 
-def register_editbench(settings: Settings, store_client, benchmark: Path,
+def register_editbench(settings: Settings, store_client, benchmark: str | Path,
                        run_name: str | None = None, restart: bool = False) -> EditbenchRun:
     """Validate the benchmark, store the originals, register the run and its edit items.
 
@@ -184,7 +187,7 @@ def register_editbench(settings: Settings, store_client, benchmark: Path,
     judge_files = [i for found in judge_images.values() for images in found.values()
                    if not isinstance(images, str) for i in images if i.file]
     inputs = [*prepared.input_files, *prepared.image_files, *(i.file for i in judge_files)]
-    digests = [*(file_digest(p) for p in prepared.input_files), *prepared.image_digests,
+    digests = [*prepared.input_digests, *prepared.image_digests,
                *(sha256_bytes(i.data) for i in judge_files)]
     run = run_settings(settings, templates)
     reading = reading_identity(prepared)
@@ -194,7 +197,7 @@ def register_editbench(settings: Settings, store_client, benchmark: Path,
     store = RunStore(store_client, run_id)
     artifacts = ArtifactStore(settings.artifact_location, run_id)
     claim_run(store, {"job": "editbench", "run_id": run_id, "created": time.time(),
-                      "benchmark": str(benchmark), "benchmark_shape": prepared.shape,
+                      "benchmark": without_password(str(benchmark)), "benchmark_shape": prepared.shape,
                       "inputs": inputs_digest(inputs, digests), **reading,
                       "categories": prepared.categories, **run.record(),
                       **(edits.record() if edits else {})},

@@ -31,7 +31,7 @@ def category_counts(prepared: PreparedBenchmark) -> dict[str, dict[str, int | bo
     return counts
 
 
-def format_validation(path: Path, prepared: PreparedBenchmark) -> str:
+def format_validation(path: str | Path, prepared: PreparedBenchmark) -> str:
     counts = category_counts(prepared)
     usable = len(prepared.pairs)
     lines = [f"{path}: {'shape' if prepared.shape in SHAPES else 'format'} {prepared.shape} ({prepared.described})",

@@ -14,7 +14,7 @@ from config import Settings
 from producer.run_identity import claim_run
 from producer.stale_messages import take_out_stale_messages
 from shared import storage
-from shared.keys import derive_run_id, file_digest, inputs_digest, normalize_image_id, relation_key
+from shared.keys import derive_run_id, inputs_digest, normalize_image_id, relation_key
 from shared.messages import RELATIONS_STAGE, RELATIONS_TASK
 from shared.redaction import without_password
 from shared.relations.data import prepare_data_for_inference
@@ -70,12 +70,12 @@ def result_settings(settings: Settings) -> dict[str, Any]:
 IDENTITY = ("inputs", *RelationsRunSettings.identity_keys())
 
 
-def enqueue_relations(settings: Settings, app: Celery, store_client, stage1: Path, input_path: Path,
+def enqueue_relations(settings: Settings, app: Celery, store_client, stage1: str | Path, input_path: str | Path,
                       run_name: str | None = None, restart: bool = False) -> Enqueued:
     """Register the run and send one task per image (chunked) for the pairs not done yet.
 
-    Raises InputFileError before anything is registered if an input file is unusable, and
-    RunMismatchError if ``run_name`` is a run of other inputs or settings.
+    Raises InputFileError (StorageError for an object by URL) before anything is registered if an
+    input file is unusable, and RunMismatchError if ``run_name`` is a run of other inputs or settings.
     """
     prepared = prepare_data_for_inference(stage1, input_path, settings.top_k,
                                           data_root=settings.data_root)
@@ -85,11 +85,12 @@ def enqueue_relations(settings: Settings, app: Celery, store_client, stage1: Pat
     # an object changed since (see workers/images.py).
     images = prepared.image_digests()
     inputs = [stage1, input_path, *images]
-    digests = [file_digest(stage1), file_digest(input_path), *images.values()]
+    digests = [*prepared.input_digests, *images.values()]
     run_id = run_name or derive_run_id("relations", inputs, run.identity(), digests)
     store = RunStore(store_client, run_id)
     claim_run(store, {"job": "relations", "run_id": run_id, "created": time.time(),
-                      "stage1": str(stage1), "input": str(input_path), "inputs": inputs_digest(inputs, digests),
+                      "stage1": without_password(str(stage1)), "input": without_password(str(input_path)),
+                      "inputs": inputs_digest(inputs, digests),
                       "preparation": {"dropped_no_relation": prepared.dropped_no_relation,
                                       "merged_repeated_predicates": prepared.merged_repeats},
                       **run.record()},

@@ -15,6 +15,7 @@ from producer.progress import stall_watch, wait_for_stage
 from producer.relations.enqueue import Enqueued, enqueue_relations
 from producer.relations.report import write_relations_report
 from producer.relations.sample import ensure_relations_sample, write_relations_sample
+from shared import storage
 from shared.messages import RELATIONS_STAGE, RELATIONS_TASK
 from shared.store import RunStore
 
@@ -53,16 +54,16 @@ class RelationsJob(Job):
     def queues(self, settings: Settings) -> list[str]:
         return [settings.queue_relations]
 
-    def inputs(self, args: argparse.Namespace, settings: Settings, sample: bool = True) -> list[Path]:
-        if args.stage1 and args.input:
-            return [Path(args.stage1), Path(args.input)]
+    def inputs(self, args: argparse.Namespace, settings: Settings, sample: bool = True) -> list[str | Path]:
+        if args.stage1 and args.input:  # each a file or an object's URL
+            return [storage.as_location(args.stage1), storage.as_location(args.input)]
         if not sample:
             raise SystemExit("enqueue needs --stage1 and --input")
         if args.stage1 or args.input:
             raise SystemExit("give both --stage1 and --input, or neither to run the built-in sample")
         return list(ensure_relations_sample(settings.work_dir / "sample"))
 
-    def register(self, settings: Settings, app: Celery, store_client, inputs: list[Path],
+    def register(self, settings: Settings, app: Celery, store_client, inputs: list[str | Path],
                  run_name: str | None, restart: bool) -> Enqueued:
         stage1, input_path = inputs
         enq = enqueue_relations(settings, app, store_client, stage1, input_path, run_name, restart)

@@ -45,7 +45,7 @@ from shared.artifacts import sha256_bytes
 from shared.files import UnreadableFile
 from shared.images import UnshowableImage, as_displayed, checked_data_root, checked_input_path, load_fully
 from shared.jsonio import JsonProblem, parse_json, read_text
-from shared.keys import KEY_SEP, NAME_MAX, is_key_part, nfc, separate_failure_keys
+from shared.keys import KEY_SEP, NAME_MAX, is_key_part, location_digest, nfc, separate_failure_keys
 from shared.model_text import special_token_problem
 
 TEXT_FIELDS = ("original_description", "edit_instruction")
@@ -100,7 +100,8 @@ class PreparedBenchmark:
     failures: dict[str, str] = field(default_factory=dict)  # item key -> reason
     categories: list[str] = field(default_factory=list)
     shape: str = ""  # one of SHAPES or FORMATS
-    input_files: list[Path] = field(default_factory=list)  # the benchmark's files read
+    input_files: list[str | Path] = field(default_factory=list)  # the benchmark's files (or objects) read
+    input_digests: list[str] = field(default_factory=list)  # the sha256 of each, of the very bytes read
     reading: dict = field(default_factory=dict)  # how it was read, where not by default (Reading.record)
 
     @property
@@ -123,11 +124,19 @@ def editbench_key(category: str, pair_id: str) -> str:
     return f"{category}{KEY_SEP}{pair_id}"
 
 
-def prepare_benchmark(path: Path, data_root: str | Path = "", reading: Reading | None = None) -> PreparedBenchmark:
-    """Read a benchmark in any of SHAPES or FORMATS; ``data_root`` (if set) confines image paths."""
-    path = Path(path)
-    reading = reading or Reading()
-    root = checked_data_root(data_root)
+def prepare_benchmark(path: str | Path, data_root: str | Path = "",
+                      reading: Reading | None = None) -> PreparedBenchmark:
+    """Read a benchmark in any of SHAPES or FORMATS; ``data_root`` (if set) confines image paths.
+    ``path`` may be an object's URL (or a folder of a store): each object is read once, and
+    relative image paths resolve against its own location."""
+    with storage.reads_held():  # the digests are of the bytes the pairs come from
+        prepared = _prepared(storage.as_location(path), checked_data_root(data_root), reading or Reading())
+        prepared.input_digests = [location_digest(file) for file in prepared.input_files]
+    return prepared
+
+
+def _prepared(path: str | Path, root: str, reading: Reading) -> PreparedBenchmark:
+    """The benchmark's pairs and failures, read as ``reading`` says (prepare_benchmark's work)."""
     prepared = PreparedBenchmark(reading=reading.record())
     fmt = native_format(path, reading)
     if fmt:
@@ -163,10 +172,10 @@ def prepare_benchmark(path: Path, data_root: str | Path = "", reading: Reading |
     return prepared
 
 
-def _read_groups(path: Path, prepared: PreparedBenchmark) -> tuple[str, list[_Group]]:
+def _read_groups(path: str | Path, prepared: PreparedBenchmark) -> tuple[str, list[_Group]]:
     """The file's shape and its categories; a file of no known shape raises InputFileError."""
     text = read_text(path)
-    if path.suffix.lower() in JSON_LINES_SUFFIXES:
+    if storage.suffix(path).lower() in JSON_LINES_SUFFIXES:
         return "json-lines", _json_lines_groups(path, text, prepared)
     try:
         data = parse_json(text)
@@ -237,7 +246,7 @@ def _labels(pairs: object, prefix: str, suffix: str = "") -> list[str]:
     return [f"{prefix}[{i}]{suffix}" for i in range(len(pairs))] if isinstance(pairs, list) else []
 
 
-def _json_lines_groups(path: Path, text: str, prepared: PreparedBenchmark) -> list[_Group]:
+def _json_lines_groups(path: str | Path, text: str, prepared: PreparedBenchmark) -> list[_Group]:
     """One group per category, in order of first appearance; a bad line fails alone."""
     groups: dict[str, _Group] = {}
     # Split on "\n" only: str.splitlines() would also split inside a JSON string (U+2028).
@@ -296,10 +305,10 @@ def _category_key(category: object) -> str:
     return editbench_key(name, "*")
 
 
-def _prepare_category(path: Path, group: _Group, root: str, prepared: PreparedBenchmark) -> None:
+def _prepare_category(path: str | Path, group: _Group, root: str, prepared: PreparedBenchmark) -> None:
     category = group.name
     file = group.file or path
-    base = group.base or Path(file).resolve().parent
+    base = group.base or storage.parent(file)
     seen: set[str] = set()
     for i, (raw, record) in enumerate(zip(group.pairs, group.labels)):
         fields = group.fields[i] if group.fields else _own_fields(raw)
@@ -353,7 +362,7 @@ def _message(problem: RecordError) -> str:
     return str(problem).split(f"field {problem.field!r}: ", 1)[1]
 
 
-def _checked_pair(raw: object, category: str, path: Path, record: str, root: str, base: Path,
+def _checked_pair(raw: object, category: str, path: str | Path, record: str, root: str, base: str | Path,
                   fields: dict) -> BenchmarkPair:
     """The pair, or RecordError (one problem) / RecordProblems (several) naming each field at fault."""
     if not isinstance(raw, dict):
@@ -397,8 +406,7 @@ def field_images(pair: BenchmarkPair, name: str, data_root: str | Path = "") -> 
         return []
     several = isinstance(value, list)
     root = checked_data_root(data_root)
-    return [_one_image(one, Path(pair.source), pair.record, f"{name}[{i}]" if several else name, root,
-                       Path(pair.folder))
+    return [_one_image(one, pair.source, pair.record, f"{name}[{i}]" if several else name, root, pair.folder)
             for i, one in enumerate(value if several else [value])]
 
 
@@ -416,7 +424,7 @@ def _checked_text(raw: dict, name: str, path: Path, record: str) -> str | None:
     return value
 
 
-def _pair_images(raw: dict, path: Path, record: str, root: str, base: Path,
+def _pair_images(raw: dict, path: str | Path, record: str, root: str, base: str | Path,
                  problems: list[RecordError]) -> list[PairImage]:
     """The pair's image(s) from ``original_image_b64`` or ``original_image_path`` (a path, a list
     of them, or an image as a dataset file holds it: ``{"bytes", "path"}``); each bad image is
@@ -439,14 +447,14 @@ def _pair_images(raw: dict, path: Path, record: str, root: str, base: Path,
     return images
 
 
-def _one_image(value: object, path: Path, record: str, fld: str, root: str, base: Path) -> PairImage:
+def _one_image(value: object, path: str | Path, record: str, fld: str, root: str, base: str | Path) -> PairImage:
     if isinstance(value, dict) and isinstance(value.get("bytes"), (bytes, bytearray)):
         data = bytes(value["bytes"])
         return PairImage(data, _image_extension(data, path, record, fld))
     if isinstance(value, dict):  # a dataset's image struct without bytes: its file
         value = value.get("path")
-    if isinstance(value, str) and value.strip() and not storage.is_url(value) and not Path(value).is_absolute():
-        value = str(Path(base) / value)
+    if isinstance(value, str) and value.strip():
+        value = storage.resolve_under(base, value)  # a path relative to the record's folder, local or remote
     # A URL (s3://, https://) is read here, once, like a file: the run uploads the bytes read.
     image_file = checked_input_path(value, path, record, fld, root)
     try:

@@ -35,6 +35,7 @@ from shared.jsonio import invalid_number_at, read_json
 from shared.keys import (KEY_SEP, NAME_MAX, is_key_part, location_digest, nfc, normalize_image_id,
                          relation_key, separate_failure_keys)
 from shared.model_text import special_token_problem
+from shared.redaction import without_password
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ class PreparedRelations:
 
     pairs: list[dict[str, Any]] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)  # item key -> reason
+    # The sha256 of the stage-1 file and of the input file, of the very bytes read (a file or an object).
+    input_digests: list[str] = field(default_factory=list)
     # Candidates left out of the pairs' top K: "no relation" in any spelling, and predicates
     # repeated in a pair's candidates (the one of highest similarity is kept).
     dropped_no_relation: int = 0
@@ -79,8 +82,9 @@ class ObjectEntry:
     error: RecordError | None = None
 
 
-def load_relations_inputs(stage1_path: Path, input_path: Path) -> tuple[dict, list]:
-    """Read both files; a file that is unusable as a whole raises InputFileError."""
+def load_relations_inputs(stage1_path: str | Path, input_path: str | Path) -> tuple[dict, list]:
+    """Read both files (or objects); a file that is unusable as a whole raises InputFileError, an
+    object that cannot be read a StorageError naming its URL."""
     stage1 = read_json(stage1_path)
     if not isinstance(stage1, dict) or not isinstance(stage1.get(CANDIDATES_KEY), dict):
         raise InputFileError(
@@ -93,12 +97,15 @@ def load_relations_inputs(stage1_path: Path, input_path: Path) -> tuple[dict, li
 
 
 def prepare_data_for_inference(
-    stage1_path: Path, input_path: Path, top_k: int, data_root: str | Path = ""
+    stage1_path: str | Path, input_path: str | Path, top_k: int, data_root: str | Path = ""
 ) -> PreparedRelations:
-    """The prepared pairs (``pair_data``: image, subject and object records, top K); ``data_root`` (if set) confines image paths."""
+    """The prepared pairs (``pair_data``: image, subject and object records, top K); ``data_root``
+    (if set) confines image paths. Either file may be an object by URL; relative image paths
+    resolve against the input file's own location."""
     root = checked_data_root(data_root)
-    candidates_by_image, images = load_relations_inputs(stage1_path, input_path)
-    prepared = PreparedRelations()
+    with storage.reads_held():  # the digests are of the bytes the pairs come from
+        candidates_by_image, images = load_relations_inputs(stage1_path, input_path)
+        prepared = PreparedRelations(input_digests=[location_digest(stage1_path), location_digest(input_path)])
     records = _index_images(images, input_path, root, prepared.failures)
     seen: dict[str, str] = {}  # normalized id -> the stage-1 key that had it first
     for raw_id, candidates in candidates_by_image.items():
@@ -362,7 +369,7 @@ def _pair_data(record: dict, subject: str, object_: str, group: list, top_k: int
         "gt_predicates": gt_predicates,
         # Where the pair came from, so a worker-side failure (missing image, box outside
         # the image) names the file, the record and the field like the ones found here.
-        "source": {"file": str(input_path), "record": record["record"],
+        "source": {"file": without_password(str(input_path)), "record": record["record"],
                    "subject_field": f"objects[{subject_entry.index}]",
                    "object_field": f"objects[{object_entry.index}]"},
     }

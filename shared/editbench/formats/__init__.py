@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shared import storage
 from shared.editbench.formats import gedit, imgedit, kris, rise
 from shared.editbench.formats.containers import JSON_LINES_SUFFIXES, file_records
 from shared.editbench.formats.fields import FOLDER_SOURCE, Reading
@@ -33,17 +34,17 @@ class NativeRead:
     format: str
     groups: list[Group]
     failures: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
-    input_files: list[Path] = field(default_factory=list)  # the files read: part of the run's identity
+    input_files: list[str | Path] = field(default_factory=list)  # the files read: part of the run's identity
 
 
-def native_format(path: Path, reading: Reading) -> str:
-    """The benchmark format ``path`` is in: the named one, the detected one, or "" for one of
-    evalfleet's own shapes."""
+def native_format(path: str | Path, reading: Reading) -> str:
+    """The benchmark format ``path`` (a file or a folder, local or in a store) is in: the named
+    one, the detected one, or "" for one of evalfleet's own shapes."""
     if reading.format:
         if reading.format not in FORMATS:
             raise InputFileError(path, f"--format {reading.format!r}: use one of {', '.join(FORMATS)}")
         return reading.format
-    if path.is_dir():
+    if storage.is_folder(path):
         return _folder_format(path)
     if is_table(path):
         return gedit.NAME if gedit.matches_columns(column_names(path)) else _records_or_refused(path, reading)
@@ -51,7 +52,7 @@ def native_format(path: Path, reading: Reading) -> str:
     return detected or (RECORDS if reading.fields else "")
 
 
-def read_native(path: Path, fmt: str, reading: Reading) -> NativeRead:
+def read_native(path: str | Path, fmt: str, reading: Reading) -> NativeRead:
     """The categories of the benchmark at ``path`` in format ``fmt``."""
     mapping = {**MAPPINGS[fmt], **reading.fields}
     groups: dict[str, Group] = {}
@@ -61,16 +62,19 @@ def read_native(path: Path, fmt: str, reading: Reading) -> NativeRead:
         if not files:
             raise InputFileError(path, f"no <category>/{kris.ANNOTATION} in this folder (KRIS-Bench's layout)")
         for file in files:
-            base = Path(reading.images) / file.parent.name if reading.images else file.parent
-            records = _with_folder(file_records(file), file.parent.name)
+            folder = storage.parent(file)
+            base = storage.resolve_under(reading.images, storage.name(folder)) if reading.images else folder
+            records = _with_folder(file_records(file), storage.name(folder))
             result.failures += grouped(records, mapping, file, base, groups)[1]
     else:
-        files = table_files(path) if path.is_dir() else [path]
+        folder = storage.is_folder(path)
+        files = table_files(path) if folder else [path]
         if not files:
             raise InputFileError(path, "no parquet or arrow files in this folder")
-        base = Path(reading.images) if reading.images else (path if path.is_dir() else path.parent)
+        # Relative image paths are under the folder itself (made absolute), or beside the file.
+        base = reading.images or (storage.join(path) if folder else storage.parent(path))
         for file in files:
-            prefix = f"{file.relative_to(path)} " if path.is_dir() else ""
+            prefix = f"{_relative(file, path)} " if folder else ""
             result.failures += grouped(file_records(file, prefix), mapping, file, base, groups)[1]
     result.groups = list(groups.values())
     result.input_files = files
@@ -83,7 +87,14 @@ def _with_folder(records, folder: str):
         yield record
 
 
-def _folder_format(path: Path) -> str:
+def _relative(file: str | Path, folder: str | Path) -> str:
+    """``file``'s path under ``folder`` (a shard's name in messages)."""
+    if storage.is_url(file):
+        return str(file)[len(str(folder).rstrip("/")) + 1:]
+    return str(Path(file).relative_to(folder))
+
+
+def _folder_format(path: str | Path) -> str:
     if kris.annotation_files(path):
         return kris.NAME
     files = table_files(path)
@@ -96,7 +107,7 @@ def _folder_format(path: Path) -> str:
                                "--format")
 
 
-def _records_or_refused(path: Path, reading: Reading) -> str:
+def _records_or_refused(path: str | Path, reading: Reading) -> str:
     if reading.fields:
         return RECORDS
     raise InputFileError(path, f"a table of the columns {', '.join(column_names(path))}, not GEdit-Bench's "
@@ -104,14 +115,14 @@ def _records_or_refused(path: Path, reading: Reading) -> str:
                                "(category=..., pair_id=..., edit_instruction=..., original_image_path=...)")
 
 
-def _json_format(path: Path) -> str:
+def _json_format(path: str | Path) -> str:
     """A JSON or JSON-lines file's benchmark format, or "" when it is none of them."""
     text = read_text(path)
     try:
         data: Any = parse_json(text)
     except JsonProblem:
         data = None
-    if path.suffix.lower() in JSON_LINES_SUFFIXES or data is None:
+    if storage.suffix(path).lower() in JSON_LINES_SUFFIXES or data is None:
         try:
             first = next((r.raw for r in file_records(path) if not r.problem), None)
         except InputFileError:

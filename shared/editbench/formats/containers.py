@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
+from shared import storage
 from shared.editbench.formats.fields import KEY_SOURCE
 from shared.editbench.formats.records import Record
 from shared.editbench.formats.tables import is_table, table_rows
@@ -15,14 +16,14 @@ from shared.jsonio import JsonProblem, parse_json, read_text
 JSON_LINES_SUFFIXES = (".jsonl", ".ndjson")
 
 
-def file_records(path: Path, label_prefix: str = "") -> Iterator[Record]:
+def file_records(path: str | Path, label_prefix: str = "") -> Iterator[Record]:
     """Each record of the file, labelled by its place ("row 3", "line 2", "[4]", "key '1082'")."""
     if is_table(path):
         for number, row in enumerate(table_rows(path), 1):
             yield Record(f"{label_prefix}row {number}", row)
         return
     text = read_text(path)
-    if path.suffix.lower() in JSON_LINES_SUFFIXES:
+    if storage.suffix(path).lower() in JSON_LINES_SUFFIXES:
         yield from json_lines_records(text)
         return
     try:
@@ -35,7 +36,7 @@ def file_records(path: Path, label_prefix: str = "") -> Iterator[Record]:
     yield from json_records(path, data)
 
 
-def json_records(path: Path, data: Any) -> Iterator[Record]:
+def json_records(path: str | Path, data: Any) -> Iterator[Record]:
     if isinstance(data, list):
         for i, entry in enumerate(data):
             yield Record(f"[{i}]", entry)
@@ -71,7 +72,7 @@ def _several_values(text: str) -> bool:
     return True
 
 
-def first_record(path: Path) -> Any:
+def first_record(path: str | Path) -> Any:
     """The first record of a file, for telling layouts apart (None when there is none)."""
     try:
         return next(iter(file_records(path)), Record("", None)).raw

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from shared import storage
 from shared.editbench.formats.fields import FOLDER_SOURCE, KEY_SOURCE
 
 NAME = "kris"
@@ -17,11 +18,16 @@ MAPPING = {"category": FOLDER_SOURCE, "pair_id": KEY_SOURCE, "edit_instruction":
            "original_image_path": "ori_img"}
 
 
-def annotation_files(path: Path) -> list[Path]:
-    """The category folders' annotation files: ``path`` itself, or those one level under it."""
-    if path.is_file():
+def annotation_files(path: str | Path) -> list[str | Path]:
+    """The category folders' annotation files: ``path`` itself, or those one level under it
+    (local, or objects of a store's folder)."""
+    if not storage.is_folder(path):
         return [path]
-    return sorted(p for p in path.glob(f"*/{ANNOTATION}") if p.is_file())
+    if storage.is_url(path):
+        folder = str(path).rstrip("/") + "/"
+        return [url for url in storage.list_under(path)  # <folder><category>/annotation.json
+                if url.removeprefix(folder).count("/") == 1 and storage.name(url) == ANNOTATION]
+    return sorted(p for p in Path(path).glob(f"*/{ANNOTATION}") if p.is_file())
 
 
 def matches(data: Any) -> bool:

@@ -22,8 +22,8 @@ class Group:
     labels: list[str] = field(default_factory=list)  # each pair's record name, when pairs is a list
     problem: str = ""  # set when the entry is not a category at all: it fails under ``key``
     key: str = ""
-    file: Path | None = None  # the file messages name (default: the benchmark's)
-    base: Path | None = None  # relative image paths are under it (default: the file's folder)
+    file: str | Path | None = None  # the file (or object) messages name (default: the benchmark's)
+    base: str | Path | None = None  # relative image paths are under it (default: the file's folder)
     fields: list[dict] = field(default_factory=list)  # each pair's own fields, when read by a layout
     sources: dict[str, str] = field(default_factory=dict)  # evalfleet's name -> the benchmark's field
 
@@ -52,7 +52,7 @@ def category_problem(category: object) -> str | None:
     return None
 
 
-def grouped(records: Iterable[Record], mapping: dict[str, str], file: Path, base: Path,
+def grouped(records: Iterable[Record], mapping: dict[str, str], file: str | Path, base: str | Path,
             groups: dict[str, Group] | None = None) -> tuple[list[Group], list[tuple[str, str]]]:
     """The records' categories (added to ``groups`` when given) and the failures (key, reason)
     of records that name no usable category."""
