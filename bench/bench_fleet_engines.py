@@ -46,8 +46,8 @@ WARM_BUDGETS = "lognormal:median=32,sigma=0.6,cap=512,seed=1"
 TINY_BUDGETS = "lognormal:median=6,sigma=0.6,cap=12,seed=0"
 WARM_IMAGES = 10
 # What workers.relations.generator logs once a task's prompts are decoded.
-ENGINE_LINE = re.compile(r"(\w+) engine decoded (\d+) prompts of (\d+) images in ([\d.]+)s \((.*?)\): "
-                         r"(\d+) rows, (\d+) steps, occupancy ([\d.]+)")
+ENGINE_LINE = re.compile(rb"(\w+) engine decoded (\d+) prompts of (\d+) images in ([\d.]+)s \((.*?)\): "
+                         rb"(\d+) rows, (\d+) steps, occupancy ([\d.]+)")
 
 
 def engine_batches(text: str) -> dict[str, int]:
@@ -56,20 +56,27 @@ def engine_batches(text: str) -> dict[str, int]:
     return {name.strip(): int(batch) for name, batch in pairs}
 
 
-def engine_lines(log_path: Path, offset: int) -> dict:
-    """The engines' log lines past ``offset`` of the workers' log: seconds inside the engine,
-    occupancy weighted by steps, and each task's line."""
-    tasks = []
-    with open(log_path, encoding="utf-8", errors="replace") as log:
-        log.seek(offset)
-        for match in ENGINE_LINE.finditer(log.read()):
-            tasks.append({"engine": match[1], "prompts": int(match[2]), "images": int(match[3]),
-                          "seconds": float(match[4]), "phases": match[5], "rows": int(match[6]),
-                          "steps": int(match[7]), "occupancy": float(match[8])})
+def engine_lines(log_path: Path, offset: int, count: int, timeout: float = 60) -> tuple[dict, int]:
+    """The engines' first ``count`` log lines past byte ``offset`` of the workers' log (one per
+    task: a task logs its line after storing its last description, so the line may come after the
+    run is done): seconds inside the engine, occupancy weighted by steps, each task's line; and
+    the offset past them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with open(log_path, "rb") as log:
+            log.seek(offset)
+            matches = list(ENGINE_LINE.finditer(log.read()))
+        if len(matches) >= count or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    tasks = [{"engine": m[1].decode(), "prompts": int(m[2]), "images": int(m[3]), "seconds": float(m[4]),
+              "phases": m[5].decode(), "rows": int(m[6]), "steps": int(m[7]), "occupancy": float(m[8])}
+             for m in matches[:count]]
     steps = sum(task["steps"] for task in tasks)
-    return {"engine_seconds": round(sum(task["seconds"] for task in tasks), 2),
-            "occupancy": round(sum(t["occupancy"] * t["steps"] for t in tasks) / steps, 3) if steps else None,
-            "task_lines": tasks}
+    found = {"engine_seconds": round(sum(task["seconds"] for task in tasks), 2),
+             "occupancy": round(sum(t["occupancy"] * t["steps"] for t in tasks) / steps, 3) if steps else None,
+             "task_lines": tasks}
+    return found, offset + (matches[len(tasks) - 1].end() if tasks else 0)
 
 
 def workloads(directory: Path, images: int, pairs: int, tiny: bool) -> tuple[tuple[Path, Path], tuple[Path, Path]]:
@@ -117,13 +124,15 @@ def main() -> None:
             local_fleet(settings, client, [settings.queue_relations], "cpu" if args.tiny else "0") as fleet:
         wait_for_workers(fleet)
         all_texts: dict[str, dict] = {}
+        offset = fleet.log_path.stat().st_size
         for engine in args.engines.split(","):
             batch = args.max_batch[engine]
             run = settings.replace(relations_engine=engine, max_batch=batch)
             warm_run = dataclasses.replace(fleet, settings=run.replace(bench_token_budgets=warm_spec))
             warm = time_relations_run(warm_run, warm_data, f"warm-{engine}")
-            offset = fleet.log_path.stat().st_size
+            _, offset = engine_lines(fleet.log_path, offset, warm.tasks_sent)
             timed = time_relations_run(dataclasses.replace(fleet, settings=run), timed_data, f"timed-{engine}")
+            lines, offset = engine_lines(fleet.log_path, offset, timed.tasks_sent)
             texts = relations_texts(client, timed.run_id)
             all_texts[engine] = texts
             tokens = generated_tokens(texts, spec, max_new_tokens)
@@ -131,7 +140,7 @@ def main() -> None:
                               "descriptions": len(texts), "tasks_sent": timed.tasks_sent, "generated_tokens": tokens,
                               "descriptions_per_s": round(len(texts) / timed.seconds, 2),
                               "generated_tok_per_s": round(tokens / timed.seconds, 1),
-                              **engine_lines(fleet.log_path, offset)}
+                              **lines}
             print(engine, {k: v for k, v in result[engine].items() if k != "task_lines"}, flush=True)
             write_json_atomic(Path(args.out), result)
     if "slot" in result and "paged" in result:
