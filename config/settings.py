@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlsplit
 
+from config.bench_token_budgets import TokenBudgets, parse_token_budgets
+
 ENV_PREFIX = "EVALFLEET_"
 
 # The model name that means "build (once) and use the tiny random model".
@@ -204,6 +206,11 @@ class Settings:
     relations_endpoint_timeout_seconds: float = 300.0
     relations_endpoint_max_retries: int = 4
     seed: int = 0
+    # BENCHMARKS ONLY, never on in a real run (config/bench_token_budgets.py): each local
+    # relations prompt ends at a token budget drawn from this distribution, e.g.
+    # lognormal:median=140,sigma=0.6,cap=512,seed=0, as if the model had emitted eos there
+    # (random weights never do). Empty: off. The run records it (its identity and report).
+    bench_token_budgets: str = ""
     # Prompts (pairs x top-K) per task: small images share a task up to this many, an image
     # with more is split into tasks of at most this many.
     task_prompts: int = 1024
@@ -269,6 +276,11 @@ class Settings:
         """(path, scale) of each LoRA of ``editor_loras``, in order."""
         return tuple(parse_lora(text.strip()) for text in self.editor_loras.split(LORA_SEPARATOR)
                      if text.strip())
+
+    @property
+    def token_budgets(self) -> TokenBudgets | None:
+        """The benchmark-only token budgets (``bench_token_budgets``), or None when off."""
+        return parse_token_budgets(self.bench_token_budgets)
 
     @property
     def broker(self) -> str:
@@ -479,6 +491,15 @@ def _validate_relations_backend(s: Settings) -> None:
         raise SettingsError(f"{ENV_PREFIX}RELATIONS_BACKEND={s.relations_backend!r}: use "
                             f"{' or '.join(RELATIONS_BACKENDS)}")
     _validate_endpoint(s, RELATIONS_ENDPOINT, s.relations_backend == "endpoint", "the relations endpoint")
+    try:
+        budgets = s.token_budgets
+    except ValueError as exc:
+        raise SettingsError(f"{ENV_PREFIX}BENCH_TOKEN_BUDGETS={s.bench_token_budgets!r} (benchmarks only): "
+                            f"{exc}") from None
+    if budgets is not None and s.relations_backend == "endpoint":
+        raise SettingsError(f"{ENV_PREFIX}BENCH_TOKEN_BUDGETS (benchmarks only) shapes the local engines' "
+                            f"lengths; an endpoint's server decides its own: unset it, or use "
+                            f"{ENV_PREFIX}RELATIONS_BACKEND=local")
 
 
 __all__ = ["Settings", "SettingsError", "load_settings", "validate_settings", "to_environ", "parse_lora",

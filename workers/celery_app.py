@@ -20,6 +20,14 @@ add_settings_secrets(settings)
 for _line in ignored_variables(settings):
     logging.getLogger(__name__).warning("%s", _line)
 
+if settings.bench_token_budgets:
+    # Runs take their budgets from their registration; said here too, so no fleet started with
+    # the setting goes unnoticed (config/bench_token_budgets.py).
+    logging.getLogger(__name__).warning(
+        "EVALFLEET_BENCH_TOKEN_BUDGETS=%s is set: a setting for benchmarks only; relations runs "
+        "registered with it are benchmark-shaped (descriptions end at drawn lengths)",
+        settings.bench_token_budgets)
+
 app = Celery("evalfleet", include=["workers.tasks.relations", "workers.tasks.editbench"])
 app.conf.update(celery_config(settings))
 

@@ -46,6 +46,7 @@ class Enqueued:
 def run_settings(settings: Settings) -> RelationsRunSettings:
     """The settings a relations run is registered with."""
     local = settings.relations_backend == "local"
+    budgets = settings.token_budgets
     return RelationsRunSettings(
         batch_size=settings.batch_size, max_batch=settings.max_batch,
         relations_engine=settings.relations_engine, workers_per_gpu=settings.workers_per_gpu,
@@ -58,7 +59,7 @@ def run_settings(settings: Settings) -> RelationsRunSettings:
         relations_model=settings.relations_model if local else "",
         model_revision=settings.model_revision if local else "", dtype=settings.dtype if local else "",
         top_k=settings.top_k, max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-        seed=settings.seed)
+        seed=settings.seed, bench_token_budgets=budgets.spec if budgets else "")
 
 
 def result_settings(settings: Settings) -> dict[str, Any]:

@@ -22,6 +22,11 @@ from shared.store import RunStore
 # The command's logger: the line about what was enqueued is part of what the command prints.
 log = logging.getLogger("producer")
 
+# Said when a run is registered with EVALFLEET_BENCH_TOKEN_BUDGETS.
+BENCH_WARNING = ("EVALFLEET_BENCH_TOKEN_BUDGETS=%s is on: a setting for benchmarks only; every "
+                 "description ends at a drawn length, so this run's results are benchmark-shaped, "
+                 "not a real run's")
+
 # The flags that replace a setting of the same name.
 SETTING_FLAGS = ("top_k", "batch_size", "relations_model")
 
@@ -66,6 +71,8 @@ class RelationsJob(Job):
     def register(self, settings: Settings, app: Celery, store_client, inputs: list[str | Path],
                  run_name: str | None, restart: bool) -> Enqueued:
         stage1, input_path = inputs
+        if settings.token_budgets:
+            log.warning(BENCH_WARNING, settings.token_budgets.spec)
         enq = enqueue_relations(settings, app, store_client, stage1, input_path, run_name, restart)
         log.info("run %s: %d items, %d already done, %d invalid; sent %d pairs in %d tasks; "
                  "candidates: %d \"no relation\" dropped, %d repeated predicates merged",
@@ -89,6 +96,8 @@ class RelationsJob(Job):
         summary = report["summary"]
         lines = [f"run {summary['run_id']}: {summary['total_pairs']} pairs from {summary['total_images']} "
                  f"images done, {len(report['failed'])} failed", f"report: {output}"]
+        if "bench_token_budgets" in summary:
+            lines.append(f"benchmark-shaped: lengths drawn from {summary['bench_token_budgets']}, not a real run")
         lines += [f"  failed {failure['key']}: {failure['reason']}" for failure in report["failed"]]
         return "\n".join(lines)
 

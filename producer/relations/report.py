@@ -46,6 +46,9 @@ def relations_report(store: RunStore) -> dict[str, Any]:
         # Stage-1 candidates left out of the top K (README, The relations job, Preparation).
         **meta.get("preparation", NOTHING_PREPARED),
     }
+    if run.bench_token_budgets:
+        # Lengths drawn for a benchmark (config/bench_token_budgets.py): not a real run's text.
+        summary["bench_token_budgets"] = run.bench_token_budgets
     if run.endpoint:
         summary["endpoint_url"] = run.relations_endpoint_url  # stored without its password
         summary["endpoint_retries"] = stats.get("endpoint_retries", 0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from config.bench_token_budgets import TokenBudgets, parse_token_budgets
 from shared.run_settings import RunSettings, result
 
 
@@ -31,12 +32,19 @@ class RelationsRunSettings(RunSettings):
     max_new_tokens: int = result()
     temperature: float = result()
     seed: int = result()
-
+    # BENCHMARKS ONLY (config/bench_token_budgets.py): each prompt's drawn token budget, in the
+    # setting's one spelling; "" in every real run. It cuts the text, so it is the run's identity.
+    bench_token_budgets: str = result("", only_when_set=True)
 
     @property
     def endpoint(self) -> bool:
         """Whether an OpenAI-compatible server makes the descriptions (no model in the worker)."""
         return self.relations_backend == "endpoint"
+
+    @property
+    def token_budgets(self) -> TokenBudgets | None:
+        """The benchmark-only token budgets the run was registered with, or None (a real run)."""
+        return parse_token_budgets(self.bench_token_budgets)
 
     @property
     def model(self) -> str:

@@ -66,10 +66,12 @@ class RelationGenerator:
         return self.generate_many([image], [prompts], seed=seed)[0]
 
     def generate_many(self, images: list[Image.Image], prompts: list[list[str]], seed: int,
-                      on_answer: Callable[[int, int, str], None] | None = None) -> list[list[str]]:
+                      on_answer: Callable[[int, int, str], None] | None = None,
+                      budgets: list[list[int]] | None = None) -> list[list[str]]:
         """One answer per prompt of every image, in order. Greedy at temperature 0, else seeded
         sampling. ``on_answer(image, index, text)`` is called for each prompt as soon as its
-        answer ends: the caller can store what is finished while the rest decodes."""
+        answer ends: the caller can store what is finished while the rest decodes. ``budgets``:
+        each prompt's own token budget (the benchmarks' drawn lengths), instead of max_new_tokens."""
         texts = [[self._render(prompt) for prompt in group] for group in prompts]
         answers: list[list[str]] = [[""] * len(group) for group in prompts]
 
@@ -82,8 +84,8 @@ class RelationGenerator:
 
         self.decoder.generate(
             images, texts, max_batch=self.max_batch, cache_bytes=self.cache_bytes,
-            max_new_tokens=self.max_new_tokens, temperature=self.temperature, seed=seed,
-            on_done=answered)
+            max_new_tokens=self.max_new_tokens if budgets is None else budgets,
+            temperature=self.temperature, seed=seed, on_done=answered)
         stats = self.decoder.stats
         phases = ", ".join(f"{name} {seconds:.2f}" for name, seconds in stats.phases.items())
         logger.info("%s engine decoded %d prompts of %d images in %.2fs (%s): %d rows, %d steps, "

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 # Threads that open a task's images.
 OPEN_THREADS = 4
+# Benchmark-shaped runs this process has warned of (once each).
+_BENCH_RUNS_SEEN: set[str] = set()
 
 
 @app.task(bind=True, base=ItemTask, stage=RELATIONS_STAGE, name=RELATIONS_TASK)
@@ -63,7 +65,8 @@ def _generate_pending(store: RunStore, keys: list[str]) -> dict[str, int]:
         digests = [pending[image_jobs[0][0]].get("image_sha256") for image_jobs in jobs]
         generator.describe(paths, prompts, seeds, results.endpoint_answer, digests)
     else:
-        _generate(generator, run.seed, images, prompts, keys[0], results.answer)
+        budgets = prompt_budgets(run, store.run_id, jobs)
+        _generate(generator, run.seed, images, prompts, keys[0], results.answer, budgets)
         store.add_device(device_name())
     store.count(RELATIONS_STAGE, "tasks_generated")
     return {"generated": results.descriptions}
@@ -73,6 +76,22 @@ def prompt_seed(run_seed: int, key: str, predicate: str) -> int:
     """A prompt's own seed: the same whichever task carries it, so a redelivered or repacked
     prompt samples the same text where the server honours seeds."""
     return run_seed + zlib.crc32(f"{key}|{predicate}".encode())
+
+
+def prompt_budgets(run: RelationsRunSettings, run_id: str, jobs: list[list[tuple]]) -> list[list[int]] | None:
+    """Each prompt's token budget for a run registered with the benchmark-only
+    EVALFLEET_BENCH_TOKEN_BUDGETS (drawn from the prompt's pair and predicate, so any task split
+    gives it the same), else None: every prompt gets the run's max_new_tokens."""
+    budgets = run.token_budgets
+    if budgets is None:
+        return None
+    if run_id not in _BENCH_RUNS_SEEN:
+        _BENCH_RUNS_SEEN.add(run_id)
+        log.warning("run %s was registered with EVALFLEET_BENCH_TOKEN_BUDGETS=%s, a setting for "
+                    "benchmarks only: its descriptions end at drawn lengths (benchmark-shaped, not "
+                    "a real run's)", run_id, budgets.spec)
+    return [[budgets.budget(key, entry["predicate"], run.max_new_tokens) for key, entry, _ in image_jobs]
+            for image_jobs in jobs]
 
 
 def _by_image(pending: dict[str, dict]) -> list[dict[str, dict]]:
@@ -158,10 +177,11 @@ def _prompts(store: RunStore, pending: dict, width: int, height: int) -> list[tu
 
 
 def _generate(generator: RelationGenerator, run_seed: int, images: list, prompts: list[list[str]],
-              first_key: str, on_answer: Callable[[int, int, str], None]) -> None:
+              first_key: str, on_answer: Callable[[int, int, str], None],
+              budgets: list[list[int]] | None) -> None:
     # Seeded per task, so a redelivered task samples the same text.
     seed = run_seed + zlib.crc32(first_key.encode())
-    generator.generate_many(images, prompts, seed=seed, on_answer=on_answer)
+    generator.generate_many(images, prompts, seed=seed, on_answer=on_answer, budgets=budgets)
 
 
 class PairResults:
