@@ -198,6 +198,14 @@ class PagedEngine:
                                     adapter.dtype, size)
         longest = max(-(-(len(row.suffix) + row.max_new_tokens) // size) for row in rows)
         wanted = sum(-(-length // size) for length in lengths.values()) + max_rows * longest
+        if self._cache is not None and not self._cache.fits(wanted, size, adapter.dtype,
+                                                            adapter.device):
+            # It may need more than it holds: free it (and the graphs over it) before the
+            # memory left is measured, or the pool would be sized without the old one's room.
+            self._static = None
+            self._cache = None
+            if adapter.device.type == "cuda":
+                torch.cuda.empty_cache()
         count = pool_blocks(wanted, per_block, adapter.device, cache_bytes)
         if count < 1:
             raise MemoryError(f"no room for the decoder's cache: {cache_bytes or 0} bytes are "
