@@ -38,6 +38,7 @@ from shared import storage
 from shared.object_cache import ObjectCache
 from shared.run_artifacts import ArtifactStore
 from tests.seaweedfs import BUCKET, started_seaweedfs, why_weed_cannot_run
+from tests.waiting import wait_until
 
 MB = 1e6
 
@@ -57,15 +58,6 @@ def seconds(call: Callable[[], object]) -> float:
     started = time.perf_counter()
     call()
     return time.perf_counter() - started
-
-
-def wait_until(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout}s")
-        time.sleep(interval)
-    return result
 
 
 def time_items(images: list[bytes], local_root: Path, store_root: str, cache: ObjectCache) -> dict[str, list[float]]:

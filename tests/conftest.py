@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -28,6 +27,7 @@ from producer.relations.sample import write_relations_sample
 from shared.messages import EDIT_STAGE, EDIT_TASK, RELATIONS_STAGE, RELATIONS_TASK, SCORE_STAGE, SCORE_TASK
 from shared.relations.data import prepare_data_for_inference
 from shared.store import RunStore, connect
+from waiting import wait_until  # noqa: F401  (the tests import it from here)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -181,16 +181,6 @@ def worker_processes(launcher_pid: int) -> tuple[psutil.Process, list[psutil.Pro
     """(Celery main process, its prefork children) under a launcher."""
     [main] = psutil.Process(launcher_pid).children()
     return main, main.children()
-
-
-def wait_until(condition, timeout: float, what: str, interval: float = 0.05):
-    """Call ``condition`` until it returns something truthy, and return that."""
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout}s")
-        time.sleep(interval)
-    return result
 
 
 # --- acting on a run at a chosen point: state held still, never a race --------------------------
