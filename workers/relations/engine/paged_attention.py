@@ -5,8 +5,9 @@ over the cache. Gathering them into one run per step and layer, for flash attent
 kernel, moved every row's keys three times and ran a 128-query tile per (row, head) with one
 query in it: at batch 512 on an H200 that was 52 ms of a 83 ms step. Here one program per
 (query token, kv head) walks its row's block table and reads each key once, for the ``group``
-query heads that share the kv head, with an online softmax; it returns the output and the
-log-sum-exp, so the caller merges it with the prefix part. A prefill chunk's tokens are query
+query heads that share the kv head, with an online softmax (online_softmax.py), and merges
+the token's part over its image's prefix (prefix_attention.py) into it by log-sum-exp: one
+kernel per layer and step gives every token's attention. A prefill chunk's tokens are query
 tokens like any other (token ``j`` sees its row's keys ``0..used[j]-1``): they re-read the
 chunk's keys, which a chunk of ~100 tokens keeps in L2.
 
@@ -18,6 +19,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from workers.relations.engine.online_softmax import attend_block, finish
 
 BLOCK_KEYS = 64
 
@@ -52,17 +55,10 @@ def _paged_kernel(
         offsets = slots[:, None] * key_slot_stride + kv_head * key_head_stride + dims[None, :]
         key = tl.load(keys + offsets, mask=in_use[:, None], other=0.0)  # (BLOCK, DIM)
         value = tl.load(values + offsets, mask=in_use[:, None], other=0.0)
-        scores = tl.dot(query, tl.trans(key))  # (GROUP_PAD, BLOCK), float32
-        scores = tl.where(in_use[None, :], scores, float("-inf"))
-        new_maximum = tl.maximum(maximum, tl.max(scores, 1))
-        weights = tl.exp(scores - new_maximum[:, None])
-        rescale = tl.exp(maximum - new_maximum)
-        total = total * rescale + tl.sum(weights, 1)
-        accumulator = accumulator * rescale[:, None] + tl.dot(weights.to(value.dtype), value)
-        maximum = new_maximum
-    # No own keys (a token of an image prefix, a padding token): weight 0, never 0/0.
-    own_lse = tl.where(total > 0, maximum + tl.log(tl.where(total > 0, total, 1.0)), float("-inf"))
-    result = accumulator / tl.where(total > 0, total, 1.0)[:, None]
+        maximum, total, accumulator = attend_block(query, key, value, in_use[None, :], maximum,
+                                                   total, accumulator)
+    # No own keys (a token of an image prefix, a padding token): zeros and -inf.
+    result, own_lse = finish(maximum, total, accumulator)
     if MERGE:
         # The same token's part over its image's prefix (prefix_attention.py), if it read one.
         has_prefix = tl.load(prefix_used + token) > 0

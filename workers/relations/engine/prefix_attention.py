@@ -22,6 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
+from workers.relations.engine.online_softmax import attend_block, finish
 from workers.relations.engine.step_inputs import tile_tokens
 
 BLOCK_KEYS = 64
@@ -67,22 +68,14 @@ def _prefix_kernel(
         offsets = slots[:, None] * key_slot_stride + kv_head * key_head_stride + dims[None, :]
         key = tl.load(keys + offsets, mask=in_prefix[:, None], other=0.0)  # (BLOCK, DIM)
         value = tl.load(values + offsets, mask=in_prefix[:, None], other=0.0)
-        scores = tl.dot(query, tl.trans(key))
-        scores = tl.where(columns[None, :] < used[:, None], scores, float("-inf"))
-        new_maximum = tl.maximum(maximum, tl.max(scores, 1))
-        # A query that sees none of these keys yet (causal, or no query) keeps 0 weight.
-        safe = tl.where(new_maximum == float("-inf"), 0.0, new_maximum)
-        weights = tl.exp(scores - safe[:, None])
-        rescale = tl.exp(maximum - safe)
-        total = total * rescale + tl.sum(weights, 1)
-        accumulator = accumulator * rescale[:, None] + tl.dot(weights.to(value.dtype), value)
-        maximum = new_maximum
-    seen = total > 0
-    result = accumulator / tl.where(seen, total, 1.0)[:, None]
+        # A query sees its keys up to its own ``used`` (causal within a prefix being filled).
+        maximum, total, accumulator = attend_block(query, key, value,
+                                                   columns[None, :] < used[:, None], maximum,
+                                                   total, accumulator)
+    result, result_lse = finish(maximum, total, accumulator)
     tl.store(output + token[:, None] * output_token_stride + heads[:, None] * output_head_stride
              + dims[None, :], result.to(output.dtype.element_ty), mask=ok[:, None])
-    tl.store(lse + token * lse_token_stride + heads,
-             tl.where(seen, maximum + tl.log(tl.where(seen, total, 1.0)), float("-inf")), mask=ok)
+    tl.store(lse + token * lse_token_stride + heads, result_lse, mask=ok)
 
 
 def prefix_attention(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,

@@ -1,0 +1,35 @@
+"""The online softmax both attention kernels of the paged engine run over their blocks of keys.
+
+Keys come in blocks; each block's scores update a running maximum, the sum of exponentials
+under it, and the weighted values (Milakov and Gimelshein, "Online normalizer calculation for
+softmax", 2018; as flash attention does). Queries that see no key of a block, or none at all,
+keep weight 0: never exp(-inf - -inf).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def attend_block(query, key, value, visible, maximum, total, accumulator):
+    """Queries (M, D) over one block of keys and values (N, D) where ``visible`` (M, N):
+    the running (maximum (M,), total (M,), accumulator (M, D)) after it, in float32."""
+    scores = tl.dot(query, tl.trans(key))
+    scores = tl.where(visible, scores, float("-inf"))
+    new_maximum = tl.maximum(maximum, tl.max(scores, 1))
+    safe = tl.where(new_maximum == float("-inf"), 0.0, new_maximum)
+    weights = tl.exp(scores - safe[:, None])
+    rescale = tl.exp(maximum - safe)
+    total = total * rescale + tl.sum(weights, 1)
+    accumulator = accumulator * rescale[:, None] + tl.dot(weights.to(value.dtype), value)
+    return new_maximum, total, accumulator
+
+
+@triton.jit
+def finish(maximum, total, accumulator):
+    """(output (M, D), log-sum-exp (M,)): zeros and -inf for a query that saw no key."""
+    seen = total > 0
+    output = accumulator / tl.where(seen, total, 1.0)[:, None]
+    return output, tl.where(seen, maximum + tl.log(tl.where(seen, total, 1.0)), float("-inf"))
