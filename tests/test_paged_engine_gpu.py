@@ -96,13 +96,16 @@ def test_paged_attention_equals_the_reference_on_a_mixed_step(tiny_vlm_dir) -> N
     # A step with running rows' next tokens, prefill chunks of rows of two images, and a
     # prefix chunk of a third image.
     blocks = BlockPool(64, 4)
-    rows = [Row(image=i % 3, index=i, suffix=[5] * (3 + i), max_new_tokens=8) for i in range(7)]
-    scheduler = Scheduler(rows, {0: 10, 1: 7, 2: 9}, blocks, max_rows=5, step_tokens=9, eos=set())
-    plan = scheduler.schedule()
-    while not (plan.decode and any(isinstance(c.sequence, Row) for c in plan.prefill)
-               and any(isinstance(c.sequence, Prefix) for c in plan.prefill)):
-        scheduler.postprocess(plan, [1] * len(plan.sampling))
+    rows = [Row(image=i % 3, index=i, suffix=[5] * (6 + i), max_new_tokens=8) for i in range(7)]
+    scheduler = Scheduler(rows, {0: 7, 1: 9, 2: 11}, blocks, max_rows=4, step_tokens=9, eos=set())
+    for _ in range(40):  # such a step comes at step 11 (the scheduler alone decides it)
         plan = scheduler.schedule()
+        if (plan.decode and any(isinstance(c.sequence, Row) for c in plan.prefill)
+                and any(isinstance(c.sequence, Prefix) for c in plan.prefill)):
+            break
+        scheduler.postprocess(plan, [1] * len(plan.sampling))
+    else:
+        raise AssertionError("no step mixed decodes, rows' prefill and a prefix's")
     heads, kv_heads, dim = 8, 2, 64
     cache = KVCache(layers=1, kv_heads=kv_heads, head_dim=dim, blocks=64, block_size=4,
                     dtype=torch.bfloat16, device=torch.device("cuda"))
