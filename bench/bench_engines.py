@@ -4,7 +4,11 @@
 workers/relations/engine/ (=paged).
 
     python3 -m bench.bench_engines --out engines.json [--shape realrun] [--moe]
-        [--slot-batches 256] [--paged-batches 256,512] [--profile-dir DIR] [--tiny]
+        [--slot-batches 256] [--paged-batches 256,512] [--paged-ahead-batches 1024]
+        [--profile-dir DIR] [--tiny]
+
+``paged-ahead`` is the paged engine planning each step while the last one runs
+(``PagedEngine(plan_ahead=True)``, off in the product until measured).
 
 Qwen3-VL-8B architecture (Qwen3-VL-30B-A3B with ``--moe``), random bf16 weights built on the
 GPU, 1280x960 images (~1230 prefix tokens), relation prompts as the product renders them
@@ -268,6 +272,7 @@ def bench(args) -> dict:
     shape = SHAPES["tiny" if args.tiny else args.shape]
     images, texts, budgets = workload(processor, shape, args.tiny)
     paged, slot = PagedEngine(processor, model), SlotDecoder(processor, model)
+    ahead = PagedEngine(processor, model, plan_ahead=True)
     rate = matmul_tflops()
     work = flops(model, paged, images, texts, budgets)
     floor_s = (work["text_flop"] + work["vision_flop"]) / (rate * 1e12) if rate else 0.0
@@ -284,6 +289,7 @@ def bench(args) -> dict:
     profile_batch = max(int(b) for b in args.paged_batches.split(",")) if args.profile_dir else None
     with torch.inference_mode():
         for name, engine, batches in (("paged", paged, args.paged_batches),
+                                      ("paged-ahead", ahead, args.paged_ahead_batches),
                                       ("slot", slot, args.slot_batches)):
             for batch in [int(b) for b in batches.split(",") if b]:
                 profile = None
@@ -296,7 +302,7 @@ def bench(args) -> dict:
                     print("profile", profile["out"], flush=True)
                 result["runs"].append(run)
     best = {name: max((r["tok_s"] for r in result["runs"] if r["engine"] == name and "tok_s" in r),
-                      default=None) for name in ("slot", "paged")}
+                      default=None) for name in ("slot", "paged", "paged-ahead")}
     result["best_tok_s"] = best
     if best["slot"] and best["paged"]:
         result["paged_over_slot"] = round(best["paged"] / best["slot"], 2)
@@ -310,6 +316,8 @@ def main() -> None:
     parser.add_argument("--moe", action="store_true", help="Qwen3-VL-30B-A3B architecture")
     parser.add_argument("--slot-batches", default="256")
     parser.add_argument("--paged-batches", default="256,512")
+    parser.add_argument("--paged-ahead-batches", default="",
+                        help="the paged engine planning each step while the last one runs")
     parser.add_argument("--profile-dir", default="")
     parser.add_argument("--profile-at", type=int, default=400,
                         help="the paged step to profile (the batch is full by then)")

@@ -60,21 +60,44 @@ def test_the_cuda_path_equals_generate_under_tritons_interpreter(
     On the dense model only (the interpreter is slow; the experts are no part of this path)."""
     if "moe" in each_tiny_vlm_dir.name.lower():
         pytest.skip("the dense model covers the kernels' path")
-    paths = []
-    for index, image in enumerate(images):
-        paths.append(str(tmp_path / f"{index}.png"))
-        image.save(paths[-1])
-    request = tmp_path / "request.json"
-    request.write_text(json.dumps({"images": paths, "texts": texts, "block_size": 4,
-                                   "step_tokens": 16, "max_batch": 3,
-                                   "max_new_tokens": MAX_NEW_TOKENS}))
-    script = Path(__file__).parent / "interpreted_engine.py"
-    done = subprocess.run([sys.executable, str(script), str(each_tiny_vlm_dir), str(request)],
-                          capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    got = json.loads(done.stdout.splitlines()[-1])
+    got = _interpreted(each_tiny_vlm_dir, images, tmp_path, texts=texts, block_size=4,
+                       step_tokens=16, max_batch=3, max_new_tokens=MAX_NEW_TOKENS)
     assert got["attention"] == "kernels"
     assert got["tokens"] == expected
+
+
+def test_steps_planned_ahead_give_the_same_tokens_and_stop_at_eos_and_budgets(
+        each_tiny_vlm_dir, vlm, images, texts, expected, tmp_path, monkeypatch) -> None:
+    """Each step planned and queued before the last one's tokens are known (on the kernels'
+    path, under the interpreter): a row's eos is known a step late, its extra token dropped."""
+    if "moe" in each_tiny_vlm_dir.name.lower():
+        pytest.skip("the dense model covers the kernels' path")
+    eos = expected[0][0][3]  # the first row emits it at its 4th token, for the first time
+    assert eos not in expected[0][0][:3]
+    monkeypatch.setattr(vlm[1].generation_config, "eos_token_id", [eos])
+    with_eos = _reference(vlm, images, texts)
+    budgets = [[(i * 7 + j * 3) % MAX_NEW_TOKENS + 1 for j in range(len(group))]
+               for i, group in enumerate(texts)]
+    got = _interpreted(each_tiny_vlm_dir, images, tmp_path, texts=texts, block_size=4,
+                       step_tokens=16, max_batch=3, max_new_tokens=budgets, eos=eos,
+                       plan_ahead=True)
+    assert got["tokens"] == [[row[:budget] for row, budget in zip(group, group_budgets)]
+                             for group, group_budgets in zip(with_eos, budgets)]
+
+
+def _interpreted(model_dir, images, directory, **request) -> dict:
+    """The engine's output from tests/interpreted_engine.py (a process of its own)."""
+    paths = []
+    for index, image in enumerate(images):
+        paths.append(str(directory / f"{index}.png"))
+        image.save(paths[-1])
+    (directory / "request.json").write_text(json.dumps({"images": paths, **request}))
+    script = Path(__file__).parent / "interpreted_engine.py"
+    done = subprocess.run([sys.executable, str(script), str(model_dir),
+                           str(directory / "request.json")],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.splitlines()[-1])
 
 
 def test_rows_preempted_when_blocks_run_out_are_recomputed_to_the_same_tokens(

@@ -119,7 +119,7 @@ def test_paged_attention_equals_the_reference_on_a_mixed_step(tiny_vlm_dir) -> N
     positions = {image: torch.zeros(3, prefix.length, dtype=torch.long)
                  for image, prefix in plan.prefixes.items()}
     layout = fill(inputs, plan, blocks, {image: 0 for image in plan.prefixes}, positions,
-                  cache.scratch_slot, Places())
+                  cache.scratch_slot, Places(), {})
     inputs.upload()
     fields = inputs.views(layout.bucket)
     torch.manual_seed(0)
@@ -137,24 +137,26 @@ def test_paged_attention_equals_the_reference_on_a_mixed_step(tiny_vlm_dir) -> N
 
 
 def test_steps_replayed_from_cuda_graphs_equal_eager_steps() -> None:
-    """The same kernels at the same bucket sizes: replayed, every token is the eager one's."""
+    """The same kernels at the same bucket sizes: replayed, every token is the eager one's;
+    and with each step planned before the last one's tokens are back."""
     processor, model = random_qwen3_vl("8b", text_layers=4)
     images = [Image.linear_gradient("L").resize((1280, 960)).convert("RGB"),
               Image.radial_gradient("L").resize((960, 640)).convert("RGB")]
     texts = [[render_prompt(processor, p) for p in relation_prompts(24, seed)] for seed in (0, 24)]
     budgets = [[8 + (i * 7 + j * 5) % 40 for j in range(24)] for i in range(2)]
     got = {}
-    for graphs in (False, True):
-        engine = PagedEngine(processor, model, step_tokens=256, graphs=graphs)
-        got[graphs] = engine.generate(images, texts, max_batch=32, max_new_tokens=budgets,
-                                      temperature=0.0, seed=0)
+    for graphs, plan_ahead in ((False, False), (True, False), (True, True)):
+        engine = PagedEngine(processor, model, step_tokens=256, graphs=graphs,
+                             plan_ahead=plan_ahead)
+        got[graphs, plan_ahead] = engine.generate(images, texts, max_batch=32,
+                                                  max_new_tokens=budgets, temperature=0.0, seed=0)
         stats = engine.stats
         del engine
     del model
     _free()
     assert stats.attention == "kernels and CUDA graphs" and stats.capture_seconds > 0
-    assert got[True] == got[False]
-    assert [[len(row) for row in group] for group in got[True]] == budgets
+    assert got[True, False] == got[False, False] == got[True, True]
+    assert [[len(row) for row in group] for group in got[True, False]] == budgets
 
 
 def test_qwen3_vl_8b_shapes_in_float32_equal_generate() -> None:

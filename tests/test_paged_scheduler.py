@@ -136,3 +136,50 @@ def test_small_images_load_together_while_rows_would_idle() -> None:
 def test_a_pool_too_small_for_one_prefix_and_one_row_is_refused() -> None:
     with pytest.raises(MemoryError, match="MAX_NEW_TOKENS"):
         scheduler(rows(0, (4, 40)), {0: 40}, blocks=12)
+
+
+def _answer(row: Row, position: int) -> int:
+    """A stand-in model: each row's token at each position, eos at some."""
+    if (row.index * 5 + position) % 11 == 10:
+        return EOS
+    return 10 + (row.index * 7 + position) % 50
+
+
+def _picked(plan: StepPlan) -> list[int]:
+    # The position a row samples at is its output's length when the step is planned
+    # (PENDING tokens of a step still running count).
+    return [_answer(chunk.sequence, len(chunk.sequence.output)) for chunk in plan.sampling]
+
+
+@pytest.mark.parametrize("blocks", [200, 9])  # room for all, or rows preempted
+def test_planning_each_step_before_the_last_ones_tokens_gives_the_same_outputs(blocks) -> None:
+    shapes = [(3 + i % 4, 4 + (i * 3) % 9) for i in range(10)]
+    ended_in_turn = []
+    done = scheduler(rows(0, *shapes[:6]) + rows(1, *shapes[6:]), {0: 5, 1: 3}, blocks=200,
+                     max_rows=4, step_tokens=8)
+    while not done.finished:
+        plan = done.schedule()
+        ended_in_turn += done.postprocess(plan, _picked(plan))
+    ahead = scheduler(rows(0, *shapes[:6]) + rows(1, *shapes[6:]), {0: 5, 1: 3}, blocks=blocks,
+                      max_rows=4, step_tokens=8)
+    ended_ahead, launched = [], None
+    while not ahead.finished or launched:
+        upcoming = None
+        if not ahead.finished:
+            plan = ahead.schedule()
+            upcoming = (plan, _picked(plan))
+            ahead.expect(plan)
+        if launched:
+            ended_ahead += ahead.resolve(*launched)
+        launched = upcoming
+    assert [(r.image, r.index, r.output) for r in sorted(ended_ahead, key=_key)] == \
+        [(r.image, r.index, r.output) for r in sorted(ended_in_turn, key=_key)]
+    assert any(row.output[-1] == EOS for row in ended_ahead)  # some rows end at an eos
+    assert all(len(row.output) <= row.max_new_tokens for row in ended_ahead)
+    assert ahead.blocks.free_blocks == blocks and len(ended_ahead) == 10
+    if blocks == 9:
+        assert ahead.preemptions > 0
+
+
+def _key(row: Row) -> tuple[int, int]:
+    return row.image, row.index

@@ -67,15 +67,18 @@ class PagedEngine:
     Keys and values live in blocks of ``block_size`` tokens; each step runs every running
     row's next token and up to ``step_tokens`` prefill tokens in one forward. On CUDA in
     bf16/fp16 a step is replayed from a CUDA graph of its bucket (``graphs``; False runs the
-    same kernels eagerly), elsewhere its attention is the torch reference.
+    same kernels eagerly), elsewhere its attention is the torch reference. ``plan_ahead``
+    (there, off by default until a GPU measures it): the next step is planned and queued
+    while the last one runs, its rows' new tokens taken from the device.
     """
 
     def __init__(self, processor: ProcessorMixin, model: PreTrainedModel, *,
                  block_size: int = BLOCK_SIZE, step_tokens: int = STEP_TOKENS,
-                 graphs: bool = True) -> None:
+                 graphs: bool = True, plan_ahead: bool = False) -> None:
         self.processor, self.model = processor, model
         self.adapter = Qwen3VL(processor, model)
         self.block_size, self.step_tokens, self.graphs = block_size, step_tokens, graphs
+        self.plan_ahead = plan_ahead
         self.stats = EngineStats()
         self._cache: KVCache | None = None
         self._static: StaticStep | None = None
@@ -146,23 +149,52 @@ class PagedEngine:
             self.stats.attention = ("reference" if static is None else
                                     "kernels and CUDA graphs" if static.use_graphs else "kernels")
             captured = 0.0 if static is None else static.capture_seconds
-            while not scheduler.finished:
-                plan = scheduler.schedule()
-                tokens = runner.run(plan)
-                self.stats.peak_rows = max(self.stats.peak_rows, len(scheduler.running))
-                for row in scheduler.postprocess(plan, tokens):
-                    if on_done is not None:
-                        on_done(row.image, row.index, row.output)
-                self._count(plan, len(tokens))
+            if self.plan_ahead and static is not None:
+                self._steps_ahead(scheduler, runner, on_done)
+            else:
+                self._steps(scheduler, runner, on_done)
             self.stats.rows, self.stats.prefills = max_rows, len(lengths)
             self.stats.preemptions, self.stats.blocks = scheduler.preemptions, blocks.blocks
             if static is not None:
                 self.stats.capture_seconds = static.capture_seconds - captured
         clock.host("images", inputs.waited)
 
-    def _count(self, plan, sampled: int) -> None:
+    def _steps(self, scheduler: Scheduler, runner: ModelRunner, on_done) -> None:
+        """Plan, run, take the tokens back: one step after the other."""
+        while not scheduler.finished:
+            plan = scheduler.schedule()
+            tokens = runner.run(plan)
+            self._count(plan, len(tokens), len(scheduler.running))
+            self._report(scheduler.postprocess(plan, tokens), on_done)
+
+    def _steps_ahead(self, scheduler: Scheduler, runner: ModelRunner, on_done) -> None:
+        """Each step planned and queued before the last one's tokens are back: the host
+        plans while the device runs. A row whose eos is not known yet runs one more token,
+        which is dropped."""
+        launched = None
+        while True:
+            upcoming = None
+            if not scheduler.finished:
+                plan = scheduler.schedule()
+                upcoming = runner.launch(plan, previous=launched)
+                scheduler.expect(plan)
+                self._count(plan, len(plan.sampling), len(scheduler.running))
+            if launched is not None:
+                self._report(scheduler.resolve(launched.plan, launched.tokens()), on_done)
+            if upcoming is None:
+                return
+            launched = upcoming
+
+    @staticmethod
+    def _report(ended, on_done) -> None:
+        if on_done is not None:
+            for row in ended:
+                on_done(row.image, row.index, row.output)
+
+    def _count(self, plan, sampled: int, running: int) -> None:
         stats = self.stats
         stats.steps += 1
+        stats.peak_rows = max(stats.peak_rows, running)
         stats.live_row_steps += sampled
         stats.mixed_steps += bool(plan.prefill)
         stats.tokens["decode"] += len(plan.decode)

@@ -35,6 +35,8 @@ class ModelRunner:
         self.prefixes: dict[int, PrefixInputs] = {}  # images whose prefix is being prefilled
         self.next_position: dict[int, int] = {}  # the text position after each image's prefix
         self.places = Places()  # rows' and images' places in the step's block tables
+        # Where a step's sampled tokens land on the host: two, for a step and the next.
+        self._host_tokens = _HostTokens(model.device, static.capacity.tokens if static else 0)
         config = model.model.generation_config
         generator = None
         if temperature > 0:
@@ -44,6 +46,12 @@ class ModelRunner:
 
     def run(self, plan: StepPlan) -> list[int]:
         """The next token of each ``plan.sampling`` chunk's row, in order."""
+        return self.launch(plan).tokens()
+
+    def launch(self, plan: StepPlan, previous: Launched | None = None) -> Launched:
+        """``plan``'s step, queued on the device; its tokens come with ``tokens()``. A
+        PENDING token of a row (sampled by ``previous``, still on the device) is taken from
+        ``previous``'s samples on the device: the host plans ahead without waiting."""
         for chunk in plan.prefill:
             if isinstance(chunk.sequence, Prefix) and chunk.start == 0:
                 self._encode(chunk.sequence)
@@ -52,14 +60,14 @@ class ModelRunner:
             if self.static is None:
                 hidden = self._reference_forward(plan)
             else:
-                hidden = self._static_forward(plan)
-            tokens = []
+                hidden = self._static_forward(plan, previous)
+            samples = torch.empty(0, dtype=torch.long, device=hidden.device)
             if hidden.shape[0]:
-                tokens = self.pick(self.model.logits(hidden)).tolist()
+                samples = self.pick(self.model.logits(hidden))
         for chunk in plan.prefill:
             if isinstance(chunk.sequence, Prefix) and chunk.end == chunk.sequence.length:
                 del self.prefixes[chunk.sequence.image]
-        return tokens
+        return Launched(plan, samples, self._host_tokens)
 
     def _reference_forward(self, plan: StepPlan) -> torch.Tensor:
         """The sampling tokens' final hidden states, attention in plain products."""
@@ -70,15 +78,21 @@ class ModelRunner:
         hidden = self.model.forward(embeds, positions, attention, deepstack)
         return hidden[[offsets[i + 1] - 1 for i, chunk in enumerate(plan.chunks) if chunk.samples]]
 
-    def _static_forward(self, plan: StepPlan) -> torch.Tensor:
+    def _static_forward(self, plan: StepPlan, previous: Launched | None) -> torch.Tensor:
         """The sampling tokens' final hidden states, from the step's buffers (a CUDA graph)."""
         static = self.static
         layout = fill(static.inputs, plan, self.blocks, self.next_position,
                       {image: inputs.positions for image, inputs in self.prefixes.items()},
-                      self.cache.scratch_slot, self.places)
+                      self.cache.scratch_slot, self.places,
+                      previous.places() if previous is not None else {})
         static.inputs.upload()
         fields, bucket = static.inputs.device, layout.bucket
-        static.embeds[:bucket] = self.model.embed(fields["ids"][:bucket].long())
+        ids = fields["ids"][:bucket].long()
+        if previous is not None and previous.samples.numel():
+            from_previous = fields["previous"][:bucket]
+            ids = torch.where(from_previous >= 0,
+                              previous.samples[from_previous.clamp(min=0).long()], ids)
+        static.embeds[:bucket] = self.model.embed(ids)
         visual = []
         for image, start, end, place in layout.prefix_chunks:
             inputs = self.prefixes[image]
@@ -197,3 +211,42 @@ def token_offsets(plan: StepPlan) -> list[int]:
     for chunk in plan.chunks:
         offsets.append(offsets[-1] + chunk.count)
     return offsets
+
+
+class _HostTokens:
+    """Pinned host buffers the sampled tokens are copied into without a wait, taken in turn:
+    a step's tokens stay readable while the next step's are being copied."""
+
+    def __init__(self, device: torch.device, size: int) -> None:
+        pinned = device.type == "cuda"
+        self.buffers = [torch.empty(size, dtype=torch.long, pin_memory=pinned) for _ in range(2)]
+        self.turn = 0
+
+    def next(self) -> torch.Tensor:
+        self.turn ^= 1
+        return self.buffers[self.turn]
+
+
+class Launched:
+    """A step queued on the device: its plan, its sampled tokens (on the device), and their
+    copy to the host, read by ``tokens()``."""
+
+    def __init__(self, plan: StepPlan, samples: torch.Tensor, host: _HostTokens) -> None:
+        self.plan, self.samples = plan, samples
+        self._event = None
+        if samples.device.type == "cuda" and samples.numel():
+            self._host = host.next()[:samples.numel()]
+            self._host.copy_(samples, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+
+    def tokens(self) -> list[int]:
+        """The sampled tokens, waiting for this step only (not for steps queued after it)."""
+        if self._event is None:
+            return self.samples.tolist()
+        self._event.synchronize()
+        return self._host.tolist()
+
+    def places(self) -> dict[Row, int]:
+        """Each sampling row's place among the samples."""
+        return {chunk.sequence: index for index, chunk in enumerate(self.plan.sampling)}

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 from workers.relations.engine.kv_cache import BlockPool
 
+# A row's token sampled by a step still running on the device (planning ahead of it).
+PENDING = -1
 # Images loaded at once, at most: beyond what the rows need, more only hold prefix blocks (and
 # the step's buffers hold a block table per loaded image).
 MAX_LOADED_IMAGES = 128
@@ -51,6 +53,9 @@ class Row:
     max_new_tokens: int
     output: list[int] = field(default_factory=list)
     computed: int = 0
+    resolved: int = 0  # ``output`` tokens known (the rest are PENDING)
+    ended: bool = False  # eos or budget: its blocks are given back
+    reported: bool = False  # given back by ``resolve`` as ended, its output whole
 
     @property
     def length(self) -> int:
@@ -153,14 +158,38 @@ class Scheduler:
     def postprocess(self, plan: StepPlan, tokens: list[int]) -> list[Row]:
         """Take a step's sampled tokens (one per ``plan.sampling`` chunk); the rows that
         ended (eos or their budget), their blocks given back."""
+        self.expect(plan)
+        return self.resolve(plan, tokens)
+
+    def expect(self, plan: StepPlan) -> None:
+        """``plan`` runs: its sequences' tokens are in the cache, and each sampling row has
+        one more token, PENDING until ``resolve``; a row at its budget ends now. The next
+        step can be planned before this one's tokens are known (only eos needs them: a row
+        that emitted one runs one wasted token in the step planned meanwhile)."""
         for chunk in plan.chunks:
             chunk.sequence.computed = chunk.end
+        for chunk in plan.sampling:
+            row = chunk.sequence
+            row.output.append(PENDING)
+            if len(row.output) >= row.max_new_tokens and not row.ended:
+                self._finish(row)
+
+    def resolve(self, plan: StepPlan, tokens: list[int]) -> list[Row]:
+        """``plan``'s sampled tokens, in place of its PENDING ones (a step's after the one
+        before); the rows that ended with them, their outputs whole."""
         ended = []
         for chunk, token in zip(plan.sampling, tokens, strict=True):
             row = chunk.sequence
-            row.output.append(token)
-            if token in self.eos or len(row.output) >= row.max_new_tokens:
-                self._finish(row)
+            if row.reported or row.resolved >= len(row.output):
+                continue  # a token after its eos: wasted, not kept
+            row.output[row.resolved] = token
+            row.resolved += 1
+            if token in self.eos:
+                del row.output[row.resolved:]
+                if not row.ended:
+                    self._finish(row)
+            if row.ended and row.resolved == len(row.output):
+                row.reported = True
                 ended.append(row)
         return ended
 
@@ -256,7 +285,9 @@ class Scheduler:
             budget -= count
 
     def _finish(self, row: Row) -> None:
-        self.running.remove(row)
+        # Running, or preempted (waiting) when the eos it had sampled became known.
+        (self.running if row in self.running else self.waiting).remove(row)
+        row.ended = True
         self.blocks.release(row)
         prefix = self.loaded[row.image]
         prefix.rows_left -= 1

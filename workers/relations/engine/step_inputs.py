@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from workers.relations.engine.kv_cache import BlockPool
-from workers.relations.engine.scheduler import Row, StepPlan
+from workers.relations.engine.scheduler import PENDING, Row, StepPlan
 
 # Step token counts a graph is captured for: a step runs in the smallest that holds it.
 SMALL_BUCKETS = (16, 32, 64, 128, 256)
@@ -87,7 +87,7 @@ class StepInputs:
         shapes = {
             "ids": (tokens,), "positions": (3, tokens), "slots": (tokens,),
             "token_row": (tokens,), "own_used": (tokens,), "prefix_used": (tokens,),
-            "order": (tokens,), "samples": (tokens,),
+            "order": (tokens,), "samples": (tokens,), "previous": (tokens,),
             "tile_image": (tiles,), "tile_start": (tiles,), "tile_end": (tiles,), "tile_count": (1,),
             "row_tables": (capacity.rows, capacity.row_blocks),
             "prefix_tables": (capacity.images, capacity.prefix_blocks),
@@ -96,6 +96,7 @@ class StepInputs:
         total = sum(sizes.values())
         pinned = device.type == "cuda"
         self._host = torch.zeros(total, dtype=torch.int32, pin_memory=pinned)
+        self._uploaded: torch.cuda.Event | None = None
         self._device = torch.zeros(total, dtype=torch.int32, device=device)
         self.host: dict[str, np.ndarray] = {}
         self.device: dict[str, torch.Tensor] = {}
@@ -115,10 +116,20 @@ class StepInputs:
     def upload(self) -> None:
         """The host's fields to the device (one copy, ordered on the current stream)."""
         self._device.copy_(self._host, non_blocking=True)
+        if self._device.is_cuda:
+            self._uploaded = torch.cuda.Event()
+            self._uploaded.record()
+
+    def writable(self) -> None:
+        """Wait until the last upload has read the host's fields (a step planned ahead writes
+        them while the one before may still be queued)."""
+        if self._uploaded is not None:
+            self._uploaded.synchronize()
 
 
 # Fields with one entry per token.
-_PER_TOKEN = ("ids", "slots", "token_row", "own_used", "prefix_used", "order", "samples")
+_PER_TOKEN = ("ids", "slots", "token_row", "own_used", "prefix_used", "order", "samples",
+              "previous")
 
 
 @dataclass
@@ -174,11 +185,14 @@ class Places:
 
 def fill(inputs: StepInputs, plan: StepPlan, blocks: BlockPool, next_position: dict[int, int],
          prefix_positions: dict[int, torch.Tensor], scratch_slot: int, places: Places,
-         ) -> StepLayout:
-    """Write ``plan``'s fields into ``inputs``' host buffers."""
+         previous: dict[Row, int]) -> StepLayout:
+    """Write ``plan``'s fields into ``inputs``' host buffers. ``previous``: each row's place
+    among the samples of the step before, whose token it runs now while still PENDING."""
+    inputs.writable()
     host, size = inputs.host, blocks.block_size
     tokens = plan.tokens
     ids, slots, token_row, own_used, prefix_used, samples = [], [], [], [], [], []
+    from_previous = []
     positions = []  # text tokens': the same on the three mrope axes
     by_image: dict[int, list[int]] = {}
     prefix_chunks = []
@@ -191,7 +205,11 @@ def fill(inputs: StepInputs, plan: StepPlan, blocks: BlockPool, next_position: d
         by_image.setdefault(sequence.image, []).extend(range(place, place + chunk.count))
         slots += [table[p // size] * size + p % size for p in range(start, end)]
         if isinstance(sequence, Row):
-            ids += sequence.tokens(start, end)
+            row_ids = sequence.tokens(start, end)
+            ids += row_ids
+            from_previous += [-1] * (chunk.count - 1)
+            # A running row's next token, sampled by the step still on the device.
+            from_previous.append(previous[sequence] if row_ids[-1] == PENDING else -1)
             first = next_position[sequence.image]
             positions += range(first + start, first + end)
             token_row += [places.row(sequence, table, host["row_tables"])] * chunk.count
@@ -201,6 +219,7 @@ def fill(inputs: StepInputs, plan: StepPlan, blocks: BlockPool, next_position: d
                 samples.append(place + chunk.count - 1)
         else:
             ids += [0] * chunk.count
+            from_previous += [-1] * chunk.count
             positions += [0] * chunk.count  # written below, per axis
             token_row += [0] * chunk.count
             own_used += [0] * chunk.count
@@ -213,6 +232,7 @@ def fill(inputs: StepInputs, plan: StepPlan, blocks: BlockPool, next_position: d
     host["token_row"][:bucket] = token_row + [0] * padding
     host["own_used"][:bucket] = own_used + [0] * padding
     host["prefix_used"][:bucket] = prefix_used + [0] * padding
+    host["previous"][:bucket] = from_previous + [-1] * padding
     host["positions"][:, :bucket] = positions + [0] * padding
     for image, start, end, place in prefix_chunks:
         host["positions"][:, place:place + end - start] = prefix_positions[image][:, start:end]
