@@ -5,7 +5,7 @@ over the cache. Gathering them into one run per step and layer, for flash attent
 kernel, moved every row's keys three times and ran a 128-query tile per (row, head) with one
 query in it: at batch 512 on an H200 that was 52 ms of a 83 ms step. Here one program per
 (query token, kv head) walks its row's block table and reads each key once, for the ``group``
-query heads that share the kv head, with an online softmax (online_softmax.py), and merges
+query heads that share the kv head, with an online softmax (key_blocks.py), and merges
 the token's part over its image's prefix (prefix_attention.py) into it by log-sum-exp: one
 kernel per layer and step gives every token's attention. A prefill chunk's tokens are query
 tokens like any other (token ``j`` sees its row's keys ``0..used[j]-1``): they re-read the
@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from workers.relations.engine.online_softmax import attend_block, finish
+from workers.relations.engine.key_blocks import attend_block, finish, read_block
 
 BLOCK_KEYS = 64
 
@@ -48,15 +48,10 @@ def _paged_kernel(
     accumulator = tl.zeros([GROUP_PAD, DIM], dtype=tl.float32)
     table = tables + row * table_stride
     for start in range(0, used, BLOCK):
-        columns = start + tl.arange(0, BLOCK)
-        in_use = columns < used
-        block = tl.load(table + columns // BLOCK_SIZE, mask=in_use, other=0).to(tl.int64)
-        slots = block * BLOCK_SIZE + columns % BLOCK_SIZE
-        offsets = slots[:, None] * key_slot_stride + kv_head * key_head_stride + dims[None, :]
-        key = tl.load(keys + offsets, mask=in_use[:, None], other=0.0)  # (BLOCK, DIM)
-        value = tl.load(values + offsets, mask=in_use[:, None], other=0.0)
-        maximum, total, accumulator = attend_block(query, key, value, in_use[None, :], maximum,
-                                                   total, accumulator)
+        key, value, columns = read_block(keys, values, table, start, used, kv_head,
+                                         key_slot_stride, key_head_stride, BLOCK_SIZE, DIM, BLOCK)
+        maximum, total, accumulator = attend_block(query, key, value, columns[None, :] < used,
+                                                   maximum, total, accumulator)
     # No own keys (a token of an image prefix, a padding token): zeros and -inf.
     result, own_lse = finish(maximum, total, accumulator)
     if MERGE:

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from workers.relations.engine.online_softmax import attend_block, finish
+from workers.relations.engine.key_blocks import attend_block, finish, read_block
 from workers.relations.engine.step_inputs import tile_tokens
 
 BLOCK_KEYS = 64
@@ -61,13 +61,8 @@ def _prefix_kernel(
     accumulator = tl.zeros([TOKENS * GROUP_PAD, DIM], dtype=tl.float32)
     table = tables + image * table_stride
     for start in range(0, most, BLOCK):
-        columns = start + tl.arange(0, BLOCK)
-        in_prefix = columns < most
-        block = tl.load(table + columns // BLOCK_SIZE, mask=in_prefix, other=0).to(tl.int64)
-        slots = block * BLOCK_SIZE + columns % BLOCK_SIZE
-        offsets = slots[:, None] * key_slot_stride + kv_head * key_head_stride + dims[None, :]
-        key = tl.load(keys + offsets, mask=in_prefix[:, None], other=0.0)  # (BLOCK, DIM)
-        value = tl.load(values + offsets, mask=in_prefix[:, None], other=0.0)
+        key, value, columns = read_block(keys, values, table, start, most, kv_head,
+                                         key_slot_stride, key_head_stride, BLOCK_SIZE, DIM, BLOCK)
         # A query sees its keys up to its own ``used`` (causal within a prefix being filled).
         maximum, total, accumulator = attend_block(query, key, value,
                                                    columns[None, :] < used[:, None], maximum,

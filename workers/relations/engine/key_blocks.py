@@ -1,6 +1,8 @@
-"""The online softmax both attention kernels of the paged engine run over their blocks of keys.
+"""What both attention kernels of the paged engine do per block of keys: read it in place
+from a sequence's cache blocks, and fold it into an online softmax.
 
-Keys come in blocks; each block's scores update a running maximum, the sum of exponentials
+A block of ``BLOCK`` keys is read through the sequence's block table (``BLOCK_SIZE`` tokens
+a cache block), for one kv head. Each block's scores update a running maximum, the sum of exponentials
 under it, and the weighted values (Milakov and Gimelshein, "Online normalizer calculation for
 softmax", 2018; as flash attention does). Queries that see no key of a block, or none at all,
 keep weight 0: never exp(-inf - -inf).
@@ -10,6 +12,22 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+
+@triton.jit
+def read_block(keys, values, table, start, limit, kv_head, key_slot_stride, key_head_stride,
+               BLOCK_SIZE: tl.constexpr, DIM: tl.constexpr, BLOCK: tl.constexpr):
+    """(keys (BLOCK, DIM), values, their columns (BLOCK,)) of columns ``start..`` of the
+    sequence whose block table is ``table``; columns from ``limit`` on read as zeros."""
+    columns = start + tl.arange(0, BLOCK)
+    inside = columns < limit
+    block = tl.load(table + columns // BLOCK_SIZE, mask=inside, other=0).to(tl.int64)
+    slots = block * BLOCK_SIZE + columns % BLOCK_SIZE
+    offsets = (slots[:, None] * key_slot_stride + kv_head * key_head_stride
+               + tl.arange(0, DIM)[None, :])
+    key = tl.load(keys + offsets, mask=inside[:, None], other=0.0)
+    value = tl.load(values + offsets, mask=inside[:, None], other=0.0)
+    return key, value, columns
 
 
 @triton.jit
