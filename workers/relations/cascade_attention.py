@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from workers.relations.decoding import power_of_two
+from workers.relations.decoding import power_of_two, triton_attention_runs
 
 logger = logging.getLogger(__name__)
 
@@ -77,15 +77,7 @@ class CascadeCaches:
 def flash_available(device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
     """Whether the GPU kernels run here: torch's flash varlen kernel with per-sequence key
     counts, and Triton for the rows' own columns (head_dim a power of two)."""
-    if device.type != "cuda" or dtype not in (torch.bfloat16, torch.float16):
-        return False
-    if head_dim < 16 or head_dim & (head_dim - 1):
-        logger.warning("head_dim %d is not a power of two; the decoder uses plain products", head_dim)
-        return False
-    try:
-        import workers.relations.row_attention  # noqa: F401  (needs Triton)
-    except ImportError as exc:
-        logger.warning("Triton unavailable (%s); the decoder uses plain products", exc)
+    if not triton_attention_runs(device, dtype, head_dim):
         return False
     try:
         q = torch.zeros(2, 2, 64, dtype=dtype, device=device)

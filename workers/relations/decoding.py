@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import time
 
 import torch
 from transformers import PreTrainedModel, ProcessorMixin
+
+logger = logging.getLogger(__name__)
 
 VISION_END = "<|vision_end|>"
 # Cache lengths are rounded up to a multiple of this, so batches of nearby lengths share a graph.
@@ -172,3 +175,22 @@ class PhaseClock:
         for name, start, end in self._events:
             totals[name] = totals.get(name, 0.0) + start.elapsed_time(end) / 1000
         return totals
+
+
+def triton_attention_runs(device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
+    """Whether the decoders' Triton attention kernels run here: CUDA, bf16/fp16, a head size
+    that is a power of two, and Triton installed (else attention runs as plain products)."""
+    if device.type != "cuda" or dtype not in (torch.bfloat16, torch.float16):
+        return False
+    if head_dim < 16 or head_dim & (head_dim - 1):
+        logger.warning(
+            "head_dim %d is not a power of two; attention runs as plain products", head_dim)
+        return False
+    try:
+        import triton  # noqa: F401  (whether it imports)
+    except ImportError as exc:
+        logger.warning(
+            "Triton unavailable (%s); attention runs as plain products", exc)
+        return False
+    return True
+

@@ -22,6 +22,7 @@ import time
 
 import torch
 
+from workers.relations.decoding import triton_attention_runs
 from workers.relations.engine.attention import PagedAttention
 from workers.relations.engine.kv_cache import KVCache
 from workers.relations.engine.qwen3_vl import Qwen3VL
@@ -36,18 +37,7 @@ def kernels_run(model: Qwen3VL) -> bool:
     (``TRITON_INTERPRET=1``: the tests run the kernels' path there, eagerly)."""
     if os.environ.get("TRITON_INTERPRET") == "1" and model.device.type == "cpu":
         return True
-    if model.device.type != "cuda" or model.dtype not in (torch.bfloat16, torch.float16):
-        return False
-    if model.head_dim < 16 or model.head_dim & (model.head_dim - 1):
-        logger.warning("head_dim %d is not a power of two; the engine uses plain products",
-                       model.head_dim)
-        return False
-    try:
-        import triton  # noqa: F401  (whether it imports)
-    except ImportError as exc:
-        logger.warning("Triton unavailable (%s); the engine uses plain products", exc)
-        return False
-    return True
+    return triton_attention_runs(model.device, model.dtype, model.head_dim)
 
 
 class StaticStep:
