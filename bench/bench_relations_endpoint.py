@@ -13,12 +13,8 @@ checks). The server's own time is in both; the difference is the path's overhead
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -32,38 +28,12 @@ from config import TINY_MODEL
 from producer.relations.sample import write_relations_sample
 from shared.relations.data import prepare_data_for_inference
 from shared.relations.prompt import build_relation_prompt
+from tests.transformers_serve import served
+from tests.waiting import wait_until
 from workers.endpoints.client import Completion, EndpointClient
 from workers.relations.endpoint import EndpointRelations, image_data_url
 
 MAX_TOKENS = 8
-
-
-@contextlib.contextmanager
-def served(model_dir: str, log_path: Path):
-    """`transformers serve` on the CPU on a free port, for the block: its base URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}/v1"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([str(Path(sys.executable).parent / "transformers"), "serve", model_dir,
-                                 "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
-                                stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, "HF_HUB_DISABLE_UPDATE_CHECK": "1"})
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/models", timeout=2).read()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"transformers serve did not answer: see {log_path}")
-                time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 class CountingClient(EndpointClient):
@@ -142,7 +112,7 @@ def main() -> None:
         paths, prompts, pairs = paths * args.repeat, prompts * args.repeat, pairs * args.repeat
         requests = sum(map(len, prompts))
         rows = []
-        with served(model_dir, Path(tmp) / "serve.log") as url:
+        with served(model_dir, Path(tmp) / "serve.log", wait_until) as url:
             for concurrency in args.concurrency:
                 client = CountingClient(url, model_dir, what="the relations endpoint", setting="RELATIONS_ENDPOINT",
                                         api_key_env="", concurrency=concurrency, timeout_seconds=300, max_retries=0)

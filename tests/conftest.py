@@ -6,12 +6,9 @@ import base64
 import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import psutil
@@ -27,6 +24,7 @@ from producer.relations.sample import write_relations_sample
 from shared.messages import EDIT_STAGE, EDIT_TASK, RELATIONS_STAGE, RELATIONS_TASK, SCORE_STAGE, SCORE_TASK
 from shared.relations.data import prepare_data_for_inference
 from shared.store import RunStore, connect
+from transformers_serve import served
 from waiting import wait_until  # noqa: F401  (the tests import it from here)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -374,35 +372,8 @@ def free_port() -> int:
 def transformers_serve(tiny_vlm_dir, tmp_path_factory):
     """The base URL of `transformers serve` on the tiny Qwen3-VL, on the CPU, on a free port: the
     command users run. Its model is asked for by its directory's name (str(tiny_vlm_dir))."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/v1"
-    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
-    # The console script installed beside this Python; no update check over the network.
-    command = [str(Path(sys.executable).parent / "transformers"), "serve", str(tiny_vlm_dir),
-               "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "HF_HUB_DISABLE_UPDATE_CHECK": "1"})
-
-    def answers() -> bool:
-        if proc.poll() is not None:
-            pytest.fail(f"transformers serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-        try:
-            urllib.request.urlopen(f"{url}/models", timeout=2).read()
-            return True
-        except (urllib.error.URLError, ConnectionError):
-            return False
-
-    try:
-        wait_until(answers, 180, "transformers serve to answer", interval=0.2)
+    with served(tiny_vlm_dir, tmp_path_factory.mktemp("serve") / "serve.log", wait_until) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @pytest.fixture(scope="module")
