@@ -24,25 +24,25 @@ from shared import storage
 from shared.messages import EDIT_STAGE, SCORE_STAGE
 from shared.store import RunStore, connect
 
-# Each writer waits for the file "go", then writes its own bytes to the same URL once.
+# Each writer waits for a line on its stdin ("go"), then writes its own bytes to the same URL once.
 WRITER = """
-import pathlib, sys, time
+import sys
 from shared import storage
-go = pathlib.Path(sys.argv[1])
-while not go.exists():
-    time.sleep(0.01)
-print(storage.write_once(sys.argv[2], sys.argv[3].encode()))
+sys.stdin.readline()
+print(storage.write_once(sys.argv[1], sys.argv[2].encode()))
 """
 
 
-def test_of_two_concurrent_writers_one_object_stays_and_both_name_its_bytes(s3_env, tmp_path):
+def test_of_two_concurrent_writers_one_object_stays_and_both_name_its_bytes(s3_env):
     url = f"s3://{BUCKET}/write-once/edit.png"
-    go = tmp_path / "go"
     env = {**s3_env, "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
-    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(go), url, text], cwd=ROOT, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, url, text], cwd=ROOT, env=env,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
                for text in ("first writer", "second writer")]
-    go.touch()
+    for writer in writers:  # both go at once, whichever of them wins
+        writer.stdin.write("go\n")
+        writer.stdin.flush()
     outputs = [w.communicate(timeout=120) for w in writers]
     assert [w.returncode for w in writers] == [0, 0], outputs
 
