@@ -10,8 +10,21 @@ keep weight 0: never exp(-inf - -inf).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import triton
 import triton.language as tl
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How a kernel runs: keys read per iteration, warps per program, and the software
+    pipeline's stages (Triton's ``num_stages``: blocks of keys in flight, each one
+    ``block_keys`` x the head size x 2 (keys and values) in shared memory)."""
+
+    block_keys: int = 64
+    warps: int = 4
+    stages: int = 3
 
 
 @triton.jit

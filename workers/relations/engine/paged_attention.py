@@ -20,9 +20,9 @@ import torch
 import triton
 import triton.language as tl
 
-from workers.relations.engine.key_blocks import attend_block, finish, read_block
+from workers.relations.engine.key_blocks import Launch, attend_block, finish, read_block
 
-BLOCK_KEYS = 64
+LAUNCH = Launch()
 
 
 @triton.jit
@@ -78,7 +78,7 @@ def _paged_kernel(
 def paged_attention(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                     tables: torch.Tensor, token_row: torch.Tensor, token_used: torch.Tensor,
                     block_size: int, prefix: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-                    | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    | None = None, launch: Launch = LAUNCH) -> tuple[torch.Tensor, torch.Tensor]:
     """Pre-scaled ``queries`` (N, H, D), token ``j`` over keys ``0..token_used[j]-1`` (none
     for 0) of the row whose block table is ``tables[token_row[j]]`` (int32, (R, W)); ``keys``
     and ``values`` are the cache's (slots, kv_heads, D). ``prefix``: (output (N, H, D),
@@ -99,7 +99,8 @@ def paged_attention(queries: torch.Tensor, keys: torch.Tensor, values: torch.Ten
             queries.stride(0), queries.stride(1), keys.stride(0), keys.stride(1), tables.stride(0),
             output.stride(0), output.stride(1), lse.stride(0),
             BLOCK_SIZE=block_size, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)),
-            DIM=dim, BLOCK=BLOCK_KEYS, MERGE=prefix is not None)
+            DIM=dim, BLOCK=launch.block_keys, MERGE=prefix is not None,
+            num_warps=launch.warps, num_stages=launch.stages)
     return output, lse
 
 

@@ -22,10 +22,10 @@ import torch
 import triton
 import triton.language as tl
 
-from workers.relations.engine.key_blocks import attend_block, finish, read_block
+from workers.relations.engine.key_blocks import Launch, attend_block, finish, read_block
 from workers.relations.engine.step_inputs import tile_tokens
 
-BLOCK_KEYS = 64
+LAUNCH = Launch()
 
 
 @triton.jit
@@ -77,11 +77,13 @@ def prefix_attention(queries: torch.Tensor, keys: torch.Tensor, values: torch.Te
                      tables: torch.Tensor, order: torch.Tensor, token_used: torch.Tensor,
                      tile_image: torch.Tensor, tile_start: torch.Tensor, tile_end: torch.Tensor,
                      tile_count: torch.Tensor, block_size: int,
-                     output: torch.Tensor, lse: torch.Tensor) -> None:
+                     output: torch.Tensor, lse: torch.Tensor, launch: Launch = LAUNCH,
+                     tokens: int | None = None) -> None:
     """Pre-scaled ``queries`` (T, H, D): token ``order[i]`` of tile ``t`` (``tile_start[t] <= i
     < tile_end[t]``, ``t < tile_count[0]``) over keys ``0..token_used[token]-1`` of the prefix
     whose block table is ``tables[tile_image[t]]``. Writes ``output`` (T, H, D) and ``lse``
-    (T, H, float32) at those tokens' places (others are left as they are); int32 metadata."""
+    (T, H, float32) at those tokens' places (others are left as they are); int32 metadata.
+    ``tokens``: tokens per tile, ``tile_tokens`` unless the tiles were cut otherwise."""
     heads, dim = queries.shape[1:]
     kv_heads = keys.shape[1]
     group = heads // kv_heads
@@ -93,7 +95,8 @@ def prefix_attention(queries: torch.Tensor, keys: torch.Tensor, values: torch.Te
         queries.stride(0), queries.stride(1), keys.stride(0), keys.stride(1), tables.stride(0),
         output.stride(0), output.stride(1), lse.stride(0),
         BLOCK_SIZE=block_size, GROUP=group, GROUP_PAD=triton.next_power_of_2(group),
-        TOKENS=tile_tokens(group), DIM=dim, BLOCK=BLOCK_KEYS)
+        TOKENS=tokens or tile_tokens(group), DIM=dim, BLOCK=launch.block_keys,
+        num_warps=launch.warps, num_stages=launch.stages)
 
 
 def prefix_attention_reference(queries, keys, values, tables, order, token_used, tile_image,
