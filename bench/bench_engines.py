@@ -115,6 +115,32 @@ def matmul_tflops() -> float:
     return 2 * 8192**3 / sorted(times)[5] / 1e12
 
 
+def copy_gbps() -> float:
+    """Device memory bandwidth: a 2 GiB device-to-device copy (read + write), median of 10."""
+    if not torch.cuda.is_available():
+        return 0.0
+    source = torch.empty(2**30, dtype=torch.bfloat16, device="cuda")
+    target = torch.empty_like(source)
+    times = []
+    for _ in range(12):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        target.copy_(source)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1000)
+    return 2 * source.numel() * source.element_size() / sorted(times[2:])[5] / 1e9
+
+
+def weight_read_ms(model, gbps: float) -> float | None:
+    """Milliseconds to read the text model's weights (and lm_head) once at ``gbps``: what a
+    decode step of few rows cannot go under."""
+    language = model.model.language_model
+    params = sum(p.numel() * p.element_size() for p in language.parameters())
+    params += sum(p.numel() * p.element_size() for p in model.lm_head.parameters())
+    return round(params / (gbps * 1e9) * 1000, 2) if gbps else None
+
+
 def flops(model, engine: PagedEngine, images, texts, budgets) -> dict:
     """Matmul FLOPs the workload cannot avoid (see the module's docstring)."""
     text = model.config.text_config
@@ -255,6 +281,10 @@ def run_engine(name: str, engine, images, texts, budgets, batch: int, floor: dic
                   steps=stats.steps, rows=stats.rows,
                   phases_s={k: round(v, 2) for k, v in stats.phases.items()},
                   floor_fraction=round(floor["seconds"] / seconds, 3) if floor["seconds"] else None)
+    decode_steps = stats.steps - getattr(stats, "mixed_steps", 0)
+    if stats.phases.get("decode") and decode_steps:
+        # Steps that only decoded running rows (the slot decoder's steps all do).
+        result["decode_step_ms"] = round(1000 * stats.phases["decode"] / decode_steps, 2)
     if torch.cuda.is_available():
         result["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
     for extra in ("mixed_steps", "tokens", "preemptions", "blocks", "attention", "peak_rows",
@@ -274,13 +304,15 @@ def bench(args) -> dict:
     paged, slot = PagedEngine(processor, model), SlotDecoder(processor, model)
     ahead = PagedEngine(processor, model, plan_ahead=True)
     rate = matmul_tflops()
+    bandwidth = copy_gbps()
     work = flops(model, paged, images, texts, budgets)
     floor_s = (work["text_flop"] + work["vision_flop"]) / (rate * 1e12) if rate else 0.0
     generated = sum(map(sum, budgets))
     floor = {"matmul_tflops": round(rate, 1), "seconds": round(floor_s, 2),
              "tok_s": round(generated / floor_s) if floor_s else None,
              "tflop_per_prompt": round(work["flop_per_prompt"] / 1e12, 2),
-             "prefix_tokens": work["prefix_tokens"]}
+             "prefix_tokens": work["prefix_tokens"], "copy_gbps": round(bandwidth),
+             "weight_read_ms": weight_read_ms(model, bandwidth)}
     result = {"model": kind, "shape": args.shape if not args.tiny else "tiny",
               "shape_def": shape.__dict__, "prompts": shape.images * shape.prompts,
               "generated_tokens": generated, "build_s": round(time.perf_counter() - started, 1),
