@@ -8,8 +8,8 @@ tokens and 117 tokens of an image prefix being filled), rows image after image o
 images of 1,206 prefix tokens. A row's own keys are its 110 prompt tokens plus a point drawn
 uniformly along its answer, the answer's length drawn from the real-run shape's budgets in
 proportion to it (a row of a long answer is in more steps). Qwen3-VL-8B's attention shapes
-(32 query heads, 8 kv heads of 128), one layer's cache of the real run's H100 pool (10,208
-blocks of 16 tokens, bf16), blocks scattered over it.
+(32 query heads, 8 kv heads of 128), one layer's cache of a pool of 24,000 blocks of 16 tokens
+(bf16; ~the H100's pool at batch 1024), blocks scattered over it.
 
 For each kernel (``prefix_attention.py``: the prefix part; ``paged_attention.py``: the rows'
 own part with the prefix part merged) and each launch setting (keys per iteration, warps,
@@ -34,7 +34,7 @@ from workers.relations.engine.paged_attention import paged_attention
 from workers.relations.engine.prefix_attention import prefix_attention
 
 HEADS, KV_HEADS, DIM = 32, 8, 128
-BLOCK_SIZE, POOL_BLOCKS = 16, 10_208
+BLOCK_SIZE, POOL_BLOCKS = 16, 24_000
 PREFIX, SUFFIX = 1_206, 110
 DECODE_ROWS, PREFILL_ROWS, PREFIX_CHUNK, IMAGES = 1_018, 5, 117, 11
 

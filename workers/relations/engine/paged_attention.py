@@ -22,7 +22,10 @@ import triton.language as tl
 
 from workers.relations.engine.key_blocks import Launch, attend_block, finish, read_block
 
-LAUNCH = Launch()
+# One cache block per iteration, one warp: the fastest of 36 settings on one real-run step on
+# an H100 (bench/bench_attention_kernels.py; 0.374 ms a layer against 0.401 for Triton's
+# defaults with 64 keys, ~2.5 TB/s of the rows' keys: bench/RESULTS.md).
+LAUNCH = Launch(block_keys=16, warps=1, stages=3)
 
 
 @triton.jit
