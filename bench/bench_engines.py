@@ -8,7 +8,8 @@ workers/relations/engine/ (=paged).
         [--profile-dir DIR] [--tiny]
 
 ``paged-ahead`` is the paged engine planning each step while the last one runs
-(``PagedEngine(plan_ahead=True)``, off in the product until measured).
+(``PagedEngine(plan_ahead=True)``, the product's default); ``paged`` plans each step after
+the last one's tokens are back.
 
 Qwen3-VL-8B architecture (Qwen3-VL-30B-A3B with ``--moe``), random bf16 weights built on the
 GPU, 1280x960 images (~1230 prefix tokens), relation prompts as the product renders them
@@ -301,7 +302,8 @@ def bench(args) -> dict:
     processor, model = random_qwen3_vl(kind)
     shape = SHAPES["tiny" if args.tiny else args.shape]
     images, texts, budgets = workload(processor, shape, args.tiny)
-    paged, slot = PagedEngine(processor, model), SlotDecoder(processor, model)
+    paged = PagedEngine(processor, model, plan_ahead=False)
+    slot = SlotDecoder(processor, model)
     ahead = PagedEngine(processor, model, plan_ahead=True)
     rate = matmul_tflops()
     bandwidth = copy_gbps()
@@ -318,7 +320,8 @@ def bench(args) -> dict:
               "generated_tokens": generated, "build_s": round(time.perf_counter() - started, 1),
               "floor": floor, "runs": []}
     print({k: v for k, v in result.items() if k != "runs"}, flush=True)
-    profile_batch = max(int(b) for b in args.paged_batches.split(",")) if args.profile_dir else None
+    profile_batch = (max(int(b) for b in args.paged_batches.split(","))
+                     if args.profile_dir and args.paged_batches else None)
     with torch.inference_mode():
         for name, engine, batches in (("paged", paged, args.paged_batches),
                                       ("paged-ahead", ahead, args.paged_ahead_batches),
