@@ -259,6 +259,7 @@ def run_engine(name: str, engine, images, texts, budgets, batch: int, floor: dic
         result.update(partial=True, seconds=round(seconds, 2), generated=stats.live_row_steps,
                       tok_s=round(stats.live_row_steps / seconds), steps=stats.steps,
                       occupancy=round(stats.live_row_steps / max(1, stats.steps * batch), 3))
+        result.update(_engine_extras(stats))
         print(result, flush=True)
         return result
     except torch.cuda.OutOfMemoryError as exc:
@@ -288,12 +289,16 @@ def run_engine(name: str, engine, images, texts, budgets, batch: int, floor: dic
         result["decode_step_ms"] = round(1000 * stats.phases["decode"] / decode_steps, 2)
     if torch.cuda.is_available():
         result["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
-    for extra in ("mixed_steps", "tokens", "preemptions", "blocks", "attention", "peak_rows",
-                  "capture_seconds"):
-        if hasattr(stats, extra):
-            result[extra] = getattr(stats, extra)
+    result.update(_engine_extras(stats))
     print(result, flush=True)
     return result
+
+
+def _engine_extras(stats) -> dict:
+    """The paged engine's own counters (how it ran: graphs or not, rows it held, its pool)."""
+    names = ("mixed_steps", "tokens", "preemptions", "blocks", "attention", "peak_rows",
+             "capture_seconds")
+    return {name: getattr(stats, name) for name in names if hasattr(stats, name)}
 
 
 def bench(args) -> dict:
