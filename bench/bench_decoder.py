@@ -1,7 +1,8 @@
 """The relations decoders at real size, side by side in one process: static against slots.
 
-``static`` is the earlier decoder, kept as the baseline in bench/static_decoder.py; ``slots``
-is the product's (workers/relations/slot_decoder.py).
+``static`` is the earliest decoder, kept as a baseline in bench/static_decoder.py; ``slots``
+is the one that replaced it (bench/slot_decoder.py, itself now the baseline of the product's
+paged engine: bench/bench_engines.py).
 
     python3 -m bench.bench_decoder --out bench_decoder.json [--moe yes] [--profile-dir DIR]
 
@@ -39,12 +40,12 @@ from PIL import Image
 
 from bench.harness import hbm_bandwidth_gbs
 from bench.real_models import random_qwen3_vl
+from bench.slot_decoder import SlotDecoder, kv_bytes_per_token, slot_shape
 from bench.static_decoder import ImagePromptDecoder
 from shared.jsonio import write_json_atomic
 from shared.relations.prompt import build_relation_prompt
 from workers.relations.decoding import length_bucket, split_after_image
 from workers.relations.generator import render_prompt
-from workers.relations.slot_decoder import SlotDecoder, kv_bytes_per_token, slot_shape
 
 NAMES = ["man", "horse", "hat", "fence", "tree", "dog", "car", "kite", "bench", "cup"]
 PREDICATES = ["on", "near", "holding", "wearing", "behind", "in front of", "riding", "under"]

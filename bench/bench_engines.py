@@ -1,7 +1,7 @@
 """The relations engines on real-run shapes, side by side in one process: slot against paged.
 
-``slot`` is workers/relations/slot_decoder.py (EVALFLEET_RELATIONS_ENGINE=slot), ``paged`` is
-workers/relations/engine/ (=paged).
+``slot`` is bench/slot_decoder.py (the baseline, the product's decoder before the paged
+engine), ``paged`` is workers/relations/engine/ (the product's decoder).
 
     python3 -m bench.bench_engines --out engines.json [--shape realrun] [--moe]
         [--slot-batches 256] [--paged-batches 256,512] [--paged-ahead-batches 1024]
@@ -49,10 +49,10 @@ import torch
 
 from bench.bench_decoder import _kernel_group, empty_cache, image, prompts, rendered, synchronize
 from bench.real_models import random_qwen3_vl
+from bench.slot_decoder import SlotDecoder
 from shared.jsonio import write_json_atomic
 from workers.relations.engine import model_runner
 from workers.relations.engine.engine import PagedEngine
-from workers.relations.slot_decoder import SlotDecoder
 
 WARM_IMAGES = 4
 

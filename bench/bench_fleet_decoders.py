@@ -1,4 +1,4 @@
-"""The fleet end to end with the product's relations decoder (the slot decoder), on one GPU.
+"""The fleet end to end with the product's relations decoder (the paged engine), on one GPU.
 
     python3 -m bench.bench_fleet_decoders --work /tmp/bench --out bench_fleet_decoders.json
 
@@ -11,10 +11,10 @@ compile and graph captures excluded), then the timed run.
 - skewed: 3 images x 20 pairs and 40 images x 1 pair, shuffled (1,000 descriptions), as
   ``bench.bench_scaling``'s workload.
 
-The product has only the slot decoder now. The earlier static decoder's fleet figures (and
-the speedup over it) are the recorded ones in bench/RESULTS.md, "Relations decoder, second
-generation"; its per-step speed
-can still be compared side by side with ``bench.bench_decoder``.
+Figures recorded before the paged engine replaced the slot decoder (bench/RESULTS.md, under the
+key ``slots``) are the slot decoder's; ``bench.bench_fleet_engines`` times the slot decoder and
+the paged engine through the fleet side by side, and the earlier static decoder's per-step speed
+can still be compared with ``bench.bench_decoder``.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from bench.real_models import build_random_qwen3_vl_8b
 from bench.relations_workload import image_size, skewed_pair_counts, write_workload
 from config import Settings
 from shared.jsonio import write_json_atomic
+from shared.relations.run_settings import LOCAL_ENGINE
 
 
 def workloads(directory: Path, tiny: bool) -> dict[str, tuple[Path, Path, Path]]:
@@ -61,13 +62,13 @@ def main() -> None:
     data = workloads(work / "fleet-decoders-data", args.tiny)
     for name in args.workloads.split(","):
         stage1, input_path, warm = data[name]
-        run_dir = work / f"fleet-{name}-slots"
+        run_dir = work / f"fleet-{name}-{LOCAL_ENGINE}"
         shutil.rmtree(run_dir, ignore_errors=True)  # a rerun on a warm machine would resume
         settings = Settings(work_dir=run_dir, relations_model=str(model_dir), temperature=0.0,
                             max_new_tokens=args.max_new_tokens, poll_interval_seconds=0.05)
         texts, seconds = warm_then_timed(settings, (stage1, input_path), warm)
-        result[name] = {"slots": {"seconds": round(seconds, 2), "descriptions": len(texts),
-                                  "descriptions_per_s": round(len(texts) / seconds, 2)}}
+        result[name] = {LOCAL_ENGINE: {"seconds": round(seconds, 2), "descriptions": len(texts),
+                                       "descriptions_per_s": round(len(texts) / seconds, 2)}}
         print(name, result[name], flush=True)
         write_json_atomic(Path(args.out), result)
 

@@ -12,12 +12,13 @@ drawn log-normal, median 140, sigma 0.6, clamped to 1..512, seed 0, from its pai
 (the same distribution as ``realrun``, other draws: those are image-major). Generated tokens
 are the sum of those budgets.
 
-One real Redis, one real Celery worker through the launcher (``--gpus 0``), every run with the
-product's defaults otherwise (EVALFLEET_TASK_PROMPTS 1024: ten images a task). The engine and
-the batch travel with each run (EVALFLEET_RELATIONS_ENGINE, EVALFLEET_MAX_BATCH), so one worker
-serves both engines, one after the other, the model loaded once: for each engine a warm-up run
-(compiles and graph captures; 10 other images, shorter budgets: median 32, so it is quick but
-reaches the batch sizes of the timed run), then the timed run, from the enqueue to the last
+One real Redis and, for each engine in turn, one real Celery worker on one GPU: ``paged``, the
+product's, through the launcher (``--gpus 0``); ``slot``, the baseline the product no longer
+has, the same worker with bench/slot_worker.py's app (``bench.harness.slot_fleet``). Every run
+has the product's defaults otherwise (EVALFLEET_TASK_PROMPTS 1024: ten images a task); the
+batch travels with each run (EVALFLEET_MAX_BATCH). For each engine a warm-up run (the model's
+load, compiles and graph captures; 10 other images, shorter budgets: median 32, so it is quick
+but reaches the batch sizes of the timed run), then the timed run, from the enqueue to the last
 description. Reported per engine: descriptions/s, generated tok/s, and the engines' own log
 lines of the timed run (seconds inside the engine per task, occupancy); then paged over slot.
 ``--tiny``: the tiny model on the CPU, 4 small images of 2 pairs, budgets of median 6: a smoke
@@ -34,7 +35,7 @@ import time
 from pathlib import Path
 
 from bench.harness import (embedded_store, local_fleet, quiet_progress_bars, relations_texts,
-                           time_relations_run, wait_for_workers)
+                           slot_fleet, time_relations_run, wait_for_workers)
 from bench.real_models import build_random_qwen3_vl_8b
 from bench.relations_workload import image_size, write_workload
 from config import Settings
@@ -45,6 +46,8 @@ REALRUN_BUDGETS = "lognormal:median=140,sigma=0.6,cap=512,seed=0"
 WARM_BUDGETS = "lognormal:median=32,sigma=0.6,cap=512,seed=1"
 TINY_BUDGETS = "lognormal:median=6,sigma=0.6,cap=12,seed=0"
 WARM_IMAGES = 10
+# Each engine's workers: the product's (the paged engine), or the same decoding with the slot decoder.
+FLEETS = {"slot": slot_fleet, "paged": local_fleet}
 # What workers.relations.generator logs once a task's prompts are decoded.
 ENGINE_LINE = re.compile(rb"(\w+) engine decoded (\d+) prompts of (\d+) images in ([\d.]+)s \((.*?)\): "
                          rb"(\d+) rows, (\d+) steps, occupancy ([\d.]+)")
@@ -120,27 +123,14 @@ def main() -> None:
     shutil.rmtree(run_dir, ignore_errors=True)  # a rerun on a warm machine would resume
     settings = Settings(work_dir=run_dir, relations_model=str(model_dir), temperature=0.0,
                         max_new_tokens=max_new_tokens, bench_token_budgets=spec, poll_interval_seconds=0.05)
-    with embedded_store(settings) as (settings, client), \
-            local_fleet(settings, client, [settings.queue_relations], "cpu" if args.tiny else "0") as fleet:
-        wait_for_workers(fleet)
-        all_texts: dict[str, dict] = {}
-        offset = fleet.log_path.stat().st_size
+    all_texts: dict[str, dict] = {}
+    with embedded_store(settings) as (settings, client):
         for engine in args.engines.split(","):
-            batch = args.max_batch[engine]
-            run = settings.replace(relations_engine=engine, max_batch=batch)
-            warm_run = dataclasses.replace(fleet, settings=run.replace(bench_token_budgets=warm_spec))
-            warm = time_relations_run(warm_run, warm_data, f"warm-{engine}")
-            _, offset = engine_lines(fleet.log_path, offset, warm.tasks_sent)
-            timed = time_relations_run(dataclasses.replace(fleet, settings=run), timed_data, f"timed-{engine}")
-            lines, offset = engine_lines(fleet.log_path, offset, timed.tasks_sent)
-            texts = relations_texts(client, timed.run_id)
-            all_texts[engine] = texts
-            tokens = generated_tokens(texts, spec, max_new_tokens)
-            result[engine] = {"max_batch": batch, "warm_s": round(warm.seconds, 2), "seconds": round(timed.seconds, 2),
-                              "descriptions": len(texts), "tasks_sent": timed.tasks_sent, "generated_tokens": tokens,
-                              "descriptions_per_s": round(len(texts) / timed.seconds, 2),
-                              "generated_tok_per_s": round(tokens / timed.seconds, 1),
-                              **lines}
+            with FLEETS[engine](settings, client, [settings.queue_relations],
+                                "cpu" if args.tiny else "0") as fleet:
+                wait_for_workers(fleet)
+                result[engine], all_texts[engine] = time_engine(fleet, engine, args.max_batch[engine],
+                                                                (timed_data, spec), (warm_data, warm_spec))
             print(engine, {k: v for k, v in result[engine].items() if k != "task_lines"}, flush=True)
             write_json_atomic(Path(args.out), result)
     if "slot" in result and "paged" in result:
@@ -152,6 +142,26 @@ def main() -> None:
               result["same_descriptions"], flush=True)
     result["device"] = device_name()
     write_json_atomic(Path(args.out), result)
+
+
+def time_engine(fleet, engine: str, batch: int, timed: tuple[tuple[Path, Path], str],
+                warm: tuple[tuple[Path, Path], str]) -> tuple[dict, dict]:
+    """A warm-up run, then the timed run, on ``fleet`` at ``batch`` rows: the timed run's
+    figures and texts. A data set comes with its token budgets' spec."""
+    (timed_data, spec), (warm_data, warm_spec) = timed, warm
+    offset = fleet.log_path.stat().st_size
+    run = fleet.settings.replace(max_batch=batch)
+    warm_run = time_relations_run(dataclasses.replace(fleet, settings=run.replace(bench_token_budgets=warm_spec)),
+                                  warm_data, f"warm-{engine}")
+    _, offset = engine_lines(fleet.log_path, offset, warm_run.tasks_sent)
+    timed_run = time_relations_run(dataclasses.replace(fleet, settings=run), timed_data, f"timed-{engine}")
+    lines, offset = engine_lines(fleet.log_path, offset, timed_run.tasks_sent)
+    texts = relations_texts(fleet.client, timed_run.run_id)
+    tokens = generated_tokens(texts, spec, run.max_new_tokens)
+    return {"max_batch": batch, "warm_s": round(warm_run.seconds, 2), "seconds": round(timed_run.seconds, 2),
+            "descriptions": len(texts), "tasks_sent": timed_run.tasks_sent, "generated_tokens": tokens,
+            "descriptions_per_s": round(len(texts) / timed_run.seconds, 2),
+            "generated_tok_per_s": round(tokens / timed_run.seconds, 1), **lines}, texts
 
 
 def device_name() -> str:

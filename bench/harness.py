@@ -1,12 +1,15 @@
 """What the benchmarks share: a local fleet to time runs on (a real redis-server and real Celery
-workers started through the product's launcher), quiet progress bars, and the memory bandwidths
-that timings are held against.
+workers started through the product's launcher, or the same workers decoding with the slot
+decoder, the baseline), quiet progress bars, and the memory bandwidths that timings are held
+against.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import signal
+import subprocess
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,7 +22,9 @@ from producer.embedded import EmbeddedRedis, LocalFleet
 from producer.progress import wait_for_stage
 from producer.relations.enqueue import enqueue_relations
 from shared.messages import RELATIONS_STAGE
+from shared.processes import die_with_parent_hook
 from shared.store import RunStore, connect
+from workers.launch import plan_workers
 
 Texts = dict[tuple[str, str], str]  # (pair key, predicate) -> generated description
 
@@ -59,6 +64,38 @@ def local_fleet(settings: Settings, client, queues: list[str], gpus: str, log_pa
     it the workers shut down warm (running tasks finish, GPU memory is released)."""
     log_path = log_path or settings.work_dir / "workers.log"
     with LocalFleet(to_environ(settings), queues, log_path, gpus=gpus, name_prefix=name_prefix) as workers:
+        yield Fleet(settings, client, celery_client(settings), workers)
+
+
+class SlotWorkers(LocalFleet):
+    """The workers the launcher would start, each with bench/slot_worker.py's app (the slot
+    decoder) instead of the product's: what the benchmarks time the baseline with."""
+
+    def __init__(self, env: dict[str, str], queues: list[str], log_path: Path, gpus: str,
+                 workers_per_gpu: int, name_prefix: str = ""):
+        super().__init__(env, queues, log_path, gpus=gpus, name_prefix=name_prefix)
+        self.workers_per_gpu = workers_per_gpu
+
+    def start(self) -> None:
+        [spec] = plan_workers(self.gpus, self.queues, self.workers_per_gpu, "INFO", self.name_prefix)
+        command = spec.command()
+        command[command.index("-A") + 1] = "bench.slot_worker"
+        env = {**self.env, "CUDA_VISIBLE_DEVICES": spec.environ()["CUDA_VISIBLE_DEVICES"]}
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as logfile:
+            # A session of its own, so ``kill`` takes the worker's children along.
+            self.proc = subprocess.Popen(command, env=env, stdout=logfile, stderr=subprocess.STDOUT,
+                                         start_new_session=True,
+                                         preexec_fn=die_with_parent_hook(signal.SIGQUIT))
+
+
+@contextmanager
+def slot_fleet(settings: Settings, client, queues: list[str], gpus: str, log_path: Path | None = None,
+               name_prefix: str = "") -> Iterator[Fleet]:
+    """``local_fleet`` whose workers decode with the slot decoder (one GPU, or the CPU)."""
+    log_path = log_path or settings.work_dir / "workers.log"
+    with SlotWorkers(to_environ(settings), queues, log_path, gpus, settings.workers_per_gpu,
+                     name_prefix) as workers:
         yield Fleet(settings, client, celery_client(settings), workers)
 
 

@@ -1,9 +1,9 @@
 """The earlier relations decoder, kept only as the benchmarks' side-by-side baseline.
 
-The product decodes with ``workers/relations/slot_decoder.py``; this one (one image at a time, every
-batch row with its own copy of the image prefix) was removed from the product once the slot
-decoder won every benchmark (bench/RESULTS.md). ``bench/bench_decoder.py`` times the two side
-by side.
+This one (one image at a time, every batch row with its own copy of the image prefix) was
+removed from the product once the slot decoder (``bench/slot_decoder.py``, itself retired since
+for the paged engine, ``workers/relations/engine/``) won every benchmark (bench/RESULTS.md).
+``bench/bench_decoder.py`` times the two side by side.
 
 How it decodes: many prompts about one image, the image prefilled once, decoding static.
 
@@ -37,7 +37,7 @@ import torch
 from PIL import Image
 from transformers import PreTrainedModel, ProcessorMixin
 
-from workers.relations.cascade_attention import additive
+from workers.relations.engine.attention import additive
 from workers.relations.decoding import (
     capture_graph,
     check_graph_rope,

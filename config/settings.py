@@ -44,7 +44,6 @@ DEFAULT_BROKER_URL = "redis://localhost:6379/0"
 TIME_LIMIT_GRACE_SECONDS = 30
 
 JUDGE_MODES = ("score", "reasoning")
-RELATIONS_ENGINES = ("slot", "paged")
 JUDGE_BACKENDS = ("local", "endpoint")
 RELATIONS_BACKENDS = ("local", "endpoint")
 # The settings' names of the two endpoints (EVALFLEET_<NAME>_URL, ..._MODEL, ...).
@@ -182,16 +181,12 @@ class Settings:
 
     # --- relations job (the seed scripts' defaults: README, Layout, Baselines) ---
     top_k: int = 10
-    # The seed scripts' BATCH_SIZE, accepted (and stored in the run's meta) for compatibility: the slot
-    # decoder's batch is max_batch, and nothing reads this.
+    # The seed scripts' BATCH_SIZE, accepted (and stored in the run's meta) for compatibility: the
+    # relations engine's batch is max_batch, and nothing reads this.
     batch_size: int = 8
-    # The slot decoder's most rows at once; fewer when their KV cache would not fit the
+    # The relations engine's most rows at once; fewer when their KV cache would not fit the
     # memory left after the weights (EVALFLEET_MEMORY_BUDGET_GB).
     max_batch: int = 512
-    # The relations engine: "slot" (the slot decoder, workers/relations/slot_decoder.py) or
-    # "paged" (workers/relations/engine/: paged rows, prefills inside the step). Both give the
-    # same greedy text; the run records which one made it (the report's summary, "engine").
-    relations_engine: str = "slot"
     max_new_tokens: int = 512
     temperature: float = 0.1
     # "local": relations_model on this worker's device; "endpoint": each prompt is a chat
@@ -345,12 +340,18 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 # EVALFLEET_ variables that are not settings on purpose: the container's user ids
 # (docker-compose.yml, Dockerfile).
 NOT_SETTINGS = frozenset({f"{ENV_PREFIX}UID", f"{ENV_PREFIX}GID"})
+# Settings that were removed, and what a user who still sets one should know instead.
+RETIRED = {
+    f"{ENV_PREFIX}RELATIONS_ENGINE": "the slot decoder was retired (bench/slot_decoder.py keeps it as "
+                                     "the benchmarks' baseline); the paged engine is the relations "
+                                     "job's only engine",
+}
 
 
 def ignored_variables(settings: Settings, environ: Mapping[str, str] | None = None) -> list[str]:
     """``EVALFLEET_*`` variables that name no setting (a typo, or a setting renamed or removed),
-    each as a line for the log, with the closest setting's name when one is close: they change
-    nothing, which a user should hear of."""
+    each as a line for the log, with the closest setting's name when one is close (or, for a
+    removed one, what to know instead): they change nothing, which a user should hear of."""
     environ = os.environ if environ is None else environ
     settings_names = [f.name.upper() for f in fields(Settings)]
     known = {ENV_PREFIX + name for name in settings_names} | NOT_SETTINGS
@@ -359,10 +360,14 @@ def ignored_variables(settings: Settings, environ: Mapping[str, str] | None = No
             known.add(variable)  # an endpoint's API key may live here
     out = []
     for name in sorted(environ):
-        if name.startswith(ENV_PREFIX) and name not in known:
-            close = difflib.get_close_matches(name[len(ENV_PREFIX):], settings_names, n=1, cutoff=0.8)
-            hint = f" (did you mean {ENV_PREFIX}{close[0]}?)" if close else ""
-            out.append(f"{name} is not an evalfleet setting: ignored{hint}")
+        if not name.startswith(ENV_PREFIX) or name in known:
+            continue
+        if name in RETIRED:
+            out.append(f"{name} is no longer a setting: ignored ({RETIRED[name]})")
+            continue
+        close = difflib.get_close_matches(name[len(ENV_PREFIX):], settings_names, n=1, cutoff=0.8)
+        hint = f" (did you mean {ENV_PREFIX}{close[0]}?)" if close else ""
+        out.append(f"{name} is not an evalfleet setting: ignored{hint}")
     return out
 
 
@@ -435,9 +440,6 @@ def validate_settings(s: Settings) -> None:
     if s.editor_compile not in ("auto", "on", "off"):
         raise SettingsError(f"{ENV_PREFIX}EDITOR_COMPILE={s.editor_compile!r}: use auto, on or off")
     _validate_relations_backend(s)
-    if s.relations_engine not in RELATIONS_ENGINES:
-        raise SettingsError(f"{ENV_PREFIX}RELATIONS_ENGINE={s.relations_engine!r}: use "
-                            f"{' or '.join(RELATIONS_ENGINES)}")
     if s.dtype not in ("auto", "bfloat16", "float16", "float32"):
         raise SettingsError(
             f"{ENV_PREFIX}DTYPE={s.dtype!r}: use auto, bfloat16, float16 or float32"

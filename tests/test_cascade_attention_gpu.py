@@ -1,4 +1,6 @@
-"""The flash decode step equals the plain-products one (CUDA only: flash needs a GPU).
+"""The slot decoder's (bench/slot_decoder.py, the benchmarks' baseline) flash decode step equals
+the plain-products one (CUDA only: flash needs a GPU). The flash step runs the rows' own columns
+in bench/row_attention.py's Triton kernel: checked here inside the whole step.
 
 Several image slots with prefixes of different lengths, rows of the slots interleaved (a row
 pool) and one slot with no rows, rows at different columns, grouped query heads, and the prefix
@@ -11,7 +13,7 @@ import dataclasses
 import pytest
 import torch
 
-from workers.relations.cascade_attention import CascadeCaches, FlashDecode, MatmulDecode, flash_available
+from bench.cascade_attention import CascadeCaches, FlashDecode, MatmulDecode, flash_available
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available() or not flash_available(torch.device("cuda"), torch.bfloat16, 64),

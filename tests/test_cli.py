@@ -116,10 +116,13 @@ def test_an_unreachable_broker_is_an_infrastructure_error_and_not_printed(comman
 
 
 def test_a_variable_that_names_no_setting_is_reported_not_silently_ignored(env, tmp_path):
-    # A removed setting and a typo: both change nothing, and the command says so.
+    # Removed settings and a typo: all change nothing, and the command says so.
     proc = run_producer("report", "relations", "--run", "nope",
-                        env={**env, "EVALFLEET_DECODER": "static", "EVALFLEET_MAX_BATCHES": "8"})
+                        env={**env, "EVALFLEET_DECODER": "static", "EVALFLEET_MAX_BATCHES": "8",
+                             "EVALFLEET_RELATIONS_ENGINE": "slot"})
     assert "EVALFLEET_DECODER is not an evalfleet setting: ignored" in proc.stderr
+    assert ("EVALFLEET_RELATIONS_ENGINE is no longer a setting: ignored (the slot decoder was "
+            "retired") in proc.stderr
     assert ("EVALFLEET_MAX_BATCHES is not an evalfleet setting: ignored (did you mean "
             "EVALFLEET_MAX_BATCH?)") in proc.stderr
     assert proc.returncode == EXIT_USAGE  # the command itself goes on as before (unknown run)

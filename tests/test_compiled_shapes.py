@@ -1,7 +1,7 @@
-"""The decoder's compiled pieces compile once per process, whatever a task's batch.
+"""The layers' compiled functions compile once per process, whatever a task's batch.
 
-A compile costs seconds; one per new batch size or split count lands in the time of the
-first task with that layout (they used to take several seconds of a 10-second run).
+A compile costs seconds; one per new batch size or length lands in the time of the first
+task with that layout (they used to take several seconds of a 10-second run).
 Checked on the CPU, where inductor compiles the same graphs to C++.
 """
 
@@ -11,7 +11,6 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from workers.relations.cascade_attention import _decode_merge, merge
 from workers.relations.layers import _functions
 
 # The 8B's attention shape: 32 query heads, 8 kv heads, head_dim 128. A batch of 32 rows (or 8)
@@ -29,21 +28,6 @@ def fresh_compiles():
 
 def _graphs() -> int:
     return counters["stats"]["unique_graphs"]
-
-
-def test_the_decode_merge_compiles_once_for_every_batch_and_split_count(fresh_compiles) -> None:
-    generator = torch.Generator().manual_seed(0)
-    for splits, batch in ((4, 32), (1, 40), (2, 8), (8, 24), (3, 32)):
-        prefix = torch.randn(splits, batch, HEADS, DIM, generator=generator)
-        prefix_lse = torch.randn(splits, batch, HEADS, generator=generator)
-        prefix_lse[-1, :3] = float("inf")  # flash's mark of an empty key range
-        own = torch.randn(batch, HEADS, DIM, generator=generator)
-        own_lse = torch.randn(batch, HEADS, generator=generator)
-        unsort = torch.randperm(batch, generator=generator)
-        merged = _decode_merge(prefix, prefix_lse, own, own_lse, unsort)
-        parts = [(prefix[j][unsort], prefix_lse[j][unsort]) for j in range(splits)]
-        torch.testing.assert_close(merged, merge(*parts, (own, own_lse)))
-    assert _graphs() == 1
 
 
 def test_the_layer_functions_compile_once_for_decode_and_once_for_prefill(fresh_compiles) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from conftest import FAST, kill_mid_task, read_json, relations_counts, run_producer, wait_until
 from producer.embedded import EmbeddedRedis
 from producer.relations.sample import ensure_relations_sample
@@ -32,14 +30,11 @@ def check_spec_format(report: dict) -> None:
             assert isinstance(generated["generated_description"], str)
 
 
-@pytest.mark.parametrize("engine", ["slot", "paged"])
-def test_sample_run_writes_the_spec_report(fleet, fleet_env, redis_client, sample, tmp_path, engine):
+def test_sample_run_writes_the_spec_report(fleet, fleet_env, redis_client, sample, tmp_path):
     stage1, input_path = sample
     output = tmp_path / "stage2_generated_results.json"
-    # The engine travels with the run (the worker's own setting does not choose it).
     proc = run_producer("run", "relations", "--stage1", str(stage1), "--input", str(input_path),
-                        "--output", str(output),
-                        env={**fleet_env, "EVALFLEET_RELATIONS_ENGINE": engine})
+                        "--output", str(output), env=fleet_env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = read_json(output)
     check_spec_format(report)
@@ -48,7 +43,7 @@ def test_sample_run_writes_the_spec_report(fleet, fleet_env, redis_client, sampl
     assert (summary["total_pairs"], summary["total_images"]) == (pairs, images)
     assert summary["top_k_relations"] == 10 and summary["generation_max_tokens"] == 8
     assert summary["generation_temperature"] == 0.1
-    assert summary["engine"] == engine
+    assert summary["engine"] == "paged"  # the relations job's one local engine
     assert report["failed"] == []
     by_pair = {(str(r["image_id"]), r["subject"], r["object"]): r for r in report["results"]}
     # 11 usable candidates, cut to the top 10; "no relation" never appears.

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from producer.relations.enqueue import pack_tasks
 from shared.errors import InputFileError
 from shared.relations.data import prepare_data_for_inference
 from shared.relations.prompt import BoxOutsideImage, build_relation_prompt
@@ -96,3 +97,28 @@ def test_boxes_stay_below_1000_and_outside_boxes_are_refused():
     assert "(0, 0, 999, 999)" in prompt and "(500, 500)" in prompt
     with pytest.raises(BoxOutsideImage):
         build_relation_prompt({"class_name": "x", "bbox": [0, 0, 700, 10]}, whole, "on", 640, 480)
+
+
+def test_small_images_share_tasks_and_big_ones_do_not() -> None:
+    def item(image: str, prompts: int) -> dict:
+        return {"image_id": image, "stage1_top_k": [{}] * prompts}
+
+    items = {f"big|{n}": item("big", 10) for n in range(60)}  # 600 prompts: split, alone
+    items |= {f"s{i}|{n}": item(f"s{i}", 10) for i in range(30) for n in range(2)}  # 20 each
+    items["mid|0"] = item("mid", 100)  # over 256 / 8 prompts: alone
+    tasks = pack_tasks(list(items), items, budget=256)
+
+    def prompts(task):
+        return sum(len(items[k]["stage1_top_k"]) for k in task)
+
+    def images(task):
+        return {items[k]["image_id"] for k in task}
+
+    assert sorted(k for t in tasks for k in t) == sorted(items)  # every key once
+    assert all(prompts(t) <= 256 for t in tasks)
+    assert sorted(len(t) for t in tasks if images(t) == {"big"}) == [10, 25, 25]
+    assert [t for t in tasks if "mid" in images(t)] == [["mid|0"]]
+    shared = [t for t in tasks if images(t) - {"big", "mid"}]
+    assert all(images(t) <= {f"s{i}" for i in range(30)} for t in shared)
+    assert [len(images(t)) for t in shared] == [12, 12, 6]  # small images packed together
+    assert [prompts(t) for t in tasks] == sorted((prompts(t) for t in tasks), reverse=True)

@@ -1,4 +1,5 @@
-"""The slot decoder on a GPU: replayed CUDA graphs decode exactly as the eager steps do.
+"""The benchmarks' baseline, the slot decoder (bench/slot_decoder.py), on a GPU: replayed CUDA
+graphs decode exactly as the eager steps do.
 
 Tiny dense and Mixture-of-Experts Qwen3-VLs in bf16 on CUDA (flash attention, the Triton row
 kernel, the compiled layer functions, ``grouped_mm`` experts), several images of different
@@ -13,9 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
+from bench.slot_decoder import SlotDecoder
 from workers.models import load_vlm
 from workers.relations.generator import render_prompt
-from workers.relations.slot_decoder import SlotDecoder
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

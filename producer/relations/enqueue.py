@@ -49,7 +49,7 @@ def run_settings(settings: Settings) -> RelationsRunSettings:
     budgets = settings.token_budgets
     return RelationsRunSettings(
         batch_size=settings.batch_size, max_batch=settings.max_batch,
-        relations_engine=settings.relations_engine, workers_per_gpu=settings.workers_per_gpu,
+        workers_per_gpu=settings.workers_per_gpu,
         # Its password is not stored: the workers' own setting gives it.
         relations_endpoint_url="" if local else without_password(settings.relations_endpoint_url),
         relations_endpoint_api_key_env="" if local else settings.relations_endpoint_api_key_env,

@@ -10,7 +10,7 @@ from shared.keys import normalize_image_id
 from shared.messages import RELATIONS_STAGE
 from shared.redaction import redact_values
 from shared.relations.result import report_record
-from shared.relations.run_settings import RelationsRunSettings
+from shared.relations.run_settings import LOCAL_ENGINE, RelationsRunSettings
 from shared.store import RunStore
 
 # What preparation dropped and merged; a run registered before it was counted: nothing said.
@@ -37,9 +37,9 @@ def relations_report(store: RunStore) -> dict[str, Any]:
         "run_id": store.run_id,
         "model": run.model,
         "backend": run.relations_backend,
-        "engine": "" if run.endpoint else run.relations_engine,
+        "engine": "" if run.endpoint else LOCAL_ENGINE,
         # Descriptions cut at generation_max_tokens (an endpoint's finish_reason "length"; the
-        # local engines do not flag them).
+        # local engine does not flag them).
         "truncated_descriptions": sum(bool(d.get("truncated")) for r in results for d in r["stage2_generated"]),
         "failed_pairs": len(failed),
         "pending_pairs": len(items) - len(done) - len(failed),

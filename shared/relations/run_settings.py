@@ -7,14 +7,18 @@ from dataclasses import dataclass
 from config.bench_token_budgets import TokenBudgets, parse_token_budgets
 from shared.run_settings import RunSettings, result
 
+# The relations job's one local decoder (workers/relations/engine/), as the report's summary
+# ("engine") and the workers' log name it.
+LOCAL_ENGINE = "paged"
+
 
 @dataclass(frozen=True, kw_only=True)
 class RelationsRunSettings(RunSettings):
     # Operational: the latest registration's.
     batch_size: int
     max_batch: int = 512  # the decoder's batch (a run registered before it: 512)
-    # The engine that decodes (both give the same greedy text, so it is not the run's identity).
-    relations_engine: str = "slot"
+    # (Runs registered while the slot decoder was a choice also stored "relations_engine"; the
+    # key is ignored now: the paged engine decodes every local run.)
     workers_per_gpu: int
     # Where the endpoint is (without its URL's password) and its key's variable: the latest
     # command's, as for the judge's endpoint.

@@ -1,9 +1,11 @@
-"""What the relations decoder needs besides its attention and layers.
+"""What the relations decoders need besides their attention and layers.
 
-The prompt split at the image, cache lengths, the weights' addresses its CUDA graphs depend on,
-eos and pad ids, graph capture, the KV storage, cutting rows at their eos, picking the next
-token and a clock for the phases of a call. ``workers/relations/slot_decoder.py`` is the product's
-decoder; ``bench/static_decoder.py`` (the benchmarks' baseline) uses the same helpers.
+The prompt split at the image, token budgets, eos and pad ids, picking the next token, a clock
+for the phases of a call and whether the Triton kernels run: the paged engine
+(``workers/relations/engine/``, the product's decoder) uses these. The benchmarks' baselines
+(``bench/static_decoder.py``, ``bench/slot_decoder.py``) use them too, and the static-cache
+pieces besides: cache lengths, the weights' addresses their CUDA graphs depend on, graph
+capture and the KV storage.
 """
 
 from __future__ import annotations
@@ -37,11 +39,6 @@ def prompt_budget(max_new_tokens: int | list[list[int]], image: int, index: int)
     if budget < 1:
         raise ValueError("every prompt needs a token budget of at least 1")
     return budget
-
-
-def power_of_two(n: int) -> int:
-    """The smallest power of two >= n (n >= 1)."""
-    return 1 << (max(n, 1) - 1).bit_length()
 
 
 def length_bucket(tokens: int) -> int:

@@ -36,7 +36,7 @@ def relation_generator(host: ModelHost, run: RelationsRunSettings) -> "RelationG
     cache_bytes = int(pool.room_for_working(loaded.pool_name) * DECODER_CACHE_FRACTION)
     generator = RelationGenerator(loaded.processor, loaded.model, max_new_tokens=run.max_new_tokens,
                                   temperature=run.temperature, max_batch=run.max_batch,
-                                  cache_bytes=cache_bytes, engine=run.relations_engine)
+                                  cache_bytes=cache_bytes)
     pool.set_working_bytes(loaded.pool_name, cache_bytes, release=generator.decoder.release)
     return generator
 

@@ -11,12 +11,12 @@ from transformers import PreTrainedModel, ProcessorMixin
 from workers.relations.decoding import split_after_image
 from workers.relations.engine.engine import PagedEngine
 from workers.relations.image_inputs import prefix_tokens
-from workers.relations.slot_decoder import SlotDecoder
 
 logger = logging.getLogger(__name__)
 
-# The relations engines (EVALFLEET_RELATIONS_ENGINE): today's slot decoder, the paged engine.
-ENGINES = {"slot": SlotDecoder, "paged": PagedEngine}
+# The decoder every generator uses. The benchmarks' worker for the baseline
+# (bench/slot_worker.py) sets another with the same interface.
+DECODER = PagedEngine
 # Where a model object keeps its decoder between tasks.
 _DECODER_ATTRIBUTE = "_evalfleet_decoder"
 
@@ -24,12 +24,10 @@ _DECODER_ATTRIBUTE = "_evalfleet_decoder"
 class RelationGenerator:
     """Answers many prompts about several images.
 
-    Works the same for the tiny CPU model and the real Qwen3-VL-8B on CUDA in bf16. The
-    ``engine`` (``slot``: workers/relations/slot_decoder.py; ``paged``:
-    workers/relations/engine/) prefills and stores each image's prefix once and decodes up to
-    ``max_batch`` rows at once, across images (fewer when their cache would not fit
-    ``cache_bytes``). On a GPU the slot decoder's step runs in a CUDA graph unless
-    ``use_cuda_graph`` is False.
+    Works the same for the tiny CPU model and the real Qwen3-VL-8B on CUDA in bf16. The paged
+    engine (workers/relations/engine/) prefills and stores each image's prefix once and decodes
+    up to ``max_batch`` rows at once, across images (fewer when their cache would not fit
+    ``cache_bytes``).
     """
 
     def __init__(
@@ -41,8 +39,6 @@ class RelationGenerator:
         temperature: float,
         max_batch: int = 512,
         cache_bytes: int | None = None,
-        use_cuda_graph: bool = True,
-        engine: str = "slot",
     ) -> None:
         if max_new_tokens < 1 or max_batch < 1:
             raise ValueError("max_batch and max_new_tokens must be at least 1")
@@ -55,9 +51,7 @@ class RelationGenerator:
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         # Kept with the model, so its CUDA graphs and caches serve later tasks too.
-        self.engine = engine
-        self.decoder = shared_decoder(processor, model, use_cuda_graph=use_cuda_graph,
-                                      engine=engine)
+        self.decoder = shared_decoder(processor, model)
         # Running total of tokens produced (eos included, padding not), for metrics.
         self.generated_tokens = 0
 
@@ -89,7 +83,7 @@ class RelationGenerator:
         stats = self.decoder.stats
         phases = ", ".join(f"{name} {seconds:.2f}" for name, seconds in stats.phases.items())
         logger.info("%s engine decoded %d prompts of %d images in %.2fs (%s): %d rows, %d steps, "
-                    "occupancy %.2f, %d prefixes", self.engine, sum(len(group) for group in prompts),
+                    "occupancy %.2f, %d prefixes", self.decoder.name, sum(len(group) for group in prompts),
                     len(images), stats.seconds, phases, stats.rows, stats.steps, stats.occupancy,
                     stats.prefills)
         return answers
@@ -110,23 +104,17 @@ class RelationGenerator:
         return render_prompt(self.processor, prompt)
 
 
-def shared_decoder(processor: ProcessorMixin, model: PreTrainedModel, *,
-                   use_cuda_graph: bool = True, engine: str = "slot") -> SlotDecoder | PagedEngine:
-    """The model's decoder of the named engine, made on first use and kept on the model object.
+def shared_decoder(processor: ProcessorMixin, model: PreTrainedModel) -> PagedEngine:
+    """The model's decoder, made on first use and kept on the model object.
 
     A generator is made per task; keeping the decoder with the model lets its captured graphs
     and caches serve every later task of the process instead of being redone.
     """
-    if engine not in ENGINES:
-        raise ValueError(f"no relations engine {engine!r}: use {' or '.join(ENGINES)}")
-    kind = ENGINES[engine]
     decoder = getattr(model, _DECODER_ATTRIBUTE, None)
-    if (not isinstance(decoder, kind) or decoder.processor is not processor
-            or (kind is SlotDecoder and decoder.use_cuda_graph != use_cuda_graph)):
+    if type(decoder) is not DECODER or decoder.processor is not processor:
         if decoder is not None:
             decoder.release()
-        decoder = (SlotDecoder(processor, model, use_cuda_graph=use_cuda_graph)
-                   if kind is SlotDecoder else PagedEngine(processor, model))
+        decoder = DECODER(processor, model)
         setattr(model, _DECODER_ATTRIBUTE, decoder)
     return decoder
 

@@ -1,4 +1,4 @@
-"""Qwen3-VL's text layers written out for the slot decoder, with a pluggable attention.
+"""Qwen3-VL's text layers written out for the relations engine, with a pluggable attention.
 
 The projections, embeddings, rotary tables and MLP/experts are the model's own modules and
 weights; what is written out is the elementwise work between them (RMS norms, the rotary
@@ -94,24 +94,15 @@ def _functions(compiled: bool) -> _Functions:
     return _Functions(compiled)
 
 
-def run_layers(model: nn.Module, input_ids: torch.Tensor, positions: torch.Tensor,
-               attention: Attention, *, compiled: bool) -> torch.Tensor:
-    """The text model on (n, L) tokens at text positions (n, L) (the same on all three mrope
-    axes); the final-normed hidden states (n, L, hidden) out.
-
-    ``attention(layer, query, key, value)`` gets the pre-scaled query (n, heads, L, dim) and
-    key/value (n, kv_heads, L, dim), and returns (n, L, heads, dim).
-    """
-    hidden = model.model.language_model.embed_tokens(input_ids)
-    return run_text_layers(model, hidden, positions[None].expand(3, -1, -1), attention,
-                           compiled=compiled)
-
-
 def run_text_layers(model: nn.Module, hidden: torch.Tensor, positions: torch.Tensor,
                     attention: Attention, *, compiled: bool,
                     deepstack: tuple[torch.Tensor, list[torch.Tensor]] | list[torch.Tensor]
                     | None = None) -> torch.Tensor:
-    """``run_layers`` from input embeddings (n, L, hidden) at mrope positions (3, n, L).
+    """The text model on input embeddings (n, L, hidden) at mrope positions (3, n, L); the
+    final-normed hidden states (n, L, hidden) out.
+
+    ``attention(layer, query, key, value)`` gets the pre-scaled query (n, heads, L, dim) and
+    key/value (n, kv_heads, L, dim), and returns (n, L, heads, dim).
 
     ``deepstack`` (flat token indices (k,), one (k, hidden) tensor per early layer): features
     of the image's visual tokens, added to the hidden states after the first layers as

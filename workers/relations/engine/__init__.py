@@ -1,4 +1,4 @@
-"""The paged relations engine (EVALFLEET_RELATIONS_ENGINE=paged), drawn as a serving engine.
+"""The paged relations engine (the relations job's decoder), drawn as a serving engine.
 
 ``engine`` runs a call as a loop: the ``scheduler`` (host only) plans a step, the
 ``model_runner`` runs it in one forward and samples, the scheduler takes the tokens back.

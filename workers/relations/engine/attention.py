@@ -19,8 +19,6 @@ from dataclasses import dataclass
 
 import torch
 
-from workers.relations.cascade_attention import additive, merge
-
 
 @dataclass
 class SequenceGroup:
@@ -98,6 +96,22 @@ def part_attention(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tens
     weights = (scores - lse[..., None]).exp().to(values.dtype)
     return torch.matmul(weights, part_values), lse
 
+
+def additive(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """0 where ``visible``, the dtype's minimum elsewhere (a mask added to scores)."""
+    return torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill(
+        ~visible, torch.finfo(dtype).min)
+
+
+def merge(*parts: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Outputs of attention over disjoint key sets, combined into attention over their union."""
+    lses = torch.stack([lse for _, lse in parts])  # (parts, total_q, H)
+    # Flash gives an empty key range (a split past a short prefix) a log-sum-exp of +inf.
+    lses = lses.masked_fill(lses == float("inf"), float("-inf"))
+    weights = (lses - lses.amax(dim=0, keepdim=True)).exp()
+    weights = (weights / weights.sum(dim=0, keepdim=True))[..., None]
+    combined = sum(output.float() * weight for (output, _), weight in zip(parts, weights))
+    return combined.to(parts[0][0].dtype)
 
 class PagedAttention:
     """The step's attention on CUDA (bf16/fp16) with the Triton kernels, over a step's fields

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from transformers import PreTrainedModel, ProcessorMixin
 
+from shared.relations.run_settings import LOCAL_ENGINE
 from workers.relations.decoding import PhaseClock, prompt_budget
 from workers.relations.engine.kv_cache import (
     BLOCK_SIZE,
@@ -61,8 +62,8 @@ class EngineStats:
 
 
 class PagedEngine:
-    """Generates answers to rendered prompts over several images; the slot decoder's interface
-    (``generate``, ``stats``, ``release``, ``cache_bytes``).
+    """Generates answers to rendered prompts over several images (``generate``; ``stats`` of
+    the last call, ``release`` and ``cache_bytes`` for the worker's memory pool).
 
     Keys and values live in blocks of ``block_size`` tokens; each step runs every running
     row's next token and up to ``step_tokens`` prefill tokens in one forward. On CUDA in
@@ -71,6 +72,8 @@ class PagedEngine:
     is planned and queued while the last one runs (``plan_ahead``), its rows' new tokens taken
     from the device: 13% more tokens a second on an H100 (bench/RESULTS.md).
     """
+
+    name = LOCAL_ENGINE  # in the workers' log and the report's summary
 
     def __init__(self, processor: ProcessorMixin, model: PreTrainedModel, *,
                  block_size: int = BLOCK_SIZE, step_tokens: int = STEP_TOKENS,

@@ -26,6 +26,10 @@ Rows that end wait for a few more to end, not for the batch.
 
 Positions follow Qwen3-VL's 3D mrope: the prefix gets the model's ``get_rope_index``; text after
 the image has the same value on all three axes, counting on from the prefix's largest + 1.
+
+The benchmarks' baseline: it was the product's decoder until the paged engine
+(workers/relations/engine/) beat it on every benchmark (bench/RESULTS.md); bench/slot_worker.py
+runs it in a fleet's worker.
 """
 
 from __future__ import annotations
@@ -39,16 +43,16 @@ import torch
 from PIL import Image
 from transformers import BatchFeature, PreTrainedModel, ProcessorMixin
 
-from workers.relations.cascade_attention import (
+from bench.cascade_attention import (
     CascadeCaches,
     FlashDecode,
     FlashPrefill,
     MatmulDecode,
     MatmulPrefill,
     flash_available,
+    power_of_two,
     prefix_splits,
 )
-from workers.relations.layers import run_layers
 from workers.relations.decoding import (
     PhaseClock,
     capture_graph,
@@ -59,12 +63,12 @@ from workers.relations.decoding import (
     new_kv_storage,
     pad_token_id,
     pick_tokens,
-    power_of_two,
     prompt_budget,
     split_after_image,
     weight_pointers,
 )
 from workers.relations.image_inputs import ImageInputs, prefix_tokens
+from workers.relations.layers import Attention, run_text_layers
 
 logger = logging.getLogger(__name__)
 
@@ -167,12 +171,15 @@ class _Shape:
 
 
 class SlotDecoder:
-    """Generates answers to rendered Qwen3-VL prompts over several images.
+    """Generates answers to rendered Qwen3-VL prompts over several images (the paged engine's
+    interface: ``generate``, ``stats``, ``release``, ``cache_bytes``, ``name``).
 
     The caches live in one storage that grows to the largest layout asked for; every layout is
     a view of its start. With ``use_cuda_graph`` and a CUDA model each (layout, window) decode
     step is captured once and replayed; otherwise, and always on the CPU, it runs eagerly.
     """
+
+    name = "slot"  # in the workers' log, as the paged engine's name is
 
     def __init__(self, processor: ProcessorMixin, model: PreTrainedModel, *,
                  use_cuda_graph: bool = True, compile_layers: bool | None = None) -> None:
@@ -448,6 +455,19 @@ class SlotDecoder:
 
     def _pad_id(self) -> int:
         return pad_token_id(self.model, self.processor)
+
+
+def run_layers(model: PreTrainedModel, input_ids: torch.Tensor, positions: torch.Tensor,
+               attention: Attention, *, compiled: bool) -> torch.Tensor:
+    """The text model on (n, L) tokens at text positions (n, L) (the same on all three mrope
+    axes); the final-normed hidden states (n, L, hidden) out.
+
+    ``attention(layer, query, key, value)`` gets the pre-scaled query (n, heads, L, dim) and
+    key/value (n, kv_heads, L, dim), and returns (n, L, heads, dim).
+    """
+    hidden = model.model.language_model.embed_tokens(input_ids)
+    return run_text_layers(model, hidden, positions[None].expand(3, -1, -1), attention,
+                           compiled=compiled)
 
 
 class _Scheduler:

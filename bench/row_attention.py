@@ -1,4 +1,5 @@
-"""The decode step's attention over each row's own columns: a small Triton kernel.
+"""The slot decoder's (bench/slot_decoder.py) decode-step attention over each row's own
+columns: a small Triton kernel.
 
 Every row holds its own suffix and generated keys/values (~150 columns in a relations run) and
 asks one query per head. That part is memory-bound: at batch 1024 the rows' keys/values are

@@ -1,7 +1,7 @@
 """Attention over [an image's shared prefix | a row's own tokens], computed in two parts.
 
-The slot decoder (workers/relations/slot_decoder.py) stores each image's prefix keys/values once and each
-row's suffix and generated keys/values apart. A query attends to both; the two parts are
+The slot decoder (bench/slot_decoder.py, the benchmarks' baseline) stores each image's prefix
+keys/values once and each row's suffix and generated keys/values apart. A query attends to both; the two parts are
 merged exactly: one softmax over all keys, whether as one maximum and one denominator shared
 by the parts (the matmul backend) or by their log-sum-exps (the flash backend).
 
@@ -27,7 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
-from workers.relations.decoding import power_of_two, triton_attention_runs
+from workers.relations.decoding import triton_attention_runs
+from workers.relations.engine.attention import additive, merge
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,11 @@ class CascadeCaches:
         self.by_slot.copy_(torch.sort(slots, stable=True).indices.to(device))
         self.slot_starts.copy_(torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
                                .to(device=device, dtype=torch.int32))
+
+
+def power_of_two(n: int) -> int:
+    """The smallest power of two >= n (n >= 1)."""
+    return 1 << (max(n, 1) - 1).bit_length()
 
 
 def flash_available(device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
@@ -141,7 +147,7 @@ class FlashDecode:
     GPU, so the prefix can be cut into ``splits`` key ranges, each a sequence of its own
     (flash-decoding's split-KV).
 
-    Row part (``workers.relations.row_attention``, a Triton kernel): each row's used columns, read once
+    Row part (``bench.row_attention``, a Triton kernel): each row's used columns, read once
     per kv head for the query heads that share it.
     """
 
@@ -171,7 +177,7 @@ class FlashDecode:
         self.prefix_most_keys = -(-caches.prefix_length // splits)
 
     def __call__(self, layer: int, query, key, value) -> torch.Tensor:
-        from workers.relations.row_attention import row_attention  # Triton: imported where a GPU runs it
+        from bench.row_attention import row_attention  # Triton: imported where a GPU runs it
 
         caches = self.caches
         caches.row_keys[layer][self.row_index, self.write_at] = key[:, :, 0]
@@ -345,12 +351,6 @@ def joint_weights(*scores: torch.Tensor) -> list[torch.Tensor]:
     return [(w / total).to(part.dtype) for w, part in zip(weights, scores)]
 
 
-def additive(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """0 where ``visible``, the dtype's minimum elsewhere (a mask added to scores)."""
-    return torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill(
-        ~visible, torch.finfo(dtype).min)
-
-
 def flash_varlen(queries, keys, values, query_starts, key_starts, most_queries: int, most_keys: int,
            keys_used, causal: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(output (total_q, H, D), log-sum-exp (total_q, H)) of varlen flash attention; queries
@@ -360,13 +360,3 @@ def flash_varlen(queries, keys, values, query_starts, key_starts, most_queries: 
         False, scale=1.0, seqused_k=keys_used)
     return output, lse.transpose(0, 1)  # varlen flash gives (H, total_q)
 
-
-def merge(*parts: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Outputs of attention over disjoint key sets, combined into attention over their union."""
-    lses = torch.stack([lse for _, lse in parts])  # (parts, total_q, H)
-    # Flash gives an empty key range (a split past a short prefix) a log-sum-exp of +inf.
-    lses = lses.masked_fill(lses == float("inf"), float("-inf"))
-    weights = (lses - lses.amax(dim=0, keepdim=True)).exp()
-    weights = (weights / weights.sum(dim=0, keepdim=True))[..., None]
-    combined = sum(output.float() * weight for (output, _), weight in zip(parts, weights))
-    return combined.to(parts[0][0].dtype)
