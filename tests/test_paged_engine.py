@@ -10,6 +10,7 @@ import copy
 import gc
 import json
 import logging
+import os
 import subprocess
 import sys
 import weakref
@@ -131,9 +132,13 @@ def _interpreted(model_dir, images, directory, **request) -> dict:
         image.save(paths[-1])
     (directory / "request.json").write_text(json.dumps({"images": paths, **request}))
     script = Path(__file__).parent / "interpreted_engine.py"
+    # The project's root on the path: the script imports it however evalfleet is installed.
+    root = str(script.parent.parent)
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
     done = subprocess.run([sys.executable, str(script), str(model_dir),
                            str(directory / "request.json")],
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "PYTHONPATH": path})
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.splitlines()[-1])
 
