@@ -48,6 +48,7 @@ from pathlib import Path
 import torch
 
 from bench.bench_decoder import _kernel_group, empty_cache, image, prompts, rendered, synchronize
+from bench.harness import hbm_bandwidth_gbs
 from bench.real_models import random_qwen3_vl
 from bench.slot_decoder import SlotDecoder
 from shared.jsonio import write_json_atomic
@@ -114,23 +115,6 @@ def matmul_tflops() -> float:
         end.synchronize()
         times.append(start.elapsed_time(end) / 1000)
     return 2 * 8192**3 / sorted(times)[5] / 1e12
-
-
-def copy_gbps() -> float:
-    """Device memory bandwidth: a 2 GiB device-to-device copy (read + write), median of 10."""
-    if not torch.cuda.is_available():
-        return 0.0
-    source = torch.empty(2**30, dtype=torch.bfloat16, device="cuda")
-    target = torch.empty_like(source)
-    times = []
-    for _ in range(12):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        target.copy_(source)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1000)
-    return 2 * source.numel() * source.element_size() / sorted(times[2:])[5] / 1e9
 
 
 def weight_read_ms(model, gbps: float) -> float | None:
@@ -311,7 +295,7 @@ def bench(args) -> dict:
     slot = SlotDecoder(processor, model)
     ahead = PagedEngine(processor, model, plan_ahead=True)
     rate = matmul_tflops()
-    bandwidth = copy_gbps()
+    bandwidth = hbm_bandwidth_gbs() if torch.cuda.is_available() else 0.0
     work = flops(model, paged, images, texts, budgets)
     floor_s = (work["text_flop"] + work["vision_flop"]) / (rate * 1e12) if rate else 0.0
     generated = sum(map(sum, budgets))
