@@ -32,6 +32,7 @@ from bench.bench_engines import SHAPES
 from workers.relations.engine.key_blocks import Launch
 from workers.relations.engine.paged_attention import paged_attention
 from workers.relations.engine.prefix_attention import prefix_attention
+from workers.relations.engine.step_inputs import cut_tiles
 
 HEADS, KV_HEADS, DIM = 32, 8, 128
 BLOCK_SIZE, POOL_BLOCKS = 16, 24_000
@@ -96,20 +97,16 @@ class Step:
                                    device=device) * DIM ** -0.5
 
     def tiles(self, per_tile: int) -> tuple[torch.Tensor, ...]:
-        """(order, tile_image, tile_start, tile_end, tile_count): tokens image after image,
-        cut in tiles of ``per_tile`` tokens of one image, as step_inputs.fill does."""
-        order, tile_image, tile_start, tile_end = [], [], [], []
-        for image in sorted(set(self.image_of)):
-            tokens = [t for t, i in enumerate(self.image_of) if i == image]
-            place = len(order)
-            order += tokens
-            for first in range(place, place + len(tokens), per_tile):
-                tile_image.append(image)
-                tile_start.append(first)
-                tile_end.append(min(first + per_tile, place + len(tokens)))
+        """(order, tile_image, tile_start, tile_end, tile_count): the step's tokens cut into
+        tiles of ``per_tile`` tokens of one image, as the engine cuts them."""
+        by_image: dict[int, list[int]] = {}
+        for token, image in enumerate(self.image_of):
+            by_image.setdefault(image, []).append(token)
+        order, tiles = cut_tiles(by_image, per_tile)
+        tile_image, tile_start, tile_end = (list(column) for column in zip(*tiles))
         device = self.queries.device
         return tuple(torch.tensor(v, dtype=torch.int32, device=device) for v in
-                     (order, tile_image, tile_start, tile_end, [len(tile_image)]))
+                     (order, tile_image, tile_start, tile_end, [len(tiles)]))
 
 
 def _time(launch, repeats: int = 5, launches: int = 20) -> float:

@@ -246,19 +246,27 @@ def _tiles(inputs: StepInputs, by_image: dict[int, list[int]], plan: StepPlan,
            blocks: BlockPool, places: Places) -> None:
     """Tokens in image order, cut into tiles of one image each; the images' prefix tables."""
     host = inputs.host
-    per_tile = tile_tokens(inputs.capacity.group)
-    order, tile_image, tile_start, tile_end = (host[name] for name in
-                                               ("order", "tile_image", "tile_start", "tile_end"))
-    place, tile = 0, 0
-    for image, tokens in by_image.items():
-        slot = places.image(image)
+    for image in by_image:
         table = blocks.table(plan.prefixes[image])
-        host["prefix_tables"][slot, :len(table)] = table
-        order[place:place + len(tokens)] = tokens
-        for first in range(place, place + len(tokens), per_tile):
-            tile_image[tile] = slot
-            tile_start[tile] = first
-            tile_end[tile] = min(first + per_tile, place + len(tokens))
-            tile += 1
-        place += len(tokens)
-    host["tile_count"][0] = tile
+        host["prefix_tables"][places.image(image), :len(table)] = table
+    order, tiles = cut_tiles({places.image(image): tokens for image, tokens in by_image.items()},
+                             tile_tokens(inputs.capacity.group))
+    host["order"][:len(order)] = order
+    for name, values in zip(("tile_image", "tile_start", "tile_end"), zip(*tiles)):
+        host[name][:len(tiles)] = values
+    host["tile_count"][0] = len(tiles)
+
+
+def cut_tiles(by_image: dict[int, list[int]], per_tile: int
+              ) -> tuple[list[int], list[tuple[int, int, int]]]:
+    """The tokens of ``by_image`` (image -> its tokens) in image order, and the prefix
+    kernel's tiles over that order: (image, start, end), at most ``per_tile`` tokens of one
+    image each."""
+    order: list[int] = []
+    tiles = []
+    for image, tokens in by_image.items():
+        place = len(order)
+        order += tokens
+        tiles += [(image, first, min(first + per_tile, len(order)))
+                  for first in range(place, len(order), per_tile)]
+    return order, tiles
