@@ -190,4 +190,3 @@ def triton_attention_runs(device: torch.device, dtype: torch.dtype, head_dim: in
             "Triton unavailable (%s); attention runs as plain products", exc)
         return False
     return True
-

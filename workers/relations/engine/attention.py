@@ -113,6 +113,7 @@ def merge(*parts: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     combined = sum(output.float() * weight for (output, _), weight in zip(parts, weights))
     return combined.to(parts[0][0].dtype)
 
+
 class PagedAttention:
     """The step's attention on CUDA (bf16/fp16) with the Triton kernels, over a step's fields
     on the device (workers/relations/engine/step_inputs.py): each token's part over its

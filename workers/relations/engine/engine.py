@@ -146,7 +146,7 @@ class PagedEngine:
             blocks = self._pool(lengths, rows, max_rows, cache_bytes)
             scheduler = Scheduler(rows, lengths, blocks, max_rows=max_rows,
                                   step_tokens=self.step_tokens, eos=self.adapter.eos_ids)
-            static = self._static_step(rows, lengths, max_batch)
+            static = self._static_step(scheduler, blocks, lengths, max_batch)
             runner = ModelRunner(self.adapter, self._cache, blocks, inputs,
                                  temperature=temperature, seed=seed, clock=clock, static=static)
             self.stats.attention = ("reference" if static is None else
@@ -204,19 +204,17 @@ class PagedEngine:
         for chunk in plan.prefill:
             stats.tokens["rows" if isinstance(chunk.sequence, Row) else "prefixes"] += chunk.count
 
-    def _static_step(self, rows: list[Row], lengths: dict[int, int],
+    def _static_step(self, scheduler: Scheduler, blocks: BlockPool, lengths: dict[int, int],
                      max_batch: int) -> StaticStep | None:
         """The step buffers (and graphs) for this call, kept from the last call where they
         hold it: sized from the batch setting, not the call, so a run's calls share them."""
         adapter = self.adapter
         if not kernels_run(adapter):
             return None
-        size = self.block_size
         capacity = Capacity(
             tokens=max_batch + self.step_tokens, rows=max_batch,
-            row_blocks=max(-(-(len(row.suffix) + row.max_new_tokens) // size) for row in rows),
-            images=min(len(lengths), MAX_LOADED_IMAGES),
-            prefix_blocks=max(-(-length // size) for length in lengths.values()),
+            row_blocks=scheduler.longest_row, images=min(len(lengths), MAX_LOADED_IMAGES),
+            prefix_blocks=max(blocks.blocks_for(length) for length in lengths.values()),
             group=adapter.heads // adapter.kv_heads).rounded()
         if self._static is None or not self._static.holds(self._cache, capacity):
             self._static = None  # its graphs' memory goes before the new ones are captured
